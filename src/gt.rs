@@ -1,0 +1,75 @@
+//! Ground-truth masks for evaluation: finding them next to an image and reading them.
+//!
+//! Supported layouts: VOC (`X/JPEGImages/a.jpg` + `X/SegmentationClass/a.png`), a `gt/`
+//! folder beside the images (`d/a.jpg` + `d/gt/a.png`), or a sibling `d/a.gt.png`. A VOC class
+//! PNG is a palette image: index 0 (black) is background, the void colour (224,224,192) is
+//! ignored, every other colour is foreground.
+
+use std::path::{Path, PathBuf};
+
+/// Value of an ignored (void) pixel in a loaded ground truth.
+pub const IGNORE: u8 = 255;
+
+/// The ground-truth file for `image`, if one exists.
+pub fn find_for(image: &Path) -> Option<PathBuf> {
+    let stem = image.file_stem()?.to_str()?;
+    let dir = image.parent()?;
+    let mut candidates = vec![dir.join("gt").join(format!("{stem}.png")), dir.join(format!("{stem}.gt.png"))];
+    if dir.file_name().is_some_and(|n| n == "JPEGImages") {
+        if let Some(root) = dir.parent() {
+            candidates.insert(0, root.join("SegmentationClass").join(format!("{stem}.png")));
+        }
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// Load a ground truth as foreground (1) / background (0) / ignore (255), resized (nearest) to
+/// `w x h` if needed.
+pub fn load_foreground(path: &Path, w: u32, h: u32) -> Result<Vec<u8>, image::ImageError> {
+    let img = image::open(path)?.to_rgb8();
+    let img = if img.dimensions() != (w, h) {
+        image::imageops::resize(&img, w, h, image::imageops::FilterType::Nearest)
+    } else {
+        img
+    };
+    Ok(img
+        .pixels()
+        .map(|p| match p.0 {
+            [0, 0, 0] => 0,
+            [224, 224, 192] => IGNORE,
+            _ => 1,
+        })
+        .collect())
+}
+
+/// IoU of the foreground of `pred` (non-zero = foreground) against a ground truth, and the
+/// background IoU, skipping ignored pixels: `(fg_iou, bg_iou)`.
+pub fn iou_fg_bg(pred: &[u8], gt: &[u8]) -> (f64, f64) {
+    let (mut fi, mut fu, mut bi, mut bu) = (0u64, 0u64, 0u64, 0u64);
+    for (&p, &g) in pred.iter().zip(gt) {
+        if g == IGNORE {
+            continue;
+        }
+        let (p, g) = (p != 0, g != 0);
+        fi += (p && g) as u64;
+        fu += (p || g) as u64;
+        bi += (!p && !g) as u64;
+        bu += (!p || !g) as u64;
+    }
+    let r = |i: u64, u: u64| if u == 0 { 1.0 } else { i as f64 / u as f64 };
+    (r(fi, fu), r(bi, bu))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iou_skips_ignored_pixels() {
+        let pred = [1, 1, 0, 0, 1];
+        let gt = [1, 0, 0, IGNORE, IGNORE];
+        let (fg, bg) = iou_fg_bg(&pred, &gt);
+        assert!((fg - 0.5).abs() < 1e-12);
+        assert!((bg - 0.5).abs() < 1e-12);
+    }
+}

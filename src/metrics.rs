@@ -1,0 +1,1 @@
+//! Metrics: per-stage latency histograms, counters, and the Prometheus text rendering.

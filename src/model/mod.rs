@@ -1,0 +1,84 @@
+//! The model: manifest, graph cutting with tract, and running the parts on the CPU.
+
+use serde::Deserialize;
+
+use crate::config::Problems;
+
+/// `[model]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Path of the model manifest (models/*.toml).
+    pub manifest: std::path::PathBuf,
+    /// Square input side in pixels (a multiple of the patch size).
+    pub input_size: u32,
+    /// "cpu", "cuda" or "cuda-or-cpu".
+    pub device: String,
+    /// tract matmul threads (0 = one per core).
+    pub threads: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            manifest: "models/vit_s_focus.toml".into(),
+            input_size: 448,
+            device: "cpu".into(),
+            threads: 0,
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn validate(&self, p: &mut Problems) {
+        p.check(self.input_size >= 14 && self.input_size <= 4096, "model", "input_size", || {
+            format!("{} is not in 14..=4096", self.input_size)
+        });
+        p.check(crate::reduce::DEVICES.contains(&self.device.as_str()), "model", "device", || {
+            format!("{:?} is not one of {}", self.device, crate::reduce::DEVICES.join(", "))
+        });
+    }
+}
+
+pub mod cut;
+pub mod manifest;
+mod segmenter;
+
+pub use manifest::Manifest;
+pub use segmenter::{Segmenter, SegmenterOptions};
+
+/// Start-up errors of the model: each names the file (and tensor) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model file {path}: not found (run tools/fetch_assets.sh to fetch the default model)")]
+    Missing { path: String },
+    #[error("{path}: {source}")]
+    Io { path: String, #[source] source: std::io::Error },
+    #[error("manifest {path}: {msg}")]
+    Manifest { path: String, msg: String },
+    #[error("model file {path}: sha256 is {got}, the manifest says {want}")]
+    Checksum { path: String, got: String, want: String },
+    #[error("model file {path}: not a loadable ONNX model: {}", first_line(.source))]
+    Onnx { path: String, #[source] source: anyhow::Error },
+    #[error("model {path}: {}", first_line(.source))]
+    Build { path: String, #[source] source: anyhow::Error },
+    #[error("model {path}: {msg}")]
+    Config { path: String, msg: String },
+}
+
+/// tract errors chain several lines of context; keep the outermost and the root cause.
+fn first_line(e: &anyhow::Error) -> String {
+    let top = e.to_string();
+    match e.chain().last() {
+        Some(root) if root.to_string() != top => format!("{top}: {root}"),
+        _ => top,
+    }
+}
+
+/// Set tract's matmul thread count for the process (0 = one per core).
+pub fn set_threads(threads: usize) {
+    let n = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
+    if n > 1 {
+        tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(n));
+    }
+}

@@ -1,0 +1,150 @@
+//! Token reduction: cluster the N patch tokens of one image into M merged tokens, and unfold the
+//! merged tokens back to the full grid.
+//!
+//! Owns the `Reducer` trait, its CPU implementations and their configuration. Must not touch the
+//! model graph: the caller hands in patch tokens (prefix tokens already split off) and gets back
+//! merged tokens, cluster sizes and the assignment. No allocation per frame: every buffer lives in
+//! `Reduction` or inside the reducer and is reused.
+
+pub mod none;
+
+/// Reused output buffers of one reduction.
+#[derive(Debug, Default, Clone)]
+pub struct Reduction {
+    /// Number of clusters actually produced (may be < the requested M, e.g. M >= N gives N).
+    pub m: usize,
+    /// Token width C.
+    pub c: usize,
+    /// Merged tokens, `[m, c]` row-major (the first `m * c` values are valid).
+    pub merged: Vec<f32>,
+    /// Cluster sizes (member counts), `[m]`.
+    pub sizes: Vec<f32>,
+    /// Cluster id of every patch token, `[n]`, each in `0..m`.
+    pub assign: Vec<u32>,
+    /// Token index of each cluster's centre / representative, `[m]`, ascending.
+    pub centers: Vec<u32>,
+}
+
+/// Errors of a reduction: always a caller bug (shapes), never a data problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ReduceError {
+    #[error("reducer {reducer}: {n} tokens of width {c} do not fill a {h}x{w} grid")]
+    Shape { reducer: &'static str, n: usize, c: usize, h: usize, w: usize },
+}
+
+/// A token-reduction strategy: (tokens, grid, M) -> (merged tokens, sizes, assignment).
+pub trait Reducer: Send {
+    /// Strategy name as used in configs and bench tables.
+    fn name(&self) -> &'static str;
+    /// Reduce `tokens` (`[n, c]`, n = h*w, raster order) to at most `m` clusters into `out`.
+    fn reduce(
+        &mut self,
+        tokens: &[f32],
+        c: usize,
+        grid: (usize, usize),
+        m: usize,
+        out: &mut Reduction,
+    ) -> Result<(), ReduceError>;
+}
+
+/// Unfold: `full[i] = merged[assign[i]]` for every patch token i (`full` is `[n, c]`).
+pub fn unfold(merged: &[f32], c: usize, assign: &[u32], full: &mut [f32]) {
+    for (i, &a) in assign.iter().enumerate() {
+        let a = a as usize;
+        full[i * c..(i + 1) * c].copy_from_slice(&merged[a * c..(a + 1) * c]);
+    }
+}
+
+use serde::Deserialize;
+
+use crate::config::Problems;
+
+/// `[reduce]`: which strategy, where to cut, and how many clusters.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReduceConfig {
+    /// "ailurus", "tome", "grid" or "none".
+    pub strategy: String,
+    /// First block that runs on merged tokens (a >= 1).
+    pub cut: usize,
+    /// Clusters kept when the budget controller is off.
+    pub m: usize,
+    /// log(size) key bias in every middle attention.
+    pub proportional_attention: bool,
+    /// "cpu", "cuda" or "cuda-or-cpu".
+    pub device: String,
+    pub ailurus: AilurusConfig,
+}
+
+impl Default for ReduceConfig {
+    fn default() -> Self {
+        ReduceConfig {
+            strategy: "ailurus".into(),
+            cut: 3,
+            m: 512,
+            proportional_attention: true,
+            device: "cpu".into(),
+            ailurus: AilurusConfig::default(),
+        }
+    }
+}
+
+/// `[reduce.ailurus]`: the knobs of spatial-aware DPC-KNN (ALGORITHM.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AilurusConfig {
+    pub k: usize,
+    pub radius: usize,
+    /// "global" or "window".
+    pub delta: String,
+    pub delta_radius: usize,
+    /// "global" or "spatial".
+    pub fallback: String,
+}
+
+impl Default for AilurusConfig {
+    fn default() -> Self {
+        AilurusConfig {
+            k: 5,
+            radius: 2,
+            delta: "global".into(),
+            delta_radius: 8,
+            fallback: "global".into(),
+        }
+    }
+}
+
+pub const STRATEGIES: &[&str] = &["ailurus", "tome", "grid", "none"];
+pub const DEVICES: &[&str] = &["cpu", "cuda", "cuda-or-cpu"];
+
+impl ReduceConfig {
+    pub fn validate(&self, p: &mut Problems) {
+        let s = "reduce";
+        p.check(STRATEGIES.contains(&self.strategy.as_str()), s, "strategy", || {
+            format!("{:?} is not one of {}", self.strategy, STRATEGIES.join(", "))
+        });
+        p.check(self.cut >= 1, s, "cut", || "must be >= 1 (block 0 always runs on all tokens)".into());
+        p.check(self.m >= 1, s, "m", || "must be >= 1".into());
+        p.check(DEVICES.contains(&self.device.as_str()), s, "device", || {
+            format!("{:?} is not one of {}", self.device, DEVICES.join(", "))
+        });
+        let a = &self.ailurus;
+        let s = "reduce.ailurus";
+        p.check(a.k >= 1, s, "k", || "must be >= 1".into());
+        p.check(a.radius >= 1, s, "radius", || "must be >= 1".into());
+        p.check(["global", "window"].contains(&a.delta.as_str()), s, "delta", || {
+            format!("{:?} is not \"global\" or \"window\"", a.delta)
+        });
+        p.check(a.delta_radius >= 1, s, "delta_radius", || "must be >= 1".into());
+        p.check(["global", "spatial"].contains(&a.fallback.as_str()), s, "fallback", || {
+            format!("{:?} is not \"global\" or \"spatial\"", a.fallback)
+        });
+    }
+}
+
+/// Build the configured CPU reducer.
+pub fn build(cfg: &ReduceConfig) -> Box<dyn Reducer> {
+    match cfg.strategy.as_str() {
+        _ => Box::new(none::NoneReducer),
+    }
+}

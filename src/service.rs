@@ -1,0 +1,1 @@
+//! systemd integration: sd-notify READY/WATCHDOG/STATUS, SIGTERM drain, SIGHUP reload.
