@@ -12,7 +12,11 @@ use ailurus::config::{Config, ConfigError};
 use ailurus::model::ModelError;
 
 #[derive(Parser)]
-#[command(name = "ailurus", version, about = "ViT segmentation at the edge, sped up by AiluRus token clustering")]
+#[command(
+    name = "ailurus",
+    version,
+    about = "ViT segmentation at the edge, sped up by AiluRus token clustering"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -101,7 +105,10 @@ fn apply(cfg: &mut Config, ov: &Overrides) -> Result<(), ConfigError> {
     if p.0.is_empty() {
         Ok(())
     } else {
-        Err(ConfigError::Invalid { path: format!("{} + command-line overrides", cfg.origin), problems: p.0 })
+        Err(ConfigError::Invalid {
+            path: format!("{} + command-line overrides", cfg.origin),
+            problems: p.0,
+        })
     }
 }
 
@@ -118,7 +125,12 @@ fn real_main(cli: Cli) -> Result<()> {
             }
             ailurus::app::run(&cfg, stop)
         }
-        Cmd::Segment { config, ov, images, out } => {
+        Cmd::Segment {
+            config,
+            ov,
+            images,
+            out,
+        } => {
             let mut cfg = load_config(&config)?;
             apply(&mut cfg, &ov)?;
             ailurus::app::segment(&cfg, &images, &out)
@@ -147,7 +159,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Start-up errors (bad config, bad model) exit 2; anything else 1.
-            let startup = e.downcast_ref::<ConfigError>().is_some() || e.downcast_ref::<ModelError>().is_some();
+            let startup = e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<ModelError>().is_some();
             eprintln!("ailurus: error: {e}");
             ExitCode::from(if startup { 2 } else { 1 })
         }
