@@ -774,6 +774,29 @@ fn tome_matches_the_reference_on_random_tokens() {
 }
 
 #[test]
+fn tome_exact_ties_follow_the_tie_rules() {
+    // Sign vectors in C = 4: every cosine is exactly one of -1, -1/2, 0, 1/2, 1 in f32 and in
+    // f64 alike, so best matches (ties: lower B) and the merge order (ties: lower A) are
+    // decided by the tie rules alone. One round (M >= N/2) keeps the values exact.
+    for (seed, &g) in GRIDS.iter().enumerate() {
+        let n = g.0 * g.1;
+        let mut s = 77 + seed as u64;
+        let t: Vec<f32> = (0..n * 4).map(|_| if uniform(&mut s) < 0.0 { -1.0 } else { 1.0 }).collect();
+        for m in [n - 1, n.saturating_sub(2), n / 2 + 1, n / 2] {
+            if m == 0 || m >= n {
+                continue;
+            }
+            let mut out = Reduction::default();
+            TomeReducer::default().reduce(&t, 4, g, m, &mut out).unwrap();
+            check_output(&format!("tome signs {g:?} m={m}"), &t, 4, n, &out);
+            let (assign, centers) = ref_tome(&t, 4, n, m);
+            assert_eq!(out.assign.iter().map(|&a| a as usize).collect::<Vec<_>>(), assign, "{g:?} m={m}");
+            assert_eq!(out.centers.iter().map(|&a| a as usize).collect::<Vec<_>>(), centers, "{g:?} m={m}");
+        }
+    }
+}
+
+#[test]
 fn tome_duplicates_are_deterministic_and_valid() {
     let (g, c) = ((9, 6), 5);
     let t = palette(54, c, 11);
