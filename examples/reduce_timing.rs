@@ -46,6 +46,9 @@ fn tokens(h: usize, w: usize, c: usize, seed: u64) -> Vec<f32> {
     t
 }
 
+/// A named way to build a fresh reducer.
+type MakeReducer = Box<dyn Fn() -> Box<dyn Reducer>>;
+
 fn time_ms(
     r: &mut dyn Reducer,
     t: &[f32],
@@ -71,7 +74,7 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(0.5);
     let c = 384;
-    let variants: Vec<(&str, Box<dyn Fn() -> Box<dyn Reducer>>)> = vec![
+    let variants: Vec<(&str, MakeReducer)> = vec![
         ("ailurus", Box::new(|| build(&ReduceConfig::default()))),
         (
             "ailurus delta=window",
