@@ -44,12 +44,8 @@ pub fn regions(h: usize, w: usize, c: usize, seed: u64) -> Vec<f32> {
 /// Tokens drawn from a palette of 3 vectors: many exact duplicates.
 pub fn palette(n: usize, c: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
-    let pal: Vec<Vec<f32>> = (0..3)
-        .map(|_| (0..c).map(|_| uniform(&mut s)).collect())
-        .collect();
-    (0..n)
-        .flat_map(|_| pal[((uniform(&mut s) + 1.0) * 1.5) as usize % 3].clone())
-        .collect()
+    let pal: Vec<Vec<f32>> = (0..3).map(|_| (0..c).map(|_| uniform(&mut s)).collect()).collect();
+    (0..n).flat_map(|_| pal[((uniform(&mut s) + 1.0) * 1.5) as usize % 3].clone()).collect()
 }
 
 // ---------------------------------------------------------------- helpers
@@ -97,12 +93,7 @@ impl Knobs {
         AilurusConfig {
             k: self.k,
             radius: self.r,
-            delta: if self.delta_window.is_some() {
-                "window"
-            } else {
-                "global"
-            }
-            .into(),
+            delta: if self.delta_window.is_some() { "window" } else { "global" }.into(),
             delta_radius: self.delta_window.unwrap_or(8),
             fallback: if self.spatial { "spatial" } else { "global" }.into(),
         }
@@ -113,11 +104,7 @@ pub fn ref_dist(t: &[f32], c: usize, i: usize, j: usize) -> f64 {
     if i == j {
         return 0.0;
     }
-    let s: f64 = row(t, c, i)
-        .iter()
-        .zip(row(t, c, j))
-        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
-        .sum();
+    let s: f64 = row(t, c, i).iter().zip(row(t, c, j)).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
     (s / c as f64).sqrt()
 }
 
@@ -125,10 +112,8 @@ pub fn ref_dist(t: &[f32], c: usize, i: usize, j: usize) -> f64 {
 pub fn ref_rho(t: &[f32], c: usize, (h, w): (usize, usize), kn: Knobs) -> Vec<f64> {
     (0..h * w)
         .map(|i| {
-            let mut d2: Vec<f64> = (0..h * w)
-                .filter(|&j| cheb(i, j, w) <= kn.r)
-                .map(|j| ref_dist(t, c, i, j).powi(2))
-                .collect();
+            let mut d2: Vec<f64> =
+                (0..h * w).filter(|&j| cheb(i, j, w) <= kn.r).map(|j| ref_dist(t, c, i, j).powi(2)).collect();
             d2.sort_by(f64::total_cmp);
             let kk = kn.k.min(d2.len());
             (-(d2[..kk].iter().sum::<f64>() / kk as f64)).exp()
@@ -139,24 +124,14 @@ pub fn ref_rho(t: &[f32], c: usize, (h, w): (usize, usize), kn: Knobs) -> Vec<f6
 /// The spec's order: key_i = rho_i + 1e-6 u(i) (f32, as the spec defines it), higher first,
 /// ties to the lower index.
 pub fn ref_order(rho: &[f32]) -> Vec<usize> {
-    let key: Vec<f32> = rho
-        .iter()
-        .enumerate()
-        .map(|(i, &r)| r + 1e-6 * jitter(i))
-        .collect();
+    let key: Vec<f32> = rho.iter().enumerate().map(|(i, &r)| r + 1e-6 * jitter(i)).collect();
     let mut order: Vec<usize> = (0..rho.len()).collect();
     order.sort_by(|&a, &b| key[b].total_cmp(&key[a]).then(a.cmp(&b)));
     order
 }
 
 /// delta for a given density order (j is higher than i iff it comes earlier).
-pub fn ref_delta(
-    t: &[f32],
-    c: usize,
-    (h, w): (usize, usize),
-    kn: Knobs,
-    order: &[usize],
-) -> Vec<f64> {
+pub fn ref_delta(t: &[f32], c: usize, (h, w): (usize, usize), kn: Knobs, order: &[usize]) -> Vec<f64> {
     let n = h * w;
     let mut pos = vec![0; n];
     for (p, &i) in order.iter().enumerate() {
@@ -166,9 +141,7 @@ pub fn ref_delta(
         .map(|i| {
             let higher = |j: usize| pos[j] < pos[i];
             let mut cand: Vec<usize> = match kn.delta_window {
-                Some(dr) => (0..n)
-                    .filter(|&j| cheb(i, j, w) <= dr && higher(j))
-                    .collect(),
+                Some(dr) => (0..n).filter(|&j| cheb(i, j, w) <= dr && higher(j)).collect(),
                 None => vec![],
             };
             if cand.is_empty() {
@@ -177,9 +150,7 @@ pub fn ref_delta(
             if cand.is_empty() {
                 (0..n).map(|j| ref_dist(t, c, i, j)).fold(0.0, f64::max)
             } else {
-                cand.iter()
-                    .map(|&j| ref_dist(t, c, i, j))
-                    .fold(f64::INFINITY, f64::min)
+                cand.iter().map(|&j| ref_dist(t, c, i, j)).fold(f64::INFINITY, f64::min)
             }
         })
         .collect()
@@ -195,13 +166,7 @@ pub fn ref_top(score: &[f64], m: usize) -> Vec<usize> {
 }
 
 /// Cluster id of every token for the given centres, by the spec's assignment rule.
-pub fn ref_assign(
-    t: &[f32],
-    c: usize,
-    (h, w): (usize, usize),
-    kn: Knobs,
-    centers: &[usize],
-) -> Vec<usize> {
+pub fn ref_assign(t: &[f32], c: usize, (h, w): (usize, usize), kn: Knobs, centers: &[usize]) -> Vec<usize> {
     let nearest = |ids: &mut dyn Iterator<Item = usize>, f: &dyn Fn(usize) -> f64| {
         let mut best: Option<(usize, f64)> = None;
         for id in ids {
@@ -222,27 +187,15 @@ pub fn ref_assign(
             if let Some(id) = nearest(inside, &dist) {
                 return id;
             }
-            let sp = |ct: usize| {
-                ((ct / w) as f64 - (i / w) as f64).powi(2)
-                    + ((ct % w) as f64 - (i % w) as f64).powi(2)
-            };
-            nearest(
-                &mut (0..centers.len()),
-                if kn.spatial { &sp } else { &dist },
-            )
-            .unwrap()
+            let sp =
+                |ct: usize| ((ct / w) as f64 - (i / w) as f64).powi(2) + ((ct % w) as f64 - (i % w) as f64).powi(2);
+            nearest(&mut (0..centers.len()), if kn.spatial { &sp } else { &dist }).unwrap()
         })
         .collect()
 }
 
 /// The whole spec in one go (f64 rho rounded to f32 for the key).
-pub fn ref_ailurus(
-    t: &[f32],
-    c: usize,
-    g: (usize, usize),
-    m: usize,
-    kn: Knobs,
-) -> (Vec<usize>, Vec<usize>) {
+pub fn ref_ailurus(t: &[f32], c: usize, g: (usize, usize), m: usize, kn: Knobs) -> (Vec<usize>, Vec<usize>) {
     let rho = ref_rho(t, c, g, kn);
     let order = ref_order(&rho.iter().map(|&r| r as f32).collect::<Vec<_>>());
     let delta = ref_delta(t, c, g, kn, &order);
@@ -257,15 +210,8 @@ pub fn ref_ailurus(
 /// ToMe rounds on f64 copies, exactly as documented in `reduce::tome`.
 pub fn ref_tome(t: &[f32], c: usize, n0: usize, m: usize) -> (Vec<usize>, Vec<usize>) {
     // (value, size, members); the list stays in ascending smallest-member order.
-    let mut cur: Vec<(Vec<f64>, f64, Vec<usize>)> = (0..n0)
-        .map(|i| {
-            (
-                row(t, c, i).iter().map(|&v| v as f64).collect(),
-                1.0,
-                vec![i],
-            )
-        })
-        .collect();
+    let mut cur: Vec<(Vec<f64>, f64, Vec<usize>)> =
+        (0..n0).map(|i| (row(t, c, i).iter().map(|&v| v as f64).collect(), 1.0, vec![i])).collect();
     let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
     while cur.len() > m {
         let n = cur.len();
@@ -302,9 +248,7 @@ pub fn ref_tome(t: &[f32], c: usize, n0: usize, m: usize) -> (Vec<usize>, Vec<us
             let (mut size, mut members) = (cur[q].1, cur[q].2.clone());
             for (pi, &p) in a.iter().enumerate() {
                 if chosen.contains(&pi) && best[pi].0 == qi {
-                    sum.iter_mut()
-                        .zip(&cur[p].0)
-                        .for_each(|(s, v)| *s += v * cur[p].1);
+                    sum.iter_mut().zip(&cur[p].0).for_each(|(s, v)| *s += v * cur[p].1);
                     size += cur[p].1;
                     members.extend(&cur[p].2);
                 }
@@ -320,8 +264,5 @@ pub fn ref_tome(t: &[f32], c: usize, n0: usize, m: usize) -> (Vec<usize>, Vec<us
             assign[i] = id;
         }
     }
-    (
-        assign,
-        cur.iter().map(|e| *e.2.iter().min().unwrap()).collect(),
-    )
+    (assign, cur.iter().map(|e| *e.2.iter().min().unwrap()).collect())
 }
