@@ -5,6 +5,7 @@
 //! controller picks the cluster count per frame. See ARCHITECTURE in the README.
 
 pub mod app;
+pub mod bench;
 pub mod budget;
 pub mod config;
 pub mod frame;

@@ -12,7 +12,11 @@ use ailurus::config::{Config, ConfigError};
 use ailurus::model::ModelError;
 
 #[derive(Parser)]
-#[command(name = "ailurus", version, about = "ViT segmentation at the edge, sped up by AiluRus token clustering")]
+#[command(
+    name = "ailurus",
+    version,
+    about = "ViT segmentation at the edge, sped up by AiluRus token clustering"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -71,10 +75,57 @@ enum Cmd {
         ov: Overrides,
         dir: PathBuf,
     },
+    /// Sweep strategies, cluster counts, cut points and input sizes on the same real photos:
+    /// speed against the unreduced model, fidelity against it and against ground truth.
+    Bench(BenchArgs),
     /// Validate a config file (every problem is listed); exit 2 when invalid.
     CheckConfig { file: PathBuf },
     /// Print the embedded default config.
     DefaultConfig,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Reference input size (the unreduced model here is what fidelity is measured against).
+    #[arg(long, default_value_t = 448)]
+    size: u32,
+    /// Photo folders (all images in each; VOC layouts use JPEGImages/ and their ground truth).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = ".cache/photos,.cache/voc"
+    )]
+    photos: Vec<PathBuf>,
+    /// Use at most this many photos (spread over the folders).
+    #[arg(long, default_value_t = 8)]
+    max_photos: usize,
+    #[arg(long, value_delimiter = ',', default_value = "ailurus,tome,grid")]
+    strategies: Vec<String>,
+    /// Cluster counts at the reference size.
+    #[arg(long, value_delimiter = ',', default_value = "128,256,384,512,768")]
+    m: Vec<usize>,
+    /// Cut points for the full sweep.
+    #[arg(long, value_delimiter = ',', default_value = "3")]
+    cuts: Vec<usize>,
+    /// Extra cut points, measured for ailurus at M ~ N/2.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    extra_cuts: Vec<usize>,
+    /// Smaller input sizes combined with reduction (M = N/2 and 3N/4 there).
+    #[arg(long, value_delimiter = ',', default_value = "392,336")]
+    combo: Vec<u32>,
+    /// Input sizes for the lowres baseline.
+    #[arg(long, value_delimiter = ',', default_value = "392,336,280,224")]
+    lowres: Vec<u32>,
+    /// Also measure every reducer with proportional attention off.
+    #[arg(long)]
+    bias_off: bool,
+    /// Timed repetitions per photo after one warm-up run.
+    #[arg(long, default_value_t = 1)]
+    reps: usize,
+    #[arg(long, default_value = "out/bench.csv")]
+    csv: PathBuf,
 }
 
 fn load_config(arg: &ConfigArg) -> Result<Config, ConfigError> {
@@ -101,7 +152,10 @@ fn apply(cfg: &mut Config, ov: &Overrides) -> Result<(), ConfigError> {
     if p.0.is_empty() {
         Ok(())
     } else {
-        Err(ConfigError::Invalid { path: format!("{} + command-line overrides", cfg.origin), problems: p.0 })
+        Err(ConfigError::Invalid {
+            path: format!("{} + command-line overrides", cfg.origin),
+            problems: p.0,
+        })
     }
 }
 
@@ -118,7 +172,12 @@ fn real_main(cli: Cli) -> Result<()> {
             }
             ailurus::app::run(&cfg, stop)
         }
-        Cmd::Segment { config, ov, images, out } => {
+        Cmd::Segment {
+            config,
+            ov,
+            images,
+            out,
+        } => {
             let mut cfg = load_config(&config)?;
             apply(&mut cfg, &ov)?;
             ailurus::app::segment(&cfg, &images, &out)
@@ -127,6 +186,48 @@ fn real_main(cli: Cli) -> Result<()> {
             let mut cfg = load_config(&config)?;
             apply(&mut cfg, &ov)?;
             ailurus::app::eval(&cfg, &dir)
+        }
+        Cmd::Bench(b) => {
+            let cfg = load_config(&b.config)?;
+            let mut photos = Vec::new();
+            let lists: Vec<Vec<PathBuf>> = b
+                .photos
+                .iter()
+                .map(|d| ailurus::app::eval_images(&cfg.resolve(d)))
+                .collect::<Result<_, _>>()?;
+            // Round-robin over the folders so a small budget still sees every kind of photo.
+            for i in 0.. {
+                let before = photos.len();
+                for l in &lists {
+                    if let Some(p) = l.get(i) {
+                        if photos.len() < b.max_photos {
+                            photos.push(p.clone());
+                        }
+                    }
+                }
+                if photos.len() == before || photos.len() >= b.max_photos {
+                    break;
+                }
+            }
+            let opts = ailurus::bench::BenchOptions {
+                size: b.size,
+                photos,
+                strategies: b.strategies,
+                m_list: b.m,
+                cuts: b.cuts,
+                extra_cuts: b.extra_cuts,
+                combo_sizes: b.combo,
+                lowres: b.lowres,
+                bias_off: b.bias_off,
+                reps: b.reps,
+                csv: Some(b.csv.clone()),
+                plot: None,
+            };
+            let rows = ailurus::bench::run(&cfg, &opts)?;
+            print!("{}", ailurus::bench::format_table(&rows));
+            ailurus::bench::write_csv(&rows, &b.csv)?;
+            println!("table written to {}", b.csv.display());
+            Ok(())
         }
         Cmd::CheckConfig { file } => {
             Config::load(&file)?;
@@ -147,7 +248,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Start-up errors (bad config, bad model) exit 2; anything else 1.
-            let startup = e.downcast_ref::<ConfigError>().is_some() || e.downcast_ref::<ModelError>().is_some();
+            let startup = e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<ModelError>().is_some();
             eprintln!("ailurus: error: {e}");
             ExitCode::from(if startup { 2 } else { 1 })
         }
