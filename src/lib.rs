@@ -15,6 +15,7 @@ pub mod model;
 pub mod pipeline;
 pub mod post;
 pub mod pre;
+pub mod profile;
 pub mod reduce;
 pub mod service;
 pub mod sink;

@@ -78,6 +78,15 @@ enum Cmd {
     /// Sweep strategies, cluster counts, cut points and input sizes on the same real photos:
     /// speed against the unreduced model, fidelity against it and against ground truth.
     Bench(BenchArgs),
+    /// Time tract's stem, middle and head per op kind (where does the time go?).
+    Profile {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        ov: Overrides,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
     /// Validate a config file (every problem is listed); exit 2 when invalid.
     CheckConfig { file: PathBuf },
     /// Print the embedded default config.
@@ -227,6 +236,21 @@ fn real_main(cli: Cli) -> Result<()> {
             print!("{}", ailurus::bench::format_table(&rows));
             ailurus::bench::write_csv(&rows, &b.csv)?;
             println!("table written to {}", b.csv.display());
+            Ok(())
+        }
+        Cmd::Profile { config, ov, reps } => {
+            let mut cfg = load_config(&config)?;
+            apply(&mut cfg, &ov)?;
+            ailurus::model::set_threads(cfg.model.threads);
+            let man = ailurus::model::Manifest::load(&cfg.resolve(&cfg.model.manifest))?;
+            let parts = ailurus::profile::run(
+                &man,
+                cfg.model.input_size,
+                cfg.reduce.cut,
+                cfg.reduce.m,
+                reps,
+            )?;
+            print!("{}", ailurus::profile::format(&parts));
             Ok(())
         }
         Cmd::CheckConfig { file } => {
