@@ -6,7 +6,11 @@
 //! merged tokens, cluster sizes and the assignment. No allocation per frame: every buffer lives in
 //! `Reduction` or inside the reducer and is reused.
 
+pub mod ailurus;
+pub mod dot;
+pub mod grid;
 pub mod none;
+pub mod tome;
 
 /// Reused output buffers of one reduction.
 #[derive(Debug, Default, Clone)]
@@ -167,9 +171,70 @@ impl ReduceConfig {
     }
 }
 
-/// Build the configured CPU reducer.
+/// Build the configured CPU reducer (`validate` has rejected unknown strategies; an unknown one
+/// here falls back to `none` with a warning).
 pub fn build(cfg: &ReduceConfig) -> Box<dyn Reducer> {
     match cfg.strategy.as_str() {
-        _ => Box::new(none::NoneReducer),
+        "ailurus" => Box::new(ailurus::AilurusReducer::new(&cfg.ailurus)),
+        "tome" => Box::new(tome::TomeReducer::default()),
+        "grid" => Box::new(grid::GridReducer),
+        "none" => Box::new(none::NoneReducer),
+        other => {
+            log::warn!("[reduce] strategy {other:?} is unknown; using \"none\"");
+            Box::new(none::NoneReducer)
+        }
+    }
+}
+
+/// Grow `v`'s capacity to at least `cap` elements (no-op when it already holds that much), so a
+/// warm reducer never allocates whatever its data.
+pub(crate) fn ensure<T>(v: &mut Vec<T>, cap: usize) {
+    if v.capacity() < cap {
+        v.reserve(cap - v.len());
+    }
+}
+
+/// Check that `tokens` fills an `h x w` grid of width `c >= 1`; returns n = h*w.
+pub(crate) fn check_shape(
+    reducer: &'static str,
+    tokens: &[f32],
+    c: usize,
+    (h, w): (usize, usize),
+) -> Result<usize, ReduceError> {
+    let n = h * w;
+    if c == 0 || tokens.len() != n * c {
+        return Err(ReduceError::Shape {
+            reducer,
+            n: tokens.len() / c.max(1),
+            c,
+            h,
+            w,
+        });
+    }
+    Ok(n)
+}
+
+/// From `out.assign` (`[n]`, ids in `0..m`, every id used): set `out.m`, `out.c`, the member
+/// counts `out.sizes` and the member means `out.merged` (members summed in ascending token
+/// order in f32, then divided by the count).
+pub(crate) fn merge_means(tokens: &[f32], c: usize, m: usize, out: &mut Reduction) {
+    out.m = m;
+    out.c = c;
+    out.sizes.clear();
+    out.sizes.resize(m, 0.0);
+    out.merged.clear();
+    out.merged.resize(m * c, 0.0);
+    for (i, &a) in out.assign.iter().enumerate() {
+        let a = a as usize;
+        out.sizes[a] += 1.0;
+        let dst = &mut out.merged[a * c..(a + 1) * c];
+        for (d, &x) in dst.iter_mut().zip(&tokens[i * c..(i + 1) * c]) {
+            *d += x;
+        }
+    }
+    for (row, &s) in out.merged.chunks_exact_mut(c).zip(&out.sizes) {
+        for d in row {
+            *d /= s;
+        }
     }
 }
