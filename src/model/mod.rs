@@ -41,6 +41,7 @@ impl ModelConfig {
 }
 
 pub mod cut;
+pub mod inspect;
 pub mod manifest;
 mod segmenter;
 
