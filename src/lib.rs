@@ -12,6 +12,7 @@ pub mod gt;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod plot;
 pub mod post;
 pub mod pre;
 pub mod reduce;
