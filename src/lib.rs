@@ -13,6 +13,7 @@ pub mod gt;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod plot;
 pub mod post;
 pub mod pre;
 pub mod profile;

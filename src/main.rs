@@ -91,6 +91,9 @@ enum Cmd {
     CheckConfig { file: PathBuf },
     /// Print the embedded default config.
     DefaultConfig,
+    /// Propose a manifest for an ONNX ViT (block tensors, final norm, patch, width, prefix,
+    /// output kind); warnings go to stderr and into the TOML as comments. Exit 2 on a bad file.
+    Inspect { model: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -260,6 +263,14 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Cmd::DefaultConfig => {
             print!("{}", ailurus::config::DEFAULT_TOML);
+            Ok(())
+        }
+        Cmd::Inspect { model } => {
+            let found = ailurus::model::inspect::inspect(&model)?;
+            for w in &found.warnings {
+                eprintln!("ailurus: warning: {w}");
+            }
+            print!("{}", found.to_toml(&model));
             Ok(())
         }
     }

@@ -53,6 +53,7 @@ impl ModelConfig {
 }
 
 pub mod cut;
+pub mod inspect;
 pub mod manifest;
 mod segmenter;
 
