@@ -40,6 +40,8 @@ impl ModelConfig {
     }
 }
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod cut;
 pub mod manifest;
 mod segmenter;
