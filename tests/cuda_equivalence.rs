@@ -13,7 +13,7 @@ use std::process::Command;
 
 use ailurus::reduce::cuda::{driver_present, CudaAilurus};
 use ailurus::reduce::{AilurusConfig, Reducer, Reduction};
-use reference::{compare, reference, tokens, Params, RefOut};
+use reference::{blocky_tokens, compare, reference, Params, RefOut};
 
 /// One case: grid, channels, clusters, knobs, smoothness and quantisation of the input.
 struct Case {
@@ -23,6 +23,8 @@ struct Case {
     p: Params,
     smooth: f32,
     levels: u32,
+    /// Flat `b x b` blocks of duplicate tokens (1 = none).
+    blocks: usize,
 }
 
 fn cfg(p: Params) -> AilurusConfig {
@@ -56,14 +58,16 @@ fn gpu_cases() -> Vec<Case> {
     let win = Params { windowed: true, ..P };
     let spatial = Params { spatial: true, ..P };
     vec![
-        Case { grid: (16, 16), c: 384, m: 64, p: P, smooth: 0.0, levels: 0 },
-        Case { grid: (32, 32), c: 768, m: 256, p: P, smooth: 0.6, levels: 0 },
-        Case { grid: (32, 32), c: 384, m: 512, p: win, smooth: 0.8, levels: 0 },
-        Case { grid: (48, 48), c: 384, m: 576, p: P, smooth: 0.7, levels: 0 },
-        Case { grid: (48, 48), c: 768, m: 40, p: spatial, smooth: 0.5, levels: 0 },
-        Case { grid: (20, 30), c: 384, m: 150, p: P, smooth: 0.9, levels: 6 },
-        Case { grid: (64, 64), c: 384, m: 1024, p: P, smooth: 0.7, levels: 0 },
-        Case { grid: (64, 64), c: 768, m: 64, p: Params { k: 9, r: 3, ..win }, smooth: 0.3, levels: 0 },
+        Case { grid: (16, 16), c: 384, m: 64, p: P, smooth: 0.0, levels: 0, blocks: 1 },
+        Case { grid: (32, 32), c: 768, m: 256, p: P, smooth: 0.6, levels: 0, blocks: 1 },
+        Case { grid: (32, 32), c: 384, m: 512, p: win, smooth: 0.8, levels: 0, blocks: 1 },
+        Case { grid: (48, 48), c: 384, m: 576, p: P, smooth: 0.7, levels: 0, blocks: 1 },
+        Case { grid: (48, 48), c: 768, m: 40, p: spatial, smooth: 0.5, levels: 0, blocks: 1 },
+        Case { grid: (20, 30), c: 384, m: 150, p: P, smooth: 0.9, levels: 6, blocks: 1 },
+        Case { grid: (64, 64), c: 384, m: 1024, p: P, smooth: 0.7, levels: 0, blocks: 1 },
+        Case { grid: (64, 64), c: 768, m: 64, p: Params { k: 9, r: 3, ..win }, smooth: 0.3, levels: 0, blocks: 1 },
+        Case { grid: (32, 32), c: 384, m: 100, p: P, smooth: 0.5, levels: 0, blocks: 4 },
+        Case { grid: (48, 48), c: 768, m: 300, p: spatial, smooth: 0.5, levels: 4, blocks: 3 },
     ]
 }
 
@@ -77,7 +81,7 @@ fn gpu_matches_the_cpu_reference() {
     let (mut rho, mut delta) = (Vec::new(), Vec::new());
     for (t, case) in gpu_cases().iter().enumerate() {
         let mut gpu = CudaAilurus::new(0, &cfg(case.p)).unwrap_or_else(|e| panic!("{e}"));
-        let x = tokens(100 + t as u64, case.grid, case.c, case.smooth, case.levels);
+        let x = blocky_tokens(100 + t as u64, case.grid, case.c, case.smooth, case.levels, case.blocks);
         let n = case.grid.0 * case.grid.1;
         gpu.reduce(&x, case.c, case.grid, case.m, &mut out).unwrap_or_else(|e| panic!("{e}"));
         gpu.last_density_delta(&mut rho, &mut delta).unwrap();
@@ -128,10 +132,11 @@ fn read_output(path: &Path, n: usize, c: usize) -> RefOut {
 
 /// Build the emulator; None (with a SKIP line) without g++.
 fn build_emulator(dir: &Path) -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // AILURUS_ROOT: the checkout, when the binary runs away from where it was built.
+    let root = std::env::var_os("AILURUS_ROOT").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     let bin = dir.join("kernel_emu");
     let status = Command::new("g++")
-        .args(["-std=c++17", "-O2", "-ffp-contract=off", "-o"])
+        .args(["-std=c++17", "-O2", "-ffp-contract=off", "-U_FORTIFY_SOURCE", "-o"])
         .arg(&bin)
         .arg(root.join("tools/kernel_emu.cpp"))
         .status();
@@ -151,18 +156,21 @@ fn emulated_kernels_match_the_cpu_reference() {
     let Some(emu) = build_emulator(dir.path()) else { return };
     let win = Params { windowed: true, delta_radius: 3, ..P };
     let cases = [
-        Case { grid: (16, 16), c: 384, m: 64, p: P, smooth: 0.0, levels: 0 },
-        Case { grid: (12, 20), c: 48, m: 30, p: win, smooth: 0.8, levels: 0 },
-        Case { grid: (16, 16), c: 24, m: 6, p: Params { spatial: true, ..P }, smooth: 0.5, levels: 0 },
-        Case { grid: (16, 16), c: 24, m: 5, p: P, smooth: 0.5, levels: 0 },
-        Case { grid: (10, 10), c: 16, m: 20, p: P, smooth: 0.9, levels: 3 },
-        Case { grid: (9, 13), c: 20, m: 117, p: Params { k: 30, r: 1, ..P }, smooth: 0.2, levels: 0 },
-        Case { grid: (1, 1), c: 8, m: 3, p: P, smooth: 0.0, levels: 0 },
-        Case { grid: (33, 33), c: 64, m: 300, p: P, smooth: 0.7, levels: 0 },
+        Case { grid: (16, 16), c: 384, m: 64, p: P, smooth: 0.0, levels: 0, blocks: 1 },
+        Case { grid: (12, 20), c: 48, m: 30, p: win, smooth: 0.8, levels: 0, blocks: 1 },
+        Case { grid: (16, 16), c: 24, m: 6, p: Params { spatial: true, ..P }, smooth: 0.5, levels: 0, blocks: 1 },
+        Case { grid: (16, 16), c: 24, m: 5, p: P, smooth: 0.5, levels: 0, blocks: 1 },
+        Case { grid: (10, 10), c: 16, m: 20, p: P, smooth: 0.9, levels: 3, blocks: 1 },
+        Case { grid: (9, 13), c: 20, m: 117, p: Params { k: 30, r: 1, ..P }, smooth: 0.2, levels: 0, blocks: 1 },
+        Case { grid: (1, 1), c: 8, m: 3, p: P, smooth: 0.0, levels: 0, blocks: 1 },
+        Case { grid: (33, 33), c: 64, m: 300, p: P, smooth: 0.7, levels: 0, blocks: 1 },
+        Case { grid: (16, 16), c: 32, m: 40, p: P, smooth: 0.5, levels: 0, blocks: 4 },
+        Case { grid: (15, 18), c: 16, m: 25, p: Params { windowed: true, delta_radius: 2, ..P }, smooth: 0.3, levels: 2, blocks: 3 },
+        Case { grid: (16, 16), c: 8, m: 30, p: Params { spatial: true, ..P }, smooth: 1.0, levels: 0, blocks: 8 },
     ];
     for (t, case) in cases.iter().enumerate() {
         let n = case.grid.0 * case.grid.1;
-        let x = tokens(200 + t as u64, case.grid, case.c, case.smooth, case.levels);
+        let x = blocky_tokens(200 + t as u64, case.grid, case.c, case.smooth, case.levels, case.blocks);
         let (inp, outp) = (dir.path().join(format!("in{t}")), dir.path().join(format!("out{t}")));
         write_input(&inp, &x, case);
         let st = Command::new(&emu).arg(&inp).arg(&outp).status().unwrap();

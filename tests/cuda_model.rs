@@ -62,7 +62,9 @@ fn full_model() -> Res<()> {
         println!("SKIP full_model_on_the_gpu: no CUDA driver (libcuda.so); the GPU model path is unverified here");
         return Ok(());
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // AILURUS_ROOT: the checkout, when the binary runs away from where it was built.
+    let root_dir = std::env::var_os("AILURUS_ROOT").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), std::path::PathBuf::from);
+    let root = root_dir.as_path();
     let manifest = Manifest::load(&root.join("models/vit_s_focus.toml"))?;
     if !manifest.onnx_path().is_file() {
         println!("SKIP full_model_on_the_gpu: {} missing (tools/fetch_assets.sh)", manifest.onnx_path().display());
@@ -101,7 +103,7 @@ fn full_model() -> Res<()> {
             }
         }
         let full_ms = median(times);
-        println!("TABLE|{s}|{n}|{n}|{full_ms:.2}|-|-|1.000|1.00x");
+        println!("TABLE|model|{s}|{n}|{n}|{full_ms:.2}|-|-|1.000|1.00x");
         let base_mask = mask(&base_out, th);
         for m in [n / 2, n / 4] {
             let (mut total, mut red_t) = (Vec::new(), Vec::new());
@@ -136,7 +138,7 @@ fn full_model() -> Res<()> {
             let (tot, rms) = (median(total), median(red_t));
             let iou = ailurus::post::iou(&mask(&out, th), &base_mask);
             println!(
-                "TABLE|{s}|{n}|{m}|{tot:.2}|{rms:.2}|{:.1}%|{iou:.3}|{:.2}x",
+                "TABLE|model|{s}|{n}|{m}|{tot:.2}|{rms:.2}|{:.1}%|{iou:.3}|{:.2}x",
                 100.0 * rms / tot,
                 full_ms / tot
             );

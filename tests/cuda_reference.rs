@@ -208,6 +208,24 @@ pub fn reference(x: &[f32], c: usize, grid: (usize, usize), m: usize, p: Params)
 /// like real tokens) into i.i.d. normal noise; `levels > 0` quantises to that many values (exact
 /// ties in distances and densities).
 pub fn tokens(seed: u64, grid: (usize, usize), c: usize, smooth: f32, levels: u32) -> Vec<f32> {
+    blocky_tokens(seed, grid, c, smooth, levels, 1)
+}
+
+/// `tokens`, then every patch copies the token of its `b x b` block's corner: flat regions of
+/// exact duplicates (D = 0, equal densities, many zero scores: every tie rule is exercised).
+pub fn blocky_tokens(seed: u64, grid: (usize, usize), c: usize, smooth: f32, levels: u32, b: usize) -> Vec<f32> {
+    let mut x = smooth_tokens(seed, grid, c, smooth, levels);
+    let w = grid.1;
+    for i in 0..grid.0 * w {
+        let src = (i / w / b * b) * w + (i % w) / b * b;
+        if src != i {
+            x.copy_within(src * c..(src + 1) * c, i * c);
+        }
+    }
+    x
+}
+
+fn smooth_tokens(seed: u64, grid: (usize, usize), c: usize, smooth: f32, levels: u32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
     let mut next = move || {
         s ^= s << 13;

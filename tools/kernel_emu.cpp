@@ -6,7 +6,8 @@
 // __syncthreads switches fibers; __shared__ is a static shared by the one block running at a
 // time) and a copy of the host launch sequence of src/reduce/cuda.rs. Must not: be used for
 // timing, or diverge from the launch sequence in src/reduce/cuda.rs (same kernels, same order,
-// same grids). f32 operations are IEEE single on x86-64 SSE; build with -ffp-contract=off.
+// same grids). f32 operations are IEEE single on x86-64 SSE; build with
+// g++ -std=c++17 -O2 -ffp-contract=off -U_FORTIFY_SOURCE.
 //
 // Usage: kernel_emu IN OUT
 //   IN:  10 x i32 (n c h w m k r windowed delta_radius spatial), then n*c f32 tokens
@@ -20,6 +21,7 @@
 #include <cstring>
 #include <functional>
 #include <vector>
+#include <csetjmp>
 #include <ucontext.h>
 
 struct dim3 {
@@ -49,41 +51,63 @@ using std::fmaxf;
 using std::fminf;
 
 // ---- fibers ---------------------------------------------------------------------------------
-static ucontext_t g_sched;
+// A fiber starts with setcontext (one syscall) and then switches with _setjmp/_longjmp (none):
+// build with -U_FORTIFY_SOURCE (a fortified longjmp refuses to change stacks).
 struct Fiber {
     ucontext_t ctx;
+    jmp_buf jb;
     std::vector<char> stack;
-    bool done = false;
+    bool started = false, done = false;
     dim3 tid;
 };
+static jmp_buf g_sched;
 static std::vector<Fiber> g_fibers;
 static size_t g_cur = 0;
 static std::function<void()> g_body;
+static bool g_fibered = false;
 
-void __syncthreads() { swapcontext(&g_fibers[g_cur].ctx, &g_sched); }
+void __syncthreads() {
+    if (!g_fibered) {
+        std::fprintf(stderr, "kernel_emu: __syncthreads in a kernel launched without barriers\n");
+        std::abort();
+    }
+    if (_setjmp(g_fibers[g_cur].jb) == 0) _longjmp(g_sched, 1);
+}
 
 static void fiber_entry() {
     g_body();
     g_fibers[g_cur].done = true;
-    swapcontext(&g_fibers[g_cur].ctx, &g_sched);
+    _longjmp(g_sched, 1);
 }
 
-// Run `body` for every thread of every block, blocks one after another.
-static void launch(dim3 grid, dim3 block, std::function<void()> body) {
+// Run `body` for every thread of every block, blocks one after another. `barriers`: the kernel
+// calls __syncthreads (its threads run as fibers); otherwise threads run one after another.
+static void launch(dim3 grid, dim3 block, bool barriers, std::function<void()> body) {
     gridDim = grid;
     blockDim = block;
     g_body = std::move(body);
+    g_fibered = barriers;
     size_t nt = (size_t)block.x * block.y * block.z;
-    g_fibers.resize(nt);
-    for (auto& f : g_fibers) f.stack.resize(256 * 1024);
+    if (barriers && g_fibers.size() < nt) g_fibers.resize(nt);
+    for (auto& f : g_fibers) f.stack.resize(64 * 1024);
+    auto tid = [&](size_t t) {
+        return dim3{(unsigned)(t % block.x), (unsigned)((t / block.x) % block.y), (unsigned)(t / (block.x * block.y))};
+    };
     for (unsigned bz = 0; bz < grid.z; ++bz)
         for (unsigned by = 0; by < grid.y; ++by)
             for (unsigned bx = 0; bx < grid.x; ++bx) {
                 blockIdx = {bx, by, bz};
+                if (!barriers) {
+                    for (size_t t = 0; t < nt; ++t) {
+                        threadIdx = tid(t);
+                        g_body();
+                    }
+                    continue;
+                }
                 for (size_t t = 0; t < nt; ++t) {
                     Fiber& f = g_fibers[t];
-                    f.done = false;
-                    f.tid = {(unsigned)(t % block.x), (unsigned)((t / block.x) % block.y), (unsigned)(t / (block.x * block.y))};
+                    f.started = f.done = false;
+                    f.tid = tid(t);
                     getcontext(&f.ctx);
                     f.ctx.uc_stack.ss_sp = f.stack.data();
                     f.ctx.uc_stack.ss_size = f.stack.size();
@@ -94,11 +118,18 @@ static void launch(dim3 grid, dim3 block, std::function<void()> body) {
                 for (;;) {
                     bool any = false;
                     for (size_t t = 0; t < nt; ++t) {
-                        if (g_fibers[t].done) continue;
+                        Fiber& f = g_fibers[t];
+                        if (f.done) continue;
                         any = true;
                         g_cur = t;
-                        threadIdx = g_fibers[t].tid;
-                        swapcontext(&g_sched, &g_fibers[t].ctx);
+                        threadIdx = f.tid;
+                        if (_setjmp(g_sched) == 0) {
+                            if (!f.started) {
+                                f.started = true;
+                                setcontext(&f.ctx);
+                            }
+                            _longjmp(f.jb, 1);
+                        }
                     }
                     if (!any) break;
                 }
@@ -130,27 +161,27 @@ int main(int argc, char** argv) {
     std::vector<int> is_centre(n), cid(n);
     float sqrt_c = std::sqrt((float)c);
 
-    launch({cdiv(n, 256)}, {256}, [&] { ail_sqnorm(x.data(), n, c, sq.data()); });
+    launch({cdiv(n, 256)}, {256}, false, [&] { ail_sqnorm(x.data(), n, c, sq.data()); });
     unsigned tiles = cdiv(n, 64);
-    launch({tiles, tiles}, {16, 16}, [&] { ail_pairwise(x.data(), sq.data(), n, c, sqrt_c, d.data()); });
-    launch({cdiv(n, 128)}, {128}, [&] { ail_density(d.data(), h, w, k, r, rho.data(), keyo.data()); });
-    launch({(unsigned)n}, {256}, [&] {
+    launch({tiles, tiles}, {16, 16}, true, [&] { ail_pairwise(x.data(), sq.data(), n, c, sqrt_c, d.data()); });
+    launch({cdiv(n, 128)}, {128}, false, [&] { ail_density(d.data(), h, w, k, r, rho.data(), keyo.data()); });
+    launch({(unsigned)n}, {256}, true, [&] {
         ail_delta(d.data(), rho.data(), keyo.data(), h, w, windowed, dr, scoreo.data(), delta.data());
     });
-    launch({cdiv(n, 256)}, {256}, [&] { ail_rank(scoreo.data(), n, m, is_centre.data()); });
-    launch({1}, {1024}, [&] { ail_compact(is_centre.data(), n, cid.data(), centers.data()); });
-    launch({cdiv(n, 128)}, {128}, [&] {
+    launch({cdiv(n, 256)}, {256}, true, [&] { ail_rank(scoreo.data(), n, m, is_centre.data()); });
+    launch({1}, {1024}, true, [&] { ail_compact(is_centre.data(), n, cid.data(), centers.data()); });
+    launch({cdiv(n, 128)}, {128}, false, [&] {
         ail_assign(d.data(), cid.data(), centers.data(), h, w, r, m, spatial, assign.data());
     });
-    launch({cdiv(n, 256)}, {256}, [&] { ail_count(assign.data(), n, counts.data()); });
-    launch({1}, {1024}, [&] { ail_offsets(counts.data(), m, offsets.data()); });
-    launch({cdiv(n, 256)}, {256}, [&] { ail_scatter(assign.data(), offsets.data(), n, members.data()); });
-    launch({(unsigned)m}, {128}, [&] {
+    launch({cdiv(n, 256)}, {256}, false, [&] { ail_count(assign.data(), n, counts.data()); });
+    launch({1}, {1024}, true, [&] { ail_offsets(counts.data(), m, offsets.data()); });
+    launch({cdiv(n, 256)}, {256}, true, [&] { ail_scatter(assign.data(), offsets.data(), n, members.data()); });
+    launch({(unsigned)m}, {128}, false, [&] {
         ail_merge(x.data(), members.data(), offsets.data(), counts.data(), c, merged.data(), sizes.data());
     });
     // Unfold round trip: full[i] must equal merged[assign[i]] (checked here, not written out).
     std::vector<float> full((size_t)n * c);
-    launch({cdiv((size_t)n * c, 256)}, {256}, [&] { ail_unfold(merged.data(), assign.data(), n, c, full.data()); });
+    launch({cdiv((size_t)n * c, 256)}, {256}, false, [&] { ail_unfold(merged.data(), assign.data(), n, c, full.data()); });
     for (int i = 0; i < n; ++i)
         if (std::memcmp(&full[(size_t)i * c], &merged[(size_t)assign[i] * c], 4 * (size_t)c) != 0) {
             std::fprintf(stderr, "kernel_emu: unfold mismatch at token %d\n", i);
