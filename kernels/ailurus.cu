@@ -10,7 +10,7 @@
 // nvrtc-options: --fmad=false --prec-div=true --prec-sqrt=true --ftz=false
 //
 // ARITHMETIC CONTRACT (what makes the CPU and GPU results bit-identical; the CPU reference in
-// tests/cuda_equivalence.rs follows it line by line). Every f32 operation is rounded on its own
+// tests/cuda_reference.rs follows it line by line). Every f32 operation is rounded on its own
 // (round-to-nearest-even): products and sums go through __fmul_rn / __fadd_rn, which the compiler
 // never contracts into an FMA; NVRTC also runs with --fmad=false.
 //   sq[i]   = sum_{c=0..C-1} x[i][c]*x[i][c], left to right from 0.0f (no FMA).

@@ -21,20 +21,14 @@ fn median_ms(mut v: Vec<Duration>) -> f64 {
 #[test]
 fn reducer_gpu_vs_cpu_timing() {
     if !driver_present() {
-        println!(
-            "SKIP reducer_gpu_vs_cpu_timing: no CUDA driver (libcuda.so); GPU timings not measured"
-        );
+        println!("SKIP reducer_gpu_vs_cpu_timing: no CUDA driver (libcuda.so); GPU timings not measured");
         return;
     }
     let cfg = ReduceConfig::default();
     let mut gpu = CudaAilurus::new(0, &cfg.ailurus).unwrap_or_else(|e| panic!("{e}"));
     let mut cpu = reduce::build(&cfg);
     let product = cpu.name() == "ailurus";
-    let cpu_label = if product {
-        "cpu ailurus"
-    } else {
-        "cpu test reference"
-    };
+    let cpu_label = if product { "cpu ailurus" } else { "cpu test reference" };
     println!("reducer on {gpu:?}; CPU side: {cpu_label}");
     let c = 384;
     let (mut g_out, mut c_out) = (Reduction::default(), Reduction::default());
@@ -45,8 +39,7 @@ fn reducer_gpu_vs_cpu_timing() {
         let mut gt = Vec::new();
         for it in 0..12 {
             let t = Instant::now();
-            gpu.reduce(&x, c, grid, m, &mut g_out)
-                .unwrap_or_else(|e| panic!("{e}"));
+            gpu.reduce(&x, c, grid, m, &mut g_out).unwrap_or_else(|e| panic!("{e}"));
             if it >= 2 {
                 gt.push(t.elapsed());
             }
@@ -72,9 +65,6 @@ fn reducer_gpu_vs_cpu_timing() {
             cms / g,
             if same { "same" } else { "DIFFER" }
         );
-        assert!(
-            same,
-            "N={n}: GPU and {cpu_label} clusters differ (see tests/cuda_equivalence.rs)"
-        );
+        assert!(same, "N={n}: GPU and {cpu_label} clusters differ (see tests/cuda_equivalence.rs)");
     }
 }

@@ -109,7 +109,18 @@ fn gpu_matches_the_cpu_reference() {
 fn write_input(path: &Path, x: &[f32], case: &Case) {
     let n = case.grid.0 * case.grid.1;
     let p = case.p;
-    let hdr = [n, case.c, case.grid.0, case.grid.1, case.m.clamp(1, n), p.k, p.r, p.windowed as usize, p.delta_radius, p.spatial as usize];
+    let hdr = [
+        n,
+        case.c,
+        case.grid.0,
+        case.grid.1,
+        case.m.clamp(1, n),
+        p.k,
+        p.r,
+        p.windowed as usize,
+        p.delta_radius,
+        p.spatial as usize,
+    ];
     let mut bytes: Vec<u8> = hdr.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect();
     bytes.extend(x.iter().flat_map(|v| v.to_le_bytes()));
     std::fs::write(path, bytes).unwrap();
@@ -133,7 +144,8 @@ fn read_output(path: &Path, n: usize, c: usize) -> RefOut {
 /// Build the emulator; None (with a SKIP line) without g++.
 fn build_emulator(dir: &Path) -> Option<PathBuf> {
     // AILURUS_ROOT: the checkout, when the binary runs away from where it was built.
-    let root = std::env::var_os("AILURUS_ROOT").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let root =
+        std::env::var_os("AILURUS_ROOT").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     let bin = dir.join("kernel_emu");
     let status = Command::new("g++")
         .args(["-std=c++17", "-O2", "-ffp-contract=off", "-U_FORTIFY_SOURCE", "-o"])
@@ -165,7 +177,15 @@ fn emulated_kernels_match_the_cpu_reference() {
         Case { grid: (1, 1), c: 8, m: 3, p: P, smooth: 0.0, levels: 0, blocks: 1 },
         Case { grid: (33, 33), c: 64, m: 300, p: P, smooth: 0.7, levels: 0, blocks: 1 },
         Case { grid: (16, 16), c: 32, m: 40, p: P, smooth: 0.5, levels: 0, blocks: 4 },
-        Case { grid: (15, 18), c: 16, m: 25, p: Params { windowed: true, delta_radius: 2, ..P }, smooth: 0.3, levels: 2, blocks: 3 },
+        Case {
+            grid: (15, 18),
+            c: 16,
+            m: 25,
+            p: Params { windowed: true, delta_radius: 2, ..P },
+            smooth: 0.3,
+            levels: 2,
+            blocks: 3,
+        },
         Case { grid: (16, 16), c: 8, m: 30, p: Params { spatial: true, ..P }, smooth: 1.0, levels: 0, blocks: 8 },
     ];
     for (t, case) in cases.iter().enumerate() {

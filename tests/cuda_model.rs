@@ -38,7 +38,9 @@ fn input(root: &Path, m: &Manifest, s: usize) -> Vec<f32> {
         .and_then(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file()).min())
         .and_then(|p| image::open(p).ok())
         .map(|i| i.to_rgb8())
-        .unwrap_or_else(|| image::RgbImage::from_fn(640, 480, |x, y| image::Rgb([(x / 3) as u8, (y / 2) as u8, ((x + y) / 5) as u8])));
+        .unwrap_or_else(|| {
+            image::RgbImage::from_fn(640, 480, |x, y| image::Rgb([(x / 3) as u8, (y / 2) as u8, ((x + y) / 5) as u8]))
+        });
     let norm = ailurus::pre::Normalize { mean: m.input.mean, std: m.input.std };
     let mut out = Vec::new();
     let (w, h) = photo.dimensions();
@@ -63,7 +65,8 @@ fn full_model() -> Res<()> {
         return Ok(());
     }
     // AILURUS_ROOT: the checkout, when the binary runs away from where it was built.
-    let root_dir = std::env::var_os("AILURUS_ROOT").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), std::path::PathBuf::from);
+    let root_dir =
+        std::env::var_os("AILURUS_ROOT").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), std::path::PathBuf::from);
     let root = root_dir.as_path();
     let manifest = Manifest::load(&root.join("models/vit_s_focus.toml"))?;
     if !manifest.onnx_path().is_file() {
@@ -122,7 +125,10 @@ fn full_model() -> Res<()> {
                 let t_all = prefix + k;
                 let mid = run(
                     &mut middle,
-                    tvec!(Tensor::from_shape(&[1, t_all, c], &mid_in)?.into(), Tensor::from_shape(&[1, 1, 1, t_all], &bias)?.into()),
+                    tvec!(
+                        Tensor::from_shape(&[1, t_all, c], &mid_in)?.into(),
+                        Tensor::from_shape(&[1, 1, 1, t_all], &bias)?.into()
+                    ),
                 )?;
                 let tu = Instant::now();
                 let mut head_in = mid[..prefix * c].to_vec();

@@ -6,8 +6,8 @@
 
 use ailurus::model::cuda::{GpuModelError, ModelRuntime};
 use ailurus::reduce::cuda::{
-    build_for_device, cache_file_name, compiled_kernels, driver_present, nvrtc_compile, nvrtc_present, nvrtc_version, probe,
-    CudaAilurus, CudaError, KERNEL_SRC,
+    build_for_device, cache_file_name, compiled_kernels, driver_present, nvrtc_compile, nvrtc_present, nvrtc_version,
+    probe, CudaAilurus, CudaError, KERNEL_SRC,
 };
 use ailurus::reduce::{AilurusConfig, ReduceConfig, Reduction};
 

@@ -110,8 +110,8 @@ echo
 echo "== ailurus gpu-check: one table ($(elapsed) s in all)"
 {
     echo "what|N|M|GPU_ms|CPU_ms_or_reduce_ms|reduce_share|speed-up|IoU_or_match"
-    grep '^TABLE|reduce|' "$log" | awk -F'|' '{print "reducer (" $9 ")|" $3 "|" $4 "|" $5 "|" $6 "|-|" $7 "|" $8}'
-    grep '^TABLE|model|' "$log" | awk -F'|' '{print "model " $3 "px|" $4 "|" $5 "|" $6 "|" $7 "|" $8 "|" $10 "|" $9}'
+    grep -o 'TABLE|reduce|.*' "$log" | awk -F'|' '{print "reducer (" $9 ")|" $3 "|" $4 "|" $5 "|" $6 "|-|" $7 "|" $8}'
+    grep -o 'TABLE|model|.*' "$log" | awk -F'|' '{print "model " $3 "px|" $4 "|" $5 "|" $6 "|" $7 "|" $8 "|" $10 "|" $9}'
 } | column -t -s'|'
-grep -h '^SKIP' "$log" | sort -u
+grep -o 'SKIP .*' "$log" | sort -u
 exit $status

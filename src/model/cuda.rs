@@ -16,9 +16,18 @@ use tract_core::runtime::{Runtime, State};
 #[derive(Debug, thiserror::Error)]
 pub enum GpuModelError {
     #[error("[model] device {device:?}: tract-cuda is unavailable: {}", super::first_line(.source))]
-    Unavailable { device: String, #[source] source: TractError },
+    Unavailable {
+        device: String,
+        #[source]
+        source: TractError,
+    },
     #[error("[model] device {device:?}: preparing the {part} on tract-cuda: {}", super::first_line(.source))]
-    Prepare { device: String, part: String, #[source] source: TractError },
+    Prepare {
+        device: String,
+        part: String,
+        #[source]
+        source: TractError,
+    },
     #[error("[model] device {device:?}: tract-cuda panicked while preparing the {part}: {msg}")]
     Panicked { device: String, part: String, msg: String },
     #[error("[model] device {device:?} is not one of cpu, cuda, cuda-or-cpu")]
@@ -82,7 +91,9 @@ impl ModelRuntime {
         let run = std::panic::AssertUnwindSafe(|| self.rt.prepare(model).and_then(|r| r.spawn()));
         match std::panic::catch_unwind(run) {
             Ok(r) => r.map_err(err),
-            Err(p) => Err(GpuModelError::Panicked { device: self.device.clone(), part: part.to_string(), msg: panic_msg(&p) }),
+            Err(p) => {
+                Err(GpuModelError::Panicked { device: self.device.clone(), part: part.to_string(), msg: panic_msg(&p) })
+            }
         }
     }
 }

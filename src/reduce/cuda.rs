@@ -1,16 +1,14 @@
 //! `CudaAilurus`: the `ailurus` reducer (spatial-aware DPC-KNN) on an NVIDIA GPU, through cudarc.
 //!
-//! Owns: the probe of the CUDA driver and NVRTC, compiling `kernels/ailurus.cu` with NVRTC for the
-//! device's arch (the binary is cached on disk, keyed by source hash + arch + NVRTC version), the
-//! device buffers (grown on demand, reused frame to frame) and the launch sequence.
+//! Owns: the probe of the CUDA driver, the device buffers (grown on demand, reused frame to frame)
+//! and the launch sequence of `kernels/ailurus.cu` (compiled for the device's arch and cached on
+//! disk by `cuda/nvrtc.rs`). `build_for_device` picks GPU or CPU for `[reduce] device`.
 //! Must not: panic when CUDA is missing (every cudarc entry point is guarded by its
 //! `is_culib_present()` probe, and context creation by `catch_unwind`), or round differently from
 //! the CPU reference: the arithmetic contract is the header of `kernels/ailurus.cu`, and results are
 //! bit-identical to a CPU implementation that follows it (sequential no-FMA dot products, f32
 //! `total_cmp` orders, `exp` in f64).
 
-use std::ffi::{c_char, CString};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,11 +18,27 @@ use cudarc::nvrtc::Ptx;
 
 use super::{AilurusConfig, ReduceConfig, ReduceError, Reducer, Reduction};
 
+mod nvrtc;
+pub use nvrtc::{
+    cache_dir, cache_file_name, compiled_kernels, nvrtc_archs, nvrtc_compile, nvrtc_options, nvrtc_present,
+    nvrtc_version, pick_arch,
+};
+
 /// The kernel source, compiled at start-up.
 pub const KERNEL_SRC: &str = include_str!("../../kernels/ailurus.cu");
 const KERNELS: [&str; 12] = [
-    "ail_sqnorm", "ail_pairwise", "ail_density", "ail_delta", "ail_rank", "ail_compact",
-    "ail_assign", "ail_count", "ail_offsets", "ail_scatter", "ail_merge", "ail_unfold",
+    "ail_sqnorm",
+    "ail_pairwise",
+    "ail_density",
+    "ail_delta",
+    "ail_rank",
+    "ail_compact",
+    "ail_assign",
+    "ail_count",
+    "ail_offsets",
+    "ail_scatter",
+    "ail_merge",
+    "ail_unfold",
 ];
 /// Threads of the block-per-row / scan-tile kernels and of the single-block scans (the
 /// `AIL_RED` and `AIL_SCAN` defines of the kernel file).
@@ -39,9 +53,20 @@ pub enum CudaError {
     #[error("cuda: NVRTC (libnvrtc.so.12) is not loadable (JetPack: cuda-nvrtc; else LD_LIBRARY_PATH)")]
     NoNvrtc,
     #[error("cuda device {device}: {op}: {source}")]
-    Driver { device: usize, op: &'static str, #[source] source: DriverError },
+    Driver {
+        device: usize,
+        op: &'static str,
+        #[source]
+        source: DriverError,
+    },
     #[error("cuda: NVRTC {op} for {arch}: {source}{log}")]
-    Nvrtc { arch: String, op: &'static str, log: String, #[source] source: NvrtcError },
+    Nvrtc {
+        arch: String,
+        op: &'static str,
+        log: String,
+        #[source]
+        source: NvrtcError,
+    },
     #[error("cuda device {device}: NVRTC {nvrtc} supports no arch <= sm_{arch}")]
     NoArch { device: usize, arch: i32, nvrtc: String },
     #[error("cuda device {device}: the driver panicked during {op} (missing symbol?): {msg}")]
@@ -71,144 +96,10 @@ impl std::fmt::Display for DeviceInfo {
     }
 }
 
-/// NVRTC is loadable (a GPU is not needed to compile).
-pub fn nvrtc_present() -> bool {
-    // SAFETY: a dlopen probe without other side effects.
-    unsafe { cudarc::nvrtc::sys::is_culib_present() }
-}
-
 /// The NVIDIA driver library is loadable.
 pub fn driver_present() -> bool {
     // SAFETY: a dlopen probe without other side effects.
     unsafe { cudarc::driver::sys::is_culib_present() }
-}
-
-/// NVRTC's (major, minor) version.
-pub fn nvrtc_version() -> Result<(i32, i32), CudaError> {
-    if !nvrtc_present() {
-        return Err(CudaError::NoNvrtc);
-    }
-    let (mut a, mut b) = (0, 0);
-    // SAFETY: library present (checked above); plain out-parameters.
-    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut a, &mut b) }
-        .result()
-        .map_err(|source| CudaError::Nvrtc { arch: "-".into(), op: "version", log: String::new(), source })?;
-    Ok((a, b))
-}
-
-/// The real architectures (e.g. 87 for sm_87) this NVRTC can compile for.
-pub fn nvrtc_archs() -> Result<Vec<i32>, CudaError> {
-    nvrtc_version()?;
-    let err = |source| CudaError::Nvrtc { arch: "-".into(), op: "supported archs", log: String::new(), source };
-    let mut n = 0;
-    // SAFETY: library present (nvrtc_version checked); the buffer has the size NVRTC reported.
-    unsafe { cudarc::nvrtc::sys::nvrtcGetNumSupportedArchs(&mut n) }.result().map_err(err)?;
-    let mut archs = vec![0; n.max(0) as usize];
-    unsafe { cudarc::nvrtc::sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) }.result().map_err(err)?;
-    Ok(archs)
-}
-
-/// The `// nvrtc-options:` line of the kernel source (shared with tools/check_kernels.sh).
-pub fn nvrtc_options(src: &str) -> Vec<String> {
-    src.lines()
-        .find_map(|l| l.strip_prefix("// nvrtc-options:"))
-        .map(|o| o.split_whitespace().map(String::from).collect())
-        .unwrap_or_default()
-}
-
-/// Compile `src` with NVRTC: `arch` "sm_XY" gives a CUBIN, "compute_XY" a NUL-terminated PTX.
-pub fn nvrtc_compile(src: &str, arch: &str) -> Result<Vec<u8>, CudaError> {
-    use cudarc::nvrtc::{result, sys};
-    nvrtc_version()?;
-    let err = |op, log: String| move |source| CudaError::Nvrtc { arch: arch.to_string(), op, log, source };
-    let csrc = CString::new(src.replace('\0', " ")).unwrap_or_default();
-    let prog = result::create_program(&csrc, Some(c"ailurus.cu")).map_err(err("create", String::new()))?;
-    struct Guard(sys::nvrtcProgram);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            // SAFETY: created above, destroyed once here.
-            let _ = unsafe { cudarc::nvrtc::result::destroy_program(self.0) };
-        }
-    }
-    let g = Guard(prog);
-    let mut opts = nvrtc_options(src);
-    opts.push(format!("--gpu-architecture={arch}"));
-    // SAFETY: `g.0` is a live program for every call below.
-    let compiled = unsafe { result::compile_program(g.0, &opts) };
-    if let Err(source) = compiled {
-        let log = unsafe { result::get_program_log(g.0) }.map(|l| c_chars_to_string(&l)).unwrap_or_default();
-        let first = log.lines().find(|l| l.contains("error")).unwrap_or("").trim().to_string();
-        return Err(err("compile", if first.is_empty() { first } else { format!(": {first}") })(source));
-    }
-    if arch.starts_with("sm_") {
-        let mut size = 0usize;
-        unsafe { sys::nvrtcGetCUBINSize(g.0, &mut size) }.result().map_err(err("get CUBIN", String::new()))?;
-        let mut bin = vec![0u8; size];
-        unsafe { sys::nvrtcGetCUBIN(g.0, bin.as_mut_ptr() as *mut c_char) }
-            .result()
-            .map_err(err("get CUBIN", String::new()))?;
-        Ok(bin)
-    } else {
-        let ptx = unsafe { result::get_ptx(g.0) }.map_err(err("get PTX", String::new()))?;
-        Ok(ptx.iter().map(|&c| c as u8).collect())
-    }
-}
-
-fn c_chars_to_string(v: &[c_char]) -> String {
-    let bytes: Vec<u8> = v.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// The target for a device of capability `cap`: its own `sm_XY` when NVRTC knows it, else PTX
-/// for the newest older arch NVRTC knows (the driver JIT-compiles it).
-pub fn pick_arch(cap: (i32, i32), supported: &[i32]) -> Option<String> {
-    let want = cap.0 * 10 + cap.1;
-    if supported.contains(&want) {
-        return Some(format!("sm_{want}"));
-    }
-    supported.iter().filter(|&&a| a < want).max().map(|a| format!("compute_{a}"))
-}
-
-/// Where compiled kernels are cached: `$AILURUS_KERNEL_CACHE`, else `$XDG_CACHE_HOME/ailurus/kernels`,
-/// else `~/.cache/ailurus/kernels`.
-pub fn cache_dir() -> Option<PathBuf> {
-    let env = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    env("AILURUS_KERNEL_CACHE")
-        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("ailurus/kernels")))
-        .or_else(|| env("HOME").map(|h| h.join(".cache/ailurus/kernels")))
-}
-
-/// Cache file name for `src` compiled for `arch` by NVRTC `nvrtc`.
-pub fn cache_file_name(src: &str, arch: &str, nvrtc: (i32, i32)) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(src.as_bytes());
-    h.update(format!("\0{arch}\0nvrtc {}.{}", nvrtc.0, nvrtc.1).as_bytes());
-    let hex: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let ext = if arch.starts_with("sm_") { "cubin" } else { "ptx" };
-    format!("ailurus-{hex}-{arch}.{ext}")
-}
-
-/// The compiled kernels for `arch`: from the disk cache, else NVRTC (then cached; a cache that
-/// cannot be written only costs a warning). Returns the binary and whether it came from the cache.
-pub fn compiled_kernels(arch: &str, nvrtc: (i32, i32)) -> Result<(Vec<u8>, bool), CudaError> {
-    let path = cache_dir().map(|d| d.join(cache_file_name(KERNEL_SRC, arch, nvrtc)));
-    if let Some(bin) = path.as_ref().and_then(|p| std::fs::read(p).ok()).filter(|b| !b.is_empty()) {
-        return Ok((bin, true));
-    }
-    let bin = nvrtc_compile(KERNEL_SRC, arch)?;
-    if let Some(p) = path {
-        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
-        let written = p
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|_| std::fs::write(&tmp, &bin))
-            .and_then(|_| std::fs::rename(&tmp, &p));
-        if let Err(e) = written {
-            log::warn!("cuda: cannot cache compiled kernels at {}: {e}", p.display());
-        }
-    }
-    Ok((bin, false))
 }
 
 fn drv(device: usize, op: &'static str) -> impl Fn(DriverError) -> CudaError {
@@ -353,8 +244,21 @@ impl std::fmt::Debug for CudaAilurus {
     }
 }
 
+/// Launch kernel `$f` on stream `$s`, arguments in the kernel's signature order (inside `unsafe`).
+macro_rules! launch {
+    ($s:expr, $f:expr, $cfg:expr, $e:expr; $($arg:expr),+ $(,)?) => {{
+        let mut lb = $s.launch_builder($f);
+        $(lb.arg($arg);)+
+        lb.launch($cfg).map_err($e)?;
+    }};
+}
+
 fn blocks(n: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: ((n as u32).div_ceil(threads).max(1), 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(threads).max(1), 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 impl CudaAilurus {
@@ -434,7 +338,14 @@ impl CudaAilurus {
     }
 
     /// Every kernel of one reduction, then the downloads into `out`.
-    fn run(&mut self, tokens: &[f32], c: usize, (h, w): (usize, usize), m: usize, out: &mut Reduction) -> Result<(), CudaError> {
+    fn run(
+        &mut self,
+        tokens: &[f32],
+        c: usize,
+        (h, w): (usize, usize),
+        m: usize,
+        out: &mut Reduction,
+    ) -> Result<(), CudaError> {
         let n = h * w;
         self.ensure_buffers(n, c)?;
         let s = self.stream.clone();
@@ -442,38 +353,39 @@ impl CudaAilurus {
         let e = drv(self.info.ordinal, "run kernels");
         let k = &self.kernels;
         let (ni, ci, hi, wi, mi) = (n as i32, c as i32, h as i32, w as i32, m as i32);
-        let (ki, ri, dri) = (self.k.min(i32::MAX as usize) as i32, self.radius.min(1 << 20) as i32, self.delta_radius.min(1 << 20) as i32);
+        let (ki, ri, dri) = (
+            self.k.min(i32::MAX as usize) as i32,
+            self.radius.min(1 << 20) as i32,
+            self.delta_radius.min(1 << 20) as i32,
+        );
         let (windowed, spatial) = (self.windowed as i32, self.spatial as i32);
         let sqrt_c = (c as f32).sqrt();
         s.memcpy_htod(tokens, &mut b.x).map_err(&e)?;
+        let cfg = |grid: (u32, u32), block: (u32, u32)| LaunchConfig {
+            grid_dim: (grid.0.max(1), grid.1.max(1), 1),
+            block_dim: (block.0, block.1, 1),
+            shared_mem_bytes: 0,
+        };
+        let per = |items: usize, threads: u32| cfg(((items as u32).div_ceil(threads), 1), (threads, 1));
+        let tiles = (n as u32).div_ceil(64);
         // SAFETY (all launches): argument lists match the kernel signatures in kernels/ailurus.cu,
         // every buffer holds at least n (n*c, n*n) elements, grids cover exactly n (m) items.
         unsafe {
-            s.launch_builder(k.get("ail_sqnorm")).arg(&b.x).arg(&ni).arg(&ci).arg(&mut b.sq).launch(blocks(n, 256)).map_err(&e)?;
-            let tiles = (n as u32).div_ceil(64);
-            let cfg = LaunchConfig { grid_dim: (tiles, tiles, 1), block_dim: (16, 16, 1), shared_mem_bytes: 0 };
-            s.launch_builder(k.get("ail_pairwise")).arg(&b.x).arg(&b.sq).arg(&ni).arg(&ci).arg(&sqrt_c).arg(&mut b.d).launch(cfg).map_err(&e)?;
-            s.launch_builder(k.get("ail_density"))
-                .arg(&b.d).arg(&hi).arg(&wi).arg(&ki).arg(&ri).arg(&mut b.rho).arg(&mut b.keyo)
-                .launch(blocks(n, 128)).map_err(&e)?;
-            let per_row = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (RED, 1, 1), shared_mem_bytes: 0 };
-            s.launch_builder(k.get("ail_delta"))
-                .arg(&b.d).arg(&b.rho).arg(&b.keyo).arg(&hi).arg(&wi).arg(&windowed).arg(&dri).arg(&mut b.scoreo).arg(&mut b.delta)
-                .launch(per_row).map_err(&e)?;
-            s.launch_builder(k.get("ail_rank")).arg(&b.scoreo).arg(&ni).arg(&mi).arg(&mut b.is_centre).launch(blocks(n, RED)).map_err(&e)?;
-            let single = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (SCAN, 1, 1), shared_mem_bytes: 0 };
-            s.launch_builder(k.get("ail_compact")).arg(&b.is_centre).arg(&ni).arg(&mut b.cid).arg(&mut b.centers).launch(single).map_err(&e)?;
-            s.launch_builder(k.get("ail_assign"))
-                .arg(&b.d).arg(&b.cid).arg(&b.centers).arg(&hi).arg(&wi).arg(&ri).arg(&mi).arg(&spatial).arg(&mut b.assign)
-                .launch(blocks(n, 128)).map_err(&e)?;
+            launch!(s, k.get("ail_sqnorm"), per(n, 256), &e; &b.x, &ni, &ci, &mut b.sq);
+            launch!(s, k.get("ail_pairwise"), cfg((tiles, tiles), (16, 16)), &e; &b.x, &b.sq, &ni, &ci, &sqrt_c, &mut b.d);
+            launch!(s, k.get("ail_density"), per(n, 128), &e; &b.d, &hi, &wi, &ki, &ri, &mut b.rho, &mut b.keyo);
+            launch!(s, k.get("ail_delta"), cfg((n as u32, 1), (RED, 1)), &e;
+                &b.d, &b.rho, &b.keyo, &hi, &wi, &windowed, &dri, &mut b.scoreo, &mut b.delta);
+            launch!(s, k.get("ail_rank"), per(n, RED), &e; &b.scoreo, &ni, &mi, &mut b.is_centre);
+            launch!(s, k.get("ail_compact"), cfg((1, 1), (SCAN, 1)), &e; &b.is_centre, &ni, &mut b.cid, &mut b.centers);
+            launch!(s, k.get("ail_assign"), per(n, 128), &e;
+                &b.d, &b.cid, &b.centers, &hi, &wi, &ri, &mi, &spatial, &mut b.assign);
             s.memset_zeros(&mut b.counts).map_err(&e)?;
-            s.launch_builder(k.get("ail_count")).arg(&b.assign).arg(&ni).arg(&mut b.counts).launch(blocks(n, 256)).map_err(&e)?;
-            s.launch_builder(k.get("ail_offsets")).arg(&b.counts).arg(&mi).arg(&mut b.offsets).launch(single).map_err(&e)?;
-            s.launch_builder(k.get("ail_scatter")).arg(&b.assign).arg(&b.offsets).arg(&ni).arg(&mut b.members).launch(blocks(n, RED)).map_err(&e)?;
-            let per_cluster = LaunchConfig { grid_dim: (m as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-            s.launch_builder(k.get("ail_merge"))
-                .arg(&b.x).arg(&b.members).arg(&b.offsets).arg(&b.counts).arg(&ci).arg(&mut b.merged).arg(&mut b.sizes)
-                .launch(per_cluster).map_err(&e)?;
+            launch!(s, k.get("ail_count"), per(n, 256), &e; &b.assign, &ni, &mut b.counts);
+            launch!(s, k.get("ail_offsets"), cfg((1, 1), (SCAN, 1)), &e; &b.counts, &mi, &mut b.offsets);
+            launch!(s, k.get("ail_scatter"), per(n, RED), &e; &b.assign, &b.offsets, &ni, &mut b.members);
+            launch!(s, k.get("ail_merge"), cfg((m as u32, 1), (128, 1)), &e;
+                &b.x, &b.members, &b.offsets, &b.counts, &ci, &mut b.merged, &mut b.sizes);
         }
         out.m = m;
         out.c = c;
@@ -510,9 +422,7 @@ impl CudaAilurus {
         s.memcpy_htod(&merged[..m * c], &mut b.merged).map_err(&e)?;
         // SAFETY: matches ail_unfold's signature; `full` and `merged` hold n*c and m*c values.
         unsafe {
-            s.launch_builder(self.kernels.get("ail_unfold"))
-                .arg(&b.merged).arg(&b.assign).arg(&ni).arg(&ci).arg(&mut b.full)
-                .launch(blocks(n * c, 256)).map_err(&e)?;
+            launch!(s, self.kernels.get("ail_unfold"), blocks(n * c, 256), &e; &b.merged, &b.assign, &ni, &ci, &mut b.full);
         }
         s.memcpy_dtoh(&b.full.slice(0..n * c), &mut full[..n * c]).map_err(&e)?;
         s.synchronize().map_err(&e)
@@ -538,7 +448,14 @@ impl Reducer for CudaAilurus {
         "ailurus"
     }
 
-    fn reduce(&mut self, tokens: &[f32], c: usize, (h, w): (usize, usize), m: usize, out: &mut Reduction) -> Result<(), ReduceError> {
+    fn reduce(
+        &mut self,
+        tokens: &[f32],
+        c: usize,
+        (h, w): (usize, usize),
+        m: usize,
+        out: &mut Reduction,
+    ) -> Result<(), ReduceError> {
         let n = h * w;
         if c == 0 || tokens.len() != n * c || n > i32::MAX as usize / 2 {
             return Err(ReduceError::Shape { reducer: "ailurus (cuda)", n: tokens.len() / c.max(1), c, h, w });
@@ -548,37 +465,23 @@ impl Reducer for CudaAilurus {
             return Ok(());
         }
         let device = self.info.ordinal;
-        self.run(tokens, c, (h, w), m.clamp(1, n), out)
-            .map_err(|e| ReduceError::Device { reducer: "ailurus", device: format!("cuda:{device}"), source: Box::new(e) })
+        self.run(tokens, c, (h, w), m.clamp(1, n), out).map_err(|e| ReduceError::Device {
+            reducer: "ailurus",
+            device: format!("cuda:{device}"),
+            source: Box::new(e),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
-    fn arch_choice_prefers_the_device_then_older_ptx() {
-        let known = [75, 80, 86, 87, 89, 90];
-        assert_eq!(pick_arch((8, 7), &known).as_deref(), Some("sm_87"));
-        assert_eq!(pick_arch((12, 0), &known).as_deref(), Some("compute_90"));
-        assert_eq!(pick_arch((7, 0), &known), None);
-    }
-
-    #[test]
-    fn options_come_from_the_kernel_source() {
-        let o = nvrtc_options(KERNEL_SRC);
-        assert!(o.contains(&"--fmad=false".to_string()), "{o:?}");
-        assert_eq!(nvrtc_options("no options line"), Vec::<String>::new());
-    }
-
-    #[test]
-    fn cache_key_changes_with_source_arch_and_nvrtc() {
-        let a = cache_file_name("x", "sm_87", (12, 6));
-        assert!(a.starts_with("ailurus-") && a.ends_with("-sm_87.cubin"), "{a}");
-        assert_ne!(a, cache_file_name("y", "sm_87", (12, 6)));
-        assert_ne!(a, cache_file_name("x", "sm_90", (12, 6)));
-        assert_ne!(a, cache_file_name("x", "sm_87", (12, 8)));
-        assert!(cache_file_name("x", "compute_90", (12, 6)).ends_with(".ptx"));
+    fn block_sizes_match_the_kernel_defines() {
+        let src = super::KERNEL_SRC;
+        assert!(src.contains(&format!("#define AIL_RED {}", super::RED)));
+        assert!(src.contains(&format!("#define AIL_SCAN {}", super::SCAN)));
+        for k in super::KERNELS {
+            assert!(src.contains(&format!("{k}(")), "{k} is not defined in kernels/ailurus.cu");
+        }
     }
 }
