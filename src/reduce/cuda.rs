@@ -40,6 +40,23 @@ const KERNELS: [&str; 12] = [
     "ail_merge",
     "ail_unfold",
 ];
+/// The kernels of kernels/ailurus.cu, in `KERNELS` order.
+#[derive(Debug, Clone, Copy)]
+enum K {
+    Sqnorm,
+    Pairwise,
+    Density,
+    Delta,
+    Rank,
+    Compact,
+    Assign,
+    Count,
+    Offsets,
+    Scatter,
+    Merge,
+    Unfold,
+}
+
 /// Threads of the block-per-row / scan-tile kernels and of the single-block scans (the
 /// `AIL_RED` and `AIL_SCAN` defines of the kernel file).
 const RED: u32 = 256;
@@ -157,9 +174,9 @@ struct Kernels {
 }
 
 impl Kernels {
-    fn get(&self, name: &str) -> &CudaFunction {
-        // KERNELS is the fixed list the module was loaded with: the index always exists.
-        &self.f[KERNELS.iter().position(|k| *k == name).unwrap_or(0)]
+    fn get(&self, k: K) -> &CudaFunction {
+        // `f` was loaded from KERNELS, which K indexes.
+        &self.f[k as usize]
     }
 }
 
@@ -371,20 +388,20 @@ impl CudaAilurus {
         // SAFETY (all launches): argument lists match the kernel signatures in kernels/ailurus.cu,
         // every buffer holds at least n (n*c, n*n) elements, grids cover exactly n (m) items.
         unsafe {
-            launch!(s, k.get("ail_sqnorm"), per(n, 256), &e; &b.x, &ni, &ci, &mut b.sq);
-            launch!(s, k.get("ail_pairwise"), cfg((tiles, tiles), (16, 16)), &e; &b.x, &b.sq, &ni, &ci, &sqrt_c, &mut b.d);
-            launch!(s, k.get("ail_density"), per(n, 128), &e; &b.d, &hi, &wi, &ki, &ri, &mut b.rho, &mut b.keyo);
-            launch!(s, k.get("ail_delta"), cfg((n as u32, 1), (RED, 1)), &e;
+            launch!(s, k.get(K::Sqnorm), per(n, 256), &e; &b.x, &ni, &ci, &mut b.sq);
+            launch!(s, k.get(K::Pairwise), cfg((tiles, tiles), (16, 16)), &e; &b.x, &b.sq, &ni, &ci, &sqrt_c, &mut b.d);
+            launch!(s, k.get(K::Density), per(n, 128), &e; &b.d, &hi, &wi, &ki, &ri, &mut b.rho, &mut b.keyo);
+            launch!(s, k.get(K::Delta), cfg((n as u32, 1), (RED, 1)), &e;
                 &b.d, &b.rho, &b.keyo, &hi, &wi, &windowed, &dri, &mut b.scoreo, &mut b.delta);
-            launch!(s, k.get("ail_rank"), per(n, RED), &e; &b.scoreo, &ni, &mi, &mut b.is_centre);
-            launch!(s, k.get("ail_compact"), cfg((1, 1), (SCAN, 1)), &e; &b.is_centre, &ni, &mut b.cid, &mut b.centers);
-            launch!(s, k.get("ail_assign"), per(n, 128), &e;
+            launch!(s, k.get(K::Rank), per(n, RED), &e; &b.scoreo, &ni, &mi, &mut b.is_centre);
+            launch!(s, k.get(K::Compact), cfg((1, 1), (SCAN, 1)), &e; &b.is_centre, &ni, &mut b.cid, &mut b.centers);
+            launch!(s, k.get(K::Assign), per(n, 128), &e;
                 &b.d, &b.cid, &b.centers, &hi, &wi, &ri, &mi, &spatial, &mut b.assign);
             s.memset_zeros(&mut b.counts).map_err(&e)?;
-            launch!(s, k.get("ail_count"), per(n, 256), &e; &b.assign, &ni, &mut b.counts);
-            launch!(s, k.get("ail_offsets"), cfg((1, 1), (SCAN, 1)), &e; &b.counts, &mi, &mut b.offsets);
-            launch!(s, k.get("ail_scatter"), per(n, RED), &e; &b.assign, &b.offsets, &ni, &mut b.members);
-            launch!(s, k.get("ail_merge"), cfg((m as u32, 1), (128, 1)), &e;
+            launch!(s, k.get(K::Count), per(n, 256), &e; &b.assign, &ni, &mut b.counts);
+            launch!(s, k.get(K::Offsets), cfg((1, 1), (SCAN, 1)), &e; &b.counts, &mi, &mut b.offsets);
+            launch!(s, k.get(K::Scatter), per(n, RED), &e; &b.assign, &b.offsets, &ni, &mut b.members);
+            launch!(s, k.get(K::Merge), cfg((m as u32, 1), (128, 1)), &e;
                 &b.x, &b.members, &b.offsets, &b.counts, &ci, &mut b.merged, &mut b.sizes);
         }
         out.m = m;
@@ -422,7 +439,7 @@ impl CudaAilurus {
         s.memcpy_htod(&merged[..m * c], &mut b.merged).map_err(&e)?;
         // SAFETY: matches ail_unfold's signature; `full` and `merged` hold n*c and m*c values.
         unsafe {
-            launch!(s, self.kernels.get("ail_unfold"), blocks(n * c, 256), &e; &b.merged, &b.assign, &ni, &ci, &mut b.full);
+            launch!(s, self.kernels.get(K::Unfold), blocks(n * c, 256), &e; &b.merged, &b.assign, &ni, &ci, &mut b.full);
         }
         s.memcpy_dtoh(&b.full.slice(0..n * c), &mut full[..n * c]).map_err(&e)?;
         s.synchronize().map_err(&e)
@@ -483,5 +500,7 @@ mod tests {
         for k in super::KERNELS {
             assert!(src.contains(&format!("{k}(")), "{k} is not defined in kernels/ailurus.cu");
         }
+        assert_eq!(super::KERNELS[super::K::Merge as usize], "ail_merge");
+        assert_eq!(super::KERNELS[super::K::Unfold as usize], "ail_unfold");
     }
 }
