@@ -52,6 +52,8 @@ impl ModelConfig {
     }
 }
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod cut;
 pub mod inspect;
 pub mod manifest;
