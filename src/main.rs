@@ -12,11 +12,7 @@ use ailurus::config::{Config, ConfigError};
 use ailurus::model::ModelError;
 
 #[derive(Parser)]
-#[command(
-    name = "ailurus",
-    version,
-    about = "ViT segmentation at the edge, sped up by AiluRus token clustering"
-)]
+#[command(name = "ailurus", version, about = "ViT segmentation at the edge, sped up by AiluRus token clustering")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -122,20 +118,13 @@ fn apply(cfg: &mut Config, ov: &Overrides) -> Result<(), ConfigError> {
     if p.0.is_empty() {
         Ok(())
     } else {
-        Err(ConfigError::Invalid {
-            path: format!("{} + command-line overrides", cfg.origin),
-            problems: p.0,
-        })
+        Err(ConfigError::Invalid { path: format!("{} + command-line overrides", cfg.origin), problems: p.0 })
     }
 }
 
 fn real_main(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Run {
-            config,
-            frames,
-            realtime,
-        } => {
+        Cmd::Run { config, frames, realtime } => {
             let mut cfg = load_config(&config)?;
             if let Some(n) = frames {
                 cfg.pipeline.max_frames = n;
@@ -147,12 +136,7 @@ fn real_main(cli: Cli) -> Result<()> {
             }
             ailurus::app::run(&cfg, stop)
         }
-        Cmd::Segment {
-            config,
-            ov,
-            images,
-            out,
-        } => {
+        Cmd::Segment { config, ov, images, out } => {
             let mut cfg = load_config(&config)?;
             apply(&mut cfg, &ov)?;
             ailurus::app::segment(&cfg, &images, &out)
@@ -166,18 +150,13 @@ fn real_main(cli: Cli) -> Result<()> {
             print!("{}", ailurus::source::list_devices_text());
             Ok(())
         }
-        Cmd::Record {
-            config,
-            frames,
-            out,
-        } => {
+        Cmd::Record { config, frames, out } => {
             let cfg = load_config(&config)?;
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(sig, stop.clone())?;
             }
-            let summary =
-                ailurus::source::record::record(&cfg.source, &cfg.base_dir, frames, &out, stop)?;
+            let summary = ailurus::source::record::record(&cfg.source, &cfg.base_dir, frames, &out, stop)?;
             println!("{summary}");
             Ok(())
         }
@@ -200,8 +179,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Start-up errors (bad config, bad model) exit 2; anything else 1.
-            let startup = e.downcast_ref::<ConfigError>().is_some()
-                || e.downcast_ref::<ModelError>().is_some();
+            let startup = e.downcast_ref::<ConfigError>().is_some() || e.downcast_ref::<ModelError>().is_some();
             eprintln!("ailurus: error: {e}");
             ExitCode::from(if startup { 2 } else { 1 })
         }

@@ -16,10 +16,7 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        PipelineConfig {
-            log_every_s: 10.0,
-            max_frames: 0,
-        }
+        PipelineConfig { log_every_s: 10.0, max_frames: 0 }
     }
 }
 
@@ -77,42 +74,17 @@ pub trait Engine: Send + Sync {
     /// Input sizes with a ready plan.
     fn sizes(&self) -> &[SizeInfo];
     /// Frame -> model input for `input_size`, into `out` (reused).
-    fn preprocess(
-        &self,
-        frame: &crate::frame::Frame,
-        input_size: u32,
-        scratch: &mut crate::pre::Resampler,
-        out: &mut Vec<f32>,
-    );
+    fn preprocess(&self, frame: &crate::frame::Frame, input_size: u32, scratch: &mut crate::pre::Resampler, out: &mut Vec<f32>);
     /// Model input -> raw output map (`[classes or 1, s, s]`) into `out` (reused).
-    fn infer(
-        &self,
-        input: &[f32],
-        setting: Setting,
-        times: &mut StageTimes,
-        out: &mut Vec<f32>,
-    ) -> Result<(), EngineError>;
+    fn infer(&self, input: &[f32], setting: Setting, times: &mut StageTimes, out: &mut Vec<f32>) -> Result<(), EngineError>;
     /// Raw output -> mask at frame size.
-    fn postprocess(
-        &self,
-        raw: &[f32],
-        input_size: u32,
-        frame_w: u32,
-        frame_h: u32,
-        scratch: &mut crate::pre::Resampler,
-        mask: &mut crate::frame::Mask,
-    );
+    fn postprocess(&self, raw: &[f32], input_size: u32, frame_w: u32, frame_h: u32, scratch: &mut crate::pre::Resampler, mask: &mut crate::frame::Mask);
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("inference at {input_size}px, M={m}: {source:#}")]
-    Infer {
-        input_size: u32,
-        m: usize,
-        #[source]
-        source: anyhow::Error,
-    },
+    Infer { input_size: u32, m: usize, #[source] source: anyhow::Error },
     #[error("no plan for input size {0}")]
     NoPlan(u32),
 }
