@@ -17,23 +17,10 @@ use crate::sink::{self, Output};
 use crate::source::{self, FrameSource};
 
 /// Build the segmenter the config describes, with plans for `sizes` (empty = the config's).
-pub fn build_segmenter(
-    cfg: &Config,
-    sizes: &[u32],
-    with_full: bool,
-) -> Result<Segmenter, crate::model::ModelError> {
-    let sizes = if sizes.is_empty() {
-        vec![cfg.model.input_size]
-    } else {
-        sizes.to_vec()
-    };
+pub fn build_segmenter(cfg: &Config, sizes: &[u32], with_full: bool) -> Result<Segmenter, crate::model::ModelError> {
+    let sizes = if sizes.is_empty() { vec![cfg.model.input_size] } else { sizes.to_vec() };
     crate::model::set_threads(cfg.model.threads);
-    let opts = SegmenterOptions {
-        sizes,
-        reduce: cfg.reduce.clone(),
-        with_full,
-        verify_sha256: true,
-    };
+    let opts = SegmenterOptions { sizes, reduce: cfg.reduce.clone(), with_full, verify_sha256: true };
     Segmenter::load(&cfg.resolve(&cfg.model.manifest), &opts)
 }
 
@@ -59,14 +46,7 @@ impl FrameRunner {
         self.times.preprocess = t0.elapsed();
         eng.infer(&self.input, setting, &mut self.times, &mut self.raw)?;
         let t1 = Instant::now();
-        eng.postprocess(
-            &self.raw,
-            setting.input_size,
-            frame.width,
-            frame.height,
-            &mut self.rs,
-            mask,
-        );
+        eng.postprocess(&self.raw, setting.input_size, frame.width, frame.height, &mut self.rs, mask);
         self.times.postprocess = t1.elapsed();
         Ok(())
     }
@@ -74,21 +54,9 @@ impl FrameRunner {
 
 /// The M the config asks for at `size` (clamped to the token count there).
 pub fn setting_for(cfg: &Config, seg: &Segmenter, size: u32) -> Setting {
-    let n = seg
-        .sizes()
-        .iter()
-        .find(|s| s.input_size == size)
-        .map(|s| s.n_tokens)
-        .unwrap_or(usize::MAX);
-    let m = if cfg.reduce.strategy == "none" {
-        n
-    } else {
-        cfg.reduce.m.min(n)
-    };
-    Setting {
-        input_size: size,
-        m,
-    }
+    let n = seg.sizes().iter().find(|s| s.input_size == size).map(|s| s.n_tokens).unwrap_or(usize::MAX);
+    let m = if cfg.reduce.strategy == "none" { n } else { cfg.reduce.m.min(n) };
+    Setting { input_size: size, m }
 }
 
 /// `ailurus segment`: masks (and overlays) for each image into `out`; prints IoU against a
@@ -112,14 +80,8 @@ pub fn segment(cfg: &Config, images: &[PathBuf], out: &Path) -> Result<()> {
         fr.run(&seg, &frame, setting, &mut mask)?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("frame");
-        sink::files::write_png_atomic(
-            &crate::post::mask_to_png(&mask),
-            &out.join(format!("{stem}.mask.png")),
-        )?;
-        sink::files::write_png_atomic(
-            &crate::post::overlay(&frame, &mask),
-            &out.join(format!("{stem}.overlay.png")),
-        )?;
+        sink::files::write_png_atomic(&crate::post::mask_to_png(&mask), &out.join(format!("{stem}.mask.png")))?;
+        sink::files::write_png_atomic(&crate::post::overlay(&frame, &mask), &out.join(format!("{stem}.overlay.png")))?;
         let mut line = format!(
             "{}: {}x{} at {}px M={} {:.0} ms, salient {:.1}%",
             path.display(),
@@ -128,20 +90,14 @@ pub fn segment(cfg: &Config, images: &[PathBuf], out: &Path) -> Result<()> {
             setting.input_size,
             setting.m,
             ms,
-            100.0 * mask.classes.iter().filter(|&&c| c != 0).count() as f64
-                / mask.classes.len().max(1) as f64
+            100.0 * mask.classes.iter().filter(|&&c| c != 0).count() as f64 / mask.classes.len().max(1) as f64
         );
         if let Some(gt_path) = crate::gt::find_for(path) {
             let gt = crate::gt::load_foreground(&gt_path, frame.width, frame.height)
                 .with_context(|| format!("ground truth {}", gt_path.display()))?;
             let (fg, bg) = crate::gt::iou_fg_bg(&mask.classes, &gt);
             ious.push(fg);
-            line += &format!(
-                ", IoU vs ground truth {:.3} (background {:.3}, mIoU {:.3})",
-                fg,
-                bg,
-                (fg + bg) / 2.0
-            );
+            line += &format!(", IoU vs ground truth {:.3} (background {:.3}, mIoU {:.3})", fg, bg, (fg + bg) / 2.0);
         }
         println!("{line}");
     }
@@ -169,17 +125,8 @@ pub fn progress(done: usize, total: usize, what: &str) {
         return;
     }
     let width = 30;
-    let filled = if total == 0 {
-        width
-    } else {
-        done * width / total
-    };
-    let _ = write!(
-        err,
-        "\r[{}{}] {done}/{total} {what:<40}",
-        "#".repeat(filled),
-        "-".repeat(width - filled)
-    );
+    let filled = if total == 0 { width } else { done * width / total };
+    let _ = write!(err, "\r[{}{}] {done}/{total} {what:<40}", "#".repeat(filled), "-".repeat(width - filled));
     if done == total {
         let _ = writeln!(err);
     }
@@ -193,24 +140,14 @@ pub fn eval(cfg: &Config, dir: &Path) -> Result<()> {
     let seg = build_segmenter(cfg, &[], false)?;
     let size = cfg.model.input_size;
     let setting = setting_for(cfg, &seg, size);
-    let full = Setting {
-        input_size: size,
-        m: usize::MAX,
-    };
+    let full = Setting { input_size: size, m: usize::MAX };
     let mut fr = FrameRunner::default();
     let (mut mask, mut ref_mask) = (Mask::default(), Mask::default());
     let (mut agree_iou, mut agree_mae, mut gt_fg, mut gt_miou) = (vec![], vec![], vec![], vec![]);
     let (mut t_red, mut t_full) = (Duration::ZERO, Duration::ZERO);
-    println!(
-        "{:<28} {:>9} {:>9} {:>10} {:>10} {:>9}",
-        "image", "ms", "ms full", "IoU(full)", "MAE(full)", "IoU(GT)"
-    );
+    println!("{:<28} {:>9} {:>9} {:>10} {:>10} {:>9}", "image", "ms", "ms full", "IoU(full)", "MAE(full)", "IoU(GT)");
     for (i, path) in images.iter().enumerate() {
-        progress(
-            i,
-            images.len(),
-            &path.file_name().unwrap_or_default().to_string_lossy(),
-        );
+        progress(i, images.len(), &path.file_name().unwrap_or_default().to_string_lossy());
         let frame = match source::folder::load_frame(path, i as u64) {
             Ok(f) => f,
             Err(e) => {
@@ -280,23 +217,15 @@ pub fn eval(cfg: &Config, dir: &Path) -> Result<()> {
 }
 
 /// Build the configured frame source.
-pub fn build_source(cfg: &Config) -> Result<Box<dyn FrameSource>> {
-    let s = &cfg.source;
-    match s.kind.as_str() {
-        "folder" => Ok(Box::new(source::folder::FolderSource::open(
-            &cfg.resolve(&s.path),
-            s.looping,
-            s.fps,
-        )?)),
-        other => anyhow::bail!("[source] kind: {other:?} is not available in this build"),
-    }
+pub fn build_source(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Box<dyn FrameSource>, source::SourceError> {
+    source::build_with_stop(&cfg.source, &cfg.base_dir, stop)
 }
 
 /// `ailurus run`: stream frames from the source through the model to the sinks until the
 /// source ends, `max_frames` is reached or `stop` is set.
 pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<()> {
     let seg = build_segmenter(cfg, &[], false)?;
-    let mut src = build_source(cfg)?;
+    let mut src = build_source(cfg, stop.clone())?;
     let mut sinks = sink::build_all(&cfg.sink, &cfg.base_dir)?;
     let setting = setting_for(cfg, &seg, cfg.model.input_size);
     log::info!(
@@ -306,11 +235,7 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         setting.input_size,
         cfg.reduce.strategy,
         setting.m,
-        sinks
-            .iter()
-            .map(|s| s.name())
-            .collect::<Vec<_>>()
-            .join(", ")
+        sinks.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
     );
     let mut fr = FrameRunner::default();
     let (mut frames, mut bad, mut since_log, mut lat_sum) = (0u64, 0u64, 0u64, Duration::ZERO);

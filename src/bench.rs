@@ -109,13 +109,8 @@ fn measure(
     let mut rs = Resampler::default();
     let (mut input, mut raw) = (Vec::new(), Vec::new());
     let mut masks = Vec::new();
-    let (mut total, mut reduce, mut stem, mut middle, mut head) = (
-        Duration::ZERO,
-        Duration::ZERO,
-        Duration::ZERO,
-        Duration::ZERO,
-        Duration::ZERO,
-    );
+    let (mut total, mut reduce, mut stem, mut middle, mut head) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let (mut ious, mut maes, mut gts) = (vec![], vec![], vec![]);
     let mut timed = 0usize;
     let mut m_used = setting.m;
@@ -128,14 +123,7 @@ fn measure(
             times.preprocess = t0.elapsed();
             m_used = seg.run_parts(&input, setting, &mut times, &mut raw)?;
             let t1 = Instant::now();
-            seg.postprocess(
-                &raw,
-                setting.input_size,
-                ph.frame.width,
-                ph.frame.height,
-                &mut rs,
-                &mut mask,
-            );
+            seg.postprocess(&raw, setting.input_size, ph.frame.width, ph.frame.height, &mut rs, &mut mask);
             times.postprocess = t1.elapsed();
             let dt = t0.elapsed();
             if rep > 0 || reps == 0 {
@@ -174,16 +162,8 @@ fn measure(
         stem_ms: stem.as_secs_f64() * 1e3 / k,
         middle_ms: middle.as_secs_f64() * 1e3 / k,
         head_ms: head.as_secs_f64() * 1e3 / k,
-        iou: if reference.is_some() {
-            mean(&ious)
-        } else {
-            1.0
-        },
-        mae: if reference.is_some() {
-            mean(&maes)
-        } else {
-            0.0
-        },
+        iou: if reference.is_some() { mean(&ious) } else { 1.0 },
+        mae: if reference.is_some() { mean(&maes) } else { 0.0 },
         gt_iou: mean(&gts),
         ..Default::default()
     };
@@ -194,12 +174,7 @@ fn build(cfg: &Config, sizes: &[u32], cut: usize, bias: bool) -> Result<Segmente
     let mut reduce = cfg.reduce.clone();
     reduce.cut = cut;
     reduce.proportional_attention = bias;
-    let opts = SegmenterOptions {
-        sizes: sizes.to_vec(),
-        reduce,
-        with_full: false,
-        verify_sha256: true,
-    };
+    let opts = SegmenterOptions { sizes: sizes.to_vec(), reduce, with_full: false, verify_sha256: true };
     Ok(Segmenter::load(&cfg.resolve(&cfg.model.manifest), &opts)?)
 }
 
@@ -233,17 +208,8 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
     // Reference + lowres, on a segmenter with the main cut and bias on.
     let seg = build(cfg, &sizes, main_cut, true)?;
     progress(&format!("none at {} (reference)", o.size));
-    let (mut r0, ref_masks) = measure(
-        &seg,
-        &photos,
-        Setting {
-            input_size: o.size,
-            m: usize::MAX,
-        },
-        o.reps,
-        None,
-        true,
-    )?;
+    let (mut r0, ref_masks) =
+        measure(&seg, &photos, Setting { input_size: o.size, m: usize::MAX }, o.reps, None, true)?;
     let reference = Reference { masks: ref_masks };
     r0.strategy = "none".into();
     r0.cut = 0;
@@ -255,17 +221,8 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
     none_at.insert(o.size, r0.clone());
     for &s in &o.lowres {
         progress(&format!("lowres {s}"));
-        let (mut r, _) = measure(
-            &seg,
-            &photos,
-            Setting {
-                input_size: s,
-                m: usize::MAX,
-            },
-            o.reps,
-            Some(&reference),
-            false,
-        )?;
+        let (mut r, _) =
+            measure(&seg, &photos, Setting { input_size: s, m: usize::MAX }, o.reps, Some(&reference), false)?;
         r.strategy = "lowres".into();
         r.n = n_at(s, patch);
         none_at.insert(s, r.clone());
@@ -273,17 +230,8 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
     }
     for &s in &o.combo_sizes {
         if !none_at.contains_key(&s) {
-            let (mut r, _) = measure(
-                &seg,
-                &photos,
-                Setting {
-                    input_size: s,
-                    m: usize::MAX,
-                },
-                o.reps,
-                Some(&reference),
-                false,
-            )?;
+            let (mut r, _) =
+                measure(&seg, &photos, Setting { input_size: s, m: usize::MAX }, o.reps, Some(&reference), false)?;
             r.strategy = "lowres".into();
             r.n = n_at(s, patch);
             none_at.insert(s, r.clone());
@@ -310,53 +258,30 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
                 let mut settings = Vec::new();
                 if strategy == "grid" {
                     // Grid pooling has one natural M per size (2x2 windows).
-                    settings.push(Setting {
-                        input_size: o.size,
-                        m: n_ref / 4,
-                    });
+                    settings.push(Setting { input_size: o.size, m: n_ref / 4 });
                     if main {
                         for &s in &o.combo_sizes {
-                            settings.push(Setting {
-                                input_size: s,
-                                m: n_at(s, patch) / 4,
-                            });
+                            settings.push(Setting { input_size: s, m: n_at(s, patch) / 4 });
                         }
                     }
                 } else if main {
-                    settings.extend(o.m_list.iter().map(|&m| Setting {
-                        input_size: o.size,
-                        m,
-                    }));
+                    settings.extend(o.m_list.iter().map(|&m| Setting { input_size: o.size, m }));
                     if bias {
                         for &s in &o.combo_sizes {
                             let n = n_at(s, patch);
                             for frac in [0.5, 0.75] {
-                                settings.push(Setting {
-                                    input_size: s,
-                                    m: (n as f64 * frac).round() as usize,
-                                });
+                                settings.push(Setting { input_size: s, m: (n as f64 * frac).round() as usize });
                             }
                         }
                     }
                 } else if strategy == "ailurus" {
-                    let m = o
-                        .m_list
-                        .iter()
-                        .copied()
-                        .min_by_key(|&m| m.abs_diff(n_ref / 2))
-                        .unwrap_or(n_ref / 2);
-                    settings.push(Setting {
-                        input_size: o.size,
-                        m,
-                    });
+                    let m = o.m_list.iter().copied().min_by_key(|&m| m.abs_diff(n_ref / 2)).unwrap_or(n_ref / 2);
+                    settings.push(Setting { input_size: o.size, m });
                 } else {
                     continue;
                 }
                 for st in settings {
-                    progress(&format!(
-                        "{strategy} a={cut} {}px M={} bias={}",
-                        st.input_size, st.m, bias
-                    ));
+                    progress(&format!("{strategy} a={cut} {}px M={} bias={}", st.input_size, st.m, bias));
                     let (mut r, _) = measure(&seg, &photos, st, o.reps, Some(&reference), false)?;
                     r.strategy = strategy.clone();
                     r.cut = cut;
@@ -382,10 +307,7 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
     let snapshot: Vec<(f64, f64)> = rows.iter().map(|r| (r.speedup, r.iou)).collect();
     for (i, r) in rows.iter_mut().enumerate() {
         r.pareto = !snapshot.iter().enumerate().any(|(j, &(s, f))| {
-            j != i
-                && s >= snapshot[i].0
-                && f >= snapshot[i].1
-                && (s > snapshot[i].0 || f > snapshot[i].1)
+            j != i && s >= snapshot[i].0 && f >= snapshot[i].1 && (s > snapshot[i].0 || f > snapshot[i].1)
         });
     }
     Ok(rows)
@@ -395,7 +317,22 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
 pub fn format_table(rows: &[Row]) -> String {
     let mut s = format!(
         "{:<8} {:>2} {:>5} {:>5} {:>4} {:>8} {:>7} {:>6} {:>7} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {}\n",
-        "strategy", "a", "size", "M", "bias", "ms/frm", "speedup", "ideal", "of-ideal", "red%", "stem", "middle", "head", "IoU", "MAE", "IoU-GT"
+        "strategy",
+        "a",
+        "size",
+        "M",
+        "bias",
+        "ms/frm",
+        "speedup",
+        "ideal",
+        "of-ideal",
+        "red%",
+        "stem",
+        "middle",
+        "head",
+        "IoU",
+        "MAE",
+        "IoU-GT"
     );
     for r in rows {
         s += &format!(
@@ -424,7 +361,9 @@ pub fn format_table(rows: &[Row]) -> String {
 
 /// The table as CSV.
 pub fn write_csv(rows: &[Row], path: &Path) -> std::io::Result<()> {
-    let mut s = String::from("strategy,cut,size,m,n,bias,ms,speedup,ideal,reduce_share,stem_ms,middle_ms,head_ms,iou,mae,gt_iou,pareto\n");
+    let mut s = String::from(
+        "strategy,cut,size,m,n,bias,ms,speedup,ideal,reduce_share,stem_ms,middle_ms,head_ms,iou,mae,gt_iou,pareto\n",
+    );
     for r in rows {
         s += &format!(
             "{},{},{},{},{},{},{:.3},{:.4},{:.4},{:.5},{:.3},{:.3},{:.3},{:.5},{:.5},{:.5},{}\n",

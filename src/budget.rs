@@ -17,27 +17,17 @@ pub struct BudgetConfig {
 
 impl Default for BudgetConfig {
     fn default() -> Self {
-        BudgetConfig {
-            enabled: false,
-            target_ms: 2000.0,
-            percentile: 95.0,
-        }
+        BudgetConfig { enabled: false, target_ms: 2000.0, percentile: 95.0 }
     }
 }
 
 impl BudgetConfig {
     pub fn validate(&self, p: &mut Problems) {
-        p.check(
-            self.target_ms > 0.0 && self.target_ms.is_finite(),
-            "budget",
-            "target_ms",
-            || format!("{} must be > 0", self.target_ms),
-        );
-        p.check(
-            self.percentile > 0.0 && self.percentile <= 100.0,
-            "budget",
-            "percentile",
-            || format!("{} is not in (0, 100]", self.percentile),
-        );
+        p.check(self.target_ms > 0.0 && self.target_ms.is_finite(), "budget", "target_ms", || {
+            format!("{} must be > 0", self.target_ms)
+        });
+        p.check(self.percentile > 0.0 && self.percentile <= 100.0, "budget", "percentile", || {
+            format!("{} is not in (0, 100]", self.percentile)
+        });
     }
 }

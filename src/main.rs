@@ -12,11 +12,7 @@ use ailurus::config::{Config, ConfigError};
 use ailurus::model::ModelError;
 
 #[derive(Parser)]
-#[command(
-    name = "ailurus",
-    version,
-    about = "ViT segmentation at the edge, sped up by AiluRus token clustering"
-)]
+#[command(name = "ailurus", version, about = "ViT segmentation at the edge, sped up by AiluRus token clustering")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -54,6 +50,23 @@ enum Cmd {
         /// Stop after this many frames (overrides [pipeline] max_frames).
         #[arg(long)]
         frames: Option<u64>,
+        /// Play a recorded stream at its recorded rate (sets [source] realtime).
+        #[arg(long)]
+        realtime: bool,
+    },
+    /// List the V4L2 cameras with their formats, sizes and frame rates.
+    Devices,
+    /// Save N frames from the configured source to a stream file (raw as delivered from a
+    /// camera), to replay later with [source] kind = "stream".
+    Record {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Number of frames to save.
+        #[arg(long, default_value_t = 100)]
+        frames: u64,
+        /// Output file.
+        #[arg(long, short)]
+        out: PathBuf,
     },
     /// Segment image files: mask and overlay PNGs into --out; IoU against ground truth if found.
     Segment {
@@ -104,11 +117,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 448)]
     size: u32,
     /// Photo folders (all images in each; VOC layouts use JPEGImages/ and their ground truth).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = ".cache/photos,.cache/voc"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = ".cache/photos,.cache/voc")]
     photos: Vec<PathBuf>,
     /// Use at most this many photos (spread over the folders).
     #[arg(long, default_value_t = 8)]
@@ -164,32 +173,25 @@ fn apply(cfg: &mut Config, ov: &Overrides) -> Result<(), ConfigError> {
     if p.0.is_empty() {
         Ok(())
     } else {
-        Err(ConfigError::Invalid {
-            path: format!("{} + command-line overrides", cfg.origin),
-            problems: p.0,
-        })
+        Err(ConfigError::Invalid { path: format!("{} + command-line overrides", cfg.origin), problems: p.0 })
     }
 }
 
 fn real_main(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Run { config, frames } => {
+        Cmd::Run { config, frames, realtime } => {
             let mut cfg = load_config(&config)?;
             if let Some(n) = frames {
                 cfg.pipeline.max_frames = n;
             }
+            cfg.source.realtime |= realtime;
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(sig, stop.clone())?;
             }
             ailurus::app::run(&cfg, stop)
         }
-        Cmd::Segment {
-            config,
-            ov,
-            images,
-            out,
-        } => {
+        Cmd::Segment { config, ov, images, out } => {
             let mut cfg = load_config(&config)?;
             apply(&mut cfg, &ov)?;
             ailurus::app::segment(&cfg, &images, &out)
@@ -202,11 +204,8 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Bench(b) => {
             let cfg = load_config(&b.config)?;
             let mut photos = Vec::new();
-            let lists: Vec<Vec<PathBuf>> = b
-                .photos
-                .iter()
-                .map(|d| ailurus::app::eval_images(&cfg.resolve(d)))
-                .collect::<Result<_, _>>()?;
+            let lists: Vec<Vec<PathBuf>> =
+                b.photos.iter().map(|d| ailurus::app::eval_images(&cfg.resolve(d))).collect::<Result<_, _>>()?;
             // Round-robin over the folders so a small budget still sees every kind of photo.
             for i in 0.. {
                 let before = photos.len();
@@ -246,14 +245,22 @@ fn real_main(cli: Cli) -> Result<()> {
             apply(&mut cfg, &ov)?;
             ailurus::model::set_threads(cfg.model.threads);
             let man = ailurus::model::Manifest::load(&cfg.resolve(&cfg.model.manifest))?;
-            let parts = ailurus::profile::run(
-                &man,
-                cfg.model.input_size,
-                cfg.reduce.cut,
-                cfg.reduce.m,
-                reps,
-            )?;
+            let parts = ailurus::profile::run(&man, cfg.model.input_size, cfg.reduce.cut, cfg.reduce.m, reps)?;
             print!("{}", ailurus::profile::format(&parts));
+            Ok(())
+        }
+        Cmd::Devices => {
+            print!("{}", ailurus::source::list_devices_text());
+            Ok(())
+        }
+        Cmd::Record { config, frames, out } => {
+            let cfg = load_config(&config)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone())?;
+            }
+            let summary = ailurus::source::record::record(&cfg.source, &cfg.base_dir, frames, &out, stop)?;
+            println!("{summary}");
             Ok(())
         }
         Cmd::CheckConfig { file } => {
@@ -284,7 +291,8 @@ fn main() -> ExitCode {
         Err(e) => {
             // Start-up errors (bad config, bad model) exit 2; anything else 1.
             let startup = e.downcast_ref::<ConfigError>().is_some()
-                || e.downcast_ref::<ModelError>().is_some();
+                || e.downcast_ref::<ModelError>().is_some()
+                || e.downcast_ref::<ailurus::source::SourceError>().is_some_and(|s| !s.is_frame_fault());
             eprintln!("ailurus: error: {e}");
             ExitCode::from(if startup { 2 } else { 1 })
         }

@@ -16,18 +16,13 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        PipelineConfig {
-            log_every_s: 10.0,
-            max_frames: 0,
-        }
+        PipelineConfig { log_every_s: 10.0, max_frames: 0 }
     }
 }
 
 impl PipelineConfig {
     pub fn validate(&self, p: &mut Problems) {
-        p.check(self.log_every_s > 0.0, "pipeline", "log_every_s", || {
-            format!("{} must be > 0", self.log_every_s)
-        });
+        p.check(self.log_every_s > 0.0, "pipeline", "log_every_s", || format!("{} must be > 0", self.log_every_s));
     }
 }
 

@@ -47,8 +47,7 @@ const GRID: Rgb<u8> = Rgb([225, 225, 225]);
 impl Plot {
     /// Render and write a PNG of `width` x `height` pixels.
     pub fn save(&self, path: &Path, width: u32, height: u32) -> Result<(), image::ImageError> {
-        self.render(width, height)
-            .save_with_format(path, image::ImageFormat::Png)
+        self.render(width, height).save_with_format(path, image::ImageFormat::Png)
     }
 
     /// Render to an image (white background).
@@ -83,22 +82,12 @@ impl Plot {
         c.text_centered(&self.title, width as i64 / 2, 4 * s as i64, s, INK);
         c.text_centered(&self.x_label, cx, ax.bottom + 16 * s as i64, s, INK);
         let cy = (ax.top + ax.bottom) / 2;
-        c.text_up(
-            &self.y_label,
-            3 * s as i64,
-            cy + text_width(&self.y_label, s) / 2,
-            s,
-            INK,
-        );
+        c.text_up(&self.y_label, 3 * s as i64, cy + text_width(&self.y_label, s) / 2, s, INK);
         // Data.
         for se in &self.series {
             let col = Rgb(se.color);
-            let pts: Vec<(i64, i64)> = se
-                .points
-                .iter()
-                .filter(|(x, y)| x.is_finite() && y.is_finite())
-                .map(|&(x, y)| ax.px(x, y))
-                .collect();
+            let pts: Vec<(i64, i64)> =
+                se.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|&(x, y)| ax.px(x, y)).collect();
             if se.line {
                 for w in pts.windows(2) {
                     c.line(w[0], w[1], s, col);
@@ -119,12 +108,7 @@ impl Plot {
         }
         let s = ax.scale as i64;
         let row = 10 * s;
-        let w = named
-            .iter()
-            .map(|se| text_width(&se.name, ax.scale))
-            .max()
-            .unwrap_or(0)
-            + 20 * s;
+        let w = named.iter().map(|se| text_width(&se.name, ax.scale)).max().unwrap_or(0) + 20 * s;
         let h = row * named.len() as i64 + 4 * s;
         let (x0, y0) = (ax.right - w - 4 * s, ax.top + 4 * s);
         c.fill((x0, y0), (x0 + w, y0 + h), BG);
@@ -145,26 +129,15 @@ impl Plot {
 
     fn axes(&self, width: u32, height: u32) -> Axes {
         let scale = if width.min(height) >= 600 { 2 } else { 1 };
-        let pts = self
-            .series
-            .iter()
-            .flat_map(|s| &s.points)
-            .filter(|(x, y)| x.is_finite() && y.is_finite());
-        let (mut x, mut y) = (
-            (f64::INFINITY, f64::NEG_INFINITY),
-            (f64::INFINITY, f64::NEG_INFINITY),
-        );
+        let pts = self.series.iter().flat_map(|s| &s.points).filter(|(x, y)| x.is_finite() && y.is_finite());
+        let (mut x, mut y) = ((f64::INFINITY, f64::NEG_INFINITY), (f64::INFINITY, f64::NEG_INFINITY));
         for &(px, py) in pts {
             x = (x.0.min(px), x.1.max(px));
             y = (y.0.min(py), y.1.max(py));
         }
         let (x, xstep, xticks) = ticks(x);
         let (y, ystep, yticks) = ticks(y);
-        let label_w = yticks
-            .iter()
-            .map(|&t| text_width(&fmt_tick(t, ystep), scale))
-            .max()
-            .unwrap_or(0);
+        let label_w = yticks.iter().map(|&t| text_width(&fmt_tick(t, ystep), scale)).max().unwrap_or(0);
         let s = scale as i64;
         let left = 14 * s + label_w + 6 * s;
         let right = width as i64 - 12 * s;
@@ -209,14 +182,8 @@ impl Axes {
         // Inset by `pad` so markers on the range's edge are drawn whole inside the frame.
         let fx = (x - self.x.0) / (self.x.1 - self.x.0);
         let fy = (y - self.y.0) / (self.y.1 - self.y.0);
-        let (l, r) = (
-            self.left + self.pad,
-            (self.right - self.pad).max(self.left + self.pad),
-        );
-        let (t, b) = (
-            self.top + self.pad,
-            (self.bottom - self.pad).max(self.top + self.pad),
-        );
+        let (l, r) = (self.left + self.pad, (self.right - self.pad).max(self.left + self.pad));
+        let (t, b) = (self.top + self.pad, (self.bottom - self.pad).max(self.top + self.pad));
         let px = l as f64 + fx * (r - l) as f64;
         let py = b as f64 - fy * (b - t) as f64;
         (px.round() as i64, py.round() as i64)
@@ -235,25 +202,16 @@ fn ticks((lo, hi): (f64, f64)) -> ((f64, f64), f64, Vec<f64>) {
     };
     let raw = (hi - lo) / 5.0;
     let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0]
-        .iter()
-        .map(|m| m * mag)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * mag);
+    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
     let (a, b) = ((lo / step).floor(), (hi / step).ceil());
-    let ticks = (0..=(b - a) as i64)
-        .map(|i| (a + i as f64) * step)
-        .collect();
+    let ticks = (0..=(b - a) as i64).map(|i| (a + i as f64) * step).collect();
     ((a * step, b * step), step, ticks)
 }
 
 fn fmt_tick(v: f64, step: f64) -> String {
     let decimals = (-step.log10().floor()).max(0.0) as usize;
     let s = format!("{v:.decimals$}");
-    if s.trim_start_matches('-')
-        .chars()
-        .all(|c| c == '0' || c == '.')
-    {
+    if s.trim_start_matches('-').chars().all(|c| c == '0' || c == '.') {
         format!("{:.decimals$}", 0.0)
     } else {
         s
@@ -299,11 +257,7 @@ impl Canvas<'_> {
         let (mut x, mut y, mut err) = (x0, y0, dx + dy);
         let t = thick as i64;
         loop {
-            self.fill(
-                (x - t / 2, y - t / 2),
-                (x + (t - 1) / 2, y + (t - 1) / 2),
-                c,
-            );
+            self.fill((x - t / 2, y - t / 2), (x + (t - 1) / 2, y + (t - 1) / 2), c);
             if x == x1 && y == y1 {
                 break;
             }
@@ -356,8 +310,7 @@ impl Canvas<'_> {
                     }
                     for dy in 0..k {
                         for dx in 0..k {
-                            let (px, py) =
-                                at((i as i64 * 6 + gx as i64) * k + dx, gy as i64 * k + dy);
+                            let (px, py) = at((i as i64 * 6 + gx as i64) * k + dx, gy as i64 * k + dy);
                             self.put(px, py, c);
                         }
                     }
@@ -370,11 +323,7 @@ impl Canvas<'_> {
 /// The 5 column bytes of a character (bit 0 = top row); `?` for anything outside ASCII 32..126.
 fn glyph(ch: char) -> [u8; 5] {
     let i = ch as usize;
-    let i = if (32..127).contains(&i) {
-        i - 32
-    } else {
-        '?' as usize - 32
-    };
+    let i = if (32..127).contains(&i) { i - 32 } else { '?' as usize - 32 };
     FONT[i]
 }
 
@@ -453,10 +402,7 @@ mod tests {
         for se in &p.series {
             for &(x, y) in &se.points {
                 let (px, py) = ax.px(x, y);
-                assert!(
-                    ax.left <= px && px <= ax.right && ax.top <= py && py <= ax.bottom,
-                    "({x},{y}) outside"
-                );
+                assert!(ax.left <= px && px <= ax.right && ax.top <= py && py <= ax.bottom, "({x},{y}) outside");
                 let c = *img.get_pixel(px as u32, py as u32);
                 // The legend may cover a point; then it is still not background.
                 assert_ne!(c, BG, "no ink at ({x},{y}) -> ({px},{py})");
@@ -466,10 +412,7 @@ mod tests {
         let (px, py) = ax.px(2.01, 0.68);
         assert_eq!(*img.get_pixel(px as u32, py as u32), Rgb(PALETTE[1]));
         // The lower-right corner of the plot area (no data, legend or grid line) stays background.
-        assert_eq!(
-            *img.get_pixel(ax.right as u32 - 2, ax.bottom as u32 - 2),
-            BG
-        );
+        assert_eq!(*img.get_pixel(ax.right as u32 - 2, ax.bottom as u32 - 2), BG);
     }
 
     #[test]

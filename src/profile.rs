@@ -21,19 +21,11 @@ pub struct PartProfile {
     pub by_op: BTreeMap<String, (Duration, usize)>,
 }
 
-fn profile_plan(
-    part: &str,
-    model: TypedModel,
-    inputs: TVec<TValue>,
-    reps: usize,
-) -> Result<PartProfile> {
+fn profile_plan(part: &str, model: TypedModel, inputs: TVec<TValue>, reps: usize) -> Result<PartProfile> {
     let plan = model.into_runnable()?;
     let mut state = plan.spawn()?;
     state.run(inputs.clone())?; // warm-up
-    let mut p = PartProfile {
-        part: part.to_string(),
-        ..Default::default()
-    };
+    let mut p = PartProfile { part: part.to_string(), ..Default::default() };
     for _ in 0..reps {
         let t0 = Instant::now();
         let by_op = &mut p.by_op;
@@ -56,13 +48,7 @@ fn profile_plan(
 }
 
 /// Profile stem, middle (at `m` merged tokens + prefix) and head at `size`.
-pub fn run(
-    manifest: &Manifest,
-    size: u32,
-    cut_at: usize,
-    m: usize,
-    reps: usize,
-) -> Result<Vec<PartProfile>> {
+pub fn run(manifest: &Manifest, size: u32, cut_at: usize, m: usize, reps: usize) -> Result<Vec<PartProfile>> {
     let base = cut::load_base(&manifest.onnx_path())?;
     let s = size as usize;
     let c = manifest.tokens.width;
@@ -71,33 +57,18 @@ pub fn run(
     let t_mid = manifest.tokens.prefix + m.min(n);
     let img = Tensor::from_shape(&[1, 3, s, s], &vec![0.1f32; 3 * s * s])?;
     let toks = |t: usize| {
-        Tensor::from_shape(
-            &[1, t, c],
-            &(0..t * c)
-                .map(|i| ((i % 97) as f32 - 48.0) / 50.0)
-                .collect::<Vec<_>>(),
-        )
+        Tensor::from_shape(&[1, t, c], &(0..t * c).map(|i| ((i % 97) as f32 - 48.0) / 50.0).collect::<Vec<_>>())
     };
     let bias = Tensor::from_shape(&[1, 1, 1, t_mid], &vec![0.0f32; t_mid])?;
     Ok(vec![
-        profile_plan(
-            "stem",
-            cut::stem(&base, manifest, size, cut_at)?,
-            tvec!(img.into()),
-            reps,
-        )?,
+        profile_plan("stem", cut::stem(&base, manifest, size, cut_at)?, tvec!(img.into()), reps)?,
         profile_plan(
             &format!("middle(T={t_mid})"),
             cut::middle(&base, manifest, cut_at, true)?,
             tvec!(toks(t_mid)?.into(), bias.into()),
             reps,
         )?,
-        profile_plan(
-            "head",
-            cut::head(&base, manifest, size)?,
-            tvec!(toks(t_full)?.into()),
-            reps,
-        )?,
+        profile_plan("head", cut::head(&base, manifest, size)?, tvec!(toks(t_full)?.into()), reps)?,
     ])
 }
 

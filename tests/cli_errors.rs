@@ -42,10 +42,7 @@ fn unknown_key_names_the_key_and_file() {
     let f = write(d.path(), "typo.toml", "[reduce]\nstrategyy = \"ailurus\"\n");
     let (code, _, err) = ailurus(&["check-config", &f]);
     assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("typo.toml") && err.contains("strategyy"),
-        "{err}"
-    );
+    assert!(err.contains("typo.toml") && err.contains("strategyy"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
@@ -59,12 +56,7 @@ fn every_bad_value_is_reported_at_once() {
     );
     let (code, _, err) = ailurus(&["check-config", &f]);
     assert_eq!(code, 2);
-    for key in [
-        "[reduce] strategy",
-        "[reduce] cut",
-        "[reduce.ailurus] k",
-        "[budget] percentile",
-    ] {
+    for key in ["[reduce] strategy", "[reduce] cut", "[reduce.ailurus] k", "[budget] percentile"] {
         assert!(err.contains(key), "missing {key} in: {err}");
     }
     assert!(err.contains("bad.toml"));
@@ -75,59 +67,31 @@ fn missing_model_file_is_a_startup_error() {
     let d = tempfile::tempdir().unwrap();
     let man = std::fs::read_to_string(common::root().join("models/vit_s_focus.toml"))
         .unwrap()
-        .replace(
-            "../.cache/models/vit_s_focus.onnx",
-            "/nonexistent/model.onnx",
-        );
+        .replace("../.cache/models/vit_s_focus.onnx", "/nonexistent/model.onnx");
     let m = write(d.path(), "m.toml", &man);
     let cfg = write(d.path(), "c.toml", &format!("[model]\nmanifest = {m:?}\n"));
     let img = common::photo("camera.png");
-    let (code, _, err) = ailurus(&[
-        "segment",
-        "--config",
-        &cfg,
-        img.to_str().unwrap(),
-        "--out",
-        d.path().to_str().unwrap(),
-    ]);
+    let (code, _, err) =
+        ailurus(&["segment", "--config", &cfg, img.to_str().unwrap(), "--out", d.path().to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("/nonexistent/model.onnx") && err.contains("not found"),
-        "{err}"
-    );
+    assert!(err.contains("/nonexistent/model.onnx") && err.contains("not found"), "{err}");
 }
 
 #[test]
 fn corrupt_onnx_is_a_startup_error() {
     let d = tempfile::tempdir().unwrap();
-    std::fs::write(
-        d.path().join("bad.onnx"),
-        b"this is not a protobuf \x00\x01\x02 at all",
-    )
-    .unwrap();
+    std::fs::write(d.path().join("bad.onnx"), b"this is not a protobuf \x00\x01\x02 at all").unwrap();
     let man = std::fs::read_to_string(common::root().join("models/vit_s_focus.toml"))
         .unwrap()
         .replace("../.cache/models/vit_s_focus.onnx", "bad.onnx")
-        .replace(
-            "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355",
-            "",
-        );
+        .replace("198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355", "");
     let m = write(d.path(), "m.toml", &man);
     let cfg = write(d.path(), "c.toml", &format!("[model]\nmanifest = {m:?}\n"));
     let img = common::photo("camera.png");
-    let (code, _, err) = ailurus(&[
-        "segment",
-        "--config",
-        &cfg,
-        img.to_str().unwrap(),
-        "--out",
-        d.path().to_str().unwrap(),
-    ]);
+    let (code, _, err) =
+        ailurus(&["segment", "--config", &cfg, img.to_str().unwrap(), "--out", d.path().to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("bad.onnx") && err.contains("not a loadable ONNX model"),
-        "{err}"
-    );
+    assert!(err.contains("bad.onnx") && err.contains("not a loadable ONNX model"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
@@ -138,33 +102,18 @@ fn wrong_checksum_and_wrong_tensor_names_are_startup_errors() {
     };
     let d = tempfile::tempdir().unwrap();
     let onnx = common::cache().join("models/vit_s_focus.onnx");
-    let text = std::fs::read_to_string(&real)
-        .unwrap()
-        .replace("../.cache/models/vit_s_focus.onnx", onnx.to_str().unwrap());
+    let text =
+        std::fs::read_to_string(&real).unwrap().replace("../.cache/models/vit_s_focus.onnx", onnx.to_str().unwrap());
     let img = common::photo("camera.png");
     let run = |man: String| {
         let m = write(d.path(), "m.toml", &man);
-        let cfg = write(
-            d.path(),
-            "c.toml",
-            &format!("[model]\nmanifest = {m:?}\ninput_size = 224\n"),
-        );
-        ailurus(&[
-            "segment",
-            "--config",
-            &cfg,
-            img.to_str().unwrap(),
-            "--out",
-            d.path().to_str().unwrap(),
-        ])
+        let cfg = write(d.path(), "c.toml", &format!("[model]\nmanifest = {m:?}\ninput_size = 224\n"));
+        ailurus(&["segment", "--config", &cfg, img.to_str().unwrap(), "--out", d.path().to_str().unwrap()])
     };
     let (code, _, err) = run(text.replace("198644e37de3", "000000000000"));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("sha256"), "{err}");
     let (code, _, err) = run(text.replace("layer.5/Add_1_output_0", "layer.5/Nope_output_0"));
     assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("layer.5/Nope_output_0") && err.contains("not in the graph"),
-        "{err}"
-    );
+    assert!(err.contains("layer.5/Nope_output_0") && err.contains("not in the graph"), "{err}");
 }

@@ -23,12 +23,7 @@ fn assert_same_structure(got: &Manifest, want: &Manifest) {
     assert_eq!(got.input.size, want.input.size);
     assert_eq!(got.output.name, want.output.name);
     assert_eq!(got.output.kind, want.output.kind);
-    assert!(
-        got.sha256.eq_ignore_ascii_case(&want.sha256),
-        "sha256 {} vs {}",
-        got.sha256,
-        want.sha256
-    );
+    assert!(got.sha256.eq_ignore_ascii_case(&want.sha256), "sha256 {} vs {}", got.sha256, want.sha256);
 }
 
 fn baked_warning(w: &[String]) -> Option<&String> {
@@ -41,16 +36,8 @@ fn tiny_model_reproduces_its_manifest_without_a_baked_warning() {
     let want = Manifest::load(&data("tiny_vit.toml")).unwrap();
     assert_same_structure(&found.manifest, &want);
     assert_eq!(found.manifest.file, PathBuf::from("tiny_vit.onnx"));
-    assert!(
-        baked_warning(&found.warnings).is_none(),
-        "{:?}",
-        found.warnings
-    );
-    assert!(
-        found.warnings.iter().any(|w| w.contains("ImageNet")),
-        "{:?}",
-        found.warnings
-    );
+    assert!(baked_warning(&found.warnings).is_none(), "{:?}", found.warnings);
+    assert!(found.warnings.iter().any(|w| w.contains("ImageNet")), "{:?}", found.warnings);
     // The proposal is a valid manifest as printed, warnings included as comments.
     let text = found.to_toml(&data("tiny_vit.onnx"));
     assert!(text.contains("# warning: input.mean"), "{text}");
@@ -65,13 +52,9 @@ fn baked_token_count_is_warned_about() {
     let found = inspect(&data("tiny_vit_baked.onnx")).unwrap();
     let want = Manifest::load(&data("tiny_vit_baked.toml")).unwrap();
     assert_same_structure(&found.manifest, &want);
-    let w = baked_warning(&found.warnings)
-        .unwrap_or_else(|| panic!("no baked warning in {:?}", found.warnings));
+    let w = baked_warning(&found.warnings).unwrap_or_else(|| panic!("no baked warning in {:?}", found.warnings));
     // 4 blocks x 4 attention Reshapes, token count 17 = 1 + 4x4.
-    assert!(
-        w.starts_with("16 Reshape(s) bake in the token count 17"),
-        "{w}"
-    );
+    assert!(w.starts_with("16 Reshape(s) bake in the token count 17"), "{w}");
 }
 
 #[test]
@@ -101,18 +84,11 @@ fn corrupt_and_missing_files_give_one_line_errors() {
 fn real_model_reproduces_models_vit_s_focus_toml() {
     let onnx = root().join(".cache/models/vit_s_focus.onnx");
     if !onnx.is_file() {
-        eprintln!(
-            "skipped: {} not fetched (tools/fetch_assets.sh)",
-            onnx.display()
-        );
+        eprintln!("skipped: {} not fetched (tools/fetch_assets.sh)", onnx.display());
         return;
     }
     let found = inspect(&onnx).unwrap();
     let want = Manifest::load(&root().join("models/vit_s_focus.toml")).unwrap();
     assert_same_structure(&found.manifest, &want);
-    assert!(
-        baked_warning(&found.warnings).is_none(),
-        "{:?}",
-        found.warnings
-    );
+    assert!(baked_warning(&found.warnings).is_none(), "{:?}", found.warnings);
 }

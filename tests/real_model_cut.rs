@@ -11,10 +11,7 @@ use tract_onnx::prelude::*;
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 #[test]
@@ -25,10 +22,7 @@ fn cut_model_equals_uncut_model_on_real_photos() {
     let sizes = vec![224, 448];
     let opts = SegmenterOptions {
         sizes: sizes.clone(),
-        reduce: ReduceConfig {
-            strategy: "none".into(),
-            ..Default::default()
-        },
+        reduce: ReduceConfig { strategy: "none".into(), ..Default::default() },
         with_full: true,
         verify_sha256: true,
     };
@@ -40,26 +34,13 @@ fn cut_model_equals_uncut_model_on_real_photos() {
             seg.preprocess(&frame, s, &mut rs, &mut input);
             seg.infer_full(&input, s, &mut a).unwrap();
             let mut times = StageTimes::default();
-            let m = seg
-                .run_parts(
-                    &input,
-                    Setting {
-                        input_size: s,
-                        m: usize::MAX,
-                    },
-                    &mut times,
-                    &mut b,
-                )
-                .unwrap();
+            let m = seg.run_parts(&input, Setting { input_size: s, m: usize::MAX }, &mut times, &mut b).unwrap();
             assert_eq!(m, (s as usize / 14).pow(2));
             assert_eq!(a.len(), (s * s) as usize, "output is [1,1,{s},{s}]");
             let d = max_abs_diff(&a, &b);
             eprintln!("{photo} at {s}: max |uncut - cut| = {d:.2e} (proportional attention on, zero bias)");
             assert!(d <= 1e-4, "{photo} at {s}: cut differs from uncut by {d}");
-            assert!(
-                a.iter().all(|v| (0.0..=1.0).contains(v)),
-                "saliency is a sigmoid output"
-            );
+            assert!(a.iter().all(|v| (0.0..=1.0).contains(v)), "saliency is a sigmoid output");
         }
     }
 }
@@ -72,19 +53,10 @@ fn key_bias_log2_equals_duplicated_tokens() {
     };
     let m = ailurus::model::Manifest::load(&manifest_path).unwrap();
     let base = cut::load_base(&m.onnx_path()).unwrap();
-    let stem = cut::stem(&base, &m, 224, 3)
-        .unwrap()
-        .into_runnable()
-        .unwrap();
-    let middle = cut::middle(&base, &m, 3, true)
-        .unwrap()
-        .into_runnable()
-        .unwrap();
+    let stem = cut::stem(&base, &m, 224, 3).unwrap().into_runnable().unwrap();
+    let middle = cut::middle(&base, &m, 3, true).unwrap().into_runnable().unwrap();
     let frame = ailurus::source::folder::load_frame(&common::photo("astronaut.png"), 0).unwrap();
-    let seg_norm = ailurus::pre::Normalize {
-        mean: m.input.mean,
-        std: m.input.std,
-    };
+    let seg_norm = ailurus::pre::Normalize { mean: m.input.mean, std: m.input.std };
     let mut input = vec![];
     ailurus::pre::preprocess(
         &mut Resampler::default(),
@@ -123,10 +95,7 @@ fn key_bias_log2_equals_duplicated_tokens() {
     let with_dups = run(&doubled, &vec![0.0; base_t + dup.len()]);
     let d = max_abs_diff(&with_bias, &with_dups[..base_t * c]);
     eprintln!("log2 key bias vs duplicated keys: max diff {d:.2e}");
-    assert!(
-        d < 1e-4,
-        "key bias log 2 differs from duplicated keys by {d}"
-    );
+    assert!(d < 1e-4, "key bias log 2 differs from duplicated keys by {d}");
     // And the bias must matter: without it the outputs differ clearly.
     let no_bias = run(orig, &vec![0.0; base_t]);
     assert!(max_abs_diff(&no_bias, &with_dups[..base_t * c]) > 1e-3);

@@ -10,9 +10,7 @@ use ailurus::pipeline::{Setting, StageTimes};
 use ailurus::reduce::{ReduceConfig, ReduceError, Reducer, Reduction};
 
 fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
 }
 
 /// Deterministic pseudo-random image data in about [-2, 2] (xorshift).
@@ -31,12 +29,7 @@ fn image(size: u32, seed: u64) -> Vec<f32> {
 fn options(sizes: &[u32], cut: usize, proportional_attention: bool) -> SegmenterOptions {
     SegmenterOptions {
         sizes: sizes.to_vec(),
-        reduce: ReduceConfig {
-            strategy: "none".into(),
-            cut,
-            proportional_attention,
-            ..ReduceConfig::default()
-        },
+        reduce: ReduceConfig { strategy: "none".into(), cut, proportional_attention, ..ReduceConfig::default() },
         with_full: true,
         verify_sha256: true,
     }
@@ -44,26 +37,13 @@ fn options(sizes: &[u32], cut: usize, proportional_attention: bool) -> Segmenter
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn run_cut(seg: &Segmenter, input: &[f32], size: u32) -> Vec<f32> {
     let mut out = Vec::new();
     let mut times = StageTimes::default();
-    let m = seg
-        .run_parts(
-            input,
-            Setting {
-                input_size: size,
-                m: usize::MAX,
-            },
-            &mut times,
-            &mut out,
-        )
-        .unwrap();
+    let m = seg.run_parts(input, Setting { input_size: size, m: usize::MAX }, &mut times, &mut out).unwrap();
     let g = (size / 14) as usize;
     assert_eq!(m, g * g, "unreduced run must keep every token");
     out
@@ -81,18 +61,11 @@ fn stem_middle_head_equals_the_uncut_model() {
             let mut full = Vec::new();
             seg.infer_full(&input, s, &mut full).unwrap();
             assert_eq!(full.len(), (s * s) as usize);
-            let spread = full.iter().cloned().fold(f32::MIN, f32::max)
-                - full.iter().cloned().fold(f32::MAX, f32::min);
-            assert!(
-                spread > 0.05,
-                "the tiny model's output is nearly constant ({spread}) at {s}"
-            );
+            let spread = full.iter().cloned().fold(f32::MIN, f32::max) - full.iter().cloned().fold(f32::MAX, f32::min);
+            assert!(spread > 0.05, "the tiny model's output is nearly constant ({spread}) at {s}");
             let cut = run_cut(&seg, &input, s);
             let d = max_diff(&full, &cut);
-            assert!(
-                d < 1e-4,
-                "cut vs uncut at {s}px, proportional_attention={pa}: max diff {d}"
-            );
+            assert!(d < 1e-4, "cut vs uncut at {s}px, proportional_attention={pa}: max diff {d}");
             outs.push(cut);
         }
         by_bias.push(outs);
@@ -137,13 +110,7 @@ impl Reducer for PairMean {
     ) -> Result<(), ReduceError> {
         let n = h * w;
         if tokens.len() != n * c || w % 2 != 0 {
-            return Err(ReduceError::Shape {
-                reducer: "pair-mean",
-                n: tokens.len() / c,
-                c,
-                h,
-                w,
-            });
+            return Err(ReduceError::Shape { reducer: "pair-mean", n: tokens.len() / c, c, h, w });
         }
         let pairs = n / 2;
         out.c = c;
@@ -153,9 +120,7 @@ impl Reducer for PairMean {
         out.centers.clear();
         for p in 0..pairs {
             let (a, b) = (2 * p, 2 * p + 1);
-            let mean: Vec<f32> = (0..c)
-                .map(|j| 0.5 * (tokens[a * c + j] + tokens[b * c + j]))
-                .collect();
+            let mean: Vec<f32> = (0..c).map(|j| 0.5 * (tokens[a * c + j] + tokens[b * c + j])).collect();
             let copies = if self.dup { 2 } else { 1 };
             for _ in 0..copies {
                 out.merged.extend_from_slice(&mean);
@@ -185,43 +150,17 @@ fn proportional_attention_on_merged_tokens_equals_duplicated_tokens() {
     let mut times = StageTimes::default();
     let (mut merged, mut dup, mut full) = (Vec::new(), Vec::new(), Vec::new());
     seg.set_reducer(Box::new(PairMean { dup: false }));
-    let m = seg
-        .run_parts(
-            &input,
-            Setting {
-                input_size: s,
-                m: 8,
-            },
-            &mut times,
-            &mut merged,
-        )
-        .unwrap();
+    let m = seg.run_parts(&input, Setting { input_size: s, m: 8 }, &mut times, &mut merged).unwrap();
     assert_eq!(m, 8);
     seg.set_reducer(Box::new(PairMean { dup: true }));
     // m = 15 < N = 16, so the reduction path (and the bias from the sizes) is used.
-    let m = seg
-        .run_parts(
-            &input,
-            Setting {
-                input_size: s,
-                m: 15,
-            },
-            &mut times,
-            &mut dup,
-        )
-        .unwrap();
+    let m = seg.run_parts(&input, Setting { input_size: s, m: 15 }, &mut times, &mut dup).unwrap();
     assert_eq!(m, 16);
     let d = max_diff(&merged, &dup);
-    assert!(
-        d < 1e-4,
-        "merged+log2 bias vs duplicated tokens: max diff {d}"
-    );
+    assert!(d < 1e-4, "merged+log2 bias vs duplicated tokens: max diff {d}");
     // And the merge really changed something compared with the unreduced model.
     seg.infer_full(&input, s, &mut full).unwrap();
-    assert!(
-        max_diff(&full, &merged) > 1e-3,
-        "pair merging left the output unchanged"
-    );
+    assert!(max_diff(&full, &merged) > 1e-3, "pair merging left the output unchanged");
 }
 
 /// The baked variant runs uncut and unreduced at its export size, but its middle cannot run on
@@ -236,10 +175,7 @@ fn baked_token_count_fails_cleanly_on_fewer_tokens() {
         Err(e) => {
             let msg = e.to_string();
             eprintln!("baked model refused at load: {msg}");
-            assert!(
-                msg.contains("tiny_vit_baked.onnx") && !msg.contains('\n'),
-                "{msg}"
-            );
+            assert!(msg.contains("tiny_vit_baked.onnx") && !msg.contains('\n'), "{msg}");
             return;
         }
     };
@@ -250,15 +186,7 @@ fn baked_token_count_fails_cleanly_on_fewer_tokens() {
     assert!(d < 1e-4, "baked model, unreduced cut: max diff {d}");
     seg.set_reducer(Box::new(PairMean { dup: false }));
     let mut out = Vec::new();
-    let r = seg.run_parts(
-        &input,
-        Setting {
-            input_size: s,
-            m: 8,
-        },
-        &mut StageTimes::default(),
-        &mut out,
-    );
+    let r = seg.run_parts(&input, Setting { input_size: s, m: 8 }, &mut StageTimes::default(), &mut out);
     match r {
         Ok(_) => panic!("the baked middle ran on 9 tokens although 17 are baked in"),
         Err(e) => eprintln!("baked model refused at run time: {e}"),

@@ -36,12 +36,7 @@ impl Inspection {
     pub fn to_toml(&self, source: &Path) -> String {
         let m = &self.manifest;
         let q = |s: &str| toml::Value::String(s.to_string()).to_string();
-        let list = |v: &[f32]| {
-            v.iter()
-                .map(|x| format!("{x:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let list = |v: &[f32]| v.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join(", ");
         let mut t = format!(
             "# Proposed by `ailurus inspect {}`; `file` is relative to this manifest's folder.\n",
             source.display()
@@ -49,12 +44,7 @@ impl Inspection {
         for w in &self.warnings {
             t += &format!("# warning: {w}\n");
         }
-        t += &format!(
-            "name = {}\nfile = {}\nsha256 = {}\n\n",
-            q(&m.name),
-            q(&m.file.to_string_lossy()),
-            q(&m.sha256)
-        );
+        t += &format!("name = {}\nfile = {}\nsha256 = {}\n\n", q(&m.name), q(&m.file.to_string_lossy()), q(&m.sha256));
         t += &format!(
             "[input]\nname = {}\nsize = {}\nmean = [{}]\nstd = [{}]\n\n",
             q(&m.input.name),
@@ -96,36 +86,18 @@ pub fn inspect(path: &Path) -> Result<Inspection, ModelError> {
         return Err(ModelError::Missing { path: shown });
     }
     let onnx = tract_onnx::onnx();
-    let proto = onnx
-        .proto_model_for_path(path)
-        .map_err(|source| ModelError::Onnx {
-            path: shown.clone(),
-            source,
-        })?;
-    let not_vit = |msg: String| ModelError::Config {
-        path: shown.clone(),
-        msg,
-    };
-    let graph = proto
-        .graph
-        .as_ref()
-        .ok_or_else(|| not_vit("the file holds no graph".into()))?;
+    let proto = onnx.proto_model_for_path(path).map_err(|source| ModelError::Onnx { path: shown.clone(), source })?;
+    let not_vit = |msg: String| ModelError::Config { path: shown.clone(), msg };
+    let graph = proto.graph.as_ref().ok_or_else(|| not_vit("the file holds no graph".into()))?;
     let g = Index::new(graph);
     let mut warnings = Vec::new();
 
-    let (input, dims) = g
-        .image_input()
-        .ok_or_else(|| not_vit("no graph input (every input is an initializer)".into()))?;
+    let (input, dims) =
+        g.image_input().ok_or_else(|| not_vit("no graph input (every input is an initializer)".into()))?;
     if g.inputs().count() > 1 {
-        warnings.push(format!(
-            "the graph has {} inputs; only {input:?} is fed",
-            g.inputs().count()
-        ));
+        warnings.push(format!("the graph has {} inputs; only {input:?} is fed", g.inputs().count()));
     }
-    let size = match (
-        dims.get(2).copied().flatten(),
-        dims.get(3).copied().flatten(),
-    ) {
+    let size = match (dims.get(2).copied().flatten(), dims.get(3).copied().flatten()) {
         (Some(h), Some(w)) if h == w && h > 0 => h as u32,
         (h, w) => {
             warnings.push(format!(
@@ -135,16 +107,11 @@ pub fn inspect(path: &Path) -> Result<Inspection, ModelError> {
         }
     };
     let (patch, width) = g.patch_conv(&mut warnings).ok_or_else(|| {
-        not_vit(
-            "no patch-embedding Conv (stride == kernel > 1): not a ViT this runtime can cut".into(),
-        )
+        not_vit("no patch-embedding Conv (stride == kernel > 1): not a ViT this runtime can cut".into())
     })?;
     let chain = g.residual_chain(&mut warnings);
     if chain.len() < 2 {
-        return Err(not_vit(format!(
-            "found {} residual Add(s); a ViT block has two (attention, MLP)",
-            chain.len()
-        )));
+        return Err(not_vit(format!("found {} residual Add(s); a ViT block has two (attention, MLP)", chain.len())));
     }
     if chain.len() % 2 == 1 {
         warnings.push(format!(
@@ -162,14 +129,9 @@ pub fn inspect(path: &Path) -> Result<Inspection, ModelError> {
     }
     let blocks: Vec<String> = chain.chunks_exact(2).map(|p| p[1].out.clone()).collect();
     let last = blocks.last().expect("at least one pair");
-    let final_norm = g
-        .final_norm(last)
-        .ok_or_else(|| not_vit(format!("no LayerNorm after the last block output {last}")))?;
-    let output = graph
-        .output
-        .first()
-        .map(|o| o.name.clone())
-        .ok_or_else(|| not_vit("no graph output".into()))?;
+    let final_norm =
+        g.final_norm(last).ok_or_else(|| not_vit(format!("no LayerNorm after the last block output {last}")))?;
+    let output = graph.output.first().map(|o| o.name.clone()).ok_or_else(|| not_vit("no graph output".into()))?;
 
     // Token count and output channels at the export size, from tract's typing.
     let grid = (size / patch) as usize;
@@ -177,97 +139,50 @@ pub fn inspect(path: &Path) -> Result<Inspection, ModelError> {
     let (tokens, channels) = match typed {
         Ok(v) => v,
         Err(e) => {
-            warnings.push(format!(
-                "could not type the graph at {size}x{size} ({e}); prefix = 1 assumed"
-            ));
+            warnings.push(format!("could not type the graph at {size}x{size} ({e}); prefix = 1 assumed"));
             (None, None)
         }
     };
     let prefix = match tokens {
         Some(t) if t >= grid * grid => t - grid * grid,
         Some(t) => {
-            warnings.push(format!(
-                "block 0 carries {t} tokens, fewer than the {grid}x{grid} patches; prefix = 0"
-            ));
+            warnings.push(format!("block 0 carries {t} tokens, fewer than the {grid}x{grid} patches; prefix = 0"));
             0
         }
         None => 1,
     };
     match tokens {
         Some(t) => warnings.extend(g.baked_token_count(t)),
-        None => warnings
-            .push("token count unknown: did not check Reshapes for a baked token count".into()),
+        None => warnings.push("token count unknown: did not check Reshapes for a baked token count".into()),
     }
     let channels = channels.or(g.declared_channels(&output));
     let sigmoid = g.producer_op(&output) == Some("Sigmoid");
-    let kind = if sigmoid && channels == Some(1) {
-        "saliency"
-    } else {
-        "classes"
-    };
+    let kind = if sigmoid && channels == Some(1) { "saliency" } else { "classes" };
     let classes = if kind == "saliency" {
         vec![
-            ClassSpec {
-                name: "background".into(),
-                color: [0, 0, 0],
-            },
-            ClassSpec {
-                name: "salient".into(),
-                color: [255, 64, 0],
-            },
+            ClassSpec { name: "background".into(), color: [0, 0, 0] },
+            ClassSpec { name: "salient".into(), color: [255, 64, 0] },
         ]
     } else {
         let k = channels.unwrap_or(2).max(2);
-        warnings.push(format!(
-            "output {output}: {k} classes with placeholder names and colours"
-        ));
-        (0..k)
-            .map(|i| ClassSpec {
-                name: format!("class{i}"),
-                color: palette(i),
-            })
-            .collect()
+        warnings.push(format!("output {output}: {k} classes with placeholder names and colours"));
+        (0..k).map(|i| ClassSpec { name: format!("class{i}"), color: palette(i) }).collect()
     };
     warnings.push(
         "input.mean / input.std: ImageNet values assumed (the graph does not say); check the model's preprocessing"
             .into(),
     );
 
-    let sha256 = sha256_file(path).map_err(|source| ModelError::Io {
-        path: shown.clone(),
-        source,
-    })?;
-    let file_name = path
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let name = path
-        .file_stem()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let sha256 = sha256_file(path).map_err(|source| ModelError::Io { path: shown.clone(), source })?;
+    let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path.file_stem().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     let manifest = Manifest {
         name,
         file: file_name.into(),
         sha256,
-        input: InputSpec {
-            name: input,
-            size,
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
-        },
-        tokens: TokenSpec {
-            patch,
-            prefix,
-            width,
-            blocks,
-            final_norm,
-        },
-        output: OutputSpec {
-            name: output,
-            kind: kind.into(),
-            threshold: 0.5,
-            classes,
-        },
+        input: InputSpec { name: input, size, mean: IMAGENET_MEAN, std: IMAGENET_STD },
+        tokens: TokenSpec { patch, prefix, width, blocks, final_norm },
+        output: OutputSpec { name: output, kind: kind.into(), threshold: 0.5, classes },
         dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
     };
     Ok(Inspection { manifest, warnings })
@@ -310,11 +225,7 @@ impl<'a> Index<'a> {
             graph,
             producer: HashMap::new(),
             consumers: HashMap::new(),
-            inits: graph
-                .initializer
-                .iter()
-                .map(|t| (t.name.as_str(), t))
-                .collect(),
+            inits: graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect(),
             consts: HashMap::new(),
         };
         for (i, n) in graph.node.iter().enumerate() {
@@ -328,10 +239,7 @@ impl<'a> Index<'a> {
                 }
             }
             if n.op_type == "Constant" {
-                if let (Some(o), Some(t)) = (
-                    n.output.first(),
-                    n.attribute.iter().find_map(|a| a.t.as_ref()),
-                ) {
+                if let (Some(o), Some(t)) = (n.output.first(), n.attribute.iter().find_map(|a| a.t.as_ref())) {
                     ix.consts.insert(o.as_str(), t);
                 }
             }
@@ -348,26 +256,17 @@ impl<'a> Index<'a> {
     }
 
     fn consumers(&self, tensor: &str) -> impl Iterator<Item = &'a pb::NodeProto> + '_ {
-        self.consumers
-            .get(tensor)
-            .into_iter()
-            .flatten()
-            .map(|&i| &self.graph.node[i])
+        self.consumers.get(tensor).into_iter().flatten().map(|&i| &self.graph.node[i])
     }
 
     /// Graph inputs that are not initializers.
     fn inputs(&self) -> impl Iterator<Item = &'a pb::ValueInfoProto> + '_ {
-        self.graph
-            .input
-            .iter()
-            .filter(|i| !self.inits.contains_key(i.name.as_str()))
+        self.graph.input.iter().filter(|i| !self.inits.contains_key(i.name.as_str()))
     }
 
     fn declared_dims(v: &pb::ValueInfoProto) -> Vec<Option<i64>> {
         use pb::tensor_shape_proto::dimension::Value;
-        let Some(pb::type_proto::Value::TensorType(t)) =
-            v.r#type.as_ref().and_then(|t| t.value.as_ref())
-        else {
+        let Some(pb::type_proto::Value::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
             return Vec::new();
         };
         t.shape
@@ -388,18 +287,11 @@ impl<'a> Index<'a> {
 
     fn declared_channels(&self, output: &str) -> Option<usize> {
         let v = self.graph.output.iter().find(|o| o.name == output)?;
-        Self::declared_dims(v)
-            .get(1)
-            .copied()
-            .flatten()
-            .map(|c| c as usize)
+        Self::declared_dims(v).get(1).copied().flatten().map(|c| c as usize)
     }
 
     fn ints_attr(n: &pb::NodeProto, name: &str) -> Option<Vec<i64>> {
-        n.attribute
-            .iter()
-            .find(|a| a.name == name)
-            .map(|a| a.ints.clone())
+        n.attribute.iter().find(|a| a.name == name).map(|a| a.ints.clone())
     }
 
     /// (patch, width) from the first Conv with stride == kernel > 1.
@@ -414,17 +306,11 @@ impl<'a> Index<'a> {
                 continue;
             }
             if kernel[0] != kernel[1] {
-                warnings.push(format!(
-                    "patch Conv {}: non-square kernel {kernel:?}; patch = {}",
-                    n.name, kernel[0]
-                ));
+                warnings.push(format!("patch Conv {}: non-square kernel {kernel:?}; patch = {}", n.name, kernel[0]));
             }
             let width = weight.and_then(|w| w.dims.first()).map(|&c| c as usize);
             let Some(width) = width else {
-                warnings.push(format!(
-                    "patch Conv {}: weight is not an initializer; width unknown",
-                    n.name
-                ));
+                warnings.push(format!("patch Conv {}: weight is not an initializer; width unknown", n.name));
                 continue;
             };
             return Some((kernel[0] as u32, width));
@@ -453,12 +339,7 @@ impl<'a> Index<'a> {
 
     fn residuals(&self) -> Vec<Residual> {
         let mut found = Vec::new();
-        for n in self
-            .graph
-            .node
-            .iter()
-            .filter(|n| n.op_type == "Add" && n.input.len() == 2)
-        {
+        for n in self.graph.node.iter().filter(|n| n.op_type == "Add" && n.input.len() == 2) {
             let (a, b) = (n.input[0].as_str(), n.input[1].as_str());
             let computed = |t: &str| self.producer.contains_key(t) && !self.consts.contains_key(t);
             if !computed(a) || !computed(b) {
@@ -472,11 +353,7 @@ impl<'a> Index<'a> {
             } else {
                 continue;
             };
-            found.push(Residual {
-                out: n.output[0].clone(),
-                skip: skip.into(),
-                branch: branch.into(),
-            });
+            found.push(Residual { out: n.output[0].clone(), skip: skip.into(), branch: branch.into() });
         }
         found
     }
@@ -487,10 +364,7 @@ impl<'a> Index<'a> {
         let outs: HashSet<&str> = all.iter().map(|r| r.out.as_str()).collect();
         let by_skip: HashMap<&str, &Residual> = all.iter().map(|r| (r.skip.as_str(), r)).collect();
         let mut best: Vec<Residual> = Vec::new();
-        let starts: Vec<&Residual> = all
-            .iter()
-            .filter(|r| !outs.contains(r.skip.as_str()))
-            .collect();
+        let starts: Vec<&Residual> = all.iter().filter(|r| !outs.contains(r.skip.as_str())).collect();
         for start in &starts {
             let mut chain = vec![(*start).clone()];
             while let Some(next) = by_skip.get(chain.last().unwrap().out.as_str()) {
@@ -512,26 +386,17 @@ impl<'a> Index<'a> {
 
     /// Whether an `op` node lies on the residual's branch (between its skip input and the Add).
     fn branch_has(&self, r: &Residual, op: &str) -> bool {
-        self.data_ancestors(&r.branch, Some(&r.skip))
-            .iter()
-            .any(|t| self.producer_op(t) == Some(op))
+        self.data_ancestors(&r.branch, Some(&r.skip)).iter().any(|t| self.producer_op(t) == Some(op))
     }
 
     /// The final norm's output after `last`: a LayerNormalization, or Sub -> Div [-> Mul [-> Add]].
     fn final_norm(&self, last: &str) -> Option<String> {
-        if let Some(n) = self
-            .consumers(last)
-            .find(|n| n.op_type == "LayerNormalization")
-        {
+        if let Some(n) = self.consumers(last).find(|n| n.op_type == "LayerNormalization") {
             return n.output.first().cloned();
         }
-        let sub = self
-            .consumers(last)
-            .find(|n| n.op_type == "Sub" && n.input[0] == last)?;
+        let sub = self.consumers(last).find(|n| n.op_type == "Sub" && n.input[0] == last)?;
         let follow = |t: &str, op: &str| {
-            self.consumers(t)
-                .find(|n| n.op_type == op && n.input[0] == t)
-                .map(|n| n.output[0].clone())
+            self.consumers(t).find(|n| n.op_type == op && n.input[0] == t).map(|n| n.output[0].clone())
         };
         let div = follow(&sub.output[0], "Div")?;
         let Some(mul) = follow(&div, "Mul") else {
@@ -544,19 +409,13 @@ impl<'a> Index<'a> {
     fn const_ints(&self, tensor: &str) -> Option<Vec<i64>> {
         let t = self.inits.get(tensor).or_else(|| self.consts.get(tensor))?;
         match t.data_type {
-            7 if !t.raw_data.is_empty() => Some(
-                t.raw_data
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
+            7 if !t.raw_data.is_empty() => {
+                Some(t.raw_data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
+            }
             7 => Some(t.int64_data.clone()),
-            6 if !t.raw_data.is_empty() => Some(
-                t.raw_data
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
-                    .collect(),
-            ),
+            6 if !t.raw_data.is_empty() => {
+                Some(t.raw_data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect())
+            }
             6 => Some(t.int32_data.iter().map(|&v| v as i64).collect()),
             _ => None,
         }
@@ -572,9 +431,7 @@ impl<'a> Index<'a> {
             let parts: Vec<Vec<i64>> = match self.const_ints(shape) {
                 Some(v) => vec![v],
                 None => match self.node(shape) {
-                    Some(c) if c.op_type == "Concat" => {
-                        c.input.iter().filter_map(|i| self.const_ints(i)).collect()
-                    }
+                    Some(c) if c.op_type == "Concat" => c.input.iter().filter_map(|i| self.const_ints(i)).collect(),
                     _ => continue,
                 },
             };
@@ -610,11 +467,7 @@ impl<'a> Index<'a> {
             .into_typed()?;
         let outs = model.output_outlets()?;
         let dim = |o: OutletId, axis: usize| -> TractResult<Option<usize>> {
-            Ok(model
-                .outlet_fact(o)?
-                .shape
-                .as_concrete()
-                .and_then(|s| s.get(axis).copied()))
+            Ok(model.outlet_fact(o)?.shape.as_concrete().and_then(|s| s.get(axis).copied()))
         };
         Ok((dim(outs[0], 1)?, dim(outs[1], 1)?))
     }
@@ -625,10 +478,7 @@ mod tests {
     use super::*;
 
     fn model(nodes: Vec<pb::NodeProto>) -> pb::GraphProto {
-        pb::GraphProto {
-            node: nodes,
-            ..Default::default()
-        }
+        pb::GraphProto { node: nodes, ..Default::default() }
     }
 
     fn node(op: &str, inputs: &[&str], out: &str) -> pb::NodeProto {
@@ -653,13 +503,8 @@ mod tests {
         ];
         let mut prev = "x".to_string();
         for b in 0..2 {
-            let (a, s, r1, m, r2) = (
-                format!("a{b}"),
-                format!("s{b}"),
-                format!("r1_{b}"),
-                format!("m{b}"),
-                format!("r2_{b}"),
-            );
+            let (a, s, r1, m, r2) =
+                (format!("a{b}"), format!("s{b}"), format!("r1_{b}"), format!("m{b}"), format!("r2_{b}"));
             nodes.push(node("Relu", &[&prev], &a));
             nodes.push(node("Softmax", &[&a], &s));
             nodes.push(node("Add", &[&s, &prev], &r1));

@@ -12,9 +12,7 @@
 //! `D_ij^2 = e_ij / C` (the density uses this form, not `D * D`).
 
 use super::dot::{dot_block, dots_gather};
-use super::{
-    check_shape, ensure, merge_means, none, AilurusConfig, ReduceError, Reducer, Reduction,
-};
+use super::{check_shape, ensure, merge_means, none, AilurusConfig, ReduceError, Reducer, Reduction};
 
 /// "no cluster" marker in `center_of` and a not-yet-assigned token.
 const NONE: u32 = u32::MAX;
@@ -164,12 +162,7 @@ impl AilurusReducer {
     }
 
     /// Compute rho, the density order, delta and the scores of `tokens` (`[h*w, c]`).
-    pub fn density_peaks(
-        &mut self,
-        tokens: &[f32],
-        c: usize,
-        grid: (usize, usize),
-    ) -> Result<(), ReduceError> {
+    pub fn density_peaks(&mut self, tokens: &[f32], c: usize, grid: (usize, usize)) -> Result<(), ReduceError> {
         let n = check_shape("ailurus", tokens, c, grid)?;
         self.peaks(tokens, c, grid, n);
         Ok(())
@@ -194,22 +187,15 @@ impl AilurusReducer {
         ensure(&mut self.js, n);
         self.dots.resize(n.max(self.dots.len()), 0.0);
         self.norms.clear();
-        self.norms
-            .extend(x.chunks_exact(c).map(|r| super::dot::dot(r, r)));
+        self.norms.extend(x.chunks_exact(c).map(|r| super::dot::dot(r, r)));
         self.density(x, c, grid);
         self.key.clear();
-        self.key.extend(
-            self.rho
-                .iter()
-                .enumerate()
-                .map(|(i, &r)| r + 1e-6 * jitter(i)),
-        );
+        self.key.extend(self.rho.iter().enumerate().map(|(i, &r)| r + 1e-6 * jitter(i)));
         let key = &self.key;
         self.order.clear();
         self.order.extend(0..n as u32);
         // Higher first: larger key, then lower index.
-        self.order
-            .sort_unstable_by(|&a, &b| key[b as usize].total_cmp(&key[a as usize]).then(a.cmp(&b)));
+        self.order.sort_unstable_by(|&a, &b| key[b as usize].total_cmp(&key[a as usize]).then(a.cmp(&b)));
         self.rank.resize(n, 0);
         for (t, &i) in self.order.iter().enumerate() {
             self.rank[i as usize] = t as u32;
@@ -223,8 +209,7 @@ impl AilurusReducer {
         let top = self.order[0] as usize;
         self.delta[top] = self.farthest(x, c, top);
         self.score.clear();
-        self.score
-            .extend(self.rho.iter().zip(&self.delta).map(|(&r, &d)| r * d));
+        self.score.extend(self.rho.iter().zip(&self.delta).map(|(&r, &d)| r * d));
     }
 
     /// rho_i = exp(-mean of the k smallest D^2 in the window of i, self included).
@@ -233,8 +218,7 @@ impl AilurusReducer {
         let r = self.radius;
         let side = 2 * r + 1;
         let slots = side * side;
-        let slot =
-            |dy: isize, dx: isize| ((dy + r as isize) as usize) * side + (dx + r as isize) as usize;
+        let slot = |dy: isize, dx: isize| ((dy + r as isize) as usize) * side + (dx + r as isize) as usize;
         let cf = c as f32;
         let (win, js, dots, norms) = (&mut self.win, &mut self.js, &mut self.dots, &self.norms);
         win.clear();
@@ -249,10 +233,7 @@ impl AilurusReducer {
             for (&j, &g) in js.iter().zip(dots.iter()) {
                 let j = j as usize;
                 let d2 = sq(norms[i], norms[j], g) / cf;
-                let (dy, dx) = (
-                    (j / w) as isize - y as isize,
-                    (j % w) as isize - xi as isize,
-                );
+                let (dy, dx) = ((j / w) as isize - y as isize, (j % w) as isize - xi as isize);
                 win[i * slots + slot(dy, dx)] = d2;
                 win[j * slots + slot(-dy, -dx)] = d2;
             }
@@ -285,27 +266,15 @@ impl AilurusReducer {
             self.sorted.extend_from_slice(&x[i * c..(i + 1) * c]);
             self.sorted_norms.push(self.norms[i]);
         }
-        self.block
-            .resize((ROW_BLOCK * n).max(self.block.len()), 0.0);
+        self.block.resize((ROW_BLOCK * n).max(self.block.len()), 0.0);
         let ns = &self.sorted_norms;
         for t0 in (0..n).step_by(ROW_BLOCK) {
             let t1 = (t0 + ROW_BLOCK).min(n);
             let rows = &self.sorted[t0 * c..t1 * c];
-            dot_block(
-                rows,
-                t1 - t0,
-                &self.sorted[..t1 * c],
-                t1,
-                c,
-                &mut self.block,
-                t1,
-            );
+            dot_block(rows, t1 - t0, &self.sorted[..t1 * c], t1, c, &mut self.block, t1);
             for t in t0.max(1)..t1 {
                 let g = &self.block[(t - t0) * t1..(t - t0) * t1 + t];
-                let e = g
-                    .iter()
-                    .zip(&ns[..t])
-                    .fold(f32::INFINITY, |m, (&g, &nj)| m.min(sq(ns[t], nj, g)));
+                let e = g.iter().zip(&ns[..t]).fold(f32::INFINITY, |m, (&g, &nj)| m.min(sq(ns[t], nj, g)));
                 self.delta[self.order[t] as usize] = e.sqrt() / sqrt_c;
             }
         }
@@ -321,11 +290,7 @@ impl AilurusReducer {
             }
             let rank = &self.rank;
             self.js.clear();
-            self.js.extend(
-                window(i, dr, grid)
-                    .filter(|&j| rank[j] < ri)
-                    .map(|j| j as u32),
-            );
+            self.js.extend(window(i, dr, grid).filter(|&j| rank[j] < ri).map(|j| j as u32));
             if self.js.is_empty() {
                 self.js.extend_from_slice(&self.order[..ri as usize]);
             }
@@ -335,9 +300,7 @@ impl AilurusReducer {
                 .js
                 .iter()
                 .zip(&self.dots)
-                .fold(f32::INFINITY, |m, (&j, &g)| {
-                    m.min(sq(ni, self.norms[j as usize], g))
-                });
+                .fold(f32::INFINITY, |m, (&j, &g)| m.min(sq(ni, self.norms[j as usize], g)));
             self.delta[i] = e.sqrt() / sqrt_c;
         }
     }
@@ -345,13 +308,10 @@ impl AilurusReducer {
     /// max_j D[i][j] (0 for a single token): delta of the token with no higher token.
     fn farthest(&mut self, x: &[f32], c: usize, i: usize) -> f32 {
         self.js.clear();
-        self.js
-            .extend((0..self.n as u32).filter(|&j| j as usize != i));
+        self.js.extend((0..self.n as u32).filter(|&j| j as usize != i));
         dots_gather(x, c, &x[i * c..(i + 1) * c], &self.js, &mut self.dots);
         let ni = self.norms[i];
-        let e = self.js.iter().zip(&self.dots).fold(0.0f32, |m, (&j, &g)| {
-            m.max(sq(ni, self.norms[j as usize], g))
-        });
+        let e = self.js.iter().zip(&self.dots).fold(0.0f32, |m, (&j, &g)| m.max(sq(ni, self.norms[j as usize], g)));
         e.sqrt() / (c as f32).sqrt()
     }
 
@@ -363,9 +323,7 @@ impl AilurusReducer {
         self.pick.extend(0..n as u32);
         if m < n {
             self.pick.select_nth_unstable_by(m - 1, |&a, &b| {
-                score[b as usize]
-                    .total_cmp(&score[a as usize])
-                    .then(a.cmp(&b))
+                score[b as usize].total_cmp(&score[a as usize]).then(a.cmp(&b))
             });
         }
         self.pick.truncate(m);
@@ -392,11 +350,7 @@ impl AilurusReducer {
             }
             let center_of = &self.center_of;
             self.js.clear();
-            self.js.extend(
-                window(i, self.radius, grid)
-                    .filter(|&j| center_of[j] != NONE)
-                    .map(|j| j as u32),
-            );
+            self.js.extend(window(i, self.radius, grid).filter(|&j| center_of[j] != NONE).map(|j| j as u32));
             if self.js.is_empty() {
                 self.fb.push(i as u32);
                 continue;
@@ -426,35 +380,20 @@ impl AilurusReducer {
         self.rows_c.clear();
         self.norms_c.clear();
         for &t in &self.pick {
-            self.rows_c
-                .extend_from_slice(&x[t as usize * c..(t as usize + 1) * c]);
+            self.rows_c.extend_from_slice(&x[t as usize * c..(t as usize + 1) * c]);
             self.norms_c.push(self.norms[t as usize]);
         }
-        self.block
-            .resize((ROW_BLOCK * m).max(self.block.len()), 0.0);
+        self.block.resize((ROW_BLOCK * m).max(self.block.len()), 0.0);
         for chunk in self.fb.chunks(ROW_BLOCK) {
             self.rows_a.clear();
             for &i in chunk {
-                self.rows_a
-                    .extend_from_slice(&x[i as usize * c..(i as usize + 1) * c]);
+                self.rows_a.extend_from_slice(&x[i as usize * c..(i as usize + 1) * c]);
             }
-            dot_block(
-                &self.rows_a,
-                chunk.len(),
-                &self.rows_c,
-                m,
-                c,
-                &mut self.block,
-                m,
-            );
+            dot_block(&self.rows_a, chunk.len(), &self.rows_c, m, c, &mut self.block, m);
             for (r, &i) in chunk.iter().enumerate() {
                 let ni = self.norms[i as usize];
                 let (mut best, mut best_d) = (0u32, f32::INFINITY);
-                for (id, (&g, &nc)) in self.block[r * m..(r + 1) * m]
-                    .iter()
-                    .zip(&self.norms_c)
-                    .enumerate()
-                {
+                for (id, (&g, &nc)) in self.block[r * m..(r + 1) * m].iter().zip(&self.norms_c).enumerate() {
                     let d = sq(ni, nc, g).sqrt() / sqrt_c;
                     if id == 0 || d < best_d {
                         (best, best_d) = (id as u32, d);
@@ -519,10 +458,7 @@ mod tests {
         assert_eq!(jitter(0), 0.0);
         assert_eq!(jitter(1), (2_654_435_761u32 >> 8) as f32 / 16_777_216.0);
         let big = 3_000_000usize;
-        assert_eq!(
-            jitter(big),
-            (((big as u64 * 2_654_435_761) % (1 << 32)) >> 8) as f32 / 16_777_216.0
-        );
+        assert_eq!(jitter(big), (((big as u64 * 2_654_435_761) % (1 << 32)) >> 8) as f32 / 16_777_216.0);
         assert!((0..5000).all(|i| (0.0..1.0).contains(&jitter(i))));
     }
 

@@ -22,11 +22,7 @@ fn tree(acc: &[f32; LANES]) -> f32 {
 
 /// `out[i][j] = dot(a[i], b[j])` for an `MR x NR` tile (rows already cut to length `c`).
 #[inline(always)]
-fn tile<const MR: usize, const NR: usize>(
-    a: [&[f32]; MR],
-    b: [&[f32]; NR],
-    c: usize,
-) -> [[f32; NR]; MR] {
+fn tile<const MR: usize, const NR: usize>(a: [&[f32]; MR], b: [&[f32]; NR], c: usize) -> [[f32; NR]; MR] {
     let mut acc = [[[0.0f32; LANES]; NR]; MR];
     let full = c / LANES * LANES;
     let mut k = 0;
@@ -82,11 +78,7 @@ fn fma_step<const MR: usize, const NR: usize>(
 trait Kern {
     /// # Safety
     /// The CPU must support the kernel's instruction set, and every row must hold `c` values.
-    unsafe fn tile<const MR: usize, const NR: usize>(
-        a: [&[f32]; MR],
-        b: [&[f32]; NR],
-        c: usize,
-    ) -> [[f32; NR]; MR];
+    unsafe fn tile<const MR: usize, const NR: usize>(a: [&[f32]; MR], b: [&[f32]; NR], c: usize) -> [[f32; NR]; MR];
 }
 
 /// Plain Rust (`mul_add`), for any CPU.
@@ -94,11 +86,7 @@ struct Portable;
 
 impl Kern for Portable {
     #[inline(always)]
-    unsafe fn tile<const MR: usize, const NR: usize>(
-        a: [&[f32]; MR],
-        b: [&[f32]; NR],
-        c: usize,
-    ) -> [[f32; NR]; MR] {
+    unsafe fn tile<const MR: usize, const NR: usize>(a: [&[f32]; MR], b: [&[f32]; NR], c: usize) -> [[f32; NR]; MR] {
         tile(a, b, c)
     }
 }
@@ -110,11 +98,7 @@ struct Avx;
 #[cfg(target_arch = "x86_64")]
 impl Kern for Avx {
     #[inline(always)]
-    unsafe fn tile<const MR: usize, const NR: usize>(
-        a: [&[f32]; MR],
-        b: [&[f32]; NR],
-        c: usize,
-    ) -> [[f32; NR]; MR] {
+    unsafe fn tile<const MR: usize, const NR: usize>(a: [&[f32]; MR], b: [&[f32]; NR], c: usize) -> [[f32; NR]; MR] {
         use std::arch::x86_64::*;
         debug_assert!(a.iter().chain(b.iter()).all(|r| r.len() >= c));
         let mut acc = [[_mm256_setzero_ps(); NR]; MR];
@@ -200,15 +184,7 @@ unsafe fn gather_body<K: Kern>(x: &[f32], c: usize, a: &[f32], js: &[u32], out: 
 /// # Safety
 /// The CPU must support `K`'s instruction set.
 #[inline(always)]
-unsafe fn block_body<K: Kern>(
-    a: &[f32],
-    ma: usize,
-    b: &[f32],
-    nb: usize,
-    c: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
+unsafe fn block_body<K: Kern>(a: &[f32], ma: usize, b: &[f32], nb: usize, c: usize, out: &mut [f32], ldo: usize) {
     let mut j0 = 0;
     while j0 < nb {
         let j1 = (j0 + B_BLOCK).min(nb);
@@ -217,12 +193,7 @@ unsafe fn block_body<K: Kern>(
             let ar = [row(a, c, i), row(a, c, i + 1), row(a, c, i + 2)];
             let mut j = j0;
             while j + 4 <= j1 {
-                let br = [
-                    row(b, c, j),
-                    row(b, c, j + 1),
-                    row(b, c, j + 2),
-                    row(b, c, j + 3),
-                ];
+                let br = [row(b, c, j), row(b, c, j + 1), row(b, c, j + 2), row(b, c, j + 3)];
                 let r = K::tile::<3, 4>(ar, br, c);
                 for (di, rr) in r.iter().enumerate() {
                     out[(i + di) * ldo + j..(i + di) * ldo + j + 4].copy_from_slice(rr);
@@ -242,12 +213,7 @@ unsafe fn block_body<K: Kern>(
             let ar = [row(a, c, i)];
             let mut j = j0;
             while j + 4 <= j1 {
-                let br = [
-                    row(b, c, j),
-                    row(b, c, j + 1),
-                    row(b, c, j + 2),
-                    row(b, c, j + 3),
-                ];
+                let br = [row(b, c, j), row(b, c, j + 1), row(b, c, j + 2), row(b, c, j + 3)];
                 out[i * ldo + j..i * ldo + j + 4].copy_from_slice(&K::tile::<1, 4>(ar, br, c)[0]);
                 j += 4;
             }
@@ -269,15 +235,7 @@ unsafe fn gather_fma(x: &[f32], c: usize, a: &[f32], js: &[u32], out: &mut [f32]
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn block_fma(
-    a: &[f32],
-    ma: usize,
-    b: &[f32],
-    nb: usize,
-    c: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
+unsafe fn block_fma(a: &[f32], ma: usize, b: &[f32], nb: usize, c: usize, out: &mut [f32], ldo: usize) {
     block_body::<Avx>(a, ma, b, nb, c, out, ldo)
 }
 
@@ -297,10 +255,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `out[t] = dot(a, x[js[t]])`, where `x` is `[_, c]` row-major and `a` has length `c`.
 pub fn dots_gather(x: &[f32], c: usize, a: &[f32], js: &[u32], out: &mut [f32]) {
-    assert!(
-        a.len() == c && out.len() >= js.len(),
-        "dots_gather: bad lengths"
-    );
+    assert!(a.len() == c && out.len() >= js.len(), "dots_gather: bad lengths");
     #[cfg(target_arch = "x86_64")]
     if has_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
@@ -313,23 +268,9 @@ pub fn dots_gather(x: &[f32], c: usize, a: &[f32], js: &[u32], out: &mut [f32]) 
 
 /// `out[i * ldo + j] = dot(a[i], b[j])` for `i < ma`, `j < nb`; `a` is `[ma, c]`, `b` is
 /// `[nb, c]`, both row-major (A times B transposed).
-pub fn dot_block(
-    a: &[f32],
-    ma: usize,
-    b: &[f32],
-    nb: usize,
-    c: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    assert!(
-        a.len() >= ma * c && b.len() >= nb * c,
-        "dot_block: inputs too short"
-    );
-    assert!(
-        nb <= ldo && (ma == 0 || out.len() >= (ma - 1) * ldo + nb),
-        "dot_block: output too short"
-    );
+pub fn dot_block(a: &[f32], ma: usize, b: &[f32], nb: usize, c: usize, out: &mut [f32], ldo: usize) {
+    assert!(a.len() >= ma * c && b.len() >= nb * c, "dot_block: inputs too short");
+    assert!(nb <= ldo && (ma == 0 || out.len() >= (ma - 1) * ldo + nb), "dot_block: output too short");
     #[cfg(target_arch = "x86_64")]
     if has_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
@@ -345,9 +286,7 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
@@ -382,22 +321,11 @@ mod tests {
                 for j in 0..nb {
                     let bj = &b[j * c..(j + 1) * c];
                     let want = spec_dot(ai, bj);
-                    assert_eq!(
-                        blk[i * (nb + 3) + j].to_bits(),
-                        want.to_bits(),
-                        "block c={c} {i},{j}"
-                    );
-                    assert_eq!(
-                        g[nb - 1 - j].to_bits(),
-                        want.to_bits(),
-                        "gather c={c} {i},{j}"
-                    );
+                    assert_eq!(blk[i * (nb + 3) + j].to_bits(), want.to_bits(), "block c={c} {i},{j}");
+                    assert_eq!(g[nb - 1 - j].to_bits(), want.to_bits(), "gather c={c} {i},{j}");
                     assert_eq!(dot(ai, bj).to_bits(), want.to_bits(), "dot c={c}");
                     let exact: f64 = ai.iter().zip(bj).map(|(&x, &y)| x as f64 * y as f64).sum();
-                    assert!(
-                        (want as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()),
-                        "c={c}"
-                    );
+                    assert!((want as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()), "c={c}");
                 }
             }
         }

@@ -42,12 +42,10 @@ impl Reducer for GridReducer {
         let s = window_side(h, w, m);
         let gw = w.div_ceil(s);
         out.assign.clear();
-        out.assign
-            .extend((0..n).map(|i| ((i / w / s) * gw + (i % w) / s) as u32));
+        out.assign.extend((0..n).map(|i| ((i / w / s) * gw + (i % w) / s) as u32));
         out.centers.clear();
         for by in 0..h.div_ceil(s) {
-            out.centers
-                .extend((0..gw).map(|bx| (by * s * w + bx * s) as u32));
+            out.centers.extend((0..gw).map(|bx| (by * s * w + bx * s) as u32));
         }
         merge_means(tokens, c, out.centers.len(), out);
         Ok(())

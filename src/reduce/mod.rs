@@ -38,7 +38,12 @@ pub enum ReduceError {
     Shape { reducer: &'static str, n: usize, c: usize, h: usize, w: usize },
     /// The GPU failed mid-frame (launch, copy, out of memory).
     #[error("reducer {reducer} on {device}: {source}")]
-    Device { reducer: &'static str, device: String, #[source] source: Box<dyn std::error::Error + Send + Sync> },
+    Device {
+        reducer: &'static str,
+        device: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// A token-reduction strategy: (tokens, grid, M) -> (merged tokens, sizes, assignment).
@@ -113,13 +118,7 @@ pub struct AilurusConfig {
 
 impl Default for AilurusConfig {
     fn default() -> Self {
-        AilurusConfig {
-            k: 5,
-            radius: 2,
-            delta: "global".into(),
-            delta_radius: 8,
-            fallback: "global".into(),
-        }
+        AilurusConfig { k: 5, radius: 2, delta: "global".into(), delta_radius: 8, fallback: "global".into() }
     }
 }
 
@@ -129,21 +128,10 @@ pub const DEVICES: &[&str] = &["cpu", "cuda", "cuda-or-cpu"];
 impl ReduceConfig {
     pub fn validate(&self, p: &mut Problems) {
         let s = "reduce";
-        p.check(
-            STRATEGIES.contains(&self.strategy.as_str()),
-            s,
-            "strategy",
-            || {
-                format!(
-                    "{:?} is not one of {}",
-                    self.strategy,
-                    STRATEGIES.join(", ")
-                )
-            },
-        );
-        p.check(self.cut >= 1, s, "cut", || {
-            "must be >= 1 (block 0 always runs on all tokens)".into()
+        p.check(STRATEGIES.contains(&self.strategy.as_str()), s, "strategy", || {
+            format!("{:?} is not one of {}", self.strategy, STRATEGIES.join(", "))
         });
+        p.check(self.cut >= 1, s, "cut", || "must be >= 1 (block 0 always runs on all tokens)".into());
         p.check(self.m >= 1, s, "m", || "must be >= 1".into());
         p.check(DEVICES.contains(&self.device.as_str()), s, "device", || {
             format!("{:?} is not one of {}", self.device, DEVICES.join(", "))
@@ -152,21 +140,13 @@ impl ReduceConfig {
         let s = "reduce.ailurus";
         p.check(a.k >= 1, s, "k", || "must be >= 1".into());
         p.check(a.radius >= 1, s, "radius", || "must be >= 1".into());
-        p.check(
-            ["global", "window"].contains(&a.delta.as_str()),
-            s,
-            "delta",
-            || format!("{:?} is not \"global\" or \"window\"", a.delta),
-        );
-        p.check(a.delta_radius >= 1, s, "delta_radius", || {
-            "must be >= 1".into()
+        p.check(["global", "window"].contains(&a.delta.as_str()), s, "delta", || {
+            format!("{:?} is not \"global\" or \"window\"", a.delta)
         });
-        p.check(
-            ["global", "spatial"].contains(&a.fallback.as_str()),
-            s,
-            "fallback",
-            || format!("{:?} is not \"global\" or \"spatial\"", a.fallback),
-        );
+        p.check(a.delta_radius >= 1, s, "delta_radius", || "must be >= 1".into());
+        p.check(["global", "spatial"].contains(&a.fallback.as_str()), s, "fallback", || {
+            format!("{:?} is not \"global\" or \"spatial\"", a.fallback)
+        });
     }
 }
 
@@ -202,13 +182,7 @@ pub(crate) fn check_shape(
 ) -> Result<usize, ReduceError> {
     let n = h * w;
     if c == 0 || tokens.len() != n * c {
-        return Err(ReduceError::Shape {
-            reducer,
-            n: tokens.len() / c.max(1),
-            c,
-            h,
-            w,
-        });
+        return Err(ReduceError::Shape { reducer, n: tokens.len() / c.max(1), c, h, w });
     }
     Ok(n)
 }

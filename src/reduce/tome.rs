@@ -63,13 +63,7 @@ impl TomeReducer {
         for v in [&mut self.size, &mut self.next_size] {
             ensure(v, n);
         }
-        for v in [
-            &mut self.rep,
-            &mut self.next_rep,
-            &mut self.map,
-            &mut self.surv,
-            &mut self.dest,
-        ] {
+        for v in [&mut self.rep, &mut self.next_rep, &mut self.map, &mut self.surv, &mut self.dest] {
             ensure(v, n);
         }
         ensure(&mut self.an, na * c);
@@ -94,15 +88,7 @@ impl TomeReducer {
         self.sim.resize((ROW_BLOCK * nb).max(self.sim.len()), 0.0);
         for p0 in (0..na).step_by(ROW_BLOCK) {
             let p1 = (p0 + ROW_BLOCK).min(na);
-            dot_block(
-                &self.an[p0 * c..p1 * c],
-                p1 - p0,
-                &self.bn,
-                nb,
-                c,
-                &mut self.sim,
-                nb,
-            );
+            dot_block(&self.an[p0 * c..p1 * c], p1 - p0, &self.bn, nb, c, &mut self.sim, nb);
             for row in self.sim[..(p1 - p0) * nb].chunks_exact(nb) {
                 let (mut bq, mut bs) = (0usize, row[0]);
                 for (q, &s) in row.iter().enumerate().skip(1) {
@@ -120,9 +106,7 @@ impl TomeReducer {
         self.pick.extend(0..na as u32);
         if r < na {
             self.pick.select_nth_unstable_by(r - 1, |&a, &b| {
-                best_s[b as usize]
-                    .total_cmp(&best_s[a as usize])
-                    .then(a.cmp(&b))
+                best_s[b as usize].total_cmp(&best_s[a as usize]).then(a.cmp(&b))
             });
         }
         self.chosen.clear();
@@ -144,8 +128,7 @@ impl TomeReducer {
         for q in 0..nb {
             let o = 2 * q + 1;
             let s = self.size[o];
-            self.acc
-                .extend(self.cur[o * c..(o + 1) * c].iter().map(|&v| v * s));
+            self.acc.extend(self.cur[o * c..(o + 1) * c].iter().map(|&v| v * s));
             self.acc_size.push(s);
             self.acc_rep.push(self.rep[o]);
         }
@@ -169,8 +152,7 @@ impl TomeReducer {
         let (chosen, rep, acc_rep) = (&self.chosen, &self.rep, &self.acc_rep);
         let new_rep = |o: usize| if o % 2 == 1 { acc_rep[o / 2] } else { rep[o] };
         self.surv.clear();
-        self.surv
-            .extend((0..n as u32).filter(|&o| o % 2 == 1 || !chosen[o as usize / 2]));
+        self.surv.extend((0..n as u32).filter(|&o| o % 2 == 1 || !chosen[o as usize / 2]));
         self.surv.sort_unstable_by_key(|&o| new_rep(o as usize));
         self.next.clear();
         self.next_size.clear();
@@ -182,8 +164,7 @@ impl TomeReducer {
             self.dest[o] = np as u32;
             if o % 2 == 1 {
                 let (q, s) = (o / 2, self.acc_size[o / 2]);
-                self.next
-                    .extend(self.acc[q * c..(q + 1) * c].iter().map(|&v| v / s));
+                self.next.extend(self.acc[q * c..(q + 1) * c].iter().map(|&v| v / s));
                 self.next_size.push(s);
                 self.next_rep.push(self.acc_rep[q]);
             } else {
@@ -270,12 +251,7 @@ mod tests {
     fn several_rounds_reach_one_token() {
         let t: Vec<f32> = (0..7 * 3).map(|v| (v as f32 * 0.7).sin()).collect();
         let mut out = Reduction::default();
-        TomeReducer::default()
-            .reduce(&t, 3, (1, 7), 1, &mut out)
-            .unwrap();
-        assert_eq!(
-            (out.m, out.assign.clone(), out.centers.clone()),
-            (1, vec![0; 7], vec![0])
-        );
+        TomeReducer::default().reduce(&t, 3, (1, 7), 1, &mut out).unwrap();
+        assert_eq!((out.m, out.assign.clone(), out.centers.clone()), (1, vec![0; 7], vec![0]));
     }
 }

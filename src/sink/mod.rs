@@ -59,10 +59,7 @@ impl SinksConfig {
 }
 
 /// Build every enabled sink.
-pub fn build_all(
-    cfg: &SinksConfig,
-    base: &std::path::Path,
-) -> Result<Vec<Box<dyn Sink>>, SinkError> {
+pub fn build_all(cfg: &SinksConfig, base: &std::path::Path) -> Result<Vec<Box<dyn Sink>>, SinkError> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if cfg.files.enabled {
         sinks.push(Box::new(files::FilesSink::build(&cfg.files, base)?));

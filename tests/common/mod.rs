@@ -10,9 +10,7 @@ pub fn root() -> PathBuf {
 
 /// The asset cache (tools/fetch_assets.sh), honouring AILURUS_CACHE.
 pub fn cache() -> PathBuf {
-    std::env::var_os("AILURUS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".cache"))
+    std::env::var_os("AILURUS_CACHE").map(PathBuf::from).unwrap_or_else(|| root().join(".cache"))
 }
 
 /// The real model's manifest, or a loud failure telling how to fetch it. Tests on the real
@@ -23,11 +21,7 @@ pub fn real_manifest() -> Option<PathBuf> {
         return None;
     }
     let onnx = cache().join("models/vit_s_focus.onnx");
-    assert!(
-        onnx.is_file(),
-        "{} is missing: run tools/fetch_assets.sh (or set AILURUS_SKIP_REAL=1)",
-        onnx.display()
-    );
+    assert!(onnx.is_file(), "{} is missing: run tools/fetch_assets.sh (or set AILURUS_SKIP_REAL=1)", onnx.display());
     Some(root().join("models/vit_s_focus.toml"))
 }
 
