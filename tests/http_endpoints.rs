@@ -272,6 +272,27 @@ fn without_frames_for_a_while_health_says_inference_is_stuck() {
     assert_eq!(get(addr, "/healthz").status, 200);
 }
 
+#[test]
+fn latest_json_long_polls_until_another_frame_is_there() {
+    let (mut s, addr) = sink(2, 3600.0, None);
+    s.publish(&output(1, 8, 8)).unwrap();
+    // Another frame than the one the page shows: answered at once.
+    assert!(get(addr, "/latest.json?after=0")
+        .text()
+        .starts_with("{\"seq\":1,"));
+    // The frame the page shows: the answer waits for the next publish.
+    let waiting = std::thread::spawn(move || get(addr, "/latest.json?after=1").text());
+    std::thread::sleep(Duration::from_millis(50));
+    s.publish(&output(2, 8, 8)).unwrap();
+    assert!(waiting.join().unwrap().starts_with("{\"seq\":2,"));
+    // Nothing new: the same frame, after the 2 s limit.
+    let t = Instant::now();
+    assert!(get(addr, "/latest.json?after=2")
+        .text()
+        .starts_with("{\"seq\":2,"));
+    assert!(t.elapsed() >= Duration::from_secs(2));
+}
+
 struct FakeStatus {
     camera_up: AtomicBool,
 }

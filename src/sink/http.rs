@@ -7,7 +7,8 @@
 //! - `/overlay.jpg`  the latest frame with the mask blended over it
 //! - `/frame.jpg`    the latest frame
 //! - `/mask.png`     the latest mask, the same PNG as the `files` sink writes
-//! - `/latest.json`  sequence number, size, M, input size, latency and capture time
+//! - `/latest.json`  sequence number, size, M, input size, latency and capture time;
+//!   `?after=SEQ` waits (long poll, at most 2 s) until a frame other than SEQ is there
 //! - `/metrics`      Prometheus text: the runtime's (from a [`StatusProvider`]) and this sink's
 //! - `/healthz`      200 `ok`, or 503 with the reason (`camera down`, `inference stuck: ...`)
 //!
@@ -19,8 +20,8 @@
 
 use std::io::Cursor;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -146,6 +147,12 @@ type Cached = Option<(u64, Arc<Vec<u8>>)>;
 struct Shared {
     /// The latest output and its publish count (the cache key: sequence numbers may restart).
     latest: Mutex<Option<(u64, Output)>>,
+    /// Signalled on every publish (and on close), for long polls.
+    changed: Condvar,
+    /// Long polls waiting now, and how many may (one worker always stays free).
+    waiting: AtomicUsize,
+    max_waiting: usize,
+    closing: AtomicBool,
     last_publish: Mutex<Option<Instant>>,
     published: AtomicU64,
     cache: [Mutex<Cached>; 3],
@@ -210,6 +217,10 @@ impl HttpSink {
         let server = Arc::new(server);
         let shared = Arc::new(Shared {
             latest: Mutex::new(None),
+            changed: Condvar::new(),
+            waiting: AtomicUsize::new(0),
+            max_waiting: cfg.threads - 1,
+            closing: AtomicBool::new(false),
             last_publish: Mutex::new(None),
             published: AtomicU64::new(0),
             cache: Default::default(),
@@ -331,7 +342,7 @@ fn handle(shared: &Shared, rq: tiny_http::Request) {
         Route::Overlay => image(shared, rq, Kind::Overlay),
         Route::Frame => image(shared, rq, Kind::Frame),
         Route::Mask => image(shared, rq, Kind::Mask),
-        Route::Latest => match latest_json(shared) {
+        Route::Latest => match latest_json(shared, after(rq.url())) {
             Some(j) => reply(rq, 200, "application/json", Arc::new(j.into_bytes())),
             None => text(rq, 503, "no frame yet\n".into()),
         },
@@ -424,7 +435,46 @@ fn encode(out: &Output, kind: Kind, quality: u8) -> Result<Vec<u8>, SinkError> {
     Ok(buf)
 }
 
-fn latest_json(shared: &Shared) -> Option<String> {
+/// `?after=N` of a URL.
+fn after(url: &str) -> Option<u64> {
+    let query = url.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("after=")?.parse().ok())
+}
+
+/// Long poll: wait (at most `LONG_POLL`) until the latest frame is not `seen`. At most
+/// `max_waiting` requests wait at once; the others are answered at once.
+fn wait_for_new(shared: &Shared, seen: u64) {
+    if shared.waiting.fetch_add(1, Ordering::AcqRel) >= shared.max_waiting {
+        shared.waiting.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let deadline = Instant::now() + LONG_POLL;
+    let mut latest = lock(&shared.latest);
+    while latest.as_ref().is_none_or(|(_, o)| o.frame.seq == seen)
+        && !shared.closing.load(Ordering::Acquire)
+    {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        latest = shared
+            .changed
+            .wait_timeout(latest, deadline - now)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    drop(latest);
+    shared.waiting.fetch_sub(1, Ordering::AcqRel);
+}
+
+const LONG_POLL: Duration = Duration::from_secs(2);
+
+fn latest_json(shared: &Shared, after: Option<u64>) -> Option<String> {
+    if let Some(seen) = after {
+        wait_for_new(shared, seen);
+    }
     let (_, out) = lock(&shared.latest).clone()?;
     let captured_ms = out
         .frame
@@ -542,6 +592,7 @@ impl Sink for HttpSink {
     fn publish(&mut self, out: &Output) -> Result<(), SinkError> {
         let generation = self.shared.published.fetch_add(1, Ordering::Relaxed) + 1;
         let old = lock(&self.shared.latest).replace((generation, out.clone()));
+        self.shared.changed.notify_all();
         *lock(&self.shared.last_publish) = Some(Instant::now());
         drop(old); // outside the lock: may free the previous frame's buffers
         Ok(())
@@ -553,6 +604,8 @@ impl Drop for HttpSink {
         let Some(server) = self.server.take() else {
             return;
         };
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.changed.notify_all();
         // One unblock per worker: each ends on the first one it receives.
         for _ in 0..self.workers.len() {
             server.unblock();
