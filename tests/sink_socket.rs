@@ -164,6 +164,43 @@ fn a_client_that_never_reads_does_not_slow_publish_or_other_clients() {
 }
 
 #[test]
+fn dropping_the_sink_delivers_the_queued_masks_then_closes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("drain.sock");
+    let c = SocketConfig {
+        queue: 16,
+        ..cfg(&path, 10_000)
+    };
+    let mut sink = SocketSink::build(&c, Path::new(".")).unwrap();
+    let mut client = UnixStream::connect(&path).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    wait_for("the client", || sink.client_count() == 1);
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        while let Ok(m) = read_msg(&mut client) {
+            got.push(m.seq);
+        }
+        let mut rest = Vec::new();
+        (got, client.read_to_end(&mut rest).map(|_| rest.len()))
+    });
+    // 10 masks of 300 KB: far more than the socket buffers hold when the sink is dropped.
+    let mut rng = 9;
+    for seq in 0..10 {
+        sink.publish(&output(seq, 640, 480, 2, &mut rng)).unwrap();
+    }
+    drop(sink);
+    let (got, rest) = reader.join().unwrap();
+    assert_eq!(
+        got,
+        (0..10).collect::<Vec<u64>>(),
+        "every queued mask, whole"
+    );
+    assert_eq!(rest.unwrap(), 0, "then the end of the stream, nothing torn");
+}
+
+#[test]
 fn a_slow_client_is_disconnected_after_the_write_timeout() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("slow.sock");

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crossbeam_channel::{Sender, TrySendError};
 use serde::Deserialize;
@@ -116,7 +116,8 @@ pub struct SocketStats {
 }
 
 struct Client {
-    tx: Sender<Arc<Vec<u8>>>,
+    /// None once closed for sending (the writer then drains what is queued and ends).
+    tx: Option<Sender<Arc<Vec<u8>>>>,
     alive: Arc<AtomicBool>,
     stream: UnixStream,
     writer: JoinHandle<()>,
@@ -126,14 +127,27 @@ struct Client {
 }
 
 impl Client {
-    /// Close the connection and wait for both threads.
-    fn close(self) {
+    /// Close the connection now and wait for both threads.
+    fn close(mut self) {
         // Unblocks a writer stuck on a client that does not read, and the watcher's read;
         // closing `tx` ends the writer's loop.
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        drop(self.tx);
+        self.tx = None;
         let _ = self.writer.join();
         let _ = self.watcher.join();
+    }
+}
+
+/// Let every client's writer send what is queued (until `deadline`), then close them all.
+fn drain_and_close(mut clients: Vec<Client>, deadline: Instant) {
+    for c in &mut clients {
+        c.tx = None;
+    }
+    while Instant::now() < deadline && clients.iter().any(|c| !c.writer.is_finished()) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for c in clients {
+        c.close();
     }
 }
 
@@ -150,6 +164,7 @@ pub struct SocketSink {
     /// Message buffers, reused once every client has written them.
     pool: Vec<Arc<Vec<u8>>>,
     pool_cap: usize,
+    write_timeout: Duration,
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SinkError + '_ {
@@ -189,6 +204,7 @@ impl SocketSink {
             accept: Some(accept),
             pool: Vec::new(),
             pool_cap: cfg.max_clients * (cfg.queue + 1) + 2,
+            write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         })
     }
 
@@ -342,7 +358,7 @@ fn spawn_client(
         }
     };
     Ok(Client {
-        tx,
+        tx: Some(tx),
         alive,
         stream,
         writer,
@@ -396,7 +412,8 @@ impl Sink for SocketSink {
         let clients = lock(&self.shared.clients);
         let stats = &self.shared.stats;
         for c in clients.iter() {
-            match c.tx.try_send(msg.clone()) {
+            let Some(tx) = &c.tx else { continue };
+            match tx.try_send(msg.clone()) {
                 Ok(()) => stats.sent.fetch_add(1, Ordering::Relaxed),
                 Err(TrySendError::Full(_)) => stats.skipped.fetch_add(1, Ordering::Relaxed),
                 Err(TrySendError::Disconnected(_)) => 0, // reaped next time
@@ -418,10 +435,11 @@ impl Drop for SocketSink {
         if let (Ok(_), Some(t)) = (UnixStream::connect(&self.path), self.accept.take()) {
             let _ = t.join();
         }
+        // Masks already queued still reach their clients (a drain at shutdown), for at most
+        // a second (or the write timeout, if shorter).
         let clients = std::mem::take(&mut *lock(&self.shared.clients));
-        for c in clients {
-            c.close();
-        }
+        let drain = self.write_timeout.min(Duration::from_secs(1));
+        drain_and_close(clients, Instant::now() + drain);
         let _ = std::fs::remove_file(&self.path);
     }
 }
