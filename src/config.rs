@@ -50,7 +50,10 @@ pub struct Problems(pub Vec<Problem>);
 
 impl Problems {
     pub fn push(&mut self, section: &str, key: &str, msg: impl Into<String>) {
-        self.0.push(Problem { key: format!("[{section}] {key}"), msg: msg.into() });
+        self.0.push(Problem {
+            key: format!("[{section}] {key}"),
+            msg: msg.into(),
+        });
     }
     /// Check `cond`, else record `msg`.
     pub fn check(&mut self, cond: bool, section: &str, key: &str, msg: impl FnOnce() -> String) {
@@ -63,11 +66,22 @@ impl Problems {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config {path}: {source}")]
-    Read { path: String, #[source] source: std::io::Error },
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("config {path}: {}", one_line(.source))]
-    Parse { path: String, #[source] source: Box<toml::de::Error> },
+    Parse {
+        path: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
     #[error("config {path}: {} problem(s): {}", .problems.len(), .problems.iter().map(|p| format!("{}: {}", p.key, p.msg)).collect::<Vec<_>>().join("; "))]
-    Invalid { path: String, problems: Vec<Problem> },
+    Invalid {
+        path: String,
+        problems: Vec<Problem>,
+    },
 }
 
 fn one_line(e: &toml::de::Error) -> String {
@@ -92,20 +106,27 @@ impl Config {
     /// Load and validate a config file. Relative paths inside resolve against the current
     /// directory (like a command line), not the file's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::from_str(&text, &path.display().to_string(), Path::new("."))
     }
 
     /// Parse and validate TOML text.
     pub fn from_str(text: &str, origin: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: origin.to_string(), source: Box::new(e) })?;
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            source: Box::new(e),
+        })?;
         cfg.origin = origin.to_string();
         cfg.base_dir = base_dir.to_path_buf();
         let problems = cfg.validate();
         if !problems.0.is_empty() {
-            return Err(ConfigError::Invalid { path: origin.to_string(), problems: problems.0 });
+            return Err(ConfigError::Invalid {
+                path: origin.to_string(),
+                problems: problems.0,
+            });
         }
         Ok(cfg)
     }

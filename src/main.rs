@@ -12,7 +12,11 @@ use ailurus::config::{Config, ConfigError};
 use ailurus::model::ModelError;
 
 #[derive(Parser)]
-#[command(name = "ailurus", version, about = "ViT segmentation at the edge, sped up by AiluRus token clustering")]
+#[command(
+    name = "ailurus",
+    version,
+    about = "ViT segmentation at the edge, sped up by AiluRus token clustering"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -71,6 +75,24 @@ enum Cmd {
         ov: Overrides,
         dir: PathBuf,
     },
+    /// Measure the cost and fidelity of every [budget] setting on sample images and write the
+    /// calibration table the budget controller uses (once per device).
+    Calibrate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Folder of sample images (default: [source] path).
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Where to write the table (default: [budget] calibration).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Sample images to use.
+        #[arg(long, default_value_t = 3)]
+        frames: usize,
+        /// Values of M measured per input size (the controller interpolates between them).
+        #[arg(long, default_value_t = 4)]
+        points: usize,
+    },
     /// Validate a config file (every problem is listed); exit 2 when invalid.
     CheckConfig { file: PathBuf },
     /// Print the embedded default config.
@@ -101,7 +123,10 @@ fn apply(cfg: &mut Config, ov: &Overrides) -> Result<(), ConfigError> {
     if p.0.is_empty() {
         Ok(())
     } else {
-        Err(ConfigError::Invalid { path: format!("{} + command-line overrides", cfg.origin), problems: p.0 })
+        Err(ConfigError::Invalid {
+            path: format!("{} + command-line overrides", cfg.origin),
+            problems: p.0,
+        })
     }
 }
 
@@ -118,7 +143,12 @@ fn real_main(cli: Cli) -> Result<()> {
             }
             ailurus::app::run(&cfg, stop)
         }
-        Cmd::Segment { config, ov, images, out } => {
+        Cmd::Segment {
+            config,
+            ov,
+            images,
+            out,
+        } => {
             let mut cfg = load_config(&config)?;
             apply(&mut cfg, &ov)?;
             ailurus::app::segment(&cfg, &images, &out)
@@ -127,6 +157,17 @@ fn real_main(cli: Cli) -> Result<()> {
             let mut cfg = load_config(&config)?;
             apply(&mut cfg, &ov)?;
             ailurus::app::eval(&cfg, &dir)
+        }
+        Cmd::Calibrate {
+            config,
+            images,
+            out,
+            frames,
+            points,
+        } => {
+            let cfg = load_config(&config)?;
+            let images = images.unwrap_or_else(|| cfg.resolve(&cfg.source.path));
+            ailurus::calibrate::command(&cfg, &images, out, frames, points)
         }
         Cmd::CheckConfig { file } => {
             Config::load(&file)?;
@@ -147,7 +188,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Start-up errors (bad config, bad model) exit 2; anything else 1.
-            let startup = e.downcast_ref::<ConfigError>().is_some() || e.downcast_ref::<ModelError>().is_some();
+            let startup = e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<ModelError>().is_some();
             eprintln!("ailurus: error: {e}");
             ExitCode::from(if startup { 2 } else { 1 })
         }

@@ -24,7 +24,11 @@ impl Taps {
     pub fn new(src: usize, dst: usize) -> Taps {
         let scale = src as f64 / dst as f64;
         let support = scale.max(1.0);
-        let mut t = Taps { src, dst, ..Default::default() };
+        let mut t = Taps {
+            src,
+            dst,
+            ..Default::default()
+        };
         for i in 0..dst {
             let center = (i as f64 + 0.5) * scale - 0.5;
             let lo = ((center - support).floor() as i64 + 1).max(0);
@@ -129,7 +133,13 @@ impl Resampler {
     }
 
     /// Resize one f32 plane `[sh, sw]` to `[dh, dw]`.
-    pub fn resize_plane(&mut self, src: &[f32], (sw, sh): (usize, usize), (dw, dh): (usize, usize), out: &mut [f32]) {
+    pub fn resize_plane(
+        &mut self,
+        src: &[f32],
+        (sw, sh): (usize, usize),
+        (dw, dh): (usize, usize),
+        out: &mut [f32],
+    ) {
         self.prepare(sw, sh, dw, dh);
         self.tmp.resize(sh * dw, 0.0);
         for y in 0..sh {
@@ -166,7 +176,14 @@ pub fn preprocess(
     out.resize(3 * size * size, 0.0);
     let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * norm.std[c]));
     let bias: [f32; 3] = std::array::from_fn(|c| -norm.mean[c] / norm.std[c]);
-    rs.resize_u8_to_planar(rgb, (w, h), 3, (size, size), |c, v| v * scale[c] + bias[c], out);
+    rs.resize_u8_to_planar(
+        rgb,
+        (w, h),
+        3,
+        (size, size),
+        |c, v| v * scale[c] + bias[c],
+        out,
+    );
 }
 
 #[cfg(test)]
@@ -197,14 +214,20 @@ mod tests {
         let mut rs = Resampler::default();
         let mut out = vec![0.0; 2];
         rs.resize_plane(&[0.0, 2.0, 4.0, 6.0], (4, 1), (2, 1), &mut out);
-        assert!((out[0] - 1.0).abs() < 0.35 && (out[1] - 5.0).abs() < 0.35, "{out:?}");
+        assert!(
+            (out[0] - 1.0).abs() < 0.35 && (out[1] - 5.0).abs() < 0.35,
+            "{out:?}"
+        );
         assert!(out[0] < out[1]);
     }
 
     #[test]
     fn preprocess_normalises_constant_image() {
         let rgb = vec![255u8, 0, 128].repeat(5 * 7);
-        let norm = Normalize { mean: [0.5, 0.5, 0.5], std: [0.5, 0.25, 1.0] };
+        let norm = Normalize {
+            mean: [0.5, 0.5, 0.5],
+            std: [0.5, 0.25, 1.0],
+        };
         let mut out = Vec::new();
         preprocess(&mut Resampler::default(), &rgb, (5, 7), 4, &norm, &mut out);
         assert_eq!(out.len(), 3 * 16);

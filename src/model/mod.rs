@@ -31,12 +31,24 @@ impl Default for ModelConfig {
 
 impl ModelConfig {
     pub fn validate(&self, p: &mut Problems) {
-        p.check(self.input_size >= 14 && self.input_size <= 4096, "model", "input_size", || {
-            format!("{} is not in 14..=4096", self.input_size)
-        });
-        p.check(crate::reduce::DEVICES.contains(&self.device.as_str()), "model", "device", || {
-            format!("{:?} is not one of {}", self.device, crate::reduce::DEVICES.join(", "))
-        });
+        p.check(
+            self.input_size >= 14 && self.input_size <= 4096,
+            "model",
+            "input_size",
+            || format!("{} is not in 14..=4096", self.input_size),
+        );
+        p.check(
+            crate::reduce::DEVICES.contains(&self.device.as_str()),
+            "model",
+            "device",
+            || {
+                format!(
+                    "{:?} is not one of {}",
+                    self.device,
+                    crate::reduce::DEVICES.join(", ")
+                )
+            },
+        );
     }
 }
 
@@ -53,15 +65,31 @@ pub enum ModelError {
     #[error("model file {path}: not found (run tools/fetch_assets.sh to fetch the default model)")]
     Missing { path: String },
     #[error("{path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("manifest {path}: {msg}")]
     Manifest { path: String, msg: String },
     #[error("model file {path}: sha256 is {got}, the manifest says {want}")]
-    Checksum { path: String, got: String, want: String },
+    Checksum {
+        path: String,
+        got: String,
+        want: String,
+    },
     #[error("model file {path}: not a loadable ONNX model: {}", first_line(.source))]
-    Onnx { path: String, #[source] source: anyhow::Error },
+    Onnx {
+        path: String,
+        #[source]
+        source: anyhow::Error,
+    },
     #[error("model {path}: {}", first_line(.source))]
-    Build { path: String, #[source] source: anyhow::Error },
+    Build {
+        path: String,
+        #[source]
+        source: anyhow::Error,
+    },
     #[error("model {path}: {msg}")]
     Config { path: String, msg: String },
 }
@@ -77,8 +105,16 @@ fn first_line(e: &anyhow::Error) -> String {
 
 /// Set tract's matmul thread count for the process (0 = one per core).
 pub fn set_threads(threads: usize) {
-    let n = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
+    let n = if threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        threads
+    };
     if n > 1 {
-        tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(n));
+        tract_linalg::multithread::set_default_executor(
+            tract_linalg::multithread::Executor::multithread(n),
+        );
     }
 }

@@ -29,7 +29,13 @@ pub struct Reduction {
 #[derive(Debug, thiserror::Error)]
 pub enum ReduceError {
     #[error("reducer {reducer}: {n} tokens of width {c} do not fill a {h}x{w} grid")]
-    Shape { reducer: &'static str, n: usize, c: usize, h: usize, w: usize },
+    Shape {
+        reducer: &'static str,
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+    },
 }
 
 /// A token-reduction strategy: (tokens, grid, M) -> (merged tokens, sizes, assignment).
@@ -120,10 +126,21 @@ pub const DEVICES: &[&str] = &["cpu", "cuda", "cuda-or-cpu"];
 impl ReduceConfig {
     pub fn validate(&self, p: &mut Problems) {
         let s = "reduce";
-        p.check(STRATEGIES.contains(&self.strategy.as_str()), s, "strategy", || {
-            format!("{:?} is not one of {}", self.strategy, STRATEGIES.join(", "))
+        p.check(
+            STRATEGIES.contains(&self.strategy.as_str()),
+            s,
+            "strategy",
+            || {
+                format!(
+                    "{:?} is not one of {}",
+                    self.strategy,
+                    STRATEGIES.join(", ")
+                )
+            },
+        );
+        p.check(self.cut >= 1, s, "cut", || {
+            "must be >= 1 (block 0 always runs on all tokens)".into()
         });
-        p.check(self.cut >= 1, s, "cut", || "must be >= 1 (block 0 always runs on all tokens)".into());
         p.check(self.m >= 1, s, "m", || "must be >= 1".into());
         p.check(DEVICES.contains(&self.device.as_str()), s, "device", || {
             format!("{:?} is not one of {}", self.device, DEVICES.join(", "))
@@ -132,13 +149,21 @@ impl ReduceConfig {
         let s = "reduce.ailurus";
         p.check(a.k >= 1, s, "k", || "must be >= 1".into());
         p.check(a.radius >= 1, s, "radius", || "must be >= 1".into());
-        p.check(["global", "window"].contains(&a.delta.as_str()), s, "delta", || {
-            format!("{:?} is not \"global\" or \"window\"", a.delta)
+        p.check(
+            ["global", "window"].contains(&a.delta.as_str()),
+            s,
+            "delta",
+            || format!("{:?} is not \"global\" or \"window\"", a.delta),
+        );
+        p.check(a.delta_radius >= 1, s, "delta_radius", || {
+            "must be >= 1".into()
         });
-        p.check(a.delta_radius >= 1, s, "delta_radius", || "must be >= 1".into());
-        p.check(["global", "spatial"].contains(&a.fallback.as_str()), s, "fallback", || {
-            format!("{:?} is not \"global\" or \"spatial\"", a.fallback)
-        });
+        p.check(
+            ["global", "spatial"].contains(&a.fallback.as_str()),
+            s,
+            "fallback",
+            || format!("{:?} is not \"global\" or \"spatial\"", a.fallback),
+        );
     }
 }
 

@@ -25,15 +25,23 @@ pub struct FilesConfig {
 
 impl Default for FilesConfig {
     fn default() -> Self {
-        FilesConfig { enabled: true, dir: "out/masks".into(), overlay: true, keep: 200 }
+        FilesConfig {
+            enabled: true,
+            dir: "out/masks".into(),
+            overlay: true,
+            keep: 200,
+        }
     }
 }
 
 impl FilesConfig {
     pub fn validate(&self, p: &mut Problems) {
-        p.check(!self.enabled || !self.dir.as_os_str().is_empty(), "sink.files", "dir", || {
-            "must not be empty".into()
-        });
+        p.check(
+            !self.enabled || !self.dir.as_os_str().is_empty(),
+            "sink.files",
+            "dir",
+            || "must not be empty".into(),
+        );
     }
 }
 
@@ -46,13 +54,22 @@ pub struct FilesSink {
 
 impl FilesSink {
     pub fn build(cfg: &FilesConfig, base: &Path) -> Result<FilesSink, SinkError> {
-        let dir = if cfg.dir.is_absolute() { cfg.dir.clone() } else { base.join(&cfg.dir) };
+        let dir = if cfg.dir.is_absolute() {
+            cfg.dir.clone()
+        } else {
+            base.join(&cfg.dir)
+        };
         std::fs::create_dir_all(&dir).map_err(|source| SinkError::Io {
             sink: "files",
             path: dir.display().to_string(),
             source,
         })?;
-        Ok(FilesSink { dir, overlay: cfg.overlay, keep: cfg.keep, written: VecDeque::new() })
+        Ok(FilesSink {
+            dir,
+            overlay: cfg.overlay,
+            keep: cfg.keep,
+            written: VecDeque::new(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -68,11 +85,19 @@ where
     C: std::ops::Deref<Target = [P::Subpixel]>,
 {
     let tmp = path.with_extension("png.tmp");
-    let io = |source| SinkError::Io { sink: "files", path: path.display().to_string(), source };
-    img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| match e {
-        image::ImageError::IoError(e) => io(e),
-        other => SinkError::Other { sink: "files", msg: format!("{}: {other}", path.display()) },
-    })?;
+    let io = |source| SinkError::Io {
+        sink: "files",
+        path: path.display().to_string(),
+        source,
+    };
+    img.save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| match e {
+            image::ImageError::IoError(e) => io(e),
+            other => SinkError::Other {
+                sink: "files",
+                msg: format!("{}: {other}", path.display()),
+            },
+        })?;
     std::fs::rename(&tmp, path).map_err(io)
 }
 

@@ -29,7 +29,12 @@ pub struct Output {
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("sink {sink}: {path}: {source}")]
-    Io { sink: &'static str, path: String, #[source] source: std::io::Error },
+    Io {
+        sink: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("sink {sink}: {msg}")]
     Other { sink: &'static str, msg: String },
 }
@@ -54,11 +59,13 @@ impl SinksConfig {
 }
 
 /// Build every enabled sink.
-pub fn build_all(cfg: &SinksConfig, base: &std::path::Path) -> Result<Vec<Box<dyn Sink>>, SinkError> {
+pub fn build_all(
+    cfg: &SinksConfig,
+    base: &std::path::Path,
+) -> Result<Vec<Box<dyn Sink>>, SinkError> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if cfg.files.enabled {
         sinks.push(Box::new(files::FilesSink::build(&cfg.files, base)?));
     }
     Ok(sinks)
 }
-

@@ -11,7 +11,10 @@ const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "ppm"];
 /// List the image files of a folder, sorted by name.
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
     let origin = dir.display().to_string();
-    let rd = std::fs::read_dir(dir).map_err(|source| SourceError::Io { origin: origin.clone(), source })?;
+    let rd = std::fs::read_dir(dir).map_err(|source| SourceError::Io {
+        origin: origin.clone(),
+        source,
+    })?;
     let mut files: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -37,7 +40,11 @@ pub fn load_frame(path: &Path, seq: u64) -> Result<Frame, SourceError> {
         seq,
         msg: e.to_string(),
     })?;
-    Ok(Frame::from_rgb_image(seq, img.to_rgb8(), path.display().to_string()))
+    Ok(Frame::from_rgb_image(
+        seq,
+        img.to_rgb8(),
+        path.display().to_string(),
+    ))
 }
 
 pub struct FolderSource {

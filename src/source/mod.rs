@@ -14,9 +14,17 @@ pub enum SourceError {
     Unavailable { origin: String, msg: String },
     /// One frame was bad (corrupt JPEG, truncated read): skip it, count it, go on.
     #[error("source {origin}: bad frame {seq}: {msg}")]
-    BadFrame { origin: String, seq: u64, msg: String },
+    BadFrame {
+        origin: String,
+        seq: u64,
+        msg: String,
+    },
     #[error("source {origin}: {source}")]
-    Io { origin: String, #[source] source: std::io::Error },
+    Io {
+        origin: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A stream of frames. `next_frame` blocks until a frame is ready; `Ok(None)` is end of stream.
@@ -49,7 +57,12 @@ pub struct SourceConfig {
 
 impl Default for SourceConfig {
     fn default() -> Self {
-        SourceConfig { kind: "folder".into(), path: ".cache/photos".into(), looping: true, fps: 0.0 }
+        SourceConfig {
+            kind: "folder".into(),
+            path: ".cache/photos".into(),
+            looping: true,
+            fps: 0.0,
+        }
     }
 }
 
@@ -57,11 +70,17 @@ pub const KINDS: &[&str] = &["folder", "v4l", "stream", "synthetic"];
 
 impl SourceConfig {
     pub fn validate(&self, p: &mut Problems) {
-        p.check(KINDS.contains(&self.kind.as_str()), "source", "kind", || {
-            format!("{:?} is not one of {}", self.kind, KINDS.join(", "))
-        });
-        p.check(self.fps >= 0.0 && self.fps.is_finite(), "source", "fps", || {
-            format!("{} must be >= 0", self.fps)
-        });
+        p.check(
+            KINDS.contains(&self.kind.as_str()),
+            "source",
+            "kind",
+            || format!("{:?} is not one of {}", self.kind, KINDS.join(", ")),
+        );
+        p.check(
+            self.fps >= 0.0 && self.fps.is_finite(),
+            "source",
+            "fps",
+            || format!("{} must be >= 0", self.fps),
+        );
     }
 }
