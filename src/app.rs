@@ -299,6 +299,15 @@ pub fn build_source(cfg: &Config) -> Result<Box<dyn FrameSource>> {
 /// stopping). Plans are built for `[model] input_size` and, with the budget on, every size of
 /// the `[budget]` ladder.
 pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Pipeline> {
+    start_with_sinks(cfg, stop, Vec::new())
+}
+
+/// `start`, with `extra` sinks run after the configured ones (benches, tests).
+pub fn start_with_sinks(
+    cfg: &Config,
+    stop: Arc<AtomicBool>,
+    extra: Vec<Box<dyn sink::Sink>>,
+) -> Result<Pipeline> {
     let mut sizes = vec![cfg.model.input_size];
     if cfg.budget.enabled {
         sizes.extend(
@@ -324,7 +333,8 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Pipeline> {
     } else {
         SourceMode::Live
     };
-    let sinks = sink::build_all(&cfg.sink, &cfg.base_dir)?;
+    let mut sinks = sink::build_all(&cfg.sink, &cfg.base_dir)?;
+    sinks.extend(extra);
     let names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
     let metrics = Arc::new(Metrics::new(&names));
     log::info!(

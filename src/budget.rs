@@ -6,11 +6,17 @@
 //! configured percentile of its recent prediction errors, plus that percentile of the measured
 //! overhead (queueing, postprocess: end-to-end minus cost).
 //!
+//! Settings not measured lately are predicted more carefully: their extra parameter
+//! uncertainty (from the cost model) pads them by z(percentile) standard deviations (half that
+//! when deciding whether to probe upwards).
+//!
 //! Movement rules: down at once when the current setting no longer fits; up only after the
 //! better setting has fitted for `hold` frames in a row, and by at most `MAX_RISE` more
 //! predicted latency per move. An up move undone within `PROBE_WINDOW` frames doubles `hold`
 //! (up to `MAX_HOLD`), so it cannot oscillate forever; `hold` resets when the load or the
-//! config changes. M is always a multiple of `m_step` (or N: no reduction). Time never enters:
+//! config changes. M is always a multiple of `m_step` (or N: no reduction). When even the
+//! cheapest setting is predicted to miss, it runs that one and warns once (again only after
+//! `REARM` reachable frames). Time never enters:
 //! the controller counts frames, so tests drive it with fake costs and no clock.
 //! Owns no threads and no engine: the pipeline calls `decide`, `refine` and `observe*`.
 
@@ -146,7 +152,11 @@ pub const MAX_HOLD: u32 = 256;
 /// A down move this many frames after an up move means the up move failed.
 pub const PROBE_WINDOW: u64 = 8;
 /// Recent prediction errors / overheads kept for the percentile.
-const WINDOW: usize = 64;
+const WINDOW: usize = 32;
+/// The first frames' prediction errors are the prior being corrected, not noise: not kept.
+const BURN_IN: u64 = 3;
+/// Frames the budget must be reachable before "unreachable" may be said again.
+pub const REARM: u64 = 50;
 /// A load change by this factor since the last backoff resets `hold`.
 const LOAD_RESET: f64 = 1.3;
 
@@ -231,8 +241,11 @@ pub struct Controller {
     last_up: Option<u64>,
     load_at_backoff: f64,
     frames: u64,
+    observed: u64,
     unreachable: bool,
     unreachable_reports: u64,
+    warned: bool,
+    reachable_streak: u64,
     preds: Vec<f64>,
     preds_up: Vec<f64>,
 }
@@ -263,8 +276,11 @@ impl Controller {
             last_up: None,
             load_at_backoff: 1.0,
             frames: 0,
+            observed: 0,
             unreachable: false,
             unreachable_reports: 0,
+            warned: false,
+            reachable_streak: 0,
             preds: vec![],
             preds_up: vec![],
         };
@@ -338,6 +354,8 @@ impl Controller {
         self.hold = BASE_HOLD;
         self.last_up = None;
         self.unreachable = false;
+        self.warned = false;
+        self.reachable_streak = 0;
         Ok(())
     }
 
@@ -384,8 +402,8 @@ impl Controller {
     /// Predicted latency (ms, at the percentile) of every candidate into `self.preds`: the
     /// mean cost, times the recent prediction errors' percentile, times the extra uncertainty
     /// of that setting over the one running now (z * sigma: careful with settings not measured
-    /// lately), plus the overhead percentile. `self.preds_up` leaves the extra uncertainty out:
-    /// an up move is a probe, undone (and made rarer) if it misses.
+    /// lately), plus the overhead percentile. `self.preds_up` counts half the extra
+    /// uncertainty: an up move is a probe, undone (and made rarer) if it misses.
     fn predict_all(&mut self) {
         let (k, o) = self.pads();
         let z = z_score(self.cfg.percentile / 100.0);
@@ -407,7 +425,7 @@ impl Controller {
             let mean = self.model.predict_ln(c.j, c.u) + k;
             let extra = (self.model.variance(c.j, c.u) - var_ref).max(0.0).sqrt();
             preds.push((mean + z * extra).exp() + o);
-            up.push(mean.exp() + o);
+            up.push((mean + 0.5 * z * extra).exp() + o);
         }
         self.preds = preds;
         self.preds_up = up;
@@ -444,34 +462,16 @@ impl Controller {
             self.load_at_backoff = load;
         }
         let best = preds.iter().position(|&p| p <= thr);
+        self.track_reachability(best.is_some(), &preds);
         let next = match (best, self.current) {
             (None, _) => {
-                let cheapest = (0..preds.len())
-                    .min_by(|&a, &b| preds[a].total_cmp(&preds[b]))
-                    .unwrap_or(0);
-                if !self.unreachable {
-                    self.unreachable = true;
-                    self.unreachable_reports += 1;
-                    let c = self.cands[cheapest].setting;
-                    log::warn!(
-                        "budget {:.0} ms unreachable: even the cheapest setting ({}px, M={}) is predicted at {:.0} ms \
-                         (p{}); running it anyway (said once)",
-                        self.cfg.target_ms,
-                        c.input_size,
-                        c.m,
-                        preds[cheapest],
-                        self.cfg.percentile
-                    );
-                }
                 self.streak = 0;
-                cheapest
+                (0..preds.len())
+                    .min_by(|&a, &b| preds[a].total_cmp(&preds[b]))
+                    .unwrap_or(0)
             }
             (Some(b), None) => b,
             (Some(b), Some(cur)) => {
-                if self.unreachable {
-                    self.unreachable = false;
-                    log::info!("budget {:.0} ms reachable again", self.cfg.target_ms);
-                }
                 if preds[cur] > thr {
                     self.down(b)
                 } else if self.preds_up[..cur].iter().any(|&p| p <= thr) {
@@ -485,6 +485,42 @@ impl Controller {
         self.current = Some(next);
         self.preds = preds;
         self.decision(self.cands[next].setting)
+    }
+
+    /// The unreachable flag follows every frame; the warning is said once, and said again only
+    /// after the budget was reachable for `REARM` frames in a row.
+    fn track_reachability(&mut self, reachable: bool, preds: &[f64]) {
+        self.unreachable = !reachable;
+        if reachable {
+            self.reachable_streak += 1;
+            if self.warned && self.reachable_streak == REARM {
+                self.warned = false;
+                log::info!(
+                    "budget {:.0} ms reachable again for {REARM} frames",
+                    self.cfg.target_ms
+                );
+            }
+            return;
+        }
+        self.reachable_streak = 0;
+        if self.warned {
+            return;
+        }
+        self.warned = true;
+        self.unreachable_reports += 1;
+        let cheapest = (0..preds.len())
+            .min_by(|&a, &b| preds[a].total_cmp(&preds[b]))
+            .unwrap_or(0);
+        let c = self.cands[cheapest].setting;
+        log::warn!(
+            "budget {:.0} ms unreachable: even the cheapest setting ({}px, M={}) is predicted at {:.0} ms (p{}); \
+             running it anyway (said once)",
+            self.cfg.target_ms,
+            c.input_size,
+            c.m,
+            preds[cheapest],
+            self.cfg.percentile
+        );
     }
 
     fn down(&mut self, to: usize) -> usize {
@@ -554,7 +590,10 @@ impl Controller {
     pub fn observe(&mut self, s: Setting, cost_ms: f64) {
         if let Some((j, n)) = self.size_index(s.input_size) {
             let e = self.model.update(j, s.m.min(n) as f64 / n as f64, cost_ms);
-            self.resid.push(e);
+            self.observed += 1;
+            if self.observed > BURN_IN {
+                self.resid.push(e);
+            }
         }
     }
 

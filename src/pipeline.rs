@@ -12,7 +12,10 @@
 //! `MAX_IN_FLIGHT` frames between "preprocess starts" and "published"). Preprocessing starts
 //! just in time: when inference is predicted to end within the time preprocessing takes, so
 //! the frame it takes is as fresh as possible and no prepared frame waits behind a running
-//! inference. `[pipeline] overlap = false` runs one frame at a time (for comparison).
+//! inference. When inference overruns its prediction, a prepared input that has waited for
+//! `REFRESH_LEADS` leads is replaced by a fresher frame (a counted `preprocess_to_infer`
+//! drop), so a frame never waits long behind a slow inference.
+//! `[pipeline] overlap = false` runs one frame at a time (for comparison).
 //!
 //! Owns the threads, the queues and the engine trait. Must not decide settings (that is the
 //! budget controller) nor render metrics (metrics.rs).
@@ -246,9 +249,19 @@ struct Gate {
 #[derive(Default)]
 struct GateState {
     in_flight: usize,
-    pending: bool,
+    /// When the prepared input waiting for inference was prepared.
+    pending: Option<Instant>,
+    /// When the running inference is predicted to end (None: idle).
     busy_until: Option<Instant>,
+    /// A stale input was already replaced during this inference.
+    refreshed: bool,
 }
+
+/// A prepared input older than `REFRESH_LEADS` preprocessing leads (and at least
+/// `REFRESH_MIN`) while inference overruns its prediction is replaced by a fresher frame, once
+/// per inference.
+const REFRESH_LEADS: u32 = 8;
+const REFRESH_MIN: Duration = Duration::from_millis(500);
 
 impl Gate {
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
@@ -265,10 +278,13 @@ impl Gate {
         self.update(|g| g.in_flight = g.in_flight.saturating_sub(1));
     }
 
-    /// Block until preprocessing may start: fewer than `max` frames in flight, no prepared
-    /// input waiting, and inference idle or within `lead` of its predicted end. Takes a
-    /// flight slot. False when `stop` is set.
+    /// Block until preprocessing may start, and take a flight slot. It may start when fewer
+    /// than `max` frames are in flight, no prepared input waits, and inference is idle or
+    /// within `lead` of its predicted end. It may also start when the waiting input has gone
+    /// stale behind an overrunning inference (it will replace that input). False when `stop`
+    /// is set.
     fn wait_turn(&self, max: usize, lead: Duration, stop: &AtomicBool) -> bool {
+        let refresh = (lead * REFRESH_LEADS).max(REFRESH_MIN);
         let mut g = self.lock();
         loop {
             if stop.load(Ordering::Relaxed) {
@@ -276,14 +292,23 @@ impl Gate {
             }
             let now = Instant::now();
             let mut wait = Duration::from_millis(50);
-            if g.in_flight < max && !g.pending {
-                match g.busy_until {
+            match g.pending {
+                None if g.in_flight < max => match g.busy_until {
                     Some(end) if now + lead < end => wait = wait.min(end - lead - now),
                     _ => {
                         g.in_flight += 1;
                         return true;
                     }
+                },
+                Some(t) if max > 1 && g.busy_until.is_some() && !g.refreshed => {
+                    if now >= t + refresh {
+                        g.in_flight += 1;
+                        g.refreshed = true;
+                        return true;
+                    }
+                    wait = wait.min(t + refresh - now);
                 }
+                _ => {}
             }
             g = self
                 .cv

@@ -342,3 +342,26 @@ fn z_score_matches_the_normal_table() {
     }
     assert_eq!(z_score(0.3), 0.0);
 }
+
+#[test]
+fn a_budget_at_the_edge_of_reach_is_reported_once_not_every_flip() {
+    let c = cfg(400.0, &LADDER);
+    let mut ctl = controller(&c);
+    let mut rng = Rng(99);
+    let (mut flips, mut last) = (0, false);
+    for _ in 0..1000 {
+        let d = ctl.decide();
+        let ms = device_ms(d.setting) * rng.lognormal(0.1);
+        ctl.observe(d.setting, ms);
+        ctl.observe_latency(ms, ms);
+        let u = ctl.status().unreachable;
+        flips += (u != last) as u32;
+        last = u;
+    }
+    assert!(flips >= 20, "the scenario should flap ({flips} flips)");
+    assert!(
+        ctl.status().unreachable_reports <= 3,
+        "{} reports for {flips} flips",
+        ctl.status().unreachable_reports
+    );
+}

@@ -148,6 +148,8 @@ pub struct CostModel {
     x: Vec<f64>,
     p: Vec<f64>,
     last_outlier: f64,
+    /// Scratch for P h^T (no allocation per frame).
+    ph: Vec<f64>,
 }
 
 impl CostModel {
@@ -170,6 +172,7 @@ impl CostModel {
             x: vec![0.0; d],
             p,
             last_outlier: 0.0,
+            ph: Vec::with_capacity(d),
         }
     }
 
@@ -240,7 +243,9 @@ impl CostModel {
         }
     }
 
-    /// Learn from one measured frame; returns the innovation ln(measured / predicted).
+    /// Learn from one measured frame; returns the innovation ln(measured / predicted),
+    /// clipped to the outlier bound (what the controller keeps as a prediction error: a
+    /// regime change is the filter's business, not noise).
     pub fn update(&mut self, j: usize, u: f64, ms: f64) -> f64 {
         self.drift();
         let e = ms.max(1e-3).ln() - self.predict_ln(j, u);
@@ -250,28 +255,29 @@ impl CostModel {
             if self.last_outlier * e <= 0.0 {
                 // Suspect: wait for a second opinion.
                 self.last_outlier = e;
-                return e;
+                return e.clamp(-bound, bound);
             }
             // Confirmed: a real change. Widen the load's uncertainty so this frame and the
             // next ones are followed at once.
             self.p[0] += e * e;
         }
         self.last_outlier = 0.0;
-        self.apply(e, &h)
+        self.apply(e, &h);
+        e.clamp(-bound, bound)
     }
 
     /// The measurement update with innovation `e`.
-    fn apply(&mut self, e: f64, h: &[(usize, f64); 3]) -> f64 {
+    fn apply(&mut self, e: f64, h: &[(usize, f64); 3]) {
         let d = self.dim();
-        let ph: Vec<f64> = (0..d)
-            .map(|r| h.iter().map(|&(c, v)| self.p[r * d + c] * v).sum())
-            .collect();
+        let mut ph = std::mem::take(&mut self.ph);
+        ph.clear();
+        ph.extend((0..d).map(|r| h.iter().map(|&(c, v)| self.p[r * d + c] * v).sum::<f64>()));
         let var = h.iter().map(|&(c, v)| ph[c] * v).sum::<f64>() + R;
         for (xi, phi) in self.x.iter_mut().zip(&ph) {
             *xi += phi / var * e;
         }
         self.shrink(&ph, var);
-        e
+        self.ph = ph;
     }
 
     /// P -= (P h^T)(h P) / var, kept symmetric with a positive diagonal.

@@ -172,7 +172,7 @@ pub(super) fn pre_loop(sh: &Shared, mut feed: Feed, tx: SlotSender<Job>, pool: R
         times.preprocess = t.elapsed();
         ewma(&mut pre_avg, times.preprocess);
         sh.metrics.record(Stage::Preprocess, times.preprocess);
-        sh.gate.update(|g| g.pending = true);
+        sh.gate.update(|g| g.pending = Some(Instant::now()));
         let job = Job {
             frame,
             setting: d.setting,
@@ -212,8 +212,9 @@ pub(super) fn infer_loop(
             ((predicted_cost_ms * 0.95) / 1e3 - times.preprocess.as_secs_f64()).max(0.0),
         );
         sh.gate.update(|g| {
-            g.pending = false;
+            g.pending = None;
             g.busy_until = Some(start + expect);
+            g.refreshed = false;
         });
         let setting = sh.controller().refine(setting);
         let mut raw = raw_pool.try_recv().unwrap_or_default();
