@@ -2,18 +2,21 @@
 //! benches drive exactly what users run.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use crate::budget::Controller;
+use crate::calibrate::CalibrationTable;
 use crate::config::Config;
 use crate::frame::{Frame, Mask};
+use crate::metrics::Metrics;
 use crate::model::{Segmenter, SegmenterOptions};
-use crate::pipeline::{Engine, Setting, StageTimes};
+use crate::pipeline::{Engine, Parts, Pipeline, Setting, SourceMode, StageTimes};
 use crate::pre::Resampler;
-use crate::sink::{self, Output};
+use crate::sink;
 use crate::source::{self, FrameSource};
 
 /// Build the segmenter the config describes, with plans for `sizes` (empty = the config's).
@@ -216,75 +219,172 @@ pub fn eval(cfg: &Config, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Build the configured frame source.
+/// Build the configured frame source (`stop` ends a wait for a missing camera).
 pub fn build_source(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Box<dyn FrameSource>, source::SourceError> {
     source::build_with_stop(&cfg.source, &cfg.base_dir, stop)
 }
 
-/// `ailurus run`: stream frames from the source through the model to the sinks until the
-/// source ends, `max_frames` is reached or `stop` is set.
-pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<()> {
-    let seg = build_segmenter(cfg, &[], false)?;
-    let mut src = build_source(cfg, stop.clone())?;
-    let mut sinks = sink::build_all(&cfg.sink, &cfg.base_dir)?;
-    let setting = setting_for(cfg, &seg, cfg.model.input_size);
+/// Start `ailurus run`'s pipeline and return its handle (for `/metrics`, config reload and
+/// stopping). Plans are built for `[model] input_size` and, with the budget on, every size of
+/// the `[budget]` ladder.
+pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Pipeline> {
+    Ok(start_full(cfg, stop, Vec::new(), &sink::SinkContext::default())?.0)
+}
+
+/// `start`, with `extra` sinks run after the configured ones (benches, tests).
+pub fn start_with_sinks(cfg: &Config, stop: Arc<AtomicBool>, extra: Vec<Box<dyn sink::Sink>>) -> Result<Pipeline> {
+    Ok(start_full(cfg, stop, extra, &sink::SinkContext::default())?.0)
+}
+
+/// The running pieces `run` keeps hold of: the pipeline, the model (to swap reducers on
+/// reload), the metrics and the source health.
+pub struct Running {
+    pub segmenter: Arc<Segmenter>,
+    pub metrics: Arc<Metrics>,
+    pub source_health: Option<Arc<source::SourceHealth>>,
+}
+
+/// `start`, with extra sinks and a sink context (the HTTP sink's status provider).
+pub fn start_full(
+    cfg: &Config,
+    stop: Arc<AtomicBool>,
+    extra: Vec<Box<dyn sink::Sink>>,
+    ctx: &sink::SinkContext,
+) -> Result<(Pipeline, Running)> {
+    let mut sizes = vec![cfg.model.input_size];
+    if cfg.budget.enabled {
+        sizes.extend(cfg.budget.sizes.iter().filter(|s| **s != cfg.model.input_size));
+    }
+    let seg = Arc::new(build_segmenter(cfg, &sizes, false)?);
+    let fixed = setting_for(cfg, &seg, cfg.model.input_size);
+    let table = CalibrationTable::for_config(cfg)?;
+    let controller = Controller::new(&cfg.budget, seg.sizes(), cfg.reduce.strategy != "none", fixed, &table)?;
+    let src = build_source(cfg, stop.clone())?;
+    let source_health = src.health();
+    let mode = if cfg.source.kind == "folder" && cfg.source.fps == 0.0 { SourceMode::Pull } else { SourceMode::Live };
+    let mut sinks = sink::build_all_with(&cfg.sink, &cfg.base_dir, ctx)?;
+    sinks.extend(extra);
+    let names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
+    let metrics = Arc::new(Metrics::new(&names));
     log::info!(
-        "running: source {} -> {} at {}px, {} M={} -> sinks [{}]",
+        "running: source {} -> {} with plans for {:?} px, {} -> sinks [{}]; budget {} (target {:.0} ms p{}, table {})",
         src.name(),
         seg.manifest().name,
-        setting.input_size,
+        sizes,
         cfg.reduce.strategy,
-        setting.m,
-        sinks.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+        names.join(", "),
+        if cfg.budget.enabled { "on" } else { "off" },
+        cfg.budget.target_ms,
+        cfg.budget.percentile,
+        table.origin
     );
-    let mut fr = FrameRunner::default();
-    let (mut frames, mut bad, mut since_log, mut lat_sum) = (0u64, 0u64, 0u64, Duration::ZERO);
-    let mut last_log = Instant::now();
-    let mut mask = Mask::default();
-    while !stop.load(Ordering::Relaxed) {
-        let frame = match src.next_frame() {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => {
-                bad += 1;
-                log::warn!("{e} (skipped; {bad} bad frame(s) so far)");
-                continue;
-            }
-        };
-        if let Err(e) = fr.run(&seg, &frame, setting, &mut mask) {
-            bad += 1;
-            log::warn!("frame {}: {e}", frame.seq);
-            continue;
-        }
-        let out = Output {
-            latency: frame.captured.elapsed(),
-            frame: Arc::new(frame),
-            mask: Arc::new(std::mem::take(&mut mask)),
-            m: setting.m,
-            input_size: setting.input_size,
-        };
-        for s in sinks.iter_mut() {
-            if let Err(e) = s.publish(&out) {
-                log::warn!("{e}");
-            }
-        }
-        frames += 1;
-        since_log += 1;
-        lat_sum += out.latency;
-        if last_log.elapsed().as_secs_f64() >= cfg.pipeline.log_every_s {
-            let secs = last_log.elapsed().as_secs_f64();
-            log::info!(
-                "{frames} frames, {:.2} FPS, mean latency {:.0} ms, {bad} bad, M={}",
-                since_log as f64 / secs,
-                lat_sum.as_secs_f64() * 1e3 / since_log.max(1) as f64,
-                setting.m
+    let engine: Arc<dyn Engine> = seg.clone();
+    let running = Running { segmenter: seg, metrics: metrics.clone(), source_health };
+    let parts = Parts { engine, source: src, mode, sinks, controller, metrics, config: cfg.pipeline.clone() };
+    Ok((Pipeline::start(parts, stop)?, running))
+}
+
+/// What `/metrics` and `/healthz` serve: the pipeline's metrics, the source's health and the
+/// service's liveness. The metrics exist only once the pipeline is built, after the sinks, so
+/// they are filled in late.
+pub struct StatusHub {
+    metrics: std::sync::OnceLock<Arc<Metrics>>,
+    source: std::sync::OnceLock<Option<Arc<source::SourceHealth>>>,
+    liveness: Arc<crate::service::Liveness>,
+}
+
+impl crate::service::StatusProvider for StatusHub {
+    fn prometheus(&self) -> String {
+        let mut s = self.metrics.get().map(|m| m.render_prometheus()).unwrap_or_default();
+        if let Some(Some(h)) = self.source.get() {
+            let snap = h.snapshot();
+            s += &format!(
+                "# HELP ailurus_camera_up Whether the frame source is delivering.\n# TYPE ailurus_camera_up gauge\nailurus_camera_up {}\n",
+                snap.up as u8
             );
-            (since_log, lat_sum, last_log) = (0, Duration::ZERO, Instant::now());
         }
-        if cfg.pipeline.max_frames > 0 && frames >= cfg.pipeline.max_frames {
-            break;
+        s
+    }
+
+    fn health(&self) -> crate::service::Health {
+        if let Some(Some(h)) = self.source.get() {
+            let snap = h.snapshot();
+            if !snap.up {
+                return crate::service::Health::Unavailable(format!(
+                    "camera down: {}",
+                    snap.last_error.unwrap_or_else(|| snap.name.clone())
+                ));
+            }
+        }
+        self.liveness.health()
+    }
+}
+
+/// `ailurus run`: stream frames from the source through the model to the sinks until the
+/// source ends, `max_frames` is reached, or SIGTERM/SIGINT. Runs under systemd as well:
+/// READY=1 after the first frame, WATCHDOG=1 while frames flow, STATUS= with FPS and M, and
+/// SIGHUP re-reads `config_path` (budget and reducer knobs apply at once; a bad file is
+/// rejected with one log line and the old config stays).
+pub fn run(cfg: &Config, config_path: Option<PathBuf>) -> Result<()> {
+    use crate::service::{loader_for, Notifier, Service, ServiceOptions};
+    let svc = Service::install(cfg.clone(), loader_for(config_path), ServiceOptions::default(), Notifier::from_env())?;
+    let hub = Arc::new(StatusHub { metrics: Default::default(), source: Default::default(), liveness: svc.liveness() });
+    let ctx = sink::SinkContext { status: Some(hub.clone()) };
+    let (pipeline, running) = start_full(cfg, svc.stop_flag(), Vec::new(), &ctx)?;
+    let _ = hub.metrics.set(running.metrics.clone());
+    let _ = hub.source.set(running.source_health.clone());
+    let mut seen = 0u64;
+    let mut current = cfg.clone();
+    while !pipeline.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+        if svc.should_stop() {
+            pipeline.stop();
+        }
+        let published = running.metrics.frames_published.load(std::sync::atomic::Ordering::Relaxed);
+        if published > seen {
+            for _ in seen..published {
+                svc.frame_done(running.metrics.current_m());
+            }
+            seen = published;
+        } else if running.source_health.as_ref().is_some_and(|h| !h.is_up()) {
+            // Waiting for the camera is not a hang: keep the watchdog fed.
+            svc.heartbeat();
+        }
+        if let Some(new) = svc.poll_reload() {
+            apply_reload(&pipeline, &running, &current, &new);
+            current = new;
         }
     }
-    log::info!("stopped after {frames} frames ({bad} bad)");
+    pipeline.wait()?;
     Ok(())
+}
+
+/// Apply a reloaded config to the running pipeline: the budget and the reducer knobs at once;
+/// sections that need a restart are named in one log line.
+fn apply_reload(pipeline: &Pipeline, running: &Running, old: &Config, new: &Config) {
+    let plan = crate::service::reload_plan(old, new);
+    if plan.budget {
+        match CalibrationTable::for_config(new) {
+            Ok(table) => {
+                if let Err(e) = pipeline.update_budget(&new.budget, &table) {
+                    log::error!("reload: [budget] not applied: {e}");
+                }
+            }
+            Err(e) => log::error!("reload: [budget] not applied: {e}"),
+        }
+    }
+    if plan.reduce {
+        running.segmenter.set_reducer(crate::reduce::build(&new.reduce));
+        log::info!("reload: reducer now {} (M from [reduce] m / the budget)", new.reduce.strategy);
+    }
+    let mut restart: Vec<&str> = plan.restart_needed.clone();
+    if plan.sinks {
+        restart.push("sink");
+    }
+    if plan.pipeline {
+        restart.push("pipeline");
+    }
+    if !restart.is_empty() {
+        log::warn!("reload: [{}] changed; those take effect after a restart", restart.join("], ["));
+    }
 }

@@ -7,6 +7,7 @@
 pub mod app;
 pub mod bench;
 pub mod budget;
+pub mod calibrate;
 pub mod config;
 pub mod frame;
 pub mod gt;

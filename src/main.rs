@@ -100,6 +100,24 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
+    /// Measure the cost and fidelity of every [budget] setting on sample images and write the
+    /// calibration table the budget controller uses (once per device).
+    Calibrate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Folder of sample images (default: [source] path).
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Where to write the table (default: [budget] calibration).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Sample images to use.
+        #[arg(long, default_value_t = 3)]
+        frames: usize,
+        /// Values of M measured per input size (the controller interpolates between them).
+        #[arg(long, default_value_t = 4)]
+        points: usize,
+    },
     /// Validate a config file (every problem is listed); exit 2 when invalid.
     CheckConfig { file: PathBuf },
     /// Print the embedded default config.
@@ -185,11 +203,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 cfg.pipeline.max_frames = n;
             }
             cfg.source.realtime |= realtime;
-            let stop = Arc::new(AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                signal_hook::flag::register(sig, stop.clone())?;
-            }
-            ailurus::app::run(&cfg, stop)
+            ailurus::app::run(&cfg, config.config.clone())
         }
         Cmd::Segment { config, ov, images, out } => {
             let mut cfg = load_config(&config)?;
@@ -262,6 +276,11 @@ fn real_main(cli: Cli) -> Result<()> {
             let summary = ailurus::source::record::record(&cfg.source, &cfg.base_dir, frames, &out, stop)?;
             println!("{summary}");
             Ok(())
+        }
+        Cmd::Calibrate { config, images, out, frames, points } => {
+            let cfg = load_config(&config)?;
+            let images = images.unwrap_or_else(|| cfg.resolve(&cfg.source.path));
+            ailurus::calibrate::command(&cfg, &images, out, frames, points)
         }
         Cmd::CheckConfig { file } => {
             Config::load(&file)?;

@@ -96,10 +96,7 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
     if old.reduce.cut != new.reduce.cut {
         restart_needed.push("reduce.cut");
     }
-    let reduce_live = crate::reduce::ReduceConfig {
-        cut: old.reduce.cut,
-        ..new.reduce.clone()
-    };
+    let reduce_live = crate::reduce::ReduceConfig { cut: old.reduce.cut, ..new.reduce.clone() };
     ReloadPlan {
         sinks: old.sink != new.sink,
         reduce: old.reduce != reduce_live,
@@ -184,13 +181,8 @@ impl Service {
         opts: ServiceOptions,
         notifier: Notifier,
     ) -> Result<Service, ServiceError> {
-        let mut signals =
-            signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|source| {
-                ServiceError::Signals {
-                    signals: "SIGTERM, SIGINT, SIGHUP",
-                    source,
-                }
-            })?;
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+            .map_err(|source| ServiceError::Signals { signals: "SIGTERM, SIGINT, SIGHUP", source })?;
         let handle = signals.handle();
         let notifier = Arc::new(notifier);
         let stop = Arc::new(AtomicBool::new(false));
@@ -215,10 +207,7 @@ impl Service {
                     ctx.on_signal(sig);
                 }
             })
-            .map_err(|source| ServiceError::Thread {
-                name: "service-signals",
-                source,
-            })?;
+            .map_err(|source| ServiceError::Thread { name: "service-signals", source })?;
         let now = Instant::now();
         Ok(Service {
             notifier,
@@ -294,8 +283,7 @@ impl Service {
             t.window_start = now;
             t.window_frames = 0;
             let status = format!("first frame processed, M={m}");
-            self.notifier
-                .send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+            self.notifier.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
             return;
         }
         self.watchdog_if_due(&mut t, now);
@@ -340,10 +328,7 @@ impl SignalCtx {
                     log::warn!("{name} again while draining: exiting now");
                     std::process::exit(1);
                 }
-                log::info!(
-                    "{name}: draining, then exiting (at most {:.1}s)",
-                    self.drain_timeout.as_secs_f64()
-                );
+                log::info!("{name}: draining, then exiting (at most {:.1}s)", self.drain_timeout.as_secs_f64());
                 self.notifier.send(&[NotifyState::Stopping]);
                 self.start_drain_timer();
             }
@@ -352,20 +337,13 @@ impl SignalCtx {
 
     fn start_drain_timer(&self) {
         let (alive, timeout) = (self.alive.clone(), self.drain_timeout);
-        let spawned = std::thread::Builder::new()
-            .name("service-drain-timer".into())
-            .spawn(move || {
-                // Disconnected = the service handle was dropped: the pipeline returned in time.
-                if let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-                    alive.recv_timeout(timeout)
-                {
-                    log::error!(
-                        "the pipeline did not drain within {:.1}s: exiting",
-                        timeout.as_secs_f64()
-                    );
-                    std::process::exit(1);
-                }
-            });
+        let spawned = std::thread::Builder::new().name("service-drain-timer".into()).spawn(move || {
+            // Disconnected = the service handle was dropped: the pipeline returned in time.
+            if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = alive.recv_timeout(timeout) {
+                log::error!("the pipeline did not drain within {:.1}s: exiting", timeout.as_secs_f64());
+                std::process::exit(1);
+            }
+        });
         if let Err(e) = spawned {
             log::warn!("cannot start the drain timer: {e}");
         }
@@ -378,16 +356,12 @@ impl SignalCtx {
                 let plan = reload_plan(&old, &cfg);
                 log::info!("SIGHUP: reloaded {}: {plan:?}", cfg.origin);
                 if !plan.restart_needed.is_empty() {
-                    log::warn!(
-                        "SIGHUP: {} changed; that takes effect after a restart",
-                        plan.restart_needed.join(", ")
-                    );
+                    log::warn!("SIGHUP: {} changed; that takes effect after a restart", plan.restart_needed.join(", "));
                 }
                 *lock(&self.current) = Arc::new(cfg.clone());
                 lock(&self.stats).accepted += 1;
                 let _ = self.reload_tx.send(cfg);
-                self.notifier
-                    .send(&[NotifyState::Status("config reloaded")]);
+                self.notifier.send(&[NotifyState::Status("config reloaded")]);
             }
             Err(e) => {
                 log::error!("SIGHUP: {e}; keeping the current config");
@@ -395,9 +369,7 @@ impl SignalCtx {
                 st.rejected += 1;
                 st.last_rejection = Some(Arc::new(e));
                 drop(st);
-                self.notifier.send(&[NotifyState::Status(
-                    "config reload rejected; keeping the current config",
-                )]);
+                self.notifier.send(&[NotifyState::Status("config reload rejected; keeping the current config")]);
             }
         }
     }
@@ -419,14 +391,8 @@ mod tests {
     #[test]
     fn watchdog_env_follows_libsystemd() {
         let me = 4242;
-        assert_eq!(
-            watchdog_from(Some("3000000"), Some("4242"), me),
-            Some(Duration::from_secs(3))
-        );
-        assert_eq!(
-            watchdog_from(Some("3000000"), None, me),
-            Some(Duration::from_secs(3))
-        );
+        assert_eq!(watchdog_from(Some("3000000"), Some("4242"), me), Some(Duration::from_secs(3)));
+        assert_eq!(watchdog_from(Some("3000000"), None, me), Some(Duration::from_secs(3)));
         assert_eq!(watchdog_from(Some("3000000"), Some("1"), me), None);
         assert_eq!(watchdog_from(Some("3000000"), Some("x"), me), None);
         assert_eq!(watchdog_from(Some("0"), None, me), None);
@@ -440,16 +406,10 @@ mod tests {
         assert!(matches!(l.health(), Health::Unavailable(r) if r.starts_with("inference stuck")));
         l.frame_done();
         l.camera_down("/dev/video0: no such device");
-        assert_eq!(
-            l.health(),
-            Health::Unavailable("camera down: /dev/video0: no such device".into())
-        );
+        assert_eq!(l.health(), Health::Unavailable("camera down: /dev/video0: no such device".into()));
         l.camera_up();
         let l = Liveness::new(Duration::from_secs(3600));
-        assert_eq!(
-            l.health(),
-            Health::Unavailable("starting: no frame yet".into())
-        );
+        assert_eq!(l.health(), Health::Unavailable("starting: no frame yet".into()));
         l.frame_done();
         assert_eq!(l.health(), Health::Ok);
         assert!(l.prometheus().contains("ailurus_camera_up 1\n"));

@@ -38,10 +38,7 @@ fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<Resp> 
     let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let split = loop {
@@ -50,27 +47,14 @@ fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<Resp> 
         }
         let n = s.read(&mut chunk)?;
         if n == 0 {
-            return Err(std::io::Error::other(
-                "connection closed inside the headers",
-            ));
+            return Err(std::io::Error::other("connection closed inside the headers"));
         }
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..split]).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let mut resp = Resp {
-        status,
-        head,
-        body: buf[split + 4..].to_vec(),
-    };
-    let len: usize = resp
-        .header("Content-Length")
-        .and_then(|v| v.parse().ok())
-        .expect("Content-Length");
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let mut resp = Resp { status, head, body: buf[split + 4..].to_vec() };
+    let len: usize = resp.header("Content-Length").and_then(|v| v.parse().ok()).expect("Content-Length");
     if method != "HEAD" {
         while resp.body.len() < len {
             let n = s.read(&mut chunk)?;
@@ -98,13 +82,7 @@ fn output(seq: u64, w: u32, h: u32) -> Output {
     }
     Output {
         frame: Arc::new(f),
-        mask: Arc::new(Mask {
-            width: w,
-            height: h,
-            classes: mask_for(seq, w, h),
-            scores: vec![],
-            num_classes: 2,
-        }),
+        mask: Arc::new(Mask { width: w, height: h, classes: mask_for(seq, w, h), scores: vec![], num_classes: 2 }),
         m: 256,
         input_size: 448,
         latency: Duration::from_millis(40),
@@ -113,44 +91,22 @@ fn output(seq: u64, w: u32, h: u32) -> Output {
 
 fn mask_for(seq: u64, w: u32, h: u32) -> Vec<u8> {
     (0..(w * h) as u64)
-        .map(|i| {
-            if i < 16 {
-                (seq >> i & 1) as u8
-            } else {
-                (i * 7 + seq).is_multiple_of(3) as u8
-            }
-        })
+        .map(|i| if i < 16 { (seq >> i & 1) as u8 } else { (i * 7 + seq).is_multiple_of(3) as u8 })
         .collect()
 }
 
 /// Decode a served mask PNG and check it is exactly the mask of the frame it claims to be.
 fn check_mask(png: &[u8], w: u32, h: u32) -> u64 {
-    let img = image::load_from_memory_with_format(png, image::ImageFormat::Png)
-        .unwrap()
-        .to_luma8();
+    let img = image::load_from_memory_with_format(png, image::ImageFormat::Png).unwrap().to_luma8();
     assert_eq!(img.dimensions(), (w, h));
     let ids: Vec<u8> = img.into_raw().iter().map(|&v| (v == 255) as u8).collect();
     let seq = (0..16).map(|i| (ids[i] as u64) << i).sum();
-    assert!(
-        ids == mask_for(seq, w, h),
-        "mask of frame {seq} is not the one published"
-    );
+    assert!(ids == mask_for(seq, w, h), "mask of frame {seq} is not the one published");
     seq
 }
 
-fn sink(
-    threads: usize,
-    stale_after_s: f64,
-    status: Option<Arc<dyn StatusProvider>>,
-) -> (HttpSink, SocketAddr) {
-    let cfg = HttpConfig {
-        enabled: true,
-        port: 0,
-        threads,
-        stale_after_s,
-        refresh_ms: 200,
-        ..Default::default()
-    };
+fn sink(threads: usize, stale_after_s: f64, status: Option<Arc<dyn StatusProvider>>) -> (HttpSink, SocketAddr) {
+    let cfg = HttpConfig { enabled: true, port: 0, threads, stale_after_s, refresh_ms: 200, ..Default::default() };
     let s = HttpSink::build(&cfg, status).unwrap();
     let addr = s.local_addr();
     (s, addr)
@@ -161,23 +117,16 @@ fn every_route_returns_what_it_promises() {
     let (mut s, addr) = sink(2, 3600.0, None);
     assert!(addr.ip().is_loopback(), "binds 127.0.0.1 by default");
     let r = get(addr, "/healthz");
-    assert_eq!(
-        (r.status, r.text().as_str()),
-        (503, "starting: no frame yet\n")
-    );
+    assert_eq!((r.status, r.text().as_str()), (503, "starting: no frame yet\n"));
     for p in ["/mask.png", "/frame.jpg", "/overlay.jpg", "/latest.json"] {
         assert_eq!(get(addr, p).status, 503, "{p} before the first frame");
     }
     let page = get(addr, "/");
     assert_eq!(page.status, 200);
-    assert!(page
-        .header("Content-Type")
-        .unwrap()
-        .starts_with("text/html"));
+    assert!(page.header("Content-Type").unwrap().starts_with("text/html"));
     let html = page.text();
     assert!(
-        html.contains("<img id=\"frame\" src=\"/overlay.jpg\"")
-            && html.contains("const REFRESH_MS = 200;"),
+        html.contains("<img id=\"frame\" src=\"/overlay.jpg\"") && html.contains("const REFRESH_MS = 200;"),
         "{html}"
     );
     assert_eq!(get(addr, "/nope").status, 404);
@@ -186,51 +135,33 @@ fn every_route_returns_what_it_promises() {
     let a = output(5, 64, 48);
     s.publish(&a).unwrap();
     let r = get(addr, "/mask.png");
-    assert_eq!(
-        (r.status, r.header("Content-Type")),
-        (200, Some("image/png"))
-    );
+    assert_eq!((r.status, r.header("Content-Type")), (200, Some("image/png")));
     assert_eq!(r.header("Cache-Control"), Some("no-store"));
     assert_eq!(check_mask(&r.body, 64, 48), 5);
     let r = get(addr, "/frame.jpg");
-    assert_eq!(
-        (r.status, r.header("Content-Type")),
-        (200, Some("image/jpeg"))
-    );
-    let jpg = image::load_from_memory_with_format(&r.body, image::ImageFormat::Jpeg)
-        .unwrap()
-        .to_rgb8();
+    assert_eq!((r.status, r.header("Content-Type")), (200, Some("image/jpeg")));
+    let jpg = image::load_from_memory_with_format(&r.body, image::ImageFormat::Jpeg).unwrap().to_rgb8();
     assert_eq!(jpg.dimensions(), (64, 48));
     let mean_err = |got: &[u8], want: &[u8]| {
-        got.iter()
-            .zip(want)
-            .map(|(&g, &w)| (g as f64 - w as f64).abs())
-            .sum::<f64>()
-            / want.len() as f64
+        got.iter().zip(want).map(|(&g, &w)| (g as f64 - w as f64).abs()).sum::<f64>() / want.len() as f64
     };
-    assert!(
-        mean_err(jpg.as_raw(), &a.frame.rgb) < 4.0,
-        "frame.jpg is the frame"
-    );
+    assert!(mean_err(jpg.as_raw(), &a.frame.rgb) < 4.0, "frame.jpg is the frame");
     let r = get(addr, "/overlay.jpg?seq=5");
-    let ov = image::load_from_memory_with_format(&r.body, image::ImageFormat::Jpeg)
-        .unwrap()
-        .to_rgb8();
+    let ov = image::load_from_memory_with_format(&r.body, image::ImageFormat::Jpeg).unwrap().to_rgb8();
     let want = ailurus::post::overlay(&a.frame, &a.mask);
     // The mask pattern is high-frequency, so JPEG blurs it: the overlay must be much closer to
     // the blended image than to the bare frame.
-    let (e_ov, e_frame) = (
-        mean_err(ov.as_raw(), want.as_raw()),
-        mean_err(ov.as_raw(), &a.frame.rgb),
-    );
-    assert!(
-        e_ov < 0.5 * e_frame,
-        "overlay.jpg is the overlay: error {e_ov:.1} vs {e_frame:.1} to the bare frame"
-    );
+    let (e_ov, e_frame) = (mean_err(ov.as_raw(), want.as_raw()), mean_err(ov.as_raw(), &a.frame.rgb));
+    assert!(e_ov < 0.5 * e_frame, "overlay.jpg is the overlay: error {e_ov:.1} vs {e_frame:.1} to the bare frame");
     let r = get(addr, "/latest.json");
     assert_eq!(r.header("Content-Type"), Some("application/json"));
     let j = r.text();
-    assert!(j.starts_with("{\"seq\":5,\"width\":64,\"height\":48,\"num_classes\":2,\"m\":256,\"input_size\":448,\"latency_ms\":40.0,"), "{j}");
+    assert!(
+        j.starts_with(
+            "{\"seq\":5,\"width\":64,\"height\":48,\"num_classes\":2,\"m\":256,\"input_size\":448,\"latency_ms\":40.0,"
+        ),
+        "{j}"
+    );
     let r = get(addr, "/healthz");
     assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
     let head = request(addr, "HEAD", "/mask.png").unwrap();
@@ -241,10 +172,7 @@ fn every_route_returns_what_it_promises() {
     s.publish(&output(6, 64, 48)).unwrap();
     assert_eq!(check_mask(&get(addr, "/mask.png").body, 64, 48), 6);
     let m = get(addr, "/metrics");
-    assert!(m
-        .header("Content-Type")
-        .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
+    assert!(m.header("Content-Type").unwrap().starts_with("text/plain; version=0.0.4"));
     let m = m.text();
     for line in [
         "ailurus_http_frames_published_total 2\n",
@@ -264,10 +192,7 @@ fn without_frames_for_a_while_health_says_inference_is_stuck() {
     s.publish(&output(1, 8, 8)).unwrap();
     std::thread::sleep(Duration::from_millis(120));
     let r = get(addr, "/healthz");
-    assert_eq!(
-        (r.status, r.text().as_str()),
-        (503, "inference stuck: no frame for 0s\n")
-    );
+    assert_eq!((r.status, r.text().as_str()), (503, "inference stuck: no frame for 0s\n"));
     s.publish(&output(2, 8, 8)).unwrap();
     assert_eq!(get(addr, "/healthz").status, 200);
 }
@@ -277,9 +202,7 @@ fn latest_json_long_polls_until_another_frame_is_there() {
     let (mut s, addr) = sink(2, 3600.0, None);
     s.publish(&output(1, 8, 8)).unwrap();
     // Another frame than the one the page shows: answered at once.
-    assert!(get(addr, "/latest.json?after=0")
-        .text()
-        .starts_with("{\"seq\":1,"));
+    assert!(get(addr, "/latest.json?after=0").text().starts_with("{\"seq\":1,"));
     // The frame the page shows: the answer waits for the next publish.
     let waiting = std::thread::spawn(move || get(addr, "/latest.json?after=1").text());
     std::thread::sleep(Duration::from_millis(50));
@@ -287,9 +210,7 @@ fn latest_json_long_polls_until_another_frame_is_there() {
     assert!(waiting.join().unwrap().starts_with("{\"seq\":2,"));
     // Nothing new: the same frame, after the 2 s limit.
     let t = Instant::now();
-    assert!(get(addr, "/latest.json?after=2")
-        .text()
-        .starts_with("{\"seq\":2,"));
+    assert!(get(addr, "/latest.json?after=2").text().starts_with("{\"seq\":2,"));
     assert!(t.elapsed() >= Duration::from_secs(2));
 }
 
@@ -312,21 +233,21 @@ impl StatusProvider for FakeStatus {
 
 #[test]
 fn a_status_provider_feeds_metrics_and_health() {
-    let status = Arc::new(FakeStatus {
-        camera_up: AtomicBool::new(true),
-    });
+    let status = Arc::new(FakeStatus { camera_up: AtomicBool::new(true) });
     let (_s, addr) = sink(1, 3600.0, Some(status.clone()));
     // The provider decides health, even before the first frame.
     let r = get(addr, "/healthz");
     assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
     status.camera_up.store(false, Ordering::Relaxed);
     let r = get(addr, "/healthz");
-    assert_eq!(
-        (r.status, r.text().as_str()),
-        (503, "camera down: /dev/video9: no such device\n")
-    );
+    assert_eq!((r.status, r.text().as_str()), (503, "camera down: /dev/video9: no such device\n"));
     let m = get(addr, "/metrics").text();
-    assert!(m.starts_with("# HELP ailurus_fps Frames per second.\n# TYPE ailurus_fps gauge\nailurus_fps 12.5\n# HELP ailurus_http_"), "{m}");
+    assert!(
+        m.starts_with(
+            "# HELP ailurus_fps Frames per second.\n# TYPE ailurus_fps gauge\nailurus_fps 12.5\n# HELP ailurus_http_"
+        ),
+        "{m}"
+    );
 }
 
 #[test]
@@ -350,15 +271,7 @@ fn fifty_concurrent_clients_get_whole_consistent_answers() {
             seq
         })
     };
-    let routes = [
-        "/mask.png",
-        "/frame.jpg",
-        "/overlay.jpg",
-        "/latest.json",
-        "/metrics",
-        "/healthz",
-        "/",
-    ];
+    let routes = ["/mask.png", "/frame.jpg", "/overlay.jpg", "/latest.json", "/metrics", "/healthz", "/"];
     let per_client = 8;
     let (tx, rx) = std::sync::mpsc::channel();
     for c in 0..50 {
@@ -367,26 +280,17 @@ fn fifty_concurrent_clients_get_whole_consistent_answers() {
             let res = std::panic::catch_unwind(|| {
                 for k in 0..per_client {
                     let path = routes[(c + k) % routes.len()];
-                    let r = request(addr, "GET", path)
-                        .unwrap_or_else(|e| panic!("client {c} GET {path}: {e}"));
+                    let r = request(addr, "GET", path).unwrap_or_else(|e| panic!("client {c} GET {path}: {e}"));
                     assert_eq!(r.status, 200, "client {c} GET {path}");
                     match path {
                         "/mask.png" => {
                             check_mask(&r.body, w, h);
                         }
                         "/frame.jpg" | "/overlay.jpg" => {
-                            let img = image::load_from_memory_with_format(
-                                &r.body,
-                                image::ImageFormat::Jpeg,
-                            )
-                            .unwrap();
+                            let img = image::load_from_memory_with_format(&r.body, image::ImageFormat::Jpeg).unwrap();
                             assert_eq!((img.width(), img.height()), (w, h));
                         }
-                        "/latest.json" => assert!(
-                            r.text().contains("\"width\":160,\"height\":120"),
-                            "{}",
-                            r.text()
-                        ),
+                        "/latest.json" => assert!(r.text().contains("\"width\":160,\"height\":120"), "{}", r.text()),
                         "/metrics" => {
                             assert!(r.text().contains("ailurus_http_frames_published_total "))
                         }
@@ -409,14 +313,8 @@ fn fifty_concurrent_clients_get_whole_consistent_answers() {
     }
     stop.store(true, Ordering::Relaxed);
     let frames = publisher.join().unwrap();
-    assert_eq!(
-        ok, 50,
-        "every client got only valid answers (see the panics above)"
-    );
-    assert!(
-        frames > 1,
-        "frames were published while clients were served"
-    );
+    assert_eq!(ok, 50, "every client got only valid answers (see the panics above)");
+    assert!(frames > 1, "frames were published while clients were served");
     // Every request was counted once, under its route.
     let m = get(addr, "/metrics").text();
     let total: u64 = m
@@ -455,17 +353,9 @@ fn a_client_that_stops_reading_neither_stalls_publish_nor_the_port() {
     // Dropping the sink leaves the stuck worker behind, bounded, and frees the port.
     let t = Instant::now();
     drop(s);
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "drop took {:?}",
-        t.elapsed()
-    );
-    let cfg = HttpConfig {
-        enabled: true,
-        address: addr.ip().to_string(),
-        port: addr.port() as u32,
-        ..Default::default()
-    };
+    assert!(t.elapsed() < Duration::from_secs(5), "drop took {:?}", t.elapsed());
+    let cfg =
+        HttpConfig { enabled: true, address: addr.ip().to_string(), port: addr.port() as u32, ..Default::default() };
     let mut again = HttpSink::build(&cfg, None).expect("the port is free again");
     again.publish(&output(77, 8, 8)).unwrap();
     assert_eq!(check_mask(&get(addr, "/mask.png").body, 8, 8), 77);

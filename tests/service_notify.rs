@@ -20,16 +20,12 @@ const CHILD: &str = "AILURUS_SERVICE_CHILD";
 /// fills): each datagram arrives on the returned channel.
 fn notify_socket(dir: &Path, name: &str) -> Receiver<String> {
     let sock = UnixDatagram::bind(dir.join(name)).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n) = sock.recv(&mut buf) {
-            if tx
-                .send(String::from_utf8_lossy(&buf[..n]).into_owned())
-                .is_err()
-            {
+            if tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
                 break;
             }
         }
@@ -38,8 +34,7 @@ fn notify_socket(dir: &Path, name: &str) -> Receiver<String> {
 }
 
 fn recv(rx: &Receiver<String>) -> String {
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("a notify message within the timeout")
+    rx.recv_timeout(Duration::from_secs(20)).expect("a notify message within the timeout")
 }
 
 /// Receive messages until one satisfies `want` (bounded); returns it and those before it.
@@ -47,10 +42,7 @@ fn recv_until(rx: &Receiver<String>, want: impl Fn(&str) -> bool) -> (String, Ve
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut before = Vec::new();
     loop {
-        assert!(
-            Instant::now() < deadline,
-            "no matching notify message; got {before:?}"
-        );
+        assert!(Instant::now() < deadline, "no matching notify message; got {before:?}");
         let m = recv(rx);
         if want(&m) {
             return (m, before);
@@ -72,19 +64,11 @@ fn is_fps_status(m: &str, want_m: usize) -> bool {
     };
     fps.parse::<f64>().is_ok_and(|f| f > 0.0)
         && mm == want_m.to_string()
-        && frames
-            .strip_suffix(" frames")
-            .is_some_and(|n| n.parse::<u64>().is_ok())
+        && frames.strip_suffix(" frames").is_some_and(|n| n.parse::<u64>().is_ok())
 }
 
 fn service(notifier: Notifier, opts: ServiceOptions) -> Service {
-    Service::install(
-        Config::embedded_default().unwrap(),
-        loader_for(None),
-        opts,
-        notifier,
-    )
-    .unwrap()
+    Service::install(Config::embedded_default().unwrap(), loader_for(None), opts, notifier).unwrap()
 }
 
 #[test]
@@ -94,18 +78,9 @@ fn ready_watchdog_and_status_reach_the_notify_socket() {
     let path = tmp.path().join("notify.sock");
 
     // A watchdog of 2 us: every frame (1 ms apart) is due a ping.
-    let opts = ServiceOptions {
-        status_every: Duration::from_millis(20),
-        ..Default::default()
-    };
-    let svc = service(
-        Notifier::to_socket(path.as_os_str(), Some(Duration::from_micros(2))).unwrap(),
-        opts.clone(),
-    );
-    assert_eq!(
-        svc.notifier().watchdog_every(),
-        Some(Duration::from_micros(1))
-    );
+    let opts = ServiceOptions { status_every: Duration::from_millis(20), ..Default::default() };
+    let svc = service(Notifier::to_socket(path.as_os_str(), Some(Duration::from_micros(2))).unwrap(), opts.clone());
+    assert_eq!(svc.notifier().watchdog_every(), Some(Duration::from_micros(1)));
     svc.frame_done(512);
     assert_eq!(recv(&rx), "READY=1\nSTATUS=first frame processed, M=512\n");
     std::thread::sleep(Duration::from_millis(1));
@@ -124,10 +99,7 @@ fn ready_watchdog_and_status_reach_the_notify_socket() {
         }
         assert_eq!(got.last().unwrap(), "WATCHDOG=1\n");
     }
-    assert!(
-        !got.iter().any(|m| m.contains("READY")),
-        "READY only once: {got:?}"
-    );
+    assert!(!got.iter().any(|m| m.contains("READY")), "READY only once: {got:?}");
     drop(svc);
 
     // A long watchdog: no ping is due within the test, so none is sent; heartbeat() alone
@@ -135,14 +107,8 @@ fn ready_watchdog_and_status_reach_the_notify_socket() {
     // A fresh socket: messages of the first service may still be queued on the old one.
     let rx = notify_socket(tmp.path(), "notify2.sock");
     let path = tmp.path().join("notify2.sock");
-    let opts = ServiceOptions {
-        status_every: Duration::from_secs(3600),
-        ..opts
-    };
-    let svc = service(
-        Notifier::to_socket(path.as_os_str(), Some(Duration::from_secs(3600))).unwrap(),
-        opts,
-    );
+    let opts = ServiceOptions { status_every: Duration::from_secs(3600), ..opts };
+    let svc = service(Notifier::to_socket(path.as_os_str(), Some(Duration::from_secs(3600))).unwrap(), opts);
     svc.heartbeat();
     assert_eq!(recv(&rx), "WATCHDOG=1\n");
     svc.heartbeat();
@@ -169,9 +135,7 @@ fn without_notify_socket_everything_is_a_no_op() {
 
 /// The child side of the SIGTERM tests: a fake pipeline loop driven by the service handle.
 fn child_main(mode: &str) {
-    let _ = env_logger::builder()
-        .filter_level(log::LevelFilter::Info)
-        .try_init();
+    let _ = env_logger::builder().filter_level(log::LevelFilter::Info).try_init();
     let opts = ServiceOptions {
         drain_timeout: Duration::from_millis(if mode == "stuck" { 300 } else { 3000 }),
         status_every: Duration::from_millis(30),
@@ -189,10 +153,7 @@ fn child_main(mode: &str) {
         svc.frame_done(128);
         frames += 1;
     }
-    println!(
-        "CHILD drained after {frames} frames, stop={}",
-        svc.should_stop()
-    );
+    println!("CHILD drained after {frames} frames, stop={}", svc.should_stop());
 }
 
 fn run_child(test: &str, mode: &str, dir: &Path) -> std::process::Child {
@@ -209,17 +170,11 @@ fn run_child(test: &str, mode: &str, dir: &Path) -> std::process::Child {
 }
 
 fn sigterm(pid: u32) {
-    let st = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
+    let st = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
     assert!(st.success());
 }
 
-fn wait_exit(
-    child: std::process::Child,
-    limit: Duration,
-) -> (std::process::ExitStatus, String, String) {
+fn wait_exit(child: std::process::Child, limit: Duration) -> (std::process::ExitStatus, String, String) {
     let mut child = child;
     let deadline = Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
@@ -230,11 +185,7 @@ fn wait_exit(
         std::thread::sleep(Duration::from_millis(10));
     }
     let out = child.wait_with_output().unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    (out.status, String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 #[test]
@@ -254,15 +205,8 @@ fn sigterm_drains_and_exits_zero() {
     sigterm(child.id());
     let (status, stdout, stderr) = wait_exit(child, Duration::from_secs(10));
     assert!(status.success(), "exit status {status}; stderr: {stderr}");
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "took {:?} to exit",
-        t.elapsed()
-    );
-    assert!(
-        stdout.contains("CHILD drained after") && stdout.contains("stop=true"),
-        "{stdout}"
-    );
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?} to exit", t.elapsed());
+    assert!(stdout.contains("CHILD drained after") && stdout.contains("stop=true"), "{stdout}");
     assert!(stderr.contains("SIGTERM: draining"), "{stderr}");
     recv_until(&rx, |m| m == "STOPPING=1\n");
 }
@@ -274,11 +218,7 @@ fn sigterm_without_drain_exits_one_after_the_drain_timeout() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let rx = notify_socket(tmp.path(), "notify.sock");
-    let child = run_child(
-        "sigterm_without_drain_exits_one_after_the_drain_timeout",
-        "stuck",
-        tmp.path(),
-    );
+    let child = run_child("sigterm_without_drain_exits_one_after_the_drain_timeout", "stuck", tmp.path());
     recv_until(&rx, |m| m.starts_with("READY=1\n"));
     sigterm(child.id());
     let (status, stdout, stderr) = wait_exit(child, Duration::from_secs(10));

@@ -24,10 +24,7 @@ fn hup_and_wait(svc: &Service, accepted: u64, rejected: u64) {
         if st.accepted == accepted && st.rejected == rejected {
             return;
         }
-        assert!(
-            st.accepted <= accepted && st.rejected <= rejected,
-            "unexpected outcome: {st:?}"
-        );
+        assert!(st.accepted <= accepted && st.rejected <= rejected, "unexpected outcome: {st:?}");
         assert!(Instant::now() < deadline, "SIGHUP not handled: {st:?}");
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -40,17 +37,10 @@ fn sighup_applies_a_good_config_and_keeps_the_old_one_when_the_new_is_broken() {
     write_config(&file, "[reduce]\nm = 100\n");
     let initial = Config::load(&file).unwrap();
     let notify = std::os::unix::net::UnixDatagram::bind(tmp.path().join("notify.sock")).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let notifier = Notifier::to_socket(tmp.path().join("notify.sock").as_os_str(), None).unwrap();
-    let svc = Service::install(
-        initial.clone(),
-        loader_for(Some(file.clone())),
-        ServiceOptions::default(),
-        notifier,
-    )
-    .unwrap();
+    let svc =
+        Service::install(initial.clone(), loader_for(Some(file.clone())), ServiceOptions::default(), notifier).unwrap();
     let status = || {
         let mut buf = [0u8; 512];
         let n = notify.recv(&mut buf).unwrap();
@@ -66,38 +56,22 @@ fn sighup_applies_a_good_config_and_keeps_the_old_one_when_the_new_is_broken() {
     };
 
     // A good config: budget, sinks and reducer knobs change.
-    write_config(
-        &file,
-        "[reduce]\nm = 64\n[budget]\nenabled = true\n[sink.http]\nenabled = true\nport = 0\n",
-    );
+    write_config(&file, "[reduce]\nm = 64\n[budget]\nenabled = true\n[sink.http]\nenabled = true\nport = 0\n");
     hup_and_wait(&svc, 1, 0);
     assert_eq!(status(), "STATUS=config reloaded\n");
     let old = svc.current_config();
     let cfg = apply(&svc);
-    assert_eq!(
-        (cfg.reduce.m, cfg.budget.enabled, cfg.sink.http.enabled),
-        (64, true, true)
-    );
+    assert_eq!((cfg.reduce.m, cfg.budget.enabled, cfg.sink.http.enabled), (64, true, true));
     assert_eq!(*old, cfg);
-    let plan = reload_plan(
-        &Config::from_str("[reduce]\nm = 100\n", "x", Path::new(".")).unwrap(),
-        &cfg,
-    );
-    assert!(
-        plan.reduce && plan.budget && plan.sinks && plan.restart_needed.is_empty(),
-        "{plan:?}"
-    );
+    let plan = reload_plan(&Config::from_str("[reduce]\nm = 100\n", "x", Path::new(".")).unwrap(), &cfg);
+    assert!(plan.reduce && plan.budget && plan.sinks && plan.restart_needed.is_empty(), "{plan:?}");
 
     // Broken configs: a type error, invalid values (every problem named), an unreadable file.
     let broken: [(&str, &[&str]); 3] = [
         ("[reduce]\nm = \"many\"\n", &["ailurus.toml", "line 2"]),
         (
             "[sink.http]\nport = 80000\n[sink.socket]\nqueue = 0\n",
-            &[
-                "2 problem(s)",
-                "[sink.http] port: 80000 is not a port",
-                "[sink.socket] queue: must be >= 1",
-            ],
+            &["2 problem(s)", "[sink.http] port: 80000 is not a port", "[sink.socket] queue: must be >= 1"],
         ),
         ("", &[]),
     ];
@@ -108,25 +82,15 @@ fn sighup_applies_a_good_config_and_keeps_the_old_one_when_the_new_is_broken() {
             write_config(&file, text);
         }
         hup_and_wait(&svc, 1, i as u64 + 1);
-        assert_eq!(
-            status(),
-            "STATUS=config reload rejected; keeping the current config\n"
-        );
+        assert_eq!(status(), "STATUS=config reload rejected; keeping the current config\n");
         let err = svc.reload_stats().last_rejection.unwrap().to_string();
         assert!(!err.contains('\n'), "one line: {err}");
         for w in *want {
             assert!(err.contains(w), "{err:?} lacks {w:?}");
         }
-        assert!(
-            svc.poll_reload().is_none(),
-            "nothing delivered for a broken config"
-        );
+        assert!(svc.poll_reload().is_none(), "nothing delivered for a broken config");
         let cfg = apply(&svc);
-        assert_eq!(
-            (cfg.reduce.m, cfg.budget.enabled),
-            (64, true),
-            "the old config stays in force"
-        );
+        assert_eq!((cfg.reduce.m, cfg.budget.enabled), (64, true), "the old config stays in force");
         assert_eq!(*svc.current_config(), cfg);
     }
 

@@ -22,18 +22,10 @@ fn next(s: &mut u64) -> u64 {
 fn output(seq: u64, w: u32, h: u32, classes: u32, rng: &mut u64) -> Output {
     let mut f = Frame::new(seq, w, h);
     f.captured_wall = UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_000 + seq);
-    let ids = (0..w * h)
-        .map(|_| (next(rng) % classes as u64) as u8)
-        .collect();
+    let ids = (0..w * h).map(|_| (next(rng) % classes as u64) as u8).collect();
     Output {
         frame: Arc::new(f),
-        mask: Arc::new(Mask {
-            width: w,
-            height: h,
-            classes: ids,
-            scores: vec![],
-            num_classes: classes,
-        }),
+        mask: Arc::new(Mask { width: w, height: h, classes: ids, scores: vec![], num_classes: classes }),
         m: 100 + seq as usize,
         input_size: 448,
         latency: Duration::from_micros(2_000 + seq),
@@ -41,12 +33,7 @@ fn output(seq: u64, w: u32, h: u32, classes: u32, rng: &mut u64) -> Output {
 }
 
 fn cfg(path: &Path, write_timeout_ms: u64) -> SocketConfig {
-    SocketConfig {
-        enabled: true,
-        path: path.to_path_buf(),
-        write_timeout_ms,
-        ..SocketConfig::default()
-    }
+    SocketConfig { enabled: true, path: path.to_path_buf(), write_timeout_ms, ..SocketConfig::default() }
 }
 
 /// Wait (bounded) until `cond` holds.
@@ -99,8 +86,7 @@ fn a_client_that_never_reads_does_not_slow_publish_or_other_clients() {
     let mut sink = SocketSink::build(&cfg(&path, 600_000), Path::new(".")).unwrap();
     let _stalled = UnixStream::connect(&path).unwrap();
     let mut good = UnixStream::connect(&path).unwrap();
-    good.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    good.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     wait_for("two clients", || sink.client_count() == 2);
 
     // The publisher runs on its own thread; the test thread only waits for it, bounded, so a
@@ -128,31 +114,19 @@ fn a_client_that_never_reads_does_not_slow_publish_or_other_clients() {
         got.push(read_msg(&mut good).expect("the reading client gets every mask"));
         let _ = ack_tx.send(());
     }
-    let (sink, sent) = done_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("publish never blocks");
+    let (sink, sent) = done_rx.recv_timeout(Duration::from_secs(30)).expect("publish never blocks");
     publisher.join().unwrap();
     for (m, out) in got.iter().zip(&sent) {
         assert_eq!(m.seq, out.frame.seq);
         assert_eq!(m.captured_us, 1_700_000_000_000_000 + out.frame.seq);
-        assert_eq!(
-            (m.width, m.height, m.classes),
-            (640, 480, out.mask.num_classes)
-        );
+        assert_eq!((m.width, m.height, m.classes), (640, 480, out.mask.num_classes));
         assert_eq!(m.m as usize, out.m);
         assert_eq!(m.latency_us as u64, 2_000 + out.frame.seq);
         assert!(m.ids == out.mask.classes, "payload of frame {}", m.seq);
     }
     let st = sink.stats();
-    assert_eq!(
-        sink.client_count(),
-        2,
-        "the stalled client is still connected"
-    );
-    assert!(
-        st.skipped.load(Ordering::Relaxed) >= frames - 10,
-        "the stalled client skipped frames: {st:?}"
-    );
+    assert_eq!(sink.client_count(), 2, "the stalled client is still connected");
+    assert!(st.skipped.load(Ordering::Relaxed) >= frames - 10, "the stalled client skipped frames: {st:?}");
     // Dropping the sink must not hang on the writer blocked on the stalled client.
     let t = std::thread::spawn(move || drop(sink));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -167,15 +141,10 @@ fn a_client_that_never_reads_does_not_slow_publish_or_other_clients() {
 fn dropping_the_sink_delivers_the_queued_masks_then_closes() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("drain.sock");
-    let c = SocketConfig {
-        queue: 16,
-        ..cfg(&path, 10_000)
-    };
+    let c = SocketConfig { queue: 16, ..cfg(&path, 10_000) };
     let mut sink = SocketSink::build(&c, Path::new(".")).unwrap();
     let mut client = UnixStream::connect(&path).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     wait_for("the client", || sink.client_count() == 1);
     let reader = std::thread::spawn(move || {
         let mut got = Vec::new();
@@ -192,11 +161,7 @@ fn dropping_the_sink_delivers_the_queued_masks_then_closes() {
     }
     drop(sink);
     let (got, rest) = reader.join().unwrap();
-    assert_eq!(
-        got,
-        (0..10).collect::<Vec<u64>>(),
-        "every queued mask, whole"
-    );
+    assert_eq!(got, (0..10).collect::<Vec<u64>>(), "every queued mask, whole");
     assert_eq!(rest.unwrap(), 0, "then the end of the stream, nothing torn");
 }
 
@@ -218,9 +183,7 @@ fn a_slow_client_is_disconnected_after_the_write_timeout() {
     });
     assert_eq!(sink.stats().disconnected.load(Ordering::Relaxed), 1);
     // The client sees whole messages, then the end of the stream.
-    stalled
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    stalled.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut rest = Vec::new();
     let _ = stalled.read_to_end(&mut rest);
     assert!(rest.len() >= HEADER_LEN && rest.len() < seq as usize * (HEADER_LEN + 640 * 480));
@@ -235,33 +198,17 @@ fn socket_file_life_cycle_and_client_limit() {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
-    let c = SocketConfig {
-        max_clients: 1,
-        mode: 0o600,
-        ..cfg(&path, 1000)
-    };
+    let c = SocketConfig { max_clients: 1, mode: 0o600, ..cfg(&path, 1000) };
     let sink = SocketSink::build(&c, Path::new(".")).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     // A live one (another sink listening) is an error naming the path.
-    let err = SocketSink::build(&c, Path::new("."))
-        .err()
-        .expect("second bind refused")
-        .to_string();
-    assert!(
-        err.contains("another process is listening") && err.contains("m.sock"),
-        "{err}"
-    );
+    let err = SocketSink::build(&c, Path::new(".")).err().expect("second bind refused").to_string();
+    assert!(err.contains("another process is listening") && err.contains("m.sock"), "{err}");
     // A regular file in the way is an error too.
     let file = tmp.path().join("plain");
     std::fs::write(&file, "x").unwrap();
-    let err = SocketSink::build(&cfg(&file, 1000), Path::new("."))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = SocketSink::build(&cfg(&file, 1000), Path::new(".")).err().unwrap().to_string();
     assert!(err.contains("not a socket"), "{err}");
     // The liveness probe of the refused build connected and left; a client that hangs up is
     // forgotten at once, without waiting for a publish to fail on it.
@@ -272,15 +219,9 @@ fn socket_file_life_cycle_and_client_limit() {
     let _first = UnixStream::connect(&path).unwrap();
     wait_for("the first client", || sink.client_count() == 1);
     let mut second = UnixStream::connect(&path).unwrap();
-    second
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    second.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = [0u8; 1];
-    assert_eq!(
-        second.read(&mut buf).unwrap(),
-        0,
-        "refused client sees end of stream"
-    );
+    assert_eq!(second.read(&mut buf).unwrap(), 0, "refused client sees end of stream");
     assert_eq!(sink.stats().refused.load(Ordering::Relaxed), 1);
     drop(sink);
     assert!(!path.exists());

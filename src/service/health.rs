@@ -35,19 +35,11 @@ pub struct Liveness {
 
 impl Liveness {
     pub fn new(stuck_after: Duration) -> Liveness {
-        Liveness {
-            started: Instant::now(),
-            last_frame: AtomicU64::new(0),
-            camera_down: Mutex::new(None),
-            stuck_after,
-        }
+        Liveness { started: Instant::now(), last_frame: AtomicU64::new(0), camera_down: Mutex::new(None), stuck_after }
     }
 
     pub fn frame_done(&self) {
-        self.last_frame.store(
-            self.started.elapsed().as_micros() as u64 + 1,
-            Ordering::Relaxed,
-        );
+        self.last_frame.store(self.started.elapsed().as_micros() as u64 + 1, Ordering::Relaxed);
     }
 
     /// The source cannot deliver frames (it keeps retrying); `reason` names the device.
@@ -63,11 +55,7 @@ impl Liveness {
     pub fn last_frame_age(&self) -> Option<Duration> {
         match self.last_frame.load(Ordering::Relaxed) {
             0 => None,
-            t => Some(
-                self.started
-                    .elapsed()
-                    .saturating_sub(Duration::from_micros(t - 1)),
-            ),
+            t => Some(self.started.elapsed().saturating_sub(Duration::from_micros(t - 1))),
         }
     }
 

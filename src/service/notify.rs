@@ -36,16 +36,10 @@ impl Notifier {
     /// `Type=notify` and `WatchdogSec=`). The environment is read once, here.
     pub fn from_env() -> Notifier {
         let var = |k| std::env::var(k).ok();
-        let watchdog = watchdog_from(
-            var("WATCHDOG_USEC").as_deref(),
-            var("WATCHDOG_PID").as_deref(),
-            std::process::id(),
-        );
+        let watchdog =
+            watchdog_from(var("WATCHDOG_USEC").as_deref(), var("WATCHDOG_PID").as_deref(), std::process::id());
         match std::env::var_os("NOTIFY_SOCKET") {
-            None => Notifier {
-                watchdog,
-                ..Notifier::disabled()
-            },
+            None => Notifier { watchdog, ..Notifier::disabled() },
             Some(path) => Notifier::to_socket(&path, watchdog).unwrap_or_else(|e| {
                 log::warn!("{e}; not notifying systemd");
                 Notifier::disabled()
@@ -57,10 +51,7 @@ impl Notifier {
     /// service manager's timeout; pings are sent every half of it.
     pub fn to_socket(path: &OsStr, watchdog: Option<Duration>) -> Result<Notifier, ServiceError> {
         let shown = path.to_string_lossy().into_owned();
-        let err = |source| ServiceError::NotifySocket {
-            path: shown.clone(),
-            source,
-        };
+        let err = |source| ServiceError::NotifySocket { path: shown.clone(), source };
         let bytes = path.as_encoded_bytes();
         let addr = match bytes.strip_prefix(b"@") {
             Some(name) => {
@@ -73,19 +64,11 @@ impl Notifier {
         // Never block the inference loop on a busy service manager: a full queue drops the
         // message (logged once) instead.
         sock.set_nonblocking(true).map_err(err)?;
-        Ok(Notifier {
-            target: Some((sock, addr, shown.clone())),
-            watchdog,
-            send_failed: AtomicBool::new(false),
-        })
+        Ok(Notifier { target: Some((sock, addr, shown.clone())), watchdog, send_failed: AtomicBool::new(false) })
     }
 
     pub fn disabled() -> Notifier {
-        Notifier {
-            target: None,
-            watchdog: None,
-            send_failed: AtomicBool::new(false),
-        }
+        Notifier { target: None, watchdog: None, send_failed: AtomicBool::new(false) }
     }
 
     pub fn is_enabled(&self) -> bool {

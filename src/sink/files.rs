@@ -34,24 +34,13 @@ pub struct FilesConfig {
 
 impl Default for FilesConfig {
     fn default() -> Self {
-        FilesConfig {
-            enabled: true,
-            dir: "out/masks".into(),
-            overlay: true,
-            keep: 200,
-            max_bytes: 0,
-        }
+        FilesConfig { enabled: true, dir: "out/masks".into(), overlay: true, keep: 200, max_bytes: 0 }
     }
 }
 
 impl FilesConfig {
     pub fn validate(&self, p: &mut Problems) {
-        p.check(
-            !self.enabled || !self.dir.as_os_str().is_empty(),
-            "sink.files",
-            "dir",
-            || "must not be empty".into(),
-        );
+        p.check(!self.enabled || !self.dir.as_os_str().is_empty(), "sink.files", "dir", || "must not be empty".into());
     }
 }
 
@@ -79,16 +68,8 @@ pub struct FilesSink {
 
 impl FilesSink {
     pub fn build(cfg: &FilesConfig, base: &Path) -> Result<FilesSink, SinkError> {
-        let dir = if cfg.dir.is_absolute() {
-            cfg.dir.clone()
-        } else {
-            base.join(&cfg.dir)
-        };
-        let io = |source| SinkError::Io {
-            sink: "files",
-            path: dir.display().to_string(),
-            source,
-        };
+        let dir = if cfg.dir.is_absolute() { cfg.dir.clone() } else { base.join(&cfg.dir) };
+        let io = |source| SinkError::Io { sink: "files", path: dir.display().to_string(), source };
         std::fs::create_dir_all(&dir).map_err(io)?;
         let mut sink = FilesSink {
             dir: dir.clone(),
@@ -128,9 +109,7 @@ impl FilesSink {
             let Some(stem) = own_stem(name) else { continue };
             let meta = entry.metadata()?;
             let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            let e = found
-                .entry(stem.to_string())
-                .or_insert((mtime, 0, Vec::new()));
+            let e = found.entry(stem.to_string()).or_insert((mtime, 0, Vec::new()));
             e.0 = e.0.max(mtime);
             e.1 += meta.len();
             e.2.push(entry.path());
@@ -151,16 +130,11 @@ impl FilesSink {
             self.total_bytes -= old_bytes;
         }
         self.total_bytes += bytes;
-        self.written.push_back(Entry {
-            stem,
-            generation,
-            paths,
-        });
+        self.written.push_back(Entry { stem, generation, paths });
     }
 
     fn over_limit(&self) -> bool {
-        (self.keep > 0 && self.live.len() > self.keep)
-            || (self.max_bytes > 0 && self.total_bytes > self.max_bytes)
+        (self.keep > 0 && self.live.len() > self.keep) || (self.max_bytes > 0 && self.total_bytes > self.max_bytes)
     }
 
     /// Delete the oldest frames until within limits, always keeping the newest one.
@@ -189,9 +163,7 @@ impl FilesSink {
 
 /// `00000042` for `00000042.mask.png` / `00000042.overlay.png`; None for other names.
 fn own_stem(name: &str) -> Option<&str> {
-    let stem = name
-        .strip_suffix(".mask.png")
-        .or_else(|| name.strip_suffix(".overlay.png"))?;
+    let stem = name.strip_suffix(".mask.png").or_else(|| name.strip_suffix(".overlay.png"))?;
     (!stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit())).then_some(stem)
 }
 
@@ -203,31 +175,20 @@ where
     C: std::ops::Deref<Target = [P::Subpixel]>,
 {
     let tmp = path.with_extension("png.tmp");
-    let io = |source| SinkError::Io {
-        sink: "files",
-        path: path.display().to_string(),
-        source,
-    };
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| match e {
-            image::ImageError::IoError(e) => io(e),
-            source => SinkError::Encode {
-                sink: "files",
-                path: path.display().to_string(),
-                source,
-            },
-        })?;
+    let io = |source| SinkError::Io { sink: "files", path: path.display().to_string(), source };
+    img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| match e {
+        image::ImageError::IoError(e) => io(e),
+        source => SinkError::Encode { sink: "files", path: path.display().to_string(), source },
+    })?;
     std::fs::rename(&tmp, path).map_err(io)
 }
 
 fn file_len(path: &Path) -> Result<u64, SinkError> {
-    std::fs::metadata(path)
-        .map(|m| m.len())
-        .map_err(|source| SinkError::Io {
-            sink: "files",
-            path: path.display().to_string(),
-            source,
-        })
+    std::fs::metadata(path).map(|m| m.len()).map_err(|source| SinkError::Io {
+        sink: "files",
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 impl Sink for FilesSink {

@@ -71,27 +71,15 @@ impl HttpConfig {
         p.check(self.address.parse::<IpAddr>().is_ok(), s, "address", || {
             format!("{:?} is not an IP address", self.address)
         });
-        p.check(self.port <= 65535, s, "port", || {
-            format!("{} is not a port", self.port)
+        p.check(self.port <= 65535, s, "port", || format!("{} is not a port", self.port));
+        p.check((1..=64).contains(&self.threads), s, "threads", || format!("{} is not in 1..=64", self.threads));
+        p.check(self.refresh_ms >= 50, s, "refresh_ms", || format!("{} must be >= 50", self.refresh_ms));
+        p.check((1..=100).contains(&self.jpeg_quality), s, "jpeg_quality", || {
+            format!("{} is not in 1..=100", self.jpeg_quality)
         });
-        p.check((1..=64).contains(&self.threads), s, "threads", || {
-            format!("{} is not in 1..=64", self.threads)
+        p.check(self.stale_after_s > 0.0 && self.stale_after_s.is_finite(), s, "stale_after_s", || {
+            format!("{} must be > 0", self.stale_after_s)
         });
-        p.check(self.refresh_ms >= 50, s, "refresh_ms", || {
-            format!("{} must be >= 50", self.refresh_ms)
-        });
-        p.check(
-            (1..=100).contains(&self.jpeg_quality),
-            s,
-            "jpeg_quality",
-            || format!("{} is not in 1..=100", self.jpeg_quality),
-        );
-        p.check(
-            self.stale_after_s > 0.0 && self.stale_after_s.is_finite(),
-            s,
-            "stale_after_s",
-            || format!("{} must be > 0", self.stale_after_s),
-        );
     }
 
     /// The socket address to bind (after `validate`).
@@ -127,10 +115,7 @@ const ROUTES: [(Route, &str); 8] = [
 impl Route {
     fn parse(url: &str) -> Route {
         let path = url.split(['?', '#']).next().unwrap_or("");
-        ROUTES
-            .iter()
-            .find(|(r, p)| *r != Route::Other && *p == path)
-            .map_or(Route::Other, |(r, _)| *r)
+        ROUTES.iter().find(|(r, p)| *r != Route::Other && *p == path).map_or(Route::Other, |(r, _)| *r)
     }
 }
 
@@ -192,27 +177,18 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl HttpSink {
-    pub fn build(
-        cfg: &HttpConfig,
-        status: Option<Arc<dyn StatusProvider>>,
-    ) -> Result<HttpSink, SinkError> {
+    pub fn build(cfg: &HttpConfig, status: Option<Arc<dyn StatusProvider>>) -> Result<HttpSink, SinkError> {
         let want = cfg.socket_addr().ok_or_else(|| SinkError::Other {
             sink: "http",
             msg: format!("{}:{} is not a socket address", cfg.address, cfg.port),
         })?;
-        let io = |source| SinkError::Io {
-            sink: "http",
-            path: want.to_string(),
-            source,
-        };
+        let io = |source| SinkError::Io { sink: "http", path: want.to_string(), source };
         let listener = bind(want).map_err(io)?;
         let addr = listener.local_addr().map_err(io)?;
-        let server = tiny_http::Server::from_listener(listener, None).map_err(|source| {
-            SinkError::Server {
-                sink: "http",
-                addr: addr.to_string(),
-                source,
-            }
+        let server = tiny_http::Server::from_listener(listener, None).map_err(|source| SinkError::Server {
+            sink: "http",
+            addr: addr.to_string(),
+            source,
         })?;
         let server = Arc::new(server);
         let shared = Arc::new(Shared {
@@ -235,8 +211,7 @@ impl HttpSink {
         let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
         let mut workers = Vec::with_capacity(cfg.threads);
         for i in 0..cfg.threads {
-            let (weak, shared, done_tx) =
-                (Arc::downgrade(&server), shared.clone(), done_tx.clone());
+            let (weak, shared, done_tx) = (Arc::downgrade(&server), shared.clone(), done_tx.clone());
             let t = std::thread::Builder::new()
                 .name(format!("sink-http-{i}"))
                 .spawn(move || worker(weak, shared, done_tx))
@@ -244,13 +219,7 @@ impl HttpSink {
             workers.push(t);
         }
         log::info!("sink http: serving the live preview on http://{addr}/");
-        Ok(HttpSink {
-            shared,
-            server: Some(server),
-            workers,
-            done,
-            addr,
-        })
+        Ok(HttpSink { shared, server: Some(server), workers, done, addr })
     }
 
     /// The address actually bound (resolves port 0).
@@ -259,11 +228,7 @@ impl HttpSink {
     }
 }
 
-fn worker(
-    server: Weak<tiny_http::Server>,
-    shared: Arc<Shared>,
-    _done: crossbeam_channel::Sender<()>,
-) {
+fn worker(server: Weak<tiny_http::Server>, shared: Arc<Shared>, _done: crossbeam_channel::Sender<()>) {
     loop {
         // Hold the server only while waiting, so dropping the sink frees the port even when a
         // worker is stuck writing to a client that stopped reading.
@@ -286,59 +251,33 @@ impl AsRef<[u8]> for Bytes {
 }
 
 fn header(name: &str, value: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
-        .expect("static header is valid")
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
 }
 
 fn reply(rq: tiny_http::Request, code: u16, content_type: &str, body: Arc<Vec<u8>>) {
     let len = body.len();
-    let headers = vec![
-        header("Content-Type", content_type),
-        header("Cache-Control", "no-store"),
-    ];
+    let headers = vec![header("Content-Type", content_type), header("Cache-Control", "no-store")];
     // A known length is always sent as Content-Length (tiny_http would chunk bodies >= 32 KiB).
-    let resp = tiny_http::Response::new(
-        code.into(),
-        headers,
-        Cursor::new(Bytes(body)),
-        Some(len),
-        None,
-    )
-    .with_chunked_threshold(usize::MAX);
+    let resp = tiny_http::Response::new(code.into(), headers, Cursor::new(Bytes(body)), Some(len), None)
+        .with_chunked_threshold(usize::MAX);
     if let Err(e) = rq.respond(resp) {
         log::debug!("sink http: response not delivered: {e}");
     }
 }
 
 fn text(rq: tiny_http::Request, code: u16, body: String) {
-    reply(
-        rq,
-        code,
-        "text/plain; charset=utf-8",
-        Arc::new(body.into_bytes()),
-    );
+    reply(rq, code, "text/plain; charset=utf-8", Arc::new(body.into_bytes()));
 }
 
 fn handle(shared: &Shared, rq: tiny_http::Request) {
     let route = Route::parse(rq.url());
-    let idx = ROUTES
-        .iter()
-        .position(|(r, _)| *r == route)
-        .unwrap_or(ROUTES.len() - 1);
+    let idx = ROUTES.iter().position(|(r, _)| *r == route).unwrap_or(ROUTES.len() - 1);
     shared.requests[idx].fetch_add(1, Ordering::Relaxed);
-    if !matches!(
-        rq.method(),
-        tiny_http::Method::Get | tiny_http::Method::Head
-    ) {
+    if !matches!(rq.method(), tiny_http::Method::Get | tiny_http::Method::Head) {
         return text(rq, 405, "only GET and HEAD\n".into());
     }
     match route {
-        Route::Index => reply(
-            rq,
-            200,
-            "text/html; charset=utf-8",
-            Arc::new(shared.page.clone().into_bytes()),
-        ),
+        Route::Index => reply(rq, 200, "text/html; charset=utf-8", Arc::new(shared.page.clone().into_bytes())),
         Route::Overlay => image(shared, rq, Kind::Overlay),
         Route::Frame => image(shared, rq, Kind::Frame),
         Route::Mask => image(shared, rq, Kind::Mask),
@@ -346,31 +285,21 @@ fn handle(shared: &Shared, rq: tiny_http::Request) {
             Some(j) => reply(rq, 200, "application/json", Arc::new(j.into_bytes())),
             None => text(rq, 503, "no frame yet\n".into()),
         },
-        Route::Metrics => reply(
-            rq,
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            Arc::new(metrics(shared).into_bytes()),
-        ),
+        Route::Metrics => {
+            reply(rq, 200, "text/plain; version=0.0.4; charset=utf-8", Arc::new(metrics(shared).into_bytes()))
+        }
         Route::Healthz => match health(shared) {
             Health::Ok => text(rq, 200, "ok\n".into()),
             Health::Unavailable(reason) => text(rq, 503, format!("{reason}\n")),
         },
-        Route::Other => text(
-            rq,
-            404,
-            "not found; try / /overlay.jpg /frame.jpg /mask.png /latest.json /metrics /healthz\n"
-                .into(),
-        ),
+        Route::Other => {
+            text(rq, 404, "not found; try / /overlay.jpg /frame.jpg /mask.png /latest.json /metrics /healthz\n".into())
+        }
     }
 }
 
 fn image(shared: &Shared, rq: tiny_http::Request, kind: Kind) {
-    let content_type = if matches!(kind, Kind::Mask) {
-        "image/png"
-    } else {
-        "image/jpeg"
-    };
+    let content_type = if matches!(kind, Kind::Mask) { "image/png" } else { "image/jpeg" };
     match encoded(shared, kind) {
         Ok(Some(bytes)) => reply(rq, 200, content_type, bytes),
         Ok(None) => text(rq, 503, "no frame yet\n".into()),
@@ -427,20 +356,14 @@ fn encode(out: &Output, kind: Kind, quality: u8) -> Result<Vec<u8>, SinkError> {
             )
         }
     };
-    res.map_err(|source| SinkError::Encode {
-        sink: "http",
-        path: format!("{kind:?} of frame {}", f.seq),
-        source,
-    })?;
+    res.map_err(|source| SinkError::Encode { sink: "http", path: format!("{kind:?} of frame {}", f.seq), source })?;
     Ok(buf)
 }
 
 /// `?after=N` of a URL.
 fn after(url: &str) -> Option<u64> {
     let query = url.split_once('?')?.1;
-    query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("after=")?.parse().ok())
+    query.split('&').find_map(|kv| kv.strip_prefix("after=")?.parse().ok())
 }
 
 /// Long poll: wait (at most `LONG_POLL`) until the latest frame is not `seen`. At most
@@ -452,18 +375,12 @@ fn wait_for_new(shared: &Shared, seen: u64) {
     }
     let deadline = Instant::now() + LONG_POLL;
     let mut latest = lock(&shared.latest);
-    while latest.as_ref().is_none_or(|(_, o)| o.frame.seq == seen)
-        && !shared.closing.load(Ordering::Acquire)
-    {
+    while latest.as_ref().is_none_or(|(_, o)| o.frame.seq == seen) && !shared.closing.load(Ordering::Acquire) {
         let now = Instant::now();
         if now >= deadline {
             break;
         }
-        latest = shared
-            .changed
-            .wait_timeout(latest, deadline - now)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
+        latest = shared.changed.wait_timeout(latest, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
     }
     drop(latest);
     shared.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -476,12 +393,7 @@ fn latest_json(shared: &Shared, after: Option<u64>) -> Option<String> {
         wait_for_new(shared, seen);
     }
     let (_, out) = lock(&shared.latest).clone()?;
-    let captured_ms = out
-        .frame
-        .captured_wall
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let captured_ms = out.frame.captured_wall.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     Some(format!(
         "{{\"seq\":{},\"width\":{},\"height\":{},\"num_classes\":{},\"m\":{},\"input_size\":{},\"latency_ms\":{:.1},\"captured_unix_ms\":{}}}\n",
         out.frame.seq,
@@ -516,11 +428,7 @@ fn health(shared: &Shared) -> Health {
 /// The provider's metrics (if any), then this sink's own, all `ailurus_http_*`.
 fn metrics(shared: &Shared) -> String {
     use std::fmt::Write;
-    let mut s = shared
-        .status
-        .as_ref()
-        .map(|p| p.prometheus())
-        .unwrap_or_default();
+    let mut s = shared.status.as_ref().map(|p| p.prometheus()).unwrap_or_default();
     if !s.is_empty() && !s.ends_with('\n') {
         s.push('\n');
     }
@@ -530,49 +438,21 @@ fn metrics(shared: &Shared) -> String {
     let age = lock(&shared.last_publish).map(|t| t.elapsed().as_secs_f64());
     // (name, type, help, value); a value not known yet (no frame) is left out.
     let families = [
-        (
-            "frames_published_total",
-            "counter",
-            "Frames handed to the http sink.",
-            Some(n(&shared.published)),
-        ),
-        (
-            "encode_errors_total",
-            "counter",
-            "Images that failed to encode.",
-            Some(n(&shared.encode_errors)),
-        ),
-        (
-            "latest_seq",
-            "gauge",
-            "Sequence number of the latest frame.",
-            latest.map(|o| o.frame.seq as f64),
-        ),
-        (
-            "latest_m",
-            "gauge",
-            "Tokens (M) the latest frame's reduced blocks ran on.",
-            latest.map(|o| o.m as f64),
-        ),
+        ("frames_published_total", "counter", "Frames handed to the http sink.", Some(n(&shared.published))),
+        ("encode_errors_total", "counter", "Images that failed to encode.", Some(n(&shared.encode_errors))),
+        ("latest_seq", "gauge", "Sequence number of the latest frame.", latest.map(|o| o.frame.seq as f64)),
+        ("latest_m", "gauge", "Tokens (M) the latest frame's reduced blocks ran on.", latest.map(|o| o.m as f64)),
         (
             "latest_latency_seconds",
             "gauge",
             "Capture-to-mask latency of the latest frame.",
             latest.map(|o| o.latency.as_secs_f64()),
         ),
-        (
-            "last_frame_age_seconds",
-            "gauge",
-            "Seconds since the latest frame was published.",
-            age,
-        ),
+        ("last_frame_age_seconds", "gauge", "Seconds since the latest frame was published.", age),
     ];
     for (name, kind, help, value) in families {
         if let Some(v) = value {
-            let _ = write!(
-                s,
-                "# HELP ailurus_http_{name} {help}\n# TYPE ailurus_http_{name} {kind}\n"
-            );
+            let _ = write!(s, "# HELP ailurus_http_{name} {help}\n# TYPE ailurus_http_{name} {kind}\n");
             let _ = writeln!(s, "ailurus_http_{name} {v}");
         }
     }
@@ -632,11 +512,7 @@ impl Drop for HttpSink {
 
 /// Wait (bounded) until nothing accepts connections on `addr`, so a new sink can bind it.
 fn wait_port_closed(addr: SocketAddr, deadline: Instant) {
-    let probe = if addr.ip().is_unspecified() {
-        SocketAddr::new([127, 0, 0, 1].into(), addr.port())
-    } else {
-        addr
-    };
+    let probe = if addr.ip().is_unspecified() { SocketAddr::new([127, 0, 0, 1].into(), addr.port()) } else { addr };
     while Instant::now() < deadline {
         match TcpStream::connect_timeout(&probe, Duration::from_millis(100)) {
             Ok(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -665,24 +541,14 @@ mod tests {
 
     #[test]
     fn config_problems_name_the_key() {
-        let cfg = HttpConfig {
-            address: "localhost".into(),
-            port: 80000,
-            threads: 0,
-            jpeg_quality: 0,
-            ..Default::default()
-        };
+        let cfg =
+            HttpConfig { address: "localhost".into(), port: 80000, threads: 0, jpeg_quality: 0, ..Default::default() };
         let mut p = Problems::default();
         cfg.validate(&mut p);
         let keys: Vec<_> = p.0.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
             keys,
-            [
-                "[sink.http] address",
-                "[sink.http] port",
-                "[sink.http] threads",
-                "[sink.http] jpeg_quality"
-            ]
+            ["[sink.http] address", "[sink.http] port", "[sink.http] threads", "[sink.http] jpeg_quality"]
         );
         assert_eq!(p.0[1].msg, "80000 is not a port");
     }

@@ -99,11 +99,7 @@ pub fn build_all(cfg: &SinksConfig, base: &Path) -> Result<Vec<Box<dyn Sink>>, S
 }
 
 /// Build every enabled sink, in a fixed order: files, socket, http.
-pub fn build_all_with(
-    cfg: &SinksConfig,
-    base: &Path,
-    ctx: &SinkContext,
-) -> Result<Vec<Box<dyn Sink>>, SinkError> {
+pub fn build_all_with(cfg: &SinksConfig, base: &Path, ctx: &SinkContext) -> Result<Vec<Box<dyn Sink>>, SinkError> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if cfg.files.enabled {
         sinks.push(Box::new(files::FilesSink::build(&cfg.files, base)?));
@@ -112,10 +108,7 @@ pub fn build_all_with(
         sinks.push(Box::new(socket::SocketSink::build(&cfg.socket, base)?));
     }
     if cfg.http.enabled {
-        sinks.push(Box::new(http::HttpSink::build(
-            &cfg.http,
-            ctx.status.clone(),
-        )?));
+        sinks.push(Box::new(http::HttpSink::build(&cfg.http, ctx.status.clone())?));
     }
     Ok(sinks)
 }

@@ -82,21 +82,12 @@ impl SocketConfig {
         let len = self.path.as_os_str().len();
         p.check(len > 0, s, "path", || "must not be empty".into());
         p.check(len <= MAX_PATH_LEN, s, "path", || {
-            format!(
-                "{:?} is {len} bytes, longer than the UNIX socket limit of {MAX_PATH_LEN}",
-                self.path
-            )
+            format!("{:?} is {len} bytes, longer than the UNIX socket limit of {MAX_PATH_LEN}", self.path)
         });
-        p.check(self.mode <= 0o777, s, "mode", || {
-            format!("{:#o} is not a file mode (0o000..=0o777)", self.mode)
-        });
-        p.check(self.max_clients >= 1, s, "max_clients", || {
-            "must be >= 1".into()
-        });
+        p.check(self.mode <= 0o777, s, "mode", || format!("{:#o} is not a file mode (0o000..=0o777)", self.mode));
+        p.check(self.max_clients >= 1, s, "max_clients", || "must be >= 1".into());
         p.check(self.queue >= 1, s, "queue", || "must be >= 1".into());
-        p.check(self.write_timeout_ms >= 1, s, "write_timeout_ms", || {
-            "must be >= 1".into()
-        });
+        p.check(self.write_timeout_ms >= 1, s, "write_timeout_ms", || "must be >= 1".into());
     }
 }
 
@@ -168,23 +159,14 @@ pub struct SocketSink {
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SinkError + '_ {
-    move |source| SinkError::Io {
-        sink: "socket",
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| SinkError::Io { sink: "socket", path: path.display().to_string(), source }
 }
 
 impl SocketSink {
     pub fn build(cfg: &SocketConfig, base: &Path) -> Result<SocketSink, SinkError> {
-        let path = if cfg.path.is_absolute() {
-            cfg.path.clone()
-        } else {
-            base.join(&cfg.path)
-        };
+        let path = if cfg.path.is_absolute() { cfg.path.clone() } else { base.join(&cfg.path) };
         let listener = bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(cfg.mode))
-            .map_err(io_err(&path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(cfg.mode)).map_err(io_err(&path))?;
         let shared = Arc::new(Shared {
             clients: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
@@ -249,10 +231,7 @@ fn bind(path: &Path) -> Result<UnixListener, SinkError> {
             if UnixStream::connect(path).is_ok() {
                 return Err(SinkError::Other {
                     sink: "socket",
-                    msg: format!(
-                        "{}: another process is listening on this socket",
-                        path.display()
-                    ),
+                    msg: format!("{}: another process is listening on this socket", path.display()),
                 });
             }
             std::fs::remove_file(path).map_err(&err)?;
@@ -299,10 +278,7 @@ fn accept_loop(listener: UnixListener, shared: Arc<Shared>, cfg: SocketConfig) {
         reap(&mut clients, &shared.stats);
         if clients.len() >= cfg.max_clients {
             shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-            log::warn!(
-                "sink socket: refusing a client: {} already connected (max_clients)",
-                clients.len()
-            );
+            log::warn!("sink socket: refusing a client: {} already connected (max_clients)", clients.len());
             continue; // dropping `stream` closes it
         }
         match spawn_client(stream, timeout, cfg.queue, next_id) {
@@ -316,38 +292,29 @@ fn accept_loop(listener: UnixListener, shared: Arc<Shared>, cfg: SocketConfig) {
     }
 }
 
-fn spawn_client(
-    stream: UnixStream,
-    timeout: Duration,
-    queue: usize,
-    id: u64,
-) -> std::io::Result<Client> {
+fn spawn_client(stream: UnixStream, timeout: Duration, queue: usize, id: u64) -> std::io::Result<Client> {
     stream.set_write_timeout(Some(timeout))?;
     let (tx, rx) = crossbeam_channel::bounded::<Arc<Vec<u8>>>(queue);
     let alive = Arc::new(AtomicBool::new(true));
     let (mut w, alive_w) = (stream.try_clone()?, alive.clone());
-    let writer = std::thread::Builder::new()
-        .name(format!("sink-socket-{id}"))
-        .spawn(move || {
-            for msg in rx.iter() {
-                if let Err(e) = w.write_all(&msg) {
-                    log::info!("sink socket: client {id} disconnected: {e}");
-                    break;
-                }
+    let writer = std::thread::Builder::new().name(format!("sink-socket-{id}")).spawn(move || {
+        for msg in rx.iter() {
+            if let Err(e) = w.write_all(&msg) {
+                log::info!("sink socket: client {id} disconnected: {e}");
+                break;
             }
-            let _ = w.shutdown(std::net::Shutdown::Both);
-            alive_w.store(false, Ordering::Release);
-        })?;
+        }
+        let _ = w.shutdown(std::net::Shutdown::Both);
+        alive_w.store(false, Ordering::Release);
+    })?;
     let (mut r, alive_r) = (stream.try_clone()?, alive.clone());
-    let watcher = std::thread::Builder::new()
-        .name(format!("sink-socket-{id}-hup"))
-        .spawn(move || {
-            let mut sink = [0u8; 256];
-            // Anything a client sends is ignored; end of stream or an error means it is gone.
-            while matches!(r.read(&mut sink), Ok(n) if n > 0) {}
-            let _ = r.shutdown(std::net::Shutdown::Both);
-            alive_r.store(false, Ordering::Release);
-        });
+    let watcher = std::thread::Builder::new().name(format!("sink-socket-{id}-hup")).spawn(move || {
+        let mut sink = [0u8; 256];
+        // Anything a client sends is ignored; end of stream or an error means it is gone.
+        while matches!(r.read(&mut sink), Ok(n) if n > 0) {}
+        let _ = r.shutdown(std::net::Shutdown::Both);
+        alive_r.store(false, Ordering::Release);
+    });
     let watcher = match watcher {
         Ok(t) => t,
         Err(e) => {
@@ -357,24 +324,13 @@ fn spawn_client(
             return Err(e);
         }
     };
-    Ok(Client {
-        tx: Some(tx),
-        alive,
-        stream,
-        writer,
-        watcher,
-    })
+    Ok(Client { tx: Some(tx), alive, stream, writer, watcher })
 }
 
 /// Serialise one mask into `buf` (header + class ids).
 pub fn encode_message(out: &Output, buf: &mut Vec<u8>) {
     let mask = &out.mask;
-    let captured_us = out
-        .frame
-        .captured_wall
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
+    let captured_us = out.frame.captured_wall.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
     let sat32 = |v: u128| v.min(u32::MAX as u128) as u32;
     buf.clear();
     buf.extend_from_slice(&MAGIC);
@@ -405,10 +361,7 @@ impl Sink for SocketSink {
         }
         drop(clients);
         let mut msg = self.take_buffer();
-        encode_message(
-            out,
-            Arc::get_mut(&mut msg).expect("a pooled buffer has no other owner"),
-        );
+        encode_message(out, Arc::get_mut(&mut msg).expect("a pooled buffer has no other owner"));
         let clients = lock(&self.shared.clients);
         let stats = &self.shared.stats;
         for c in clients.iter() {
