@@ -56,12 +56,12 @@ fn sighup_applies_a_good_config_and_keeps_the_old_one_when_the_new_is_broken() {
     };
 
     // A good config: budget, sinks and reducer knobs change.
-    write_config(&file, "[reduce]\nm = 64\n[budget]\nenabled = true\n[sink.http]\nenabled = true\nport = 0\n");
+    write_config(&file, "[reduce]\nm = 64\n[budget]\ntarget_ms = 900.0\n[sink.http]\nenabled = true\nport = 0\n");
     hup_and_wait(&svc, 1, 0);
     assert_eq!(status(), "STATUS=config reloaded\n");
     let old = svc.current_config();
     let cfg = apply(&svc);
-    assert_eq!((cfg.reduce.m, cfg.budget.enabled, cfg.sink.http.enabled), (64, true, true));
+    assert_eq!((cfg.reduce.m, cfg.budget.target_ms, cfg.sink.http.enabled), (64, 900.0, true));
     assert_eq!(*old, cfg);
     let plan = reload_plan(&Config::from_str("[reduce]\nm = 100\n", "x", Path::new(".")).unwrap(), &cfg);
     assert!(plan.reduce && plan.budget && plan.sinks && plan.restart_needed.is_empty(), "{plan:?}");
