@@ -391,3 +391,35 @@ pub fn write_csv(rows: &[Row], path: &Path) -> std::io::Result<()> {
     }
     std::fs::write(path, s)
 }
+
+/// The Pareto picture: speed-up against `none` (x) and mask IoU against `none` (y), one curve
+/// per strategy (and proportional attention on/off).
+pub fn write_plot(rows: &[Row], path: &Path) -> Result<(), image::ImageError> {
+    use crate::plot::{Plot, Series, PALETTE};
+    let mut groups: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in rows {
+        let key = match r.strategy.as_str() {
+            "none" | "lowres" => "lowres (+none)".to_string(),
+            s => format!("{s} a={}{}", r.cut, if r.bias { "" } else { " no-bias" }),
+        };
+        groups.entry(key).or_default().push((r.speedup, r.iou));
+    }
+    let series = groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, mut points))| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Series { name, points, color: PALETTE[i % PALETTE.len()], line: true }
+        })
+        .collect();
+    let plot = Plot {
+        title: "ailurus bench: speed-up vs fidelity".into(),
+        x_label: "speed-up vs none (same run)".into(),
+        y_label: "mask IoU vs none".into(),
+        series,
+    };
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(image::ImageError::IoError)?;
+    }
+    plot.save(path, 1000, 700)
+}

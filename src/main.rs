@@ -251,7 +251,9 @@ fn real_main(cli: Cli) -> Result<()> {
             let rows = ailurus::bench::run(&cfg, &opts)?;
             print!("{}", ailurus::bench::format_table(&rows));
             ailurus::bench::write_csv(&rows, &b.csv)?;
-            println!("table written to {}", b.csv.display());
+            let plot = b.csv.with_extension("png");
+            ailurus::bench::write_plot(&rows, &plot)?;
+            println!("table written to {}, plot to {}", b.csv.display(), plot.display());
             Ok(())
         }
         Cmd::Profile { config, ov, reps } => {
