@@ -169,7 +169,7 @@ fn table(phases: &[Phase], target: f64) {
                 None => sizes.push((r.size, 1)),
             }
         }
-        sizes.sort_by(|a, b| b.0.cmp(&a.0));
+        sizes.sort_by_key(|s| std::cmp::Reverse(s.0));
         let ms: Vec<f64> = ph.rows.iter().map(|r| r.m as f64).collect();
         println!(
             "| {} | {} | {:.2} | {:.0} | {:.0} | {:.0} | {} ({:.0}%) | {} | {:.0} |",

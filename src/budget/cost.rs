@@ -96,11 +96,12 @@ fn solve(a: &mut [[f64; 4]; 3], n: usize) -> Option<[f64; 3]> {
             return None;
         }
         a.swap(col, piv);
-        for r in 0..n {
+        let pivot_row = a[col];
+        for (r, row) in a.iter_mut().enumerate().take(n) {
             if r != col {
-                let f = a[r][col] / a[col][col];
-                for c in col..4 {
-                    a[r][c] -= f * a[col][c];
+                let f = row[col] / pivot_row[col];
+                for (v, p) in row.iter_mut().zip(pivot_row).skip(col) {
+                    *v -= f * p;
                 }
             }
         }
