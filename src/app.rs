@@ -128,7 +128,7 @@ pub fn progress(done: usize, total: usize, what: &str) {
         return;
     }
     let width = 30;
-    let filled = if total == 0 { width } else { done * width / total };
+    let filled = (done * width).checked_div(total).unwrap_or(width);
     let _ = write!(err, "\r[{}{}] {done}/{total} {what:<40}", "#".repeat(filled), "-".repeat(width - filled));
     if done == total {
         let _ = writeln!(err);

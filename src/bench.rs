@@ -229,12 +229,12 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
         rows.push(r);
     }
     for &s in &o.combo_sizes {
-        if !none_at.contains_key(&s) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = none_at.entry(s) {
             let (mut r, _) =
                 measure(&seg, &photos, Setting { input_size: s, m: usize::MAX }, o.reps, Some(&reference), false)?;
             r.strategy = "lowres".into();
             r.n = n_at(s, patch);
-            none_at.insert(s, r.clone());
+            slot.insert(r.clone());
             rows.push(r);
         }
     }

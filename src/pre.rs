@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn preprocess_normalises_constant_image() {
-        let rgb = vec![255u8, 0, 128].repeat(5 * 7);
+        let rgb = [255u8, 0, 128].repeat(5 * 7);
         let norm = Normalize { mean: [0.5, 0.5, 0.5], std: [0.5, 0.25, 1.0] };
         let mut out = Vec::new();
         preprocess(&mut Resampler::default(), &rgb, (5, 7), 4, &norm, &mut out);

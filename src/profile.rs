@@ -78,7 +78,7 @@ pub fn format(parts: &[PartProfile]) -> String {
     for p in parts {
         s += &format!("{}: {:.1} ms\n", p.part, p.total.as_secs_f64() * 1e3);
         let mut ops: Vec<_> = p.by_op.iter().collect();
-        ops.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+        ops.sort_by_key(|(_, (t, _))| std::cmp::Reverse(*t));
         for (name, (t, k)) in ops.into_iter().take(12) {
             s += &format!(
                 "    {:<28} {:>8.1} ms {:>5.1}%  ({k} nodes)\n",
