@@ -2,38 +2,28 @@
 //! benches drive exactly what users run.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use crate::budget::Controller;
+use crate::calibrate::CalibrationTable;
 use crate::config::Config;
 use crate::frame::{Frame, Mask};
+use crate::metrics::Metrics;
 use crate::model::{Segmenter, SegmenterOptions};
-use crate::pipeline::{Engine, Setting, StageTimes};
+use crate::pipeline::{Engine, Parts, Pipeline, Setting, SourceMode, StageTimes};
 use crate::pre::Resampler;
-use crate::sink::{self, Output};
+use crate::sink;
 use crate::source::{self, FrameSource};
 
 /// Build the segmenter the config describes, with plans for `sizes` (empty = the config's).
-pub fn build_segmenter(
-    cfg: &Config,
-    sizes: &[u32],
-    with_full: bool,
-) -> Result<Segmenter, crate::model::ModelError> {
-    let sizes = if sizes.is_empty() {
-        vec![cfg.model.input_size]
-    } else {
-        sizes.to_vec()
-    };
+pub fn build_segmenter(cfg: &Config, sizes: &[u32], with_full: bool) -> Result<Segmenter, crate::model::ModelError> {
+    let sizes = if sizes.is_empty() { vec![cfg.model.input_size] } else { sizes.to_vec() };
     crate::model::set_threads(cfg.model.threads);
-    let opts = SegmenterOptions {
-        sizes,
-        reduce: cfg.reduce.clone(),
-        with_full,
-        verify_sha256: true,
-    };
+    let opts = SegmenterOptions { sizes, reduce: cfg.reduce.clone(), with_full, verify_sha256: true };
     Segmenter::load(&cfg.resolve(&cfg.model.manifest), &opts)
 }
 
@@ -59,14 +49,7 @@ impl FrameRunner {
         self.times.preprocess = t0.elapsed();
         eng.infer(&self.input, setting, &mut self.times, &mut self.raw)?;
         let t1 = Instant::now();
-        eng.postprocess(
-            &self.raw,
-            setting.input_size,
-            frame.width,
-            frame.height,
-            &mut self.rs,
-            mask,
-        );
+        eng.postprocess(&self.raw, setting.input_size, frame.width, frame.height, &mut self.rs, mask);
         self.times.postprocess = t1.elapsed();
         Ok(())
     }
@@ -74,21 +57,9 @@ impl FrameRunner {
 
 /// The M the config asks for at `size` (clamped to the token count there).
 pub fn setting_for(cfg: &Config, seg: &Segmenter, size: u32) -> Setting {
-    let n = seg
-        .sizes()
-        .iter()
-        .find(|s| s.input_size == size)
-        .map(|s| s.n_tokens)
-        .unwrap_or(usize::MAX);
-    let m = if cfg.reduce.strategy == "none" {
-        n
-    } else {
-        cfg.reduce.m.min(n)
-    };
-    Setting {
-        input_size: size,
-        m,
-    }
+    let n = seg.sizes().iter().find(|s| s.input_size == size).map(|s| s.n_tokens).unwrap_or(usize::MAX);
+    let m = if cfg.reduce.strategy == "none" { n } else { cfg.reduce.m.min(n) };
+    Setting { input_size: size, m }
 }
 
 /// `ailurus segment`: masks (and overlays) for each image into `out`; prints IoU against a
@@ -112,14 +83,8 @@ pub fn segment(cfg: &Config, images: &[PathBuf], out: &Path) -> Result<()> {
         fr.run(&seg, &frame, setting, &mut mask)?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("frame");
-        sink::files::write_png_atomic(
-            &crate::post::mask_to_png(&mask),
-            &out.join(format!("{stem}.mask.png")),
-        )?;
-        sink::files::write_png_atomic(
-            &crate::post::overlay(&frame, &mask),
-            &out.join(format!("{stem}.overlay.png")),
-        )?;
+        sink::files::write_png_atomic(&crate::post::mask_to_png(&mask), &out.join(format!("{stem}.mask.png")))?;
+        sink::files::write_png_atomic(&crate::post::overlay(&frame, &mask), &out.join(format!("{stem}.overlay.png")))?;
         let mut line = format!(
             "{}: {}x{} at {}px M={} {:.0} ms, salient {:.1}%",
             path.display(),
@@ -128,20 +93,14 @@ pub fn segment(cfg: &Config, images: &[PathBuf], out: &Path) -> Result<()> {
             setting.input_size,
             setting.m,
             ms,
-            100.0 * mask.classes.iter().filter(|&&c| c != 0).count() as f64
-                / mask.classes.len().max(1) as f64
+            100.0 * mask.classes.iter().filter(|&&c| c != 0).count() as f64 / mask.classes.len().max(1) as f64
         );
         if let Some(gt_path) = crate::gt::find_for(path) {
             let gt = crate::gt::load_foreground(&gt_path, frame.width, frame.height)
                 .with_context(|| format!("ground truth {}", gt_path.display()))?;
             let (fg, bg) = crate::gt::iou_fg_bg(&mask.classes, &gt);
             ious.push(fg);
-            line += &format!(
-                ", IoU vs ground truth {:.3} (background {:.3}, mIoU {:.3})",
-                fg,
-                bg,
-                (fg + bg) / 2.0
-            );
+            line += &format!(", IoU vs ground truth {:.3} (background {:.3}, mIoU {:.3})", fg, bg, (fg + bg) / 2.0);
         }
         println!("{line}");
     }
@@ -169,17 +128,8 @@ pub fn progress(done: usize, total: usize, what: &str) {
         return;
     }
     let width = 30;
-    let filled = if total == 0 {
-        width
-    } else {
-        done * width / total
-    };
-    let _ = write!(
-        err,
-        "\r[{}{}] {done}/{total} {what:<40}",
-        "#".repeat(filled),
-        "-".repeat(width - filled)
-    );
+    let filled = (done * width).checked_div(total).unwrap_or(width);
+    let _ = write!(err, "\r[{}{}] {done}/{total} {what:<40}", "#".repeat(filled), "-".repeat(width - filled));
     if done == total {
         let _ = writeln!(err);
     }
@@ -193,24 +143,14 @@ pub fn eval(cfg: &Config, dir: &Path) -> Result<()> {
     let seg = build_segmenter(cfg, &[], false)?;
     let size = cfg.model.input_size;
     let setting = setting_for(cfg, &seg, size);
-    let full = Setting {
-        input_size: size,
-        m: usize::MAX,
-    };
+    let full = Setting { input_size: size, m: usize::MAX };
     let mut fr = FrameRunner::default();
     let (mut mask, mut ref_mask) = (Mask::default(), Mask::default());
     let (mut agree_iou, mut agree_mae, mut gt_fg, mut gt_miou) = (vec![], vec![], vec![], vec![]);
     let (mut t_red, mut t_full) = (Duration::ZERO, Duration::ZERO);
-    println!(
-        "{:<28} {:>9} {:>9} {:>10} {:>10} {:>9}",
-        "image", "ms", "ms full", "IoU(full)", "MAE(full)", "IoU(GT)"
-    );
+    println!("{:<28} {:>9} {:>9} {:>10} {:>10} {:>9}", "image", "ms", "ms full", "IoU(full)", "MAE(full)", "IoU(GT)");
     for (i, path) in images.iter().enumerate() {
-        progress(
-            i,
-            images.len(),
-            &path.file_name().unwrap_or_default().to_string_lossy(),
-        );
+        progress(i, images.len(), &path.file_name().unwrap_or_default().to_string_lossy());
         let frame = match source::folder::load_frame(path, i as u64) {
             Ok(f) => f,
             Err(e) => {
@@ -279,87 +219,172 @@ pub fn eval(cfg: &Config, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Build the configured frame source.
-pub fn build_source(cfg: &Config) -> Result<Box<dyn FrameSource>> {
-    let s = &cfg.source;
-    match s.kind.as_str() {
-        "folder" => Ok(Box::new(source::folder::FolderSource::open(
-            &cfg.resolve(&s.path),
-            s.looping,
-            s.fps,
-        )?)),
-        other => anyhow::bail!("[source] kind: {other:?} is not available in this build"),
+/// Build the configured frame source (`stop` ends a wait for a missing camera).
+pub fn build_source(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Box<dyn FrameSource>, source::SourceError> {
+    source::build_with_stop(&cfg.source, &cfg.base_dir, stop)
+}
+
+/// Start `ailurus run`'s pipeline and return its handle (for `/metrics`, config reload and
+/// stopping). Plans are built for `[model] input_size` and, with the budget on, every size of
+/// the `[budget]` ladder.
+pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Pipeline> {
+    Ok(start_full(cfg, stop, Vec::new(), &sink::SinkContext::default())?.0)
+}
+
+/// `start`, with `extra` sinks run after the configured ones (benches, tests).
+pub fn start_with_sinks(cfg: &Config, stop: Arc<AtomicBool>, extra: Vec<Box<dyn sink::Sink>>) -> Result<Pipeline> {
+    Ok(start_full(cfg, stop, extra, &sink::SinkContext::default())?.0)
+}
+
+/// The running pieces `run` keeps hold of: the pipeline, the model (to swap reducers on
+/// reload), the metrics and the source health.
+pub struct Running {
+    pub segmenter: Arc<Segmenter>,
+    pub metrics: Arc<Metrics>,
+    pub source_health: Option<Arc<source::SourceHealth>>,
+}
+
+/// `start`, with extra sinks and a sink context (the HTTP sink's status provider).
+pub fn start_full(
+    cfg: &Config,
+    stop: Arc<AtomicBool>,
+    extra: Vec<Box<dyn sink::Sink>>,
+    ctx: &sink::SinkContext,
+) -> Result<(Pipeline, Running)> {
+    let mut sizes = vec![cfg.model.input_size];
+    if cfg.budget.enabled {
+        sizes.extend(cfg.budget.sizes.iter().filter(|s| **s != cfg.model.input_size));
+    }
+    let seg = Arc::new(build_segmenter(cfg, &sizes, false)?);
+    let fixed = setting_for(cfg, &seg, cfg.model.input_size);
+    let table = CalibrationTable::for_config(cfg)?;
+    let controller = Controller::new(&cfg.budget, seg.sizes(), cfg.reduce.strategy != "none", fixed, &table)?;
+    let src = build_source(cfg, stop.clone())?;
+    let source_health = src.health();
+    let mode = if cfg.source.kind == "folder" && cfg.source.fps == 0.0 { SourceMode::Pull } else { SourceMode::Live };
+    let mut sinks = sink::build_all_with(&cfg.sink, &cfg.base_dir, ctx)?;
+    sinks.extend(extra);
+    let names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
+    let metrics = Arc::new(Metrics::new(&names));
+    log::info!(
+        "running: source {} -> {} with plans for {:?} px, {} -> sinks [{}]; budget {} (target {:.0} ms p{}, table {})",
+        src.name(),
+        seg.manifest().name,
+        sizes,
+        cfg.reduce.strategy,
+        names.join(", "),
+        if cfg.budget.enabled { "on" } else { "off" },
+        cfg.budget.target_ms,
+        cfg.budget.percentile,
+        table.origin
+    );
+    let engine: Arc<dyn Engine> = seg.clone();
+    let running = Running { segmenter: seg, metrics: metrics.clone(), source_health };
+    let parts = Parts { engine, source: src, mode, sinks, controller, metrics, config: cfg.pipeline.clone() };
+    Ok((Pipeline::start(parts, stop)?, running))
+}
+
+/// What `/metrics` and `/healthz` serve: the pipeline's metrics, the source's health and the
+/// service's liveness. The metrics exist only once the pipeline is built, after the sinks, so
+/// they are filled in late.
+pub struct StatusHub {
+    metrics: std::sync::OnceLock<Arc<Metrics>>,
+    source: std::sync::OnceLock<Option<Arc<source::SourceHealth>>>,
+    liveness: Arc<crate::service::Liveness>,
+}
+
+impl crate::service::StatusProvider for StatusHub {
+    fn prometheus(&self) -> String {
+        let mut s = self.metrics.get().map(|m| m.render_prometheus()).unwrap_or_default();
+        if let Some(Some(h)) = self.source.get() {
+            let snap = h.snapshot();
+            s += &format!(
+                "# HELP ailurus_camera_up Whether the frame source is delivering.\n# TYPE ailurus_camera_up gauge\nailurus_camera_up {}\n",
+                snap.up as u8
+            );
+        }
+        s
+    }
+
+    fn health(&self) -> crate::service::Health {
+        if let Some(Some(h)) = self.source.get() {
+            let snap = h.snapshot();
+            if !snap.up {
+                return crate::service::Health::Unavailable(format!(
+                    "camera down: {}",
+                    snap.last_error.unwrap_or_else(|| snap.name.clone())
+                ));
+            }
+        }
+        self.liveness.health()
     }
 }
 
 /// `ailurus run`: stream frames from the source through the model to the sinks until the
-/// source ends, `max_frames` is reached or `stop` is set.
-pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<()> {
-    let seg = build_segmenter(cfg, &[], false)?;
-    let mut src = build_source(cfg)?;
-    let mut sinks = sink::build_all(&cfg.sink, &cfg.base_dir)?;
-    let setting = setting_for(cfg, &seg, cfg.model.input_size);
-    log::info!(
-        "running: source {} -> {} at {}px, {} M={} -> sinks [{}]",
-        src.name(),
-        seg.manifest().name,
-        setting.input_size,
-        cfg.reduce.strategy,
-        setting.m,
-        sinks
-            .iter()
-            .map(|s| s.name())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let mut fr = FrameRunner::default();
-    let (mut frames, mut bad, mut since_log, mut lat_sum) = (0u64, 0u64, 0u64, Duration::ZERO);
-    let mut last_log = Instant::now();
-    let mut mask = Mask::default();
-    while !stop.load(Ordering::Relaxed) {
-        let frame = match src.next_frame() {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => {
-                bad += 1;
-                log::warn!("{e} (skipped; {bad} bad frame(s) so far)");
-                continue;
+/// source ends, `max_frames` is reached, or SIGTERM/SIGINT. Runs under systemd as well:
+/// READY=1 after the first frame, WATCHDOG=1 while frames flow, STATUS= with FPS and M, and
+/// SIGHUP re-reads `config_path` (budget and reducer knobs apply at once; a bad file is
+/// rejected with one log line and the old config stays).
+pub fn run(cfg: &Config, config_path: Option<PathBuf>) -> Result<()> {
+    use crate::service::{loader_for, Notifier, Service, ServiceOptions};
+    let svc = Service::install(cfg.clone(), loader_for(config_path), ServiceOptions::default(), Notifier::from_env())?;
+    let hub = Arc::new(StatusHub { metrics: Default::default(), source: Default::default(), liveness: svc.liveness() });
+    let ctx = sink::SinkContext { status: Some(hub.clone()) };
+    let (pipeline, running) = start_full(cfg, svc.stop_flag(), Vec::new(), &ctx)?;
+    let _ = hub.metrics.set(running.metrics.clone());
+    let _ = hub.source.set(running.source_health.clone());
+    let mut seen = 0u64;
+    let mut current = cfg.clone();
+    while !pipeline.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+        if svc.should_stop() {
+            pipeline.stop();
+        }
+        let published = running.metrics.frames_published.load(std::sync::atomic::Ordering::Relaxed);
+        if published > seen {
+            for _ in seen..published {
+                svc.frame_done(running.metrics.current_m());
             }
-        };
-        if let Err(e) = fr.run(&seg, &frame, setting, &mut mask) {
-            bad += 1;
-            log::warn!("frame {}: {e}", frame.seq);
-            continue;
+            seen = published;
+        } else if running.source_health.as_ref().is_some_and(|h| !h.is_up()) {
+            // Waiting for the camera is not a hang: keep the watchdog fed.
+            svc.heartbeat();
         }
-        let out = Output {
-            latency: frame.captured.elapsed(),
-            frame: Arc::new(frame),
-            mask: Arc::new(std::mem::take(&mut mask)),
-            m: setting.m,
-            input_size: setting.input_size,
-        };
-        for s in sinks.iter_mut() {
-            if let Err(e) = s.publish(&out) {
-                log::warn!("{e}");
-            }
-        }
-        frames += 1;
-        since_log += 1;
-        lat_sum += out.latency;
-        if last_log.elapsed().as_secs_f64() >= cfg.pipeline.log_every_s {
-            let secs = last_log.elapsed().as_secs_f64();
-            log::info!(
-                "{frames} frames, {:.2} FPS, mean latency {:.0} ms, {bad} bad, M={}",
-                since_log as f64 / secs,
-                lat_sum.as_secs_f64() * 1e3 / since_log.max(1) as f64,
-                setting.m
-            );
-            (since_log, lat_sum, last_log) = (0, Duration::ZERO, Instant::now());
-        }
-        if cfg.pipeline.max_frames > 0 && frames >= cfg.pipeline.max_frames {
-            break;
+        if let Some(new) = svc.poll_reload() {
+            apply_reload(&pipeline, &running, &current, &new);
+            current = new;
         }
     }
-    log::info!("stopped after {frames} frames ({bad} bad)");
+    pipeline.wait()?;
     Ok(())
+}
+
+/// Apply a reloaded config to the running pipeline: the budget and the reducer knobs at once;
+/// sections that need a restart are named in one log line.
+fn apply_reload(pipeline: &Pipeline, running: &Running, old: &Config, new: &Config) {
+    let plan = crate::service::reload_plan(old, new);
+    if plan.budget {
+        match CalibrationTable::for_config(new) {
+            Ok(table) => {
+                if let Err(e) = pipeline.update_budget(&new.budget, &table) {
+                    log::error!("reload: [budget] not applied: {e}");
+                }
+            }
+            Err(e) => log::error!("reload: [budget] not applied: {e}"),
+        }
+    }
+    if plan.reduce {
+        running.segmenter.set_reducer(crate::reduce::build(&new.reduce));
+        log::info!("reload: reducer now {} (M from [reduce] m / the budget)", new.reduce.strategy);
+    }
+    let mut restart: Vec<&str> = plan.restart_needed.clone();
+    if plan.sinks {
+        restart.push("sink");
+    }
+    if plan.pipeline {
+        restart.push("pipeline");
+    }
+    if !restart.is_empty() {
+        log::warn!("reload: [{}] changed; those take effect after a restart", restart.join("], ["));
+    }
 }

@@ -50,10 +50,7 @@ pub struct Problems(pub Vec<Problem>);
 
 impl Problems {
     pub fn push(&mut self, section: &str, key: &str, msg: impl Into<String>) {
-        self.0.push(Problem {
-            key: format!("[{section}] {key}"),
-            msg: msg.into(),
-        });
+        self.0.push(Problem { key: format!("[{section}] {key}"), msg: msg.into() });
     }
     /// Check `cond`, else record `msg`.
     pub fn check(&mut self, cond: bool, section: &str, key: &str, msg: impl FnOnce() -> String) {
@@ -78,10 +75,7 @@ pub enum ConfigError {
         source: Box<toml::de::Error>,
     },
     #[error("config {path}: {} problem(s): {}", .problems.len(), .problems.iter().map(|p| format!("{}: {}", p.key, p.msg)).collect::<Vec<_>>().join("; "))]
-    Invalid {
-        path: String,
-        problems: Vec<Problem>,
-    },
+    Invalid { path: String, problems: Vec<Problem> },
 }
 
 fn one_line(e: &toml::de::Error) -> String {
@@ -106,27 +100,20 @@ impl Config {
     /// Load and validate a config file. Relative paths inside resolve against the current
     /// directory (like a command line), not the file's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Self::from_str(&text, &path.display().to_string(), Path::new("."))
     }
 
     /// Parse and validate TOML text.
     pub fn from_str(text: &str, origin: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_string(),
-            source: Box::new(e),
-        })?;
+        let mut cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_string(), source: Box::new(e) })?;
         cfg.origin = origin.to_string();
         cfg.base_dir = base_dir.to_path_buf();
         let problems = cfg.validate();
         if !problems.0.is_empty() {
-            return Err(ConfigError::Invalid {
-                path: origin.to_string(),
-                problems: problems.0,
-            });
+            return Err(ConfigError::Invalid { path: origin.to_string(), problems: problems.0 });
         }
         Ok(cfg)
     }
@@ -149,6 +136,40 @@ impl Config {
             p.to_path_buf()
         } else {
             self.base_dir.join(p)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_matches_struct_defaults() {
+        let cfg = Config::embedded_default().unwrap();
+        let mut plain: Config = toml::from_str("").unwrap();
+        plain.origin = cfg.origin.clone();
+        plain.base_dir = cfg.base_dir.clone();
+        assert_eq!(cfg, plain, "configs/default.toml documents exactly the built-in defaults");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let e = Config::from_str("[sink.files]\nenabeld = true\n", "x.toml", Path::new(".")).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("x.toml") && s.contains("enabeld"), "{s}");
+        assert!(!s.contains('\n'), "one line: {s}");
+    }
+
+    #[test]
+    fn all_problems_are_collected() {
+        let e = Config::from_str("[model]\ninput_size = 1\ndevice = \"tpu\"\n", "y.toml", Path::new(".")).unwrap_err();
+        match e {
+            ConfigError::Invalid { problems, .. } => {
+                let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+                assert_eq!(keys, ["[model] input_size", "[model] device"]);
+            }
+            other => panic!("expected Invalid, got {other}"),
         }
     }
 }

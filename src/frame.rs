@@ -2,6 +2,7 @@
 //!
 //! Owns the pixel containers and their metadata. Must not know about sources, models or sinks.
 
+use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
 /// One decoded camera/file frame, always packed RGB8 (row-major, 3 bytes per pixel).
@@ -55,6 +56,43 @@ impl Frame {
     }
 }
 
+/// A bounded pool of pixel buffers, so that a source does not allocate a fresh RGB buffer per
+/// frame. `take` hands out a buffer (reused when one is free), `give` returns one; buffers beyond
+/// the capacity are simply dropped. Shared between a source and whoever recycles its frames.
+#[derive(Debug)]
+pub struct FramePool {
+    free: Mutex<Vec<Vec<u8>>>,
+    capacity: usize,
+}
+
+impl FramePool {
+    /// A pool that keeps at most `capacity` free buffers.
+    pub fn new(capacity: usize) -> FramePool {
+        FramePool { free: Mutex::new(Vec::with_capacity(capacity)), capacity }
+    }
+
+    /// A buffer of exactly `len` bytes (contents unspecified), reusing a free one if possible.
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut buf = reused.unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// Give a buffer back for reuse (dropped when the pool is full).
+    pub fn give(&self, buf: Vec<u8>) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < self.capacity && buf.capacity() > 0 {
+            free.push(buf);
+        }
+    }
+
+    /// Number of free buffers held now.
+    pub fn free_len(&self) -> usize {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
 /// A segmentation result at frame resolution.
 #[derive(Debug, Clone, Default)]
 pub struct Mask {
@@ -67,4 +105,25 @@ pub struct Mask {
     pub scores: Vec<f32>,
     /// Number of classes the ids range over (2 for saliency).
     pub num_classes: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_reuses_buffers_and_respects_capacity() {
+        let pool = FramePool::new(2);
+        let a = pool.take(12);
+        assert_eq!(a.len(), 12);
+        let ptr = a.as_ptr();
+        pool.give(a);
+        let b = pool.take(12);
+        assert_eq!(b.as_ptr(), ptr, "a returned buffer is handed out again");
+        pool.give(b);
+        pool.give(vec![1; 4]);
+        pool.give(vec![1; 4]);
+        assert_eq!(pool.free_len(), 2, "no more than the capacity is kept");
+        assert_eq!(pool.take(7).len(), 7);
+    }
 }

@@ -14,16 +14,10 @@ pub const IGNORE: u8 = 255;
 pub fn find_for(image: &Path) -> Option<PathBuf> {
     let stem = image.file_stem()?.to_str()?;
     let dir = image.parent()?;
-    let mut candidates = vec![
-        dir.join("gt").join(format!("{stem}.png")),
-        dir.join(format!("{stem}.gt.png")),
-    ];
+    let mut candidates = vec![dir.join("gt").join(format!("{stem}.png")), dir.join(format!("{stem}.gt.png"))];
     if dir.file_name().is_some_and(|n| n == "JPEGImages") {
         if let Some(root) = dir.parent() {
-            candidates.insert(
-                0,
-                root.join("SegmentationClass").join(format!("{stem}.png")),
-            );
+            candidates.insert(0, root.join("SegmentationClass").join(format!("{stem}.png")));
         }
     }
     candidates.into_iter().find(|p| p.is_file())

@@ -5,15 +5,19 @@
 //! controller picks the cluster count per frame. See ARCHITECTURE in the README.
 
 pub mod app;
+pub mod bench;
 pub mod budget;
+pub mod calibrate;
 pub mod config;
 pub mod frame;
 pub mod gt;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod plot;
 pub mod post;
 pub mod pre;
+pub mod profile;
 pub mod reduce;
 pub mod service;
 pub mod sink;

@@ -1,1 +1,568 @@
-//! Metrics: per-stage latency histograms, counters, and the Prometheus text rendering.
+//! Metrics: per-stage latency histograms, counters, gauges, the periodic log line, the
+//! Prometheus text rendering and the health summary.
+//!
+//! Owns `Metrics` (shared as `Arc<Metrics>` by every pipeline thread; recording is lock-free
+//! atomics) and `Histogram`. Must not decide anything: the controller and the pipeline write
+//! here, the HTTP endpoint and the log read.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Sub-buckets per power of two (4 bits: about 6% relative bucket width).
+const SUB_BITS: u32 = 4;
+const SUB: u64 = 1 << SUB_BITS;
+/// Largest recorded value, in microseconds (2^40 us is about 12 days).
+const MAX_EXP: u32 = 39;
+const NUM_BUCKETS: usize = ((MAX_EXP + 2 - SUB_BITS) as usize) * SUB as usize;
+/// Prometheus `le` bounds, in seconds.
+pub const PROM_BOUNDS_S: [f64; 16] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
+
+fn bucket_of(us: u64) -> usize {
+    let us = us.min((1u64 << (MAX_EXP + 1)) - 1);
+    if us < SUB {
+        return us as usize;
+    }
+    let e = 63 - us.leading_zeros();
+    let sub = (us >> (e - SUB_BITS)) & (SUB - 1);
+    ((e - SUB_BITS + 1) as u64 * SUB + sub) as usize
+}
+
+/// Smallest value (us) that falls into bucket `i`.
+fn bucket_low(i: usize) -> u64 {
+    let i = i as u64;
+    if i < SUB {
+        return i;
+    }
+    let e = (i / SUB) as u32 + SUB_BITS - 1;
+    (SUB + i % SUB) << (e - SUB_BITS)
+}
+
+/// A log-linear latency histogram with lock-free recording (microsecond resolution).
+pub struct Histogram {
+    buckets: Box<[AtomicU64]>,
+    prom: [AtomicU64; PROM_BOUNDS_S.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: (0..NUM_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            prom: Default::default(),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+            max_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn record(&self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        self.buckets[bucket_of(us)].fetch_add(1, Relaxed);
+        let s = d.as_secs_f64();
+        for (b, &le) in self.prom.iter().zip(&PROM_BOUNDS_S) {
+            if s <= le {
+                b.fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+        self.max_us.fetch_max(us, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    /// A copy of the counts (for quantiles).
+    pub fn snapshot(&self) -> HistSnapshot {
+        HistSnapshot {
+            buckets: self.buckets.iter().map(|b| b.load(Relaxed)).collect(),
+            count: self.count.load(Relaxed),
+            sum_us: self.sum_us.load(Relaxed),
+            max_us: self.max_us.load(Relaxed),
+        }
+    }
+
+    /// A copy of the counts, resetting them to zero (per-bucket atomic swap).
+    pub fn take(&self) -> HistSnapshot {
+        HistSnapshot {
+            buckets: self.buckets.iter().map(|b| b.swap(0, Relaxed)).collect(),
+            count: self.count.swap(0, Relaxed),
+            sum_us: self.sum_us.swap(0, Relaxed),
+            max_us: self.max_us.swap(0, Relaxed),
+        }
+    }
+}
+
+/// Counts of one histogram at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistSnapshot {
+    buckets: Vec<u64>,
+    pub count: u64,
+    pub sum_us: u64,
+    pub max_us: u64,
+}
+
+impl HistSnapshot {
+    /// The `q`-quantile (0..=1) in milliseconds: the middle of the bucket holding the sample of
+    /// rank ceil(q * count), capped at the exact maximum. NaN when empty.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.count == 0 {
+            return f64::NAN;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, &c) in self.buckets.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                let lo = bucket_low(i) as f64;
+                let hi = bucket_low(i + 1) as f64;
+                return ((lo + hi) / 2.0).min(self.max_us as f64).max(lo) / 1e3;
+            }
+        }
+        self.max_us as f64 / 1e3
+    }
+
+    pub fn max_ms(&self) -> f64 {
+        self.max_us as f64 / 1e3
+    }
+
+    pub fn mean_ms(&self) -> f64 {
+        if self.count == 0 {
+            f64::NAN
+        } else {
+            self.sum_us as f64 / self.count as f64 / 1e3
+        }
+    }
+}
+
+/// The timed stages, in pipeline order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Capture to publish (handing the mask to the sinks): the end-to-end latency.
+    EndToEnd = 0,
+    Preprocess,
+    Stem,
+    Reduce,
+    Middle,
+    Head,
+    Postprocess,
+}
+
+pub const STAGES: [Stage; 7] =
+    [Stage::EndToEnd, Stage::Preprocess, Stage::Stem, Stage::Reduce, Stage::Middle, Stage::Head, Stage::Postprocess];
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::EndToEnd => "capture_to_publish",
+            Stage::Preprocess => "preprocess",
+            Stage::Stem => "stem",
+            Stage::Reduce => "reduce",
+            Stage::Middle => "middle",
+            Stage::Head => "head",
+            Stage::Postprocess => "postprocess",
+        }
+    }
+}
+
+/// The queues between stages whose drops are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edge {
+    SourceToPre = 0,
+    PreToInfer,
+    InferToPost,
+}
+
+pub const EDGES: [Edge; 3] = [Edge::SourceToPre, Edge::PreToInfer, Edge::InferToPost];
+
+impl Edge {
+    pub fn name(self) -> &'static str {
+        match self {
+            Edge::SourceToPre => "source_to_preprocess",
+            Edge::PreToInfer => "preprocess_to_infer",
+            Edge::InferToPost => "infer_to_postprocess",
+        }
+    }
+}
+
+/// One sink's counters.
+pub struct SinkMetrics {
+    pub name: String,
+    pub latency: Histogram,
+    pub published: AtomicU64,
+    pub dropped: Arc<AtomicU64>,
+    pub errors: AtomicU64,
+}
+
+struct TimedHist {
+    total: Histogram,
+    window: Histogram,
+}
+
+/// What `/healthz` needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Health {
+    pub uptime: Duration,
+    pub frames_published: u64,
+    /// Since the last mask was published (None: none yet).
+    pub since_last_frame: Option<Duration>,
+    /// How long the inference in progress has been running (None: idle).
+    pub inferring_for: Option<Duration>,
+}
+
+impl Health {
+    /// True when no mask was published for `limit` (counting from start when none ever was),
+    /// or one inference has been running for longer than `limit`.
+    pub fn is_stuck(&self, limit: Duration) -> bool {
+        self.since_last_frame.unwrap_or(self.uptime) > limit || self.inferring_for.is_some_and(|d| d > limit)
+    }
+}
+
+/// Everything measured about a running pipeline. Shared as `Arc<Metrics>`.
+pub struct Metrics {
+    start: Instant,
+    stages: Vec<TimedHist>,
+    edge_drops: [Arc<AtomicU64>; 3],
+    pub sinks: Vec<SinkMetrics>,
+    pub frames_captured: AtomicU64,
+    pub frames_published: AtomicU64,
+    pub deadline_misses: AtomicU64,
+    /// Frames the source could not deliver (corrupt image, truncated read).
+    pub bad_frames: AtomicU64,
+    /// Frames the engine failed on.
+    pub failed_frames: AtomicU64,
+    input_size: AtomicU64,
+    m: AtomicU64,
+    target_ms: AtomicU64,
+    unreachable: AtomicBool,
+    load: AtomicU64,
+    /// Nanoseconds since `start` of the last publish / inference start, +1 (0 = never / idle).
+    last_publish_ns: AtomicU64,
+    infer_started_ns: AtomicU64,
+    window: Mutex<Window>,
+}
+
+struct Window {
+    started: Instant,
+    published_at_start: u64,
+    misses_at_start: u64,
+    fps: f64,
+    last: Vec<HistSnapshot>,
+}
+
+impl Metrics {
+    /// Metrics for a pipeline whose sinks are named `sinks` (in the order they are run).
+    pub fn new(sinks: &[&str]) -> Metrics {
+        let now = Instant::now();
+        Metrics {
+            start: now,
+            stages: STAGES
+                .iter()
+                .map(|_| TimedHist { total: Histogram::default(), window: Histogram::default() })
+                .collect(),
+            edge_drops: Default::default(),
+            sinks: sinks
+                .iter()
+                .map(|n| SinkMetrics {
+                    name: n.to_string(),
+                    latency: Histogram::default(),
+                    published: AtomicU64::new(0),
+                    dropped: Arc::new(AtomicU64::new(0)),
+                    errors: AtomicU64::new(0),
+                })
+                .collect(),
+            frames_captured: AtomicU64::new(0),
+            frames_published: AtomicU64::new(0),
+            deadline_misses: AtomicU64::new(0),
+            bad_frames: AtomicU64::new(0),
+            failed_frames: AtomicU64::new(0),
+            input_size: AtomicU64::new(0),
+            m: AtomicU64::new(0),
+            target_ms: AtomicU64::new(0f64.to_bits()),
+            unreachable: AtomicBool::new(false),
+            load: AtomicU64::new(1f64.to_bits()),
+            last_publish_ns: AtomicU64::new(0),
+            infer_started_ns: AtomicU64::new(0),
+            window: Mutex::new(Window {
+                started: now,
+                published_at_start: 0,
+                misses_at_start: 0,
+                fps: 0.0,
+                last: vec![],
+            }),
+        }
+    }
+
+    fn since_start_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64 + 1
+    }
+
+    pub fn record(&self, stage: Stage, d: Duration) {
+        let h = &self.stages[stage as usize];
+        h.total.record(d);
+        h.window.record(d);
+    }
+
+    /// Cumulative histogram of a stage.
+    pub fn stage(&self, stage: Stage) -> &Histogram {
+        &self.stages[stage as usize].total
+    }
+
+    /// The drop counter of an edge (the queue increments it).
+    pub fn edge_counter(&self, e: Edge) -> Arc<AtomicU64> {
+        self.edge_drops[e as usize].clone()
+    }
+
+    pub fn dropped(&self, e: Edge) -> u64 {
+        self.edge_drops[e as usize].load(Relaxed)
+    }
+
+    /// A mask was handed to the sinks `e2e` after capture; `deadline` is the current target.
+    pub fn published(&self, e2e: Duration, input_size: u32, m: usize) {
+        self.record(Stage::EndToEnd, e2e);
+        self.frames_published.fetch_add(1, Relaxed);
+        let target = f64::from_bits(self.target_ms.load(Relaxed));
+        if target > 0.0 && e2e.as_secs_f64() * 1e3 > target {
+            self.deadline_misses.fetch_add(1, Relaxed);
+        }
+        self.input_size.store(input_size as u64, Relaxed);
+        self.m.store(m as u64, Relaxed);
+        self.last_publish_ns.store(self.since_start_ns(), Relaxed);
+    }
+
+    /// The M of the last published frame.
+    pub fn current_m(&self) -> usize {
+        self.m.load(Relaxed) as usize
+    }
+
+    pub fn set_target_ms(&self, ms: f64) {
+        self.target_ms.store(ms.to_bits(), Relaxed);
+    }
+
+    /// Controller state: whether even the cheapest setting misses, and the load factor
+    /// (measured cost / calibrated cost).
+    pub fn set_controller(&self, unreachable: bool, load: f64) {
+        self.unreachable.store(unreachable, Relaxed);
+        self.load.store(load.to_bits(), Relaxed);
+    }
+
+    pub fn infer_started(&self) {
+        self.infer_started_ns.store(self.since_start_ns(), Relaxed);
+    }
+
+    pub fn infer_finished(&self) {
+        self.infer_started_ns.store(0, Relaxed);
+    }
+
+    pub fn health(&self) -> Health {
+        let now = self.since_start_ns();
+        let ago = |v: u64| (v != 0).then(|| Duration::from_nanos(now.saturating_sub(v)));
+        Health {
+            uptime: self.start.elapsed(),
+            frames_published: self.frames_published.load(Relaxed),
+            since_last_frame: ago(self.last_publish_ns.load(Relaxed)),
+            inferring_for: ago(self.infer_started_ns.load(Relaxed)),
+        }
+    }
+
+    /// Close the current window: its quantiles are kept for `render_prometheus`, and a one-line
+    /// summary of it is returned (for the periodic log).
+    pub fn log_line(&self) -> String {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let secs = w.started.elapsed().as_secs_f64().max(1e-9);
+        let published = self.frames_published.load(Relaxed);
+        let misses = self.deadline_misses.load(Relaxed);
+        let n = published - w.published_at_start;
+        w.fps = n as f64 / secs;
+        w.last = self.stages.iter().map(|h| h.window.take()).collect();
+        let e2e = &w.last[Stage::EndToEnd as usize];
+        let q = |s: Stage, p: f64| w.last[s as usize].quantile_ms(p);
+        let mut line = format!(
+            "{n} frames in {secs:.1}s ({:.2} FPS); e2e p50/p90/p99/max {:.0}/{:.0}/{:.0}/{:.0} ms; \
+             p50 pre {:.0} stem {:.0} reduce {:.1} middle {:.0} head {:.0} post {:.0} ms; \
+             setting {}px M={}; misses {} (total {misses}); drops",
+            w.fps,
+            e2e.quantile_ms(0.5),
+            e2e.quantile_ms(0.9),
+            e2e.quantile_ms(0.99),
+            e2e.max_ms(),
+            q(Stage::Preprocess, 0.5),
+            q(Stage::Stem, 0.5),
+            q(Stage::Reduce, 0.5),
+            q(Stage::Middle, 0.5),
+            q(Stage::Head, 0.5),
+            q(Stage::Postprocess, 0.5),
+            self.input_size.load(Relaxed),
+            self.m.load(Relaxed),
+            misses - w.misses_at_start,
+        );
+        for e in EDGES {
+            let _ = write!(line, " {} {}", e.name(), self.dropped(e));
+        }
+        for s in &self.sinks {
+            let _ = write!(line, " sink:{} {}", s.name, s.dropped.load(Relaxed));
+        }
+        let _ = write!(line, "; bad {} failed {}", self.bad_frames.load(Relaxed), self.failed_frames.load(Relaxed));
+        if self.unreachable.load(Relaxed) {
+            line += "; BUDGET UNREACHABLE";
+        }
+        w.started = Instant::now();
+        w.published_at_start = published;
+        w.misses_at_start = misses;
+        line
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of everything here.
+    pub fn render_prometheus(&self) -> String {
+        let mut o = String::with_capacity(8192);
+        let help = |o: &mut String, name: &str, kind: &str, text: &str| {
+            let _ = writeln!(o, "# HELP ailurus_{name} {text}\n# TYPE ailurus_{name} {kind}");
+        };
+        help(
+            &mut o,
+            "stage_latency_seconds",
+            "histogram",
+            "Latency of each pipeline stage (capture_to_publish is end to end).",
+        );
+        for (s, h) in STAGES.iter().zip(&self.stages) {
+            hist_lines(&mut o, "stage_latency_seconds", &format!("stage=\"{}\"", s.name()), &h.total);
+        }
+        help(&mut o, "sink_latency_seconds", "histogram", "Time a sink took to publish one frame.");
+        for s in &self.sinks {
+            hist_lines(&mut o, "sink_latency_seconds", &format!("sink=\"{}\"", esc(&s.name)), &s.latency);
+        }
+        help(&mut o, "stage_latency_recent_seconds", "gauge", "Latency quantiles over the last log window.");
+        {
+            let w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            for (s, snap) in STAGES.iter().zip(&w.last) {
+                for (qn, q) in [("0.5", 0.5), ("0.9", 0.9), ("0.99", 0.99), ("1", 1.0)] {
+                    let v = if q == 1.0 { snap.max_ms() } else { snap.quantile_ms(q) };
+                    if v.is_finite() {
+                        let _ = writeln!(
+                            o,
+                            "ailurus_stage_latency_recent_seconds{{stage=\"{}\",quantile=\"{qn}\"}} {}",
+                            s.name(),
+                            v / 1e3
+                        );
+                    }
+                }
+            }
+            help(&mut o, "fps", "gauge", "Frames published per second over the last log window.");
+            let _ = writeln!(o, "ailurus_fps {}", w.fps);
+        }
+        let counters: [(&str, &str, u64); 5] = [
+            ("frames_captured_total", "Frames delivered by the source.", self.frames_captured.load(Relaxed)),
+            ("frames_published_total", "Masks handed to the sinks.", self.frames_published.load(Relaxed)),
+            (
+                "deadline_misses_total",
+                "Frames whose capture-to-publish latency exceeded the budget target.",
+                self.deadline_misses.load(Relaxed),
+            ),
+            ("bad_frames_total", "Frames the source could not deliver (skipped).", self.bad_frames.load(Relaxed)),
+            ("failed_frames_total", "Frames the engine failed on (skipped).", self.failed_frames.load(Relaxed)),
+        ];
+        for (name, text, v) in counters {
+            help(&mut o, name, "counter", text);
+            let _ = writeln!(o, "ailurus_{name} {v}");
+        }
+        help(
+            &mut o,
+            "frames_dropped_total",
+            "counter",
+            "Frames replaced in a latest-frame-wins queue, or refused by a full sink queue.",
+        );
+        for e in EDGES {
+            let _ = writeln!(o, "ailurus_frames_dropped_total{{edge=\"{}\"}} {}", e.name(), self.dropped(e));
+        }
+        for s in &self.sinks {
+            let _ = writeln!(
+                o,
+                "ailurus_frames_dropped_total{{edge=\"sink:{}\"}} {}",
+                esc(&s.name),
+                s.dropped.load(Relaxed)
+            );
+        }
+        help(&mut o, "sink_errors_total", "counter", "Publish errors per sink.");
+        for s in &self.sinks {
+            let _ = writeln!(o, "ailurus_sink_errors_total{{sink=\"{}\"}} {}", esc(&s.name), s.errors.load(Relaxed));
+        }
+        let health = self.health();
+        let gauges: [(&str, &str, f64); 6] = [
+            (
+                "setting_input_size",
+                "Model input side of the last published frame.",
+                self.input_size.load(Relaxed) as f64,
+            ),
+            (
+                "setting_m",
+                "Tokens the middle blocks ran on for the last published frame (M).",
+                self.m.load(Relaxed) as f64,
+            ),
+            ("budget_target_seconds", "The latency budget target.", f64::from_bits(self.target_ms.load(Relaxed)) / 1e3),
+            (
+                "budget_unreachable",
+                "1 when even the cheapest setting is predicted to miss the budget.",
+                self.unreachable.load(Relaxed) as u8 as f64,
+            ),
+            (
+                "budget_load_factor",
+                "Measured cost over calibrated cost (2 = twice as slow as calibrated).",
+                f64::from_bits(self.load.load(Relaxed)),
+            ),
+            (
+                "last_frame_age_seconds",
+                "Seconds since the last mask was published (since start when none was).",
+                health.since_last_frame.unwrap_or(health.uptime).as_secs_f64(),
+            ),
+        ];
+        for (name, text, v) in gauges {
+            help(&mut o, name, "gauge", text);
+            let _ = writeln!(o, "ailurus_{name} {v}");
+        }
+        help(&mut o, "inference_running_seconds", "gauge", "How long the inference in progress has run (0 when idle).");
+        let _ =
+            writeln!(o, "ailurus_inference_running_seconds {}", health.inferring_for.unwrap_or_default().as_secs_f64());
+        o
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn hist_lines(o: &mut String, name: &str, label: &str, h: &Histogram) {
+    for (b, le) in h.prom.iter().zip(PROM_BOUNDS_S) {
+        let _ = writeln!(o, "ailurus_{name}_bucket{{{label},le=\"{le}\"}} {}", b.load(Relaxed));
+    }
+    let count = h.count.load(Relaxed);
+    let _ = writeln!(o, "ailurus_{name}_bucket{{{label},le=\"+Inf\"}} {count}");
+    let _ = writeln!(o, "ailurus_{name}_sum{{{label}}} {}", h.sum_us.load(Relaxed) as f64 / 1e6);
+    let _ = writeln!(o, "ailurus_{name}_count{{{label}}} {count}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_contiguous_and_cover_their_values() {
+        let mut prev = 0;
+        for i in 0..NUM_BUCKETS - 1 {
+            let (lo, hi) = (bucket_low(i), bucket_low(i + 1));
+            assert!(hi > lo, "bucket {i}: {lo}..{hi}");
+            assert_eq!(lo, if i == 0 { 0 } else { prev });
+            assert_eq!(bucket_of(lo), i);
+            assert_eq!(bucket_of(hi - 1), i);
+            prev = hi;
+        }
+        assert_eq!(bucket_of(u64::MAX), NUM_BUCKETS - 1);
+    }
+}

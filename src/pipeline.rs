@@ -1,8 +1,44 @@
 //! The streaming pipeline: source -> preprocess -> infer -> postprocess -> sinks.
+//!
+//! Every stage is a thread; stages are joined by depth-1 latest-value-wins slots (`slot.rs`,
+//! drops counted per edge) and each sink runs behind its own bounded queue (`sinks.rs`).
+//! Inference gives postprocess up to `POST_PATIENCE` to take the previous result before
+//! replacing it: with at most `MAX_IN_FLIGHT` frames in flight that never builds latency, and a
+//! finished inference is not thrown away because a thread was descheduled for a moment.
+//! Frames carry their sequence number and capture time from the source to the sinks.
+//!
+//! Using both cores: inference (tract, multi-threaded matmuls) overlaps with the
+//! preprocessing of the next frame and the postprocessing of the previous one (at most
+//! `MAX_IN_FLIGHT` frames between "preprocess starts" and "published"). Preprocessing starts
+//! just in time: when inference is predicted to end within the time preprocessing takes, so
+//! the frame it takes is as fresh as possible and no prepared frame waits behind a running
+//! inference. When inference overruns its prediction, a prepared input that has waited for
+//! `REFRESH_LEADS` leads is replaced by a fresher frame (a counted `preprocess_to_infer`
+//! drop), so a frame never waits long behind a slow inference.
+//! `[pipeline] overlap = false` runs one frame at a time (for comparison).
+//!
+//! Owns the threads, the queues and the engine trait. Must not decide settings (that is the
+//! budget controller) nor render metrics (metrics.rs).
+
+pub mod sinks;
+pub mod slot;
+mod stages;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::budget::{BudgetConfig, BudgetError, Controller};
+use crate::calibrate::CalibrationTable;
 use crate::config::Problems;
+use crate::metrics::Metrics;
+use crate::sink::Sink;
+use crate::source::FrameSource;
+
+pub use sinks::SinkRunner;
 
 /// `[pipeline]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -12,26 +48,29 @@ pub struct PipelineConfig {
     pub log_every_s: f64,
     /// Stop after this many frames (0 = run until stopped).
     pub max_frames: u64,
+    /// Overlap pre/postprocessing with inference (false: one frame at a time).
+    pub overlap: bool,
+    /// Outputs queued per sink before that sink's frames are dropped.
+    pub sink_queue: usize,
+    /// At shutdown, how long sinks get to publish what is queued.
+    pub drain_timeout_s: f64,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        PipelineConfig {
-            log_every_s: 10.0,
-            max_frames: 0,
-        }
+        PipelineConfig { log_every_s: 10.0, max_frames: 0, overlap: true, sink_queue: 2, drain_timeout_s: 5.0 }
     }
 }
 
 impl PipelineConfig {
     pub fn validate(&self, p: &mut Problems) {
-        p.check(self.log_every_s > 0.0, "pipeline", "log_every_s", || {
-            format!("{} must be > 0", self.log_every_s)
+        p.check(self.log_every_s > 0.0, "pipeline", "log_every_s", || format!("{} must be > 0", self.log_every_s));
+        p.check(self.sink_queue >= 1, "pipeline", "sink_queue", || "must be >= 1".into());
+        p.check(self.drain_timeout_s >= 0.0 && self.drain_timeout_s.is_finite(), "pipeline", "drain_timeout_s", || {
+            format!("{} must be >= 0", self.drain_timeout_s)
         });
     }
 }
-
-use std::time::Duration;
 
 /// One point the budget controller can choose: the model input side and the cluster count M
 /// (M = N means no reduction at that size).
@@ -115,4 +154,322 @@ pub enum EngineError {
     },
     #[error("no plan for input size {0}")]
     NoPlan(u32),
+}
+
+/// Frames between "preprocess starts" and "published" when overlapping.
+pub const MAX_IN_FLIGHT: usize = 2;
+
+/// How the source is driven.
+pub enum SourceMode {
+    /// Frames are taken on demand (files played as fast as inference goes): the source runs
+    /// inside the preprocess thread, when a frame is needed, so no decoded frame goes stale.
+    Pull,
+    /// The source produces at its own pace (camera, paced files) on its own thread; the latest
+    /// frame wins and the others are dropped and counted.
+    Live,
+}
+
+/// Everything a pipeline is built from.
+pub struct Parts {
+    pub engine: Arc<dyn Engine>,
+    pub source: Box<dyn FrameSource>,
+    pub mode: SourceMode,
+    pub sinks: Vec<Box<dyn Sink>>,
+    pub controller: Controller,
+    /// Built with `Metrics::new` over the sinks' names, in order.
+    pub metrics: Arc<Metrics>,
+    pub config: PipelineConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("pipeline stage {stage}: cannot start its thread: {source}")]
+    Spawn {
+        stage: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pipeline stage {stage}: panicked")]
+    Panicked { stage: &'static str },
+    #[error("pipeline: metrics has {have} sink(s), {want} sink(s) were given")]
+    SinkCount { have: usize, want: usize },
+}
+
+/// Logs the first of a kind of message at once, then at most one per `every`, with the count
+/// of those skipped in between.
+pub struct RateLimited {
+    every: Duration,
+    last: Option<Instant>,
+    skipped: u64,
+}
+
+impl RateLimited {
+    pub fn new(every: Duration) -> RateLimited {
+        RateLimited { every, last: None, skipped: 0 }
+    }
+
+    pub fn warn(&mut self, msg: impl FnOnce() -> String) {
+        if self.last.is_some_and(|t| t.elapsed() < self.every) {
+            self.skipped += 1;
+            return;
+        }
+        match std::mem::take(&mut self.skipped) {
+            0 => log::warn!("{}", msg()),
+            n => log::warn!("{} ({n} similar message(s) skipped)", msg()),
+        }
+        self.last = Some(Instant::now());
+    }
+}
+
+/// Who may start preprocessing: frames in flight, a prepared input waiting, and when the
+/// running inference is expected to end.
+#[derive(Default)]
+struct Gate {
+    st: Mutex<GateState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    in_flight: usize,
+    /// When the prepared input waiting for inference was prepared.
+    pending: Option<Instant>,
+    /// When the running inference is predicted to end (None: idle).
+    busy_until: Option<Instant>,
+    /// A stale input was already replaced during this inference.
+    refreshed: bool,
+}
+
+/// A prepared input older than `REFRESH_LEADS` preprocessing leads (and at least
+/// `REFRESH_MIN`) while inference overruns its prediction is replaced by a fresher frame, once
+/// per inference.
+const REFRESH_LEADS: u32 = 8;
+const REFRESH_MIN: Duration = Duration::from_millis(500);
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut GateState)) {
+        f(&mut self.lock());
+        self.cv.notify_all();
+    }
+
+    /// A frame left the pipeline (published, dropped or failed).
+    fn release(&self) {
+        self.update(|g| g.in_flight = g.in_flight.saturating_sub(1));
+    }
+
+    /// Block until preprocessing may start, and take a flight slot. It may start when fewer
+    /// than `max` frames are in flight, no prepared input waits, and inference is idle or
+    /// within `lead` of its predicted end. It may also start when the waiting input has gone
+    /// stale behind an overrunning inference (it will replace that input). False when `stop`
+    /// is set.
+    fn wait_turn(&self, max: usize, lead: Duration, stop: &AtomicBool) -> bool {
+        let refresh = (lead * REFRESH_LEADS).max(REFRESH_MIN);
+        let mut g = self.lock();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            let now = Instant::now();
+            let mut wait = Duration::from_millis(50);
+            match g.pending {
+                None if g.in_flight < max => match g.busy_until {
+                    Some(end) if now + lead < end => wait = wait.min(end - lead - now),
+                    _ => {
+                        g.in_flight += 1;
+                        return true;
+                    }
+                },
+                Some(t) if max > 1 && g.busy_until.is_some() && !g.refreshed => {
+                    if now >= t + refresh {
+                        g.in_flight += 1;
+                        g.refreshed = true;
+                        return true;
+                    }
+                    wait = wait.min(t + refresh - now);
+                }
+                _ => {}
+            }
+            g = self.cv.wait_timeout(g, wait).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
+
+/// Shared by the stage threads.
+struct Shared {
+    engine: Arc<dyn Engine>,
+    controller: Arc<Mutex<Controller>>,
+    metrics: Arc<Metrics>,
+    gate: Gate,
+    stop: Arc<AtomicBool>,
+    config: PipelineConfig,
+}
+
+impl Shared {
+    fn controller(&self) -> std::sync::MutexGuard<'_, Controller> {
+        self.controller.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    threads: Vec<(&'static str, JoinHandle<()>)>,
+    source: Option<(JoinHandle<()>, crossbeam_channel::Receiver<()>)>,
+}
+
+impl Pipeline {
+    /// Start every stage. The pipeline runs until the source ends, `max_frames` frames are
+    /// published, or `stop` is set; then `wait` returns.
+    pub fn start(parts: Parts, stop: Arc<AtomicBool>) -> Result<Pipeline, PipelineError> {
+        let Parts { engine, source, mode, sinks, controller, metrics, config } = parts;
+        if metrics.sinks.len() != sinks.len() {
+            return Err(PipelineError::SinkCount { have: metrics.sinks.len(), want: sinks.len() });
+        }
+        metrics.set_target_ms(controller.config().target_ms);
+        let shared = Arc::new(Shared {
+            engine,
+            controller: Arc::new(Mutex::new(controller)),
+            metrics: metrics.clone(),
+            gate: Gate::default(),
+            stop,
+            config,
+        });
+        let spawn_err = |stage| move |source| PipelineError::Spawn { stage, source };
+        let mut runners = Vec::new();
+        for (i, s) in sinks.into_iter().enumerate() {
+            runners
+                .push(SinkRunner::spawn(s, shared.config.sink_queue, metrics.clone(), i).map_err(spawn_err("sink"))?);
+        }
+        let (pre_tx, pre_rx) = slot::slot(metrics.edge_counter(crate::metrics::Edge::PreToInfer));
+        let (post_tx, post_rx) = slot::slot(metrics.edge_counter(crate::metrics::Edge::InferToPost));
+        let (input_pool_tx, input_pool_rx) = crossbeam_channel::bounded(4);
+        let (raw_pool_tx, raw_pool_rx) = crossbeam_channel::bounded(4);
+        let (frame_back_tx, frame_back_rx) = crossbeam_channel::bounded(8);
+        let (finished_tx, finished_rx) = crossbeam_channel::bounded::<()>(1);
+        let mut threads = Vec::new();
+        let mut source_thread = None;
+        let feed = match mode {
+            SourceMode::Pull => stages::Feed::Pull(source, frame_back_rx),
+            SourceMode::Live => {
+                let (tx, rx) = slot::slot(metrics.edge_counter(crate::metrics::Edge::SourceToPre));
+                let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+                let sh = shared.clone();
+                let h = std::thread::Builder::new()
+                    .name("source".into())
+                    .spawn(move || {
+                        stages::source_loop(&sh, source, tx, frame_back_rx);
+                        let _ = done_tx.send(());
+                    })
+                    .map_err(spawn_err("source"))?;
+                source_thread = Some((h, done_rx));
+                stages::Feed::Live(rx)
+            }
+        };
+        let sh = shared.clone();
+        let h = std::thread::Builder::new()
+            .name("preprocess".into())
+            .spawn(move || stages::pre_loop(&sh, feed, pre_tx, input_pool_rx))
+            .map_err(spawn_err("preprocess"))?;
+        threads.push(("preprocess", h));
+        let sh = shared.clone();
+        let h = std::thread::Builder::new()
+            .name("infer".into())
+            .spawn(move || stages::infer_loop(&sh, pre_rx, post_tx, input_pool_tx, raw_pool_rx))
+            .map_err(spawn_err("infer"))?;
+        threads.push(("infer", h));
+        let sh = shared.clone();
+        let h = std::thread::Builder::new()
+            .name("postprocess".into())
+            .spawn(move || {
+                stages::post_loop(&sh, post_rx, &runners, raw_pool_tx, frame_back_tx);
+                let drain = Duration::from_secs_f64(sh.config.drain_timeout_s);
+                for r in runners {
+                    r.shutdown(drain);
+                }
+                drop(finished_tx);
+            })
+            .map_err(spawn_err("postprocess"))?;
+        threads.push(("postprocess", h));
+        let sh = shared.clone();
+        let h = std::thread::Builder::new()
+            .name("metrics-log".into())
+            .spawn(move || {
+                let every = Duration::from_secs_f64(sh.config.log_every_s);
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = finished_rx.recv_timeout(every) {
+                    log::info!("{}", sh.metrics.log_line());
+                }
+                log::info!("final: {}", sh.metrics.log_line());
+            })
+            .map_err(spawn_err("metrics-log"))?;
+        threads.push(("metrics-log", h));
+        Ok(Pipeline { shared, threads, source: source_thread })
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// The controller, for inspection (status, predictions).
+    pub fn controller(&self) -> Arc<Mutex<Controller>> {
+        self.shared.controller.clone()
+    }
+
+    /// Follow a new `[budget]` (config reload): the controller takes it from the next frame.
+    pub fn update_budget(&self, cfg: &BudgetConfig, table: &CalibrationTable) -> Result<(), BudgetError> {
+        self.shared.controller().reconfigure(cfg, table)?;
+        self.shared.metrics.set_target_ms(cfg.target_ms);
+        log::info!(
+            "budget now: {} target {:.0} ms p{} sizes {:?} M {}..{} step {} margin {}",
+            if cfg.enabled { "on" } else { "off" },
+            cfg.target_ms,
+            cfg.percentile,
+            cfg.sizes,
+            cfg.m_min,
+            cfg.m_max,
+            cfg.m_step,
+            cfg.margin
+        );
+        Ok(())
+    }
+
+    /// Ask every stage to stop after the frame in hand.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.gate.cv.notify_all();
+    }
+
+    /// True once the postprocess stage has ended (source ended, frame limit, or stop).
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().find(|(n, _)| *n == "postprocess").is_none_or(|(_, h)| h.is_finished())
+    }
+
+    /// Wait for every stage to end. A live source blocked in a read is left behind after
+    /// `drain_timeout_s`.
+    pub fn wait(mut self) -> Result<(), PipelineError> {
+        let mut result = Ok(());
+        for (stage, h) in self.threads.drain(..) {
+            if h.join().is_err() && result.is_ok() {
+                result = Err(PipelineError::Panicked { stage });
+            }
+        }
+        self.stop();
+        if let Some((h, done)) = self.source.take() {
+            let t = Duration::from_secs_f64(self.shared.config.drain_timeout_s);
+            match done.recv_timeout(t) {
+                Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    if h.join().is_err() && result.is_ok() {
+                        result = Err(PipelineError::Panicked { stage: "source" });
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    log::warn!("source: still blocked in a read {:.1}s after stop; left behind", t.as_secs_f64())
+                }
+            }
+        }
+        result
+    }
 }

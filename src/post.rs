@@ -3,26 +3,14 @@
 use crate::frame::{Frame, Mask};
 
 /// Palette for class ids (saliency: 0 background, 1 salient).
-pub const PALETTE: [[u8; 3]; 8] = [
-    [0, 0, 0],
-    [255, 64, 0],
-    [0, 200, 255],
-    [80, 255, 80],
-    [255, 220, 0],
-    [200, 0, 255],
-    [255, 0, 120],
-    [0, 120, 255],
-];
+pub const PALETTE: [[u8; 3]; 8] =
+    [[0, 0, 0], [255, 64, 0], [0, 200, 255], [80, 255, 80], [255, 220, 0], [200, 0, 255], [255, 0, 120], [0, 120, 255]];
 
 /// The class-id PNG: a grey image with ids scaled so that a saliency mask is viewable
 /// (0 and 255); for K > 2 classes the raw id is written.
 pub fn mask_to_png(mask: &Mask) -> image::GrayImage {
     let scale = if mask.num_classes <= 2 { 255 } else { 1 };
-    let data = mask
-        .classes
-        .iter()
-        .map(|&c| c.saturating_mul(scale))
-        .collect();
+    let data = mask.classes.iter().map(|&c| c.saturating_mul(scale)).collect();
     image::GrayImage::from_raw(mask.width, mask.height, data).expect("mask buffer matches its size")
 }
 
@@ -75,17 +63,8 @@ pub fn to_mask(
         let (best, plane) = mask.scores.split_at_mut(px);
         best.fill(f32::NEG_INFINITY);
         for class in 0..k {
-            rs.resize_plane(
-                &raw[class * s * s..(class + 1) * s * s],
-                (s, s),
-                (wu, hu),
-                plane,
-            );
-            for ((b, c), &v) in best
-                .iter_mut()
-                .zip(mask.classes.iter_mut())
-                .zip(plane.iter())
-            {
+            rs.resize_plane(&raw[class * s * s..(class + 1) * s * s], (s, s), (wu, hu), plane);
+            for ((b, c), &v) in best.iter_mut().zip(mask.classes.iter_mut()).zip(plane.iter()) {
                 if v > *b {
                     *b = v;
                     *c = class as u8;
@@ -115,9 +94,5 @@ pub fn iou(a: &[u8], b: &[u8]) -> f64 {
 /// Mean absolute difference of two score maps.
 pub fn mae(a: &[f32], b: &[f32]) -> f64 {
     let n = a.len().min(b.len()).max(1);
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs() as f64)
-        .sum::<f64>()
-        / n as f64
+    a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).sum::<f64>() / n as f64
 }

@@ -2,6 +2,8 @@
 # One-time (idempotent) set-up for a fresh Debian/Ubuntu machine:
 #   - libclang-dev: the v4l crate generates its V4L2 bindings with bindgen at build time
 #   - the real model and photos (tools/fetch_assets.sh, checksum-verified)
+#   - a pinned Python venv in .cache/venv (numpy, onnx, onnxruntime, pillow) for the ONNX
+#     Runtime peer bench and the socket client test (tools/setup_python.sh)
 # Used by both README commands and by .ci/run.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -16,3 +18,4 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 "$root/tools/fetch_assets.sh"
+"$root/tools/setup_python.sh"

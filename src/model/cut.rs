@@ -27,12 +27,7 @@ pub fn load_base(path: &Path) -> Result<Base, ModelError> {
     if !path.is_file() {
         return Err(ModelError::Missing { path: shown });
     }
-    tract_onnx::onnx()
-        .model_for_path(path)
-        .map_err(|source| ModelError::Onnx {
-            path: shown,
-            source,
-        })
+    tract_onnx::onnx().model_for_path(path).map_err(|source| ModelError::Onnx { path: shown, source })
 }
 
 /// Every tensor the manifest names must exist in the graph.
@@ -43,15 +38,12 @@ pub fn check_names(base: &Base, m: &Manifest, shown: &str) -> Result<(), ModelEr
             missing.push(name.clone());
         }
     }
-    let input_ok = base
-        .input_outlets()
-        .map(|ins| ins.iter().any(|o| base.node(o.node).name == m.input.name))
-        .unwrap_or(false);
+    let input_ok =
+        base.input_outlets().map(|ins| ins.iter().any(|o| base.node(o.node).name == m.input.name)).unwrap_or(false);
     if !input_ok {
         missing.push(format!("input {}", m.input.name));
     }
-    let out_ok = base.find_outlet_label(&m.output.name).is_some()
-        || base.node_by_name(&m.output.name).is_ok();
+    let out_ok = base.find_outlet_label(&m.output.name).is_some() || base.node_by_name(&m.output.name).is_ok();
     if !out_ok {
         missing.push(format!("output {}", m.output.name));
     }
@@ -68,12 +60,7 @@ pub fn check_names(base: &Base, m: &Manifest, shown: &str) -> Result<(), ModelEr
 fn outlet(model: &Base, label: &str) -> TractResult<OutletId> {
     model
         .find_outlet_label(label)
-        .or_else(|| {
-            model
-                .node_by_name(label)
-                .ok()
-                .map(|n| OutletId::new(n.id, 0))
-        })
+        .or_else(|| model.node_by_name(label).ok().map(|n| OutletId::new(n.id, 0)))
         .with_context(|| format!("tensor {label} not found"))
 }
 
@@ -83,10 +70,7 @@ fn image_fact(size: u32) -> InferenceFact {
 
 /// Fix the image input, select `outputs`, and optimise.
 fn from_image(base: &Base, size: u32, outputs: &[&str]) -> TractResult<TypedModel> {
-    base.clone()
-        .with_input_fact(0, image_fact(size))?
-        .with_outputs_by_name(outputs)?
-        .into_optimized()
+    base.clone().with_input_fact(0, image_fact(size))?.with_outputs_by_name(outputs)?.into_optimized()
 }
 
 /// The whole model at `size` (the reference the cut must reproduce).
@@ -105,10 +89,7 @@ pub fn stem(base: &Base, m: &Manifest, size: u32, cut: usize) -> TractResult<Typ
 /// into constants, then dropped.
 pub fn head(base: &Base, m: &Manifest, size: u32) -> TractResult<TypedModel> {
     let ctx = || format!("building the head at {size}px");
-    let mut g = base
-        .clone()
-        .with_input_fact(0, image_fact(size))
-        .with_context(ctx)?;
+    let mut g = base.clone().with_input_fact(0, image_fact(size)).with_context(ctx)?;
     let image = g.input_outlets()?[0];
     let tokens = outlet(&g, &m.tokens.final_norm)?;
     g.set_input_outlets(&[tokens, image])?;
@@ -117,25 +98,14 @@ pub fn head(base: &Base, m: &Manifest, size: u32) -> TractResult<TypedModel> {
     let n = (size / m.tokens.patch) as usize;
     let t = m.tokens.prefix + n * n;
     g.set_input_fact(0, f32::fact([1, t, m.tokens.width]).into())?;
-    let typed = g
-        .into_typed()
-        .with_context(ctx)?
-        .into_decluttered()
-        .with_context(ctx)?;
-    drop_unused_inputs(typed)
-        .with_context(ctx)?
-        .into_optimized()
-        .with_context(ctx)
+    let typed = g.into_typed().with_context(ctx)?.into_decluttered().with_context(ctx)?;
+    drop_unused_inputs(typed).with_context(ctx)?.into_optimized().with_context(ctx)
 }
 
 /// Remove model inputs that nothing reads any more (after constant folding).
 fn drop_unused_inputs(mut g: TypedModel) -> TractResult<TypedModel> {
-    let used: Vec<OutletId> = g
-        .input_outlets()?
-        .iter()
-        .copied()
-        .filter(|o| !g.outlet_successors(*o).is_empty())
-        .collect();
+    let used: Vec<OutletId> =
+        g.input_outlets()?.iter().copied().filter(|o| !g.outlet_successors(*o).is_empty()).collect();
     g.set_input_outlets(&used)?;
     g.into_compact()
 }
@@ -150,33 +120,15 @@ pub fn middle(base: &Base, m: &Manifest, cut: usize, key_bias: bool) -> TractRes
     g.select_outputs_by_name([&m.tokens.final_norm])?;
     let mut g = g.into_compact().with_context(ctx)?;
     let t = g.sym("T");
-    g.set_input_fact(
-        0,
-        f32::fact(&[1.to_dim(), t.to_dim(), m.tokens.width.to_dim()]).into(),
-    )?;
+    g.set_input_fact(0, f32::fact(&[1.to_dim(), t.to_dim(), m.tokens.width.to_dim()]).into())?;
     if key_bias {
-        let softmaxes: Vec<usize> = g
-            .nodes()
-            .iter()
-            .filter(|n| n.op.name() == "Softmax")
-            .map(|n| n.id)
-            .collect();
-        ensure!(
-            !softmaxes.is_empty(),
-            "no Softmax in the middle blocks: cannot add the key bias"
-        );
-        let bias = g.add_source(
-            "key_bias",
-            f32::fact(&[1.to_dim(), 1.to_dim(), 1.to_dim(), t.to_dim()]).into(),
-        )?;
+        let softmaxes: Vec<usize> = g.nodes().iter().filter(|n| n.op.name() == "Softmax").map(|n| n.id).collect();
+        ensure!(!softmaxes.is_empty(), "no Softmax in the middle blocks: cannot add the key bias");
+        let bias = g.add_source("key_bias", f32::fact(&[1.to_dim(), 1.to_dim(), 1.to_dim(), t.to_dim()]).into())?;
         for sm in softmaxes {
             let logits = g.node(sm).inputs[0];
             let name = format!("{}.key_bias", g.node(sm).name);
-            let add = g.add_node(
-                name,
-                tract_core::ops::math::Add.into_hir(),
-                tvec!(InferenceFact::default()),
-            )?;
+            let add = g.add_node(name, tract_core::ops::math::Add.into_hir(), tvec!(InferenceFact::default()))?;
             g.add_edge(logits, InletId::new(add, 0))?;
             g.add_edge(bias, InletId::new(add, 1))?;
             g.add_edge(OutletId::new(add, 0), InletId::new(sm, 0))?;
@@ -187,8 +139,5 @@ pub fn middle(base: &Base, m: &Manifest, cut: usize, key_bias: bool) -> TractRes
 
 /// Count the Softmax ops of the middle blocks (for checks and the inspect report).
 pub fn count_softmax(g: &TypedModel) -> usize {
-    g.nodes()
-        .iter()
-        .filter(|n| n.op.name().contains("Softmax"))
-        .count()
+    g.nodes().iter().filter(|n| n.op.name().contains("Softmax")).count()
 }

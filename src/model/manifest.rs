@@ -79,23 +79,15 @@ pub struct ClassSpec {
 impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest, ModelError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-            path: shown.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: shown.clone(), source })?;
         Self::parse(&text, path.parent().unwrap_or(Path::new(".")), &shown)
     }
 
     pub fn parse(text: &str, dir: &Path, shown: &str) -> Result<Manifest, ModelError> {
-        let mut m: Manifest = toml::from_str(text).map_err(|e| ModelError::Manifest {
-            path: shown.to_string(),
-            msg: e.message().to_string(),
-        })?;
+        let mut m: Manifest = toml::from_str(text)
+            .map_err(|e| ModelError::Manifest { path: shown.to_string(), msg: e.message().to_string() })?;
         m.dir = dir.to_path_buf();
-        let bad = |msg: String| ModelError::Manifest {
-            path: shown.to_string(),
-            msg,
-        };
+        let bad = |msg: String| ModelError::Manifest { path: shown.to_string(), msg };
         if m.tokens.blocks.is_empty() {
             return Err(bad("tokens.blocks: no block tensors listed".into()));
         }
@@ -103,15 +95,10 @@ impl Manifest {
             return Err(bad("tokens.patch and tokens.width must be > 0".into()));
         }
         if !["saliency", "classes"].contains(&m.output.kind.as_str()) {
-            return Err(bad(format!(
-                "output.kind: {:?} is not \"saliency\" or \"classes\"",
-                m.output.kind
-            )));
+            return Err(bad(format!("output.kind: {:?} is not \"saliency\" or \"classes\"", m.output.kind)));
         }
         if m.output.kind == "classes" && m.output.classes.len() < 2 {
-            return Err(bad(
-                "output.classes: a \"classes\" model needs >= 2 classes".into(),
-            ));
+            return Err(bad("output.classes: a \"classes\" model needs >= 2 classes".into()));
         }
         if m.input.std.iter().any(|s| *s <= 0.0) {
             return Err(bad("input.std: every value must be > 0".into()));

@@ -20,44 +20,30 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig {
-            manifest: "models/vit_s_focus.toml".into(),
-            input_size: 448,
-            device: "cpu".into(),
-            threads: 0,
-        }
+        ModelConfig { manifest: "models/vit_s_focus.toml".into(), input_size: 448, device: "cpu".into(), threads: 0 }
     }
 }
 
 impl ModelConfig {
     pub fn validate(&self, p: &mut Problems) {
-        p.check(
-            self.input_size >= 14 && self.input_size <= 4096,
-            "model",
-            "input_size",
-            || format!("{} is not in 14..=4096", self.input_size),
-        );
-        p.check(
-            crate::reduce::DEVICES.contains(&self.device.as_str()),
-            "model",
-            "device",
-            || {
-                format!(
-                    "{:?} is not one of {}",
-                    self.device,
-                    crate::reduce::DEVICES.join(", ")
-                )
-            },
-        );
+        p.check(self.input_size >= 14 && self.input_size <= 4096, "model", "input_size", || {
+            format!("{} is not in 14..=4096", self.input_size)
+        });
+        p.check(crate::reduce::DEVICES.contains(&self.device.as_str()), "model", "device", || {
+            format!("{:?} is not one of {}", self.device, crate::reduce::DEVICES.join(", "))
+        });
     }
 }
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod cut;
+pub mod inspect;
 pub mod manifest;
 mod segmenter;
 
 pub use manifest::Manifest;
-pub use segmenter::{Segmenter, SegmenterOptions};
+pub use segmenter::{f32s, Segmenter, SegmenterOptions};
 
 /// Start-up errors of the model: each names the file (and tensor) at fault.
 #[derive(Debug, thiserror::Error)]
@@ -73,11 +59,7 @@ pub enum ModelError {
     #[error("manifest {path}: {msg}")]
     Manifest { path: String, msg: String },
     #[error("model file {path}: sha256 is {got}, the manifest says {want}")]
-    Checksum {
-        path: String,
-        got: String,
-        want: String,
-    },
+    Checksum { path: String, got: String, want: String },
     #[error("model file {path}: not a loadable ONNX model: {}", first_line(.source))]
     Onnx {
         path: String,
@@ -105,16 +87,8 @@ fn first_line(e: &anyhow::Error) -> String {
 
 /// Set tract's matmul thread count for the process (0 = one per core).
 pub fn set_threads(threads: usize) {
-    let n = if threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        threads
-    };
+    let n = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
     if n > 1 {
-        tract_linalg::multithread::set_default_executor(
-            tract_linalg::multithread::Executor::multithread(n),
-        );
+        tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(n));
     }
 }

@@ -73,32 +73,19 @@ impl Segmenter {
         Self::from_manifest(manifest, opts)
     }
 
-    pub fn from_manifest(
-        manifest: Manifest,
-        opts: &SegmenterOptions,
-    ) -> Result<Segmenter, ModelError> {
+    pub fn from_manifest(manifest: Manifest, opts: &SegmenterOptions) -> Result<Segmenter, ModelError> {
         let onnx = manifest.onnx_path();
         let shown = onnx.display().to_string();
         if !onnx.is_file() {
             return Err(ModelError::Missing { path: shown });
         }
         if opts.verify_sha256 && !manifest.sha256.is_empty() {
-            let got = sha256_file(&onnx).map_err(|source| ModelError::Io {
-                path: shown.clone(),
-                source,
-            })?;
+            let got = sha256_file(&onnx).map_err(|source| ModelError::Io { path: shown.clone(), source })?;
             if !got.eq_ignore_ascii_case(&manifest.sha256) {
-                return Err(ModelError::Checksum {
-                    path: shown,
-                    got,
-                    want: manifest.sha256.clone(),
-                });
+                return Err(ModelError::Checksum { path: shown, got, want: manifest.sha256.clone() });
             }
         }
-        let cfg_err = |msg: String| ModelError::Config {
-            path: shown.clone(),
-            msg,
-        };
+        let cfg_err = |msg: String| ModelError::Config { path: shown.clone(), msg };
         let cut = opts.reduce.cut;
         if cut == 0 || cut >= manifest.num_blocks() {
             return Err(cfg_err(format!(
@@ -110,40 +97,24 @@ impl Segmenter {
         let patch = manifest.tokens.patch;
         for &s in &opts.sizes {
             if s % patch != 0 {
-                return Err(cfg_err(format!(
-                    "input size {s} is not a multiple of the patch size {patch}"
-                )));
+                return Err(cfg_err(format!("input size {s} is not a multiple of the patch size {patch}")));
             }
         }
         let base = cut::load_base(&onnx)?;
         cut::check_names(&base, &manifest, &shown)?;
-        let build = |source: anyhow::Error| ModelError::Build {
-            path: shown.clone(),
-            source,
-        };
+        let build = |source: anyhow::Error| ModelError::Build { path: shown.clone(), source };
         let mut plans = Vec::new();
         for &s in &opts.sizes {
             let g = (s / patch) as usize;
-            let stem = cut::stem(&base, &manifest, s, cut)
-                .and_then(state)
-                .map_err(build)?;
-            let head = cut::head(&base, &manifest, s)
-                .and_then(state)
-                .map_err(build)?;
+            let stem = cut::stem(&base, &manifest, s, cut).and_then(state).map_err(build)?;
+            let head = cut::head(&base, &manifest, s).and_then(state).map_err(build)?;
             let full = if opts.with_full {
-                Some(Mutex::new(
-                    cut::full(&base, &manifest, s)
-                        .and_then(state)
-                        .map_err(build)?,
-                ))
+                Some(Mutex::new(cut::full(&base, &manifest, s).and_then(state).map_err(build)?))
             } else {
                 None
             };
             plans.push(SizePlans {
-                info: SizeInfo {
-                    input_size: s,
-                    n_tokens: g * g,
-                },
+                info: SizeInfo { input_size: s, n_tokens: g * g },
                 grid: (g, g),
                 stem: Mutex::new(stem),
                 head: Mutex::new(head),
@@ -151,13 +122,8 @@ impl Segmenter {
             });
         }
         let key_bias = opts.reduce.proportional_attention;
-        let middle = cut::middle(&base, &manifest, cut, key_bias)
-            .and_then(state)
-            .map_err(build)?;
-        let norm = Normalize {
-            mean: manifest.input.mean,
-            std: manifest.input.std,
-        };
+        let middle = cut::middle(&base, &manifest, cut, key_bias).and_then(state).map_err(build)?;
+        let norm = Normalize { mean: manifest.input.mean, std: manifest.input.std };
         Ok(Segmenter {
             sizes: plans.iter().map(|p| p.info).collect(),
             plans,
@@ -185,26 +151,14 @@ impl Segmenter {
     }
 
     fn plans(&self, size: u32) -> Result<&SizePlans, EngineError> {
-        self.plans
-            .iter()
-            .find(|p| p.info.input_size == size)
-            .ok_or(EngineError::NoPlan(size))
+        self.plans.iter().find(|p| p.info.input_size == size).ok_or(EngineError::NoPlan(size))
     }
 
     /// The uncut model (built with `with_full`).
-    pub fn infer_full(
-        &self,
-        input: &[f32],
-        size: u32,
-        out: &mut Vec<f32>,
-    ) -> Result<(), EngineError> {
+    pub fn infer_full(&self, input: &[f32], size: u32, out: &mut Vec<f32>) -> Result<(), EngineError> {
         let p = self.plans(size)?;
         let full = p.full.as_ref().ok_or(EngineError::NoPlan(size))?;
-        let err = |source| EngineError::Infer {
-            input_size: size,
-            m: p.info.n_tokens,
-            source,
-        };
+        let err = |source| EngineError::Infer { input_size: size, m: p.info.n_tokens, source };
         let s = size as usize;
         let x = Tensor::from_shape(&[1, 3, s, s], input).map_err(err)?;
         let y = full.lock().unwrap().run(tvec!(x.into())).map_err(err)?;
@@ -220,11 +174,7 @@ impl Segmenter {
         out: &mut Vec<f32>,
     ) -> Result<usize, EngineError> {
         let p = self.plans(setting.input_size)?;
-        let err = |source| EngineError::Infer {
-            input_size: setting.input_size,
-            m: setting.m,
-            source,
-        };
+        let err = |source| EngineError::Infer { input_size: setting.input_size, m: setting.m, source };
         let s = setting.input_size as usize;
         let c = self.manifest.tokens.width;
         let prefix = self.manifest.tokens.prefix;
@@ -248,14 +198,7 @@ impl Segmenter {
         let reduced = setting.m < n;
         let m = if reduced {
             let mut r = self.reducer.lock().unwrap();
-            r.reduce(
-                &tokens[prefix * c..],
-                c,
-                p.grid,
-                setting.m,
-                &mut sc.reduction,
-            )
-            .map_err(|e| err(e.into()))?;
+            r.reduce(&tokens[prefix * c..], c, p.grid, setting.m, &mut sc.reduction).map_err(|e| err(e.into()))?;
             sc.reduction.m
         } else {
             n
@@ -264,29 +207,21 @@ impl Segmenter {
         sc.middle_in.clear();
         sc.middle_in.extend_from_slice(&tokens[..prefix * c]);
         if reduced {
-            sc.middle_in
-                .extend_from_slice(&sc.reduction.merged[..m * c]);
+            sc.middle_in.extend_from_slice(&sc.reduction.merged[..m * c]);
         } else {
             sc.middle_in.extend_from_slice(&tokens[prefix * c..]);
         }
         let t = prefix + m;
-        let mut inputs: TVec<TValue> = tvec!(Tensor::from_shape(&[1, t, c], &sc.middle_in)
-            .map_err(err)?
-            .into());
+        let mut inputs: TVec<TValue> = tvec!(Tensor::from_shape(&[1, t, c], &sc.middle_in).map_err(err)?.into());
         if self.key_bias {
             sc.bias.clear();
             sc.bias.resize(prefix, 0.0);
             if reduced {
-                sc.bias
-                    .extend(sc.reduction.sizes[..m].iter().map(|s| s.ln()));
+                sc.bias.extend(sc.reduction.sizes[..m].iter().map(|s| s.ln()));
             } else {
                 sc.bias.resize(t, 0.0);
             }
-            inputs.push(
-                Tensor::from_shape(&[1, 1, 1, t], &sc.bias)
-                    .map_err(err)?
-                    .into(),
-            );
+            inputs.push(Tensor::from_shape(&[1, 1, 1, t], &sc.bias).map_err(err)?.into());
         }
         let t2 = Instant::now();
         let mid_out = self.middle.lock().unwrap().run(inputs).map_err(err)?;
@@ -297,12 +232,7 @@ impl Segmenter {
         sc.full_tokens.extend_from_slice(&mid[..prefix * c]);
         if reduced {
             sc.full_tokens.resize((prefix + n) * c, 0.0);
-            reduce::unfold(
-                &mid[prefix * c..],
-                c,
-                &sc.reduction.assign[..n],
-                &mut sc.full_tokens[prefix * c..],
-            );
+            reduce::unfold(&mid[prefix * c..], c, &sc.reduction.assign[..n], &mut sc.full_tokens[prefix * c..]);
         } else {
             sc.full_tokens.extend_from_slice(&mid[prefix * c..]);
         }
@@ -311,12 +241,7 @@ impl Segmenter {
         let t4 = Instant::now();
         times.reduce = (t2 - t1) + (t4 - t3);
         times.middle = t3 - t2;
-        let y = p
-            .head
-            .lock()
-            .unwrap()
-            .run(tvec!(head_in.into()))
-            .map_err(err)?;
+        let y = p.head.lock().unwrap().run(tvec!(head_in.into())).map_err(err)?;
         times.head = t4.elapsed();
         copy_out(&y[0], out).map_err(err)?;
         Ok(m)
@@ -340,13 +265,7 @@ impl Engine for Segmenter {
         &self.sizes
     }
 
-    fn preprocess(
-        &self,
-        frame: &Frame,
-        input_size: u32,
-        scratch: &mut Resampler,
-        out: &mut Vec<f32>,
-    ) {
+    fn preprocess(&self, frame: &Frame, input_size: u32, scratch: &mut Resampler, out: &mut Vec<f32>) {
         pre::preprocess(
             scratch,
             &frame.rgb,
@@ -367,15 +286,7 @@ impl Engine for Segmenter {
         self.run_parts(input, setting, times, out).map(|_| ())
     }
 
-    fn postprocess(
-        &self,
-        raw: &[f32],
-        input_size: u32,
-        w: u32,
-        h: u32,
-        scratch: &mut Resampler,
-        mask: &mut Mask,
-    ) {
+    fn postprocess(&self, raw: &[f32], input_size: u32, w: u32, h: u32, scratch: &mut Resampler, mask: &mut Mask) {
         crate::post::to_mask(&self.manifest, raw, input_size, w, h, scratch, mask);
     }
 }

@@ -7,6 +7,8 @@
 //! `Reduction` or inside the reducer and is reused.
 
 pub mod ailurus;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod dot;
 pub mod grid;
 pub mod none;
@@ -34,6 +36,14 @@ pub struct Reduction {
 pub enum ReduceError {
     #[error("reducer {reducer}: {n} tokens of width {c} do not fill a {h}x{w} grid")]
     Shape { reducer: &'static str, n: usize, c: usize, h: usize, w: usize },
+    /// The GPU failed mid-frame (launch, copy, out of memory).
+    #[error("reducer {reducer} on {device}: {source}")]
+    Device {
+        reducer: &'static str,
+        device: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// A token-reduction strategy: (tokens, grid, M) -> (merged tokens, sizes, assignment).

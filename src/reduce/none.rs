@@ -20,13 +20,7 @@ impl Reducer for NoneReducer {
     ) -> Result<(), ReduceError> {
         let n = h * w;
         if tokens.len() != n * c {
-            return Err(ReduceError::Shape {
-                reducer: "none",
-                n: tokens.len() / c.max(1),
-                c,
-                h,
-                w,
-            });
+            return Err(ReduceError::Shape { reducer: "none", n: tokens.len() / c.max(1), c, h, w });
         }
         identity(tokens, c, n, out);
         Ok(())

@@ -1,8 +1,10 @@
 //! `folder` source: the images of a folder (sorted by name), played as a stream.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::health::SourceHealth;
 use super::{FrameSource, SourceError};
 use crate::frame::Frame;
 
@@ -11,10 +13,7 @@ const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "ppm"];
 /// List the image files of a folder, sorted by name.
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
     let origin = dir.display().to_string();
-    let rd = std::fs::read_dir(dir).map_err(|source| SourceError::Io {
-        origin: origin.clone(),
-        source,
-    })?;
+    let rd = std::fs::read_dir(dir).map_err(|source| SourceError::Io { origin: origin.clone(), source })?;
     let mut files: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -40,11 +39,7 @@ pub fn load_frame(path: &Path, seq: u64) -> Result<Frame, SourceError> {
         seq,
         msg: e.to_string(),
     })?;
-    Ok(Frame::from_rgb_image(
-        seq,
-        img.to_rgb8(),
-        path.display().to_string(),
-    ))
+    Ok(Frame::from_rgb_image(seq, img.to_rgb8(), path.display().to_string()))
 }
 
 pub struct FolderSource {
@@ -55,13 +50,16 @@ pub struct FolderSource {
     seq: u64,
     period: Option<Duration>,
     last: Option<Instant>,
+    health: Arc<SourceHealth>,
 }
 
 impl FolderSource {
     pub fn open(dir: &Path, looping: bool, fps: f64) -> Result<FolderSource, SourceError> {
         let files = list_images(dir)?;
+        let name = dir.display().to_string();
         Ok(FolderSource {
-            name: dir.display().to_string(),
+            health: Arc::new(SourceHealth::new(name.clone(), "source", true)),
+            name,
             files,
             next: 0,
             looping,
@@ -96,6 +94,18 @@ impl FrameSource for FolderSource {
         self.next += 1;
         let seq = self.seq;
         self.seq += 1;
-        load_frame(&path, seq).map(Some)
+        let got = load_frame(&path, seq);
+        match &got {
+            Ok(_) => self.health.frame(),
+            Err(e) => {
+                self.health.bad_frame();
+                self.health.note_error(e);
+            }
+        }
+        got.map(Some)
+    }
+
+    fn health(&self) -> Option<Arc<SourceHealth>> {
+        Some(self.health.clone())
     }
 }

@@ -1,0 +1,425 @@
+//! `ailurus bench`: every strategy on the same real photos in one run, against the unreduced
+//! model (`none` at the reference size) and against simply running at a lower input
+//! resolution (`lowres`). Prints one table, writes it as CSV, and draws the Pareto picture.
+//!
+//! Owns the sweep, the fidelity metrics and the table; it must not change how the runtime
+//! infers (it drives `Segmenter` exactly as `run` does).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::config::Config;
+use crate::frame::{Frame, Mask};
+use crate::model::{Segmenter, SegmenterOptions};
+use crate::pipeline::{Engine, Setting, StageTimes};
+use crate::pre::Resampler;
+
+/// What to sweep.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The reference input size (`none` runs here; fidelity is measured against it).
+    pub size: u32,
+    /// Photos to use (at most this many, from the photo list).
+    pub photos: Vec<PathBuf>,
+    /// Reducing strategies to sweep.
+    pub strategies: Vec<String>,
+    /// Cluster counts as fractions of N at the reference size (e.g. 0.5 = 512 of 1024).
+    pub m_list: Vec<usize>,
+    /// Cut points for the main sweep.
+    pub cuts: Vec<usize>,
+    /// Extra cut points measured for `ailurus` at one M.
+    pub extra_cuts: Vec<usize>,
+    /// Smaller input sizes at which reduction is combined with the lower resolution.
+    pub combo_sizes: Vec<u32>,
+    /// `lowres` sizes.
+    pub lowres: Vec<u32>,
+    /// Measure proportional attention off too.
+    pub bias_off: bool,
+    /// Timed repetitions per photo (the first, warm-up run is not timed).
+    pub reps: usize,
+    pub csv: Option<PathBuf>,
+    pub plot: Option<PathBuf>,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    pub strategy: String,
+    pub cut: usize,
+    pub size: u32,
+    pub m: usize,
+    pub n: usize,
+    pub bias: bool,
+    pub ms: f64,
+    pub speedup: f64,
+    /// Ideal speed-up: stem, head, pre/post at this size fixed, middle scaled by M/N.
+    pub ideal: f64,
+    /// Share of frame time in clustering + merge + unfold.
+    pub reduce_share: f64,
+    pub stem_ms: f64,
+    pub middle_ms: f64,
+    pub head_ms: f64,
+    pub iou: f64,
+    pub mae: f64,
+    pub gt_iou: f64,
+    pub pareto: bool,
+}
+
+struct Photo {
+    frame: Frame,
+    gt: Option<Vec<u8>>,
+}
+
+/// Reference outputs at the reference size.
+struct Reference {
+    masks: Vec<Mask>,
+}
+
+fn load_photos(paths: &[PathBuf]) -> Result<Vec<Photo>> {
+    paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let frame = crate::source::folder::load_frame(p, i as u64)?;
+            let gt = match crate::gt::find_for(p) {
+                Some(g) => Some(
+                    crate::gt::load_foreground(&g, frame.width, frame.height)
+                        .with_context(|| format!("ground truth {}", g.display()))?,
+                ),
+                None => None,
+            };
+            Ok(Photo { frame, gt })
+        })
+        .collect()
+}
+
+/// Time and score one setting on every photo.
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    seg: &Segmenter,
+    photos: &[Photo],
+    setting: Setting,
+    reps: usize,
+    reference: Option<&Reference>,
+    keep_masks: bool,
+) -> Result<(Row, Vec<Mask>)> {
+    let mut rs = Resampler::default();
+    let (mut input, mut raw) = (Vec::new(), Vec::new());
+    let mut masks = Vec::new();
+    let (mut total, mut reduce, mut stem, mut middle, mut head) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let (mut ious, mut maes, mut gts) = (vec![], vec![], vec![]);
+    let mut timed = 0usize;
+    let mut m_used = setting.m;
+    for (pi, ph) in photos.iter().enumerate() {
+        let mut mask = Mask::default();
+        for rep in 0..=reps {
+            let mut times = StageTimes::default();
+            let t0 = Instant::now();
+            seg.preprocess(&ph.frame, setting.input_size, &mut rs, &mut input);
+            times.preprocess = t0.elapsed();
+            m_used = seg.run_parts(&input, setting, &mut times, &mut raw)?;
+            let t1 = Instant::now();
+            seg.postprocess(&raw, setting.input_size, ph.frame.width, ph.frame.height, &mut rs, &mut mask);
+            times.postprocess = t1.elapsed();
+            let dt = t0.elapsed();
+            if rep > 0 || reps == 0 {
+                total += dt;
+                reduce += times.reduce;
+                stem += times.stem;
+                middle += times.middle;
+                head += times.head;
+                timed += 1;
+            }
+        }
+        if let Some(r) = reference {
+            ious.push(crate::post::iou(&mask.classes, &r.masks[pi].classes));
+            maes.push(crate::post::mae(&mask.scores, &r.masks[pi].scores));
+        }
+        if let Some(gt) = &ph.gt {
+            gts.push(crate::gt::iou_fg_bg(&mask.classes, gt).0);
+        }
+        if keep_masks {
+            masks.push(mask);
+        }
+    }
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    let k = timed.max(1) as f64;
+    let row = Row {
+        size: setting.input_size,
+        m: m_used,
+        ms: total.as_secs_f64() * 1e3 / k,
+        reduce_share: reduce.as_secs_f64() / total.as_secs_f64().max(1e-12),
+        stem_ms: stem.as_secs_f64() * 1e3 / k,
+        middle_ms: middle.as_secs_f64() * 1e3 / k,
+        head_ms: head.as_secs_f64() * 1e3 / k,
+        iou: if reference.is_some() { mean(&ious) } else { 1.0 },
+        mae: if reference.is_some() { mean(&maes) } else { 0.0 },
+        gt_iou: mean(&gts),
+        ..Default::default()
+    };
+    Ok((row, masks))
+}
+
+fn build(cfg: &Config, sizes: &[u32], cut: usize, bias: bool) -> Result<Segmenter> {
+    let mut reduce = cfg.reduce.clone();
+    reduce.cut = cut;
+    reduce.proportional_attention = bias;
+    let opts = SegmenterOptions { sizes: sizes.to_vec(), reduce, with_full: false, verify_sha256: true };
+    Ok(Segmenter::load(&cfg.resolve(&cfg.model.manifest), &opts)?)
+}
+
+fn with_strategy(seg: &Segmenter, cfg: &Config, strategy: &str) {
+    let mut r = cfg.reduce.clone();
+    r.strategy = strategy.to_string();
+    seg.set_reducer(crate::reduce::build(&r));
+}
+
+/// Tokens at an input size.
+fn n_at(size: u32, patch: u32) -> usize {
+    ((size / patch) as usize).pow(2)
+}
+
+/// Run the sweep and return the table.
+pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
+    crate::model::set_threads(cfg.model.threads);
+    let photos = load_photos(&o.photos)?;
+    anyhow::ensure!(!photos.is_empty(), "bench: no photos");
+    let manifest = crate::model::Manifest::load(&cfg.resolve(&cfg.model.manifest))?;
+    let patch = manifest.tokens.patch;
+    let n_ref = n_at(o.size, patch);
+    let mut sizes: Vec<u32> = vec![o.size];
+    sizes.extend(o.combo_sizes.iter().chain(&o.lowres).copied());
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    sizes.dedup();
+    let main_cut = cfg.reduce.cut;
+    let mut rows = Vec::new();
+    let progress = |what: &str| log::info!("bench: {what}");
+
+    // Reference + lowres, on a segmenter with the main cut and bias on.
+    let seg = build(cfg, &sizes, main_cut, true)?;
+    progress(&format!("none at {} (reference)", o.size));
+    let (mut r0, ref_masks) =
+        measure(&seg, &photos, Setting { input_size: o.size, m: usize::MAX }, o.reps, None, true)?;
+    let reference = Reference { masks: ref_masks };
+    r0.strategy = "none".into();
+    r0.cut = 0;
+    r0.n = n_ref;
+    rows.push(r0.clone());
+    let none_ms = r0.ms;
+    // Per-size unreduced cost (for the ideal bound).
+    let mut none_at: BTreeMap<u32, Row> = BTreeMap::new();
+    none_at.insert(o.size, r0.clone());
+    for &s in &o.lowres {
+        progress(&format!("lowres {s}"));
+        let (mut r, _) =
+            measure(&seg, &photos, Setting { input_size: s, m: usize::MAX }, o.reps, Some(&reference), false)?;
+        r.strategy = "lowres".into();
+        r.n = n_at(s, patch);
+        none_at.insert(s, r.clone());
+        rows.push(r);
+    }
+    for &s in &o.combo_sizes {
+        if let std::collections::btree_map::Entry::Vacant(slot) = none_at.entry(s) {
+            let (mut r, _) =
+                measure(&seg, &photos, Setting { input_size: s, m: usize::MAX }, o.reps, Some(&reference), false)?;
+            r.strategy = "lowres".into();
+            r.n = n_at(s, patch);
+            slot.insert(r.clone());
+            rows.push(r);
+        }
+    }
+    drop(seg);
+
+    let mut cuts: Vec<usize> = o.cuts.iter().chain(&o.extra_cuts).copied().collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    for &cut in &cuts {
+        for bias in [true, false] {
+            if !bias && !o.bias_off {
+                continue;
+            }
+            let main = o.cuts.contains(&cut);
+            if !main && !bias {
+                continue;
+            }
+            let seg = build(cfg, &sizes, cut, bias)?;
+            for strategy in &o.strategies {
+                with_strategy(&seg, cfg, strategy);
+                let mut settings = Vec::new();
+                if strategy == "grid" {
+                    // Grid pooling has one natural M per size (2x2 windows).
+                    settings.push(Setting { input_size: o.size, m: n_ref / 4 });
+                    if main {
+                        for &s in &o.combo_sizes {
+                            settings.push(Setting { input_size: s, m: n_at(s, patch) / 4 });
+                        }
+                    }
+                } else if main {
+                    settings.extend(o.m_list.iter().map(|&m| Setting { input_size: o.size, m }));
+                    if bias {
+                        for &s in &o.combo_sizes {
+                            let n = n_at(s, patch);
+                            for frac in [0.5, 0.75] {
+                                settings.push(Setting { input_size: s, m: (n as f64 * frac).round() as usize });
+                            }
+                        }
+                    }
+                } else if strategy == "ailurus" {
+                    let m = o.m_list.iter().copied().min_by_key(|&m| m.abs_diff(n_ref / 2)).unwrap_or(n_ref / 2);
+                    settings.push(Setting { input_size: o.size, m });
+                } else {
+                    continue;
+                }
+                for st in settings {
+                    progress(&format!("{strategy} a={cut} {}px M={} bias={}", st.input_size, st.m, bias));
+                    let (mut r, _) = measure(&seg, &photos, st, o.reps, Some(&reference), false)?;
+                    r.strategy = strategy.clone();
+                    r.cut = cut;
+                    r.bias = bias;
+                    r.n = n_at(st.input_size, patch);
+                    rows.push(r);
+                }
+            }
+        }
+    }
+    // Speed-ups, ideal bounds, Pareto front.
+    for r in rows.iter_mut() {
+        r.speedup = none_ms / r.ms;
+        let base = &none_at[&r.size];
+        let fixed = base.ms - base.middle_ms;
+        let ideal_ms = if r.strategy == "none" || r.strategy == "lowres" {
+            base.ms
+        } else {
+            fixed + base.middle_ms * r.m as f64 / r.n as f64
+        };
+        r.ideal = none_ms / ideal_ms;
+    }
+    let snapshot: Vec<(f64, f64)> = rows.iter().map(|r| (r.speedup, r.iou)).collect();
+    for (i, r) in rows.iter_mut().enumerate() {
+        r.pareto = !snapshot.iter().enumerate().any(|(j, &(s, f))| {
+            j != i && s >= snapshot[i].0 && f >= snapshot[i].1 && (s > snapshot[i].0 || f > snapshot[i].1)
+        });
+    }
+    Ok(rows)
+}
+
+/// The table as text.
+pub fn format_table(rows: &[Row]) -> String {
+    let mut s = format!(
+        "{:<8} {:>2} {:>5} {:>5} {:>4} {:>8} {:>7} {:>6} {:>7} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {}\n",
+        "strategy",
+        "a",
+        "size",
+        "M",
+        "bias",
+        "ms/frm",
+        "speedup",
+        "ideal",
+        "of-ideal",
+        "red%",
+        "stem",
+        "middle",
+        "head",
+        "IoU",
+        "MAE",
+        "IoU-GT"
+    );
+    for r in rows {
+        s += &format!(
+            "{:<8} {:>2} {:>5} {:>5} {:>4} {:>8.0} {:>6.2}x {:>5.2}x {:>7.0}% {:>5.1}% {:>7.0} {:>7.0} {:>7.0} {:>7.3} {:>7.4} {:>6.3}{}\n",
+            r.strategy,
+            if r.cut == 0 { "-".to_string() } else { r.cut.to_string() },
+            r.size,
+            r.m,
+            if r.strategy == "none" || r.strategy == "lowres" { "-" } else if r.bias { "on" } else { "off" },
+            r.ms,
+            r.speedup,
+            r.ideal,
+            100.0 * r.speedup / r.ideal,
+            100.0 * r.reduce_share,
+            r.stem_ms,
+            r.middle_ms,
+            r.head_ms,
+            r.iou,
+            r.mae,
+            r.gt_iou,
+            if r.pareto { "  *pareto" } else { "" }
+        );
+    }
+    s
+}
+
+/// The table as CSV.
+pub fn write_csv(rows: &[Row], path: &Path) -> std::io::Result<()> {
+    let mut s = String::from(
+        "strategy,cut,size,m,n,bias,ms,speedup,ideal,reduce_share,stem_ms,middle_ms,head_ms,iou,mae,gt_iou,pareto\n",
+    );
+    for r in rows {
+        s += &format!(
+            "{},{},{},{},{},{},{:.3},{:.4},{:.4},{:.5},{:.3},{:.3},{:.3},{:.5},{:.5},{:.5},{}\n",
+            r.strategy,
+            r.cut,
+            r.size,
+            r.m,
+            r.n,
+            r.bias,
+            r.ms,
+            r.speedup,
+            r.ideal,
+            r.reduce_share,
+            r.stem_ms,
+            r.middle_ms,
+            r.head_ms,
+            r.iou,
+            r.mae,
+            r.gt_iou,
+            r.pareto
+        );
+    }
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(path, s)
+}
+
+/// The Pareto picture: speed-up against `none` (x) and mask IoU against `none` (y), one curve
+/// per strategy (and proportional attention on/off).
+pub fn write_plot(rows: &[Row], path: &Path) -> Result<(), image::ImageError> {
+    use crate::plot::{Plot, Series, PALETTE};
+    let mut groups: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in rows {
+        let key = match r.strategy.as_str() {
+            "none" | "lowres" => "lowres (+none)".to_string(),
+            s => format!("{s} a={}{}", r.cut, if r.bias { "" } else { " no-bias" }),
+        };
+        groups.entry(key).or_default().push((r.speedup, r.iou));
+    }
+    let series = groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, mut points))| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Series { name, points, color: PALETTE[i % PALETTE.len()], line: true }
+        })
+        .collect();
+    let plot = Plot {
+        title: "ailurus bench: speed-up vs fidelity".into(),
+        x_label: "speed-up vs none (same run)".into(),
+        y_label: "mask IoU vs none".into(),
+        series,
+    };
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(image::ImageError::IoError)?;
+    }
+    plot.save(path, 1000, 700)
+}

@@ -1,0 +1,300 @@
+//! The stage loops: source, preprocess, infer, postprocess. Each runs on its own thread (see
+//! `Pipeline::start`) and ends when its input closes or the stop flag is set.
+//!
+//! Buffers travel with the frame and come back through small pool channels (model input:
+//! infer -> preprocess; raw output: postprocess -> infer; frames: postprocess -> source), and
+//! masks are reused once every sink has let go of them, so a steady stream allocates little.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::slot::{Closed, SlotReceiver, SlotSender};
+use super::{RateLimited, Setting, Shared, SinkRunner, StageTimes, MAX_IN_FLIGHT};
+use crate::frame::{Frame, Mask};
+use crate::metrics::Stage;
+use crate::pre::Resampler;
+use crate::sink::Output;
+use crate::source::{FrameSource, SourceError};
+
+/// A frame ready for inference.
+pub(super) struct Job {
+    frame: Frame,
+    setting: Setting,
+    input: Vec<f32>,
+    times: StageTimes,
+    predicted_cost_ms: f64,
+}
+
+/// An inferred frame.
+pub(super) struct Done {
+    frame: Frame,
+    setting: Setting,
+    raw: Vec<f32>,
+    times: StageTimes,
+}
+
+/// Where preprocess gets frames from.
+pub(super) enum Feed {
+    Pull(Box<dyn FrameSource>, Receiver<Frame>),
+    Live(SlotReceiver<Frame>),
+}
+
+/// Sleep up to `d` in short slices, returning early when `stop` is set.
+fn nap(d: Duration, stop: &AtomicBool) {
+    let end = Instant::now() + d;
+    while !stop.load(Relaxed) {
+        let now = Instant::now();
+        if now >= end {
+            return;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
+/// One read from the source, with bad frames counted and outages retried with backoff.
+/// `Ok(None)`: end of stream; `Err(())`: nothing this time (retry).
+fn read_source(
+    sh: &Shared,
+    src: &mut dyn FrameSource,
+    backoff: &mut Duration,
+    log: &mut RateLimited,
+) -> Result<Option<Frame>, ()> {
+    match src.next_frame() {
+        Ok(Some(f)) => {
+            *backoff = Duration::ZERO;
+            sh.metrics.frames_captured.fetch_add(1, Relaxed);
+            Ok(Some(f))
+        }
+        Ok(None) => Ok(None),
+        Err(e @ SourceError::BadFrame { .. }) => {
+            sh.metrics.bad_frames.fetch_add(1, Relaxed);
+            log.warn(|| format!("{e} (skipped)"));
+            Err(())
+        }
+        Err(e) => {
+            *backoff = (*backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+            log.warn(|| format!("{e} (retrying in {:.1}s)", backoff.as_secs_f64()));
+            nap(*backoff, &sh.stop);
+            Err(())
+        }
+    }
+}
+
+pub(super) fn source_loop(sh: &Shared, mut src: Box<dyn FrameSource>, tx: SlotSender<Frame>, back: Receiver<Frame>) {
+    let (mut backoff, mut log) = (Duration::ZERO, RateLimited::new(Duration::from_secs(10)));
+    while !sh.stop.load(Relaxed) {
+        while let Ok(f) = back.try_recv() {
+            src.recycle(f);
+        }
+        match read_source(sh, src.as_mut(), &mut backoff, &mut log) {
+            Ok(Some(f)) => match tx.put(f) {
+                Ok(Some(old)) => src.recycle(old),
+                Ok(None) => {}
+                Err(Closed(_)) => break,
+            },
+            Ok(None) => {
+                log::info!("source {}: end of stream", src.name());
+                break;
+            }
+            Err(()) => {}
+        }
+    }
+}
+
+/// Exponentially weighted mean of a duration, for the just-in-time lead.
+fn ewma(avg: &mut Duration, x: Duration) {
+    *avg = if avg.is_zero() { x } else { avg.mul_f64(0.8) + x.mul_f64(0.2) };
+}
+
+pub(super) fn pre_loop(sh: &Shared, mut feed: Feed, tx: SlotSender<Job>, pool: Receiver<Vec<f32>>) {
+    let max = if sh.config.overlap { MAX_IN_FLIGHT } else { 1 };
+    let (mut backoff, mut log) = (Duration::ZERO, RateLimited::new(Duration::from_secs(10)));
+    let mut rs = Resampler::default();
+    let (mut pre_avg, mut read_avg) = (Duration::ZERO, Duration::ZERO);
+    'frames: loop {
+        let lead = pre_avg + read_avg + Duration::from_millis(5);
+        if !sh.gate.wait_turn(max, lead, &sh.stop) {
+            break;
+        }
+        let t_read = Instant::now();
+        let frame = match &mut feed {
+            Feed::Pull(src, back) => {
+                while let Ok(f) = back.try_recv() {
+                    src.recycle(f);
+                }
+                match read_source(sh, src.as_mut(), &mut backoff, &mut log) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => {
+                        log::info!("source {}: end of stream", src.name());
+                        sh.gate.release();
+                        break;
+                    }
+                    Err(()) => {
+                        sh.gate.release();
+                        continue;
+                    }
+                }
+            }
+            Feed::Live(rx) => loop {
+                match rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(f) => break f,
+                    Err(closed) => {
+                        if closed || sh.stop.load(Relaxed) {
+                            sh.gate.release();
+                            break 'frames;
+                        }
+                    }
+                }
+            },
+        };
+        if matches!(feed, Feed::Pull(..)) {
+            ewma(&mut read_avg, t_read.elapsed());
+        }
+        let d = sh.controller().decide();
+        let mut input = pool.try_recv().unwrap_or_default();
+        let mut times = StageTimes::default();
+        let t = Instant::now();
+        sh.engine.preprocess(&frame, d.setting.input_size, &mut rs, &mut input);
+        times.preprocess = t.elapsed();
+        ewma(&mut pre_avg, times.preprocess);
+        sh.metrics.record(Stage::Preprocess, times.preprocess);
+        sh.gate.update(|g| g.pending = Some(Instant::now()));
+        let job = Job { frame, setting: d.setting, input, times, predicted_cost_ms: d.predicted_cost_ms };
+        match tx.put(job) {
+            Ok(None) => {}
+            Ok(Some(_old)) => sh.gate.release(),
+            Err(Closed(_)) => {
+                sh.gate.release();
+                break;
+            }
+        }
+    }
+}
+
+pub(super) fn infer_loop(
+    sh: &Shared,
+    rx: SlotReceiver<Job>,
+    tx: SlotSender<Done>,
+    input_pool: Sender<Vec<f32>>,
+    raw_pool: Receiver<Vec<f32>>,
+) {
+    let mut log = RateLimited::new(Duration::from_secs(10));
+    while let Some(job) = rx.recv() {
+        let Job { frame, setting, input, mut times, predicted_cost_ms } = job;
+        let start = Instant::now();
+        let expect =
+            Duration::from_secs_f64(((predicted_cost_ms * 0.95) / 1e3 - times.preprocess.as_secs_f64()).max(0.0));
+        sh.gate.update(|g| {
+            g.pending = None;
+            g.busy_until = Some(start + expect);
+            g.refreshed = false;
+        });
+        let setting = sh.controller().refine(setting);
+        let mut raw = raw_pool.try_recv().unwrap_or_default();
+        sh.metrics.infer_started();
+        let res = sh.engine.infer(&input, setting, &mut times, &mut raw);
+        sh.metrics.infer_finished();
+        sh.gate.update(|g| g.busy_until = None);
+        let _ = input_pool.try_send(input);
+        if let Err(e) = res {
+            sh.metrics.failed_frames.fetch_add(1, Relaxed);
+            log.warn(|| format!("frame {}: {e} (skipped)", frame.seq));
+            sh.gate.release();
+            continue;
+        }
+        let cost = times.preprocess + times.inference();
+        sh.controller().observe(setting, cost.as_secs_f64() * 1e3);
+        for (stage, d) in [
+            (Stage::Stem, times.stem),
+            (Stage::Reduce, times.reduce),
+            (Stage::Middle, times.middle),
+            (Stage::Head, times.head),
+        ] {
+            sh.metrics.record(stage, d);
+        }
+        // At most MAX_IN_FLIGHT frames are in flight, so postprocess takes the previous result
+        // within one postprocess; waiting that long loses nothing and builds no latency.
+        match tx.put_within(Done { frame, setting, raw, times }, POST_PATIENCE) {
+            Ok(None) => {}
+            Ok(Some(_old)) => sh.gate.release(),
+            Err(Closed(_)) => {
+                sh.gate.release();
+                break;
+            }
+        }
+    }
+}
+
+/// How long inference waits for postprocess to take the previous result before replacing it.
+const POST_PATIENCE: Duration = Duration::from_millis(100);
+
+/// Masks and frames kept until every sink has let go of them (then reused).
+const POOL: usize = 8;
+
+pub(super) fn post_loop(
+    sh: &Shared,
+    rx: SlotReceiver<Done>,
+    sinks: &[SinkRunner],
+    raw_pool: Sender<Vec<f32>>,
+    frame_back: Sender<Frame>,
+) {
+    let mut rs = Resampler::default();
+    let mut masks: VecDeque<Arc<Mask>> = VecDeque::with_capacity(POOL + 1);
+    let mut frames: VecDeque<Arc<Frame>> = VecDeque::with_capacity(POOL + 1);
+    let max = sh.config.max_frames;
+    while let Some(done) = rx.recv() {
+        let Done { frame, setting, raw, mut times } = done;
+        if max > 0 && sh.metrics.frames_published.load(Relaxed) >= max {
+            sh.gate.release();
+            continue;
+        }
+        let mut mask = match masks.iter().position(|m| Arc::strong_count(m) == 1) {
+            Some(i) => masks.remove(i).unwrap_or_default(),
+            None => Arc::new(Mask::default()),
+        };
+        let t = Instant::now();
+        if let Some(m) = Arc::get_mut(&mut mask) {
+            sh.engine.postprocess(&raw, setting.input_size, frame.width, frame.height, &mut rs, m);
+        }
+        times.postprocess = t.elapsed();
+        let _ = raw_pool.try_send(raw);
+        let latency = frame.captured.elapsed();
+        let out = Output {
+            frame: Arc::new(frame),
+            mask: mask.clone(),
+            m: setting.m,
+            input_size: setting.input_size,
+            latency,
+        };
+        for s in sinks {
+            s.offer(&out);
+        }
+        sh.metrics.record(Stage::Postprocess, times.postprocess);
+        sh.metrics.published(latency, setting.input_size, setting.m);
+        {
+            let mut c = sh.controller();
+            c.observe_latency(latency.as_secs_f64() * 1e3, (times.preprocess + times.inference()).as_secs_f64() * 1e3);
+            let st = c.status();
+            sh.metrics.set_controller(st.unreachable, st.load);
+        }
+        sh.gate.release();
+        masks.push_back(mask);
+        if masks.len() > POOL {
+            masks.pop_front();
+        }
+        frames.push_back(out.frame);
+        if frames.len() > POOL {
+            if let Some(f) = frames.pop_front().and_then(|f| Arc::try_unwrap(f).ok()) {
+                let _ = frame_back.try_send(f);
+            }
+        }
+        if max > 0 && sh.metrics.frames_published.load(Relaxed) >= max {
+            sh.stop.store(true, Relaxed);
+            sh.gate.cv.notify_all();
+        }
+    }
+}

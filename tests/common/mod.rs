@@ -1,0 +1,30 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// The project root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The asset cache (tools/fetch_assets.sh), honouring AILURUS_CACHE.
+pub fn cache() -> PathBuf {
+    std::env::var_os("AILURUS_CACHE").map(PathBuf::from).unwrap_or_else(|| root().join(".cache"))
+}
+
+/// The real model's manifest, or a loud failure telling how to fetch it. Tests on the real
+/// model are skipped only when AILURUS_SKIP_REAL=1 is set explicitly.
+pub fn real_manifest() -> Option<PathBuf> {
+    if std::env::var_os("AILURUS_SKIP_REAL").is_some() {
+        eprintln!("AILURUS_SKIP_REAL set: skipping a real-model test");
+        return None;
+    }
+    let onnx = cache().join("models/vit_s_focus.onnx");
+    assert!(onnx.is_file(), "{} is missing: run tools/fetch_assets.sh (or set AILURUS_SKIP_REAL=1)", onnx.display());
+    Some(root().join("models/vit_s_focus.toml"))
+}
+
+pub fn photo(name: &str) -> PathBuf {
+    cache().join("photos").join(name)
+}

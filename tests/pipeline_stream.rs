@@ -1,0 +1,160 @@
+//! The threaded pipeline with a fake engine: frames flow in order with their own masks, drops
+//! and failures are counted, a hung sink never stalls inference, and stopping works.
+
+mod pipeline_support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ailurus::metrics::{Edge, Metrics, Stage};
+use ailurus::pipeline::{Parts, Pipeline, PipelineConfig, SourceMode};
+use ailurus::sink::Sink;
+use pipeline_support::*;
+
+fn start(
+    eng: FakeEngine,
+    src: FakeSource,
+    mode: SourceMode,
+    sinks: Vec<Box<dyn Sink>>,
+    config: PipelineConfig,
+    budget_on: bool,
+) -> (Pipeline, Arc<AtomicBool>) {
+    let names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
+    let metrics = Arc::new(Metrics::new(&names));
+    let controller = controller(&eng, &budget(budget_on));
+    let stop = Arc::new(AtomicBool::new(false));
+    let parts = Parts { engine: Arc::new(eng), source: Box::new(src), mode, sinks, controller, metrics, config };
+    (Pipeline::start(parts, stop.clone()).unwrap(), stop)
+}
+
+fn cfg() -> PipelineConfig {
+    PipelineConfig { log_every_s: 60.0, drain_timeout_s: 5.0, ..PipelineConfig::default() }
+}
+
+fn run_pull(overlap: bool) {
+    let mut eng = FakeEngine::new(Duration::from_millis(1));
+    eng.fail_seq = Some(7);
+    let mut src = FakeSource::new(40);
+    src.bad_at = Some(12);
+    let rec = Recorder::default();
+    let config = PipelineConfig { overlap, sink_queue: 64, ..cfg() };
+    let (p, _) = start(eng, src, SourceMode::Pull, vec![Box::new(rec.clone())], config, true);
+    let m = p.metrics();
+    p.wait().unwrap();
+    let seen = rec.0.lock().unwrap().clone();
+    let seqs: Vec<u64> = seen.iter().map(|s| s.seq).collect();
+    let want: Vec<u64> = (0..40).filter(|&s| s != 7 && s != 12).collect();
+    assert_eq!(seqs, want, "pull mode: every good frame, in order (overlap {overlap})");
+    for s in &seen {
+        assert_eq!(s.mask_byte, s.frame_byte, "frame {} got another frame's mask", s.seq);
+        assert!(s.latency > Duration::ZERO);
+        assert!([56, 28].contains(&s.input_size));
+    }
+    assert_eq!(m.frames_captured.load(Ordering::Relaxed), 39);
+    assert_eq!(m.bad_frames.load(Ordering::Relaxed), 1);
+    assert_eq!(m.failed_frames.load(Ordering::Relaxed), 1);
+    assert_eq!(m.frames_published.load(Ordering::Relaxed), 38);
+    for e in [Edge::PreToInfer, Edge::InferToPost] {
+        assert_eq!(m.dropped(e), 0, "pull mode never prepares a frame that waits: {e:?}");
+    }
+    assert_eq!(m.stage(Stage::EndToEnd).count(), 38);
+    assert_eq!(m.stage(Stage::Preprocess).count(), 39);
+    assert_eq!(m.stage(Stage::Middle).count(), 38);
+    assert_eq!(m.sinks[0].published.load(Ordering::Relaxed), 38);
+    assert_eq!(m.sinks[0].dropped.load(Ordering::Relaxed), 0);
+    let h = m.health();
+    assert!(h.since_last_frame.is_some() && h.inferring_for.is_none());
+    assert!(!h.is_stuck(Duration::from_secs(3600)));
+}
+
+#[test]
+fn pull_mode_delivers_every_good_frame_in_order_overlapped() {
+    run_pull(true);
+}
+
+#[test]
+fn pull_mode_delivers_every_good_frame_in_order_sequential() {
+    run_pull(false);
+}
+
+#[test]
+fn live_source_faster_than_inference_drops_and_counts() {
+    let eng = FakeEngine::new(Duration::from_millis(3));
+    let rec = Recorder::default();
+    let config = PipelineConfig { max_frames: 15, sink_queue: 64, ..cfg() };
+    let (p, _) = start(eng, FakeSource::new(0), SourceMode::Live, vec![Box::new(rec.clone())], config, true);
+    let m = p.metrics();
+    p.wait().unwrap();
+    let seen = rec.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 15, "stops at max_frames");
+    assert!(seen.windows(2).all(|w| w[0].seq < w[1].seq), "in order");
+    let dropped = m.dropped(Edge::SourceToPre);
+    assert!(dropped > 0, "an endless fast source must lose frames at the first edge");
+    // Every captured frame is published, dropped on an edge, or still in flight at the stop.
+    let captured = m.frames_captured.load(Ordering::Relaxed);
+    let accounted = 15 + dropped + m.dropped(Edge::PreToInfer) + m.dropped(Edge::InferToPost);
+    assert!(captured >= accounted && captured <= accounted + 4, "captured {captured}, accounted {accounted}");
+}
+
+#[test]
+fn a_hung_sink_never_stalls_inference() {
+    let eng = FakeEngine::new(Duration::ZERO);
+    let rec = Recorder::default();
+    let config = PipelineConfig { sink_queue: 2, drain_timeout_s: 0.2, ..cfg() };
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(Hang), Box::new(rec.clone()), Box::new(Failing)];
+    let (p, _) = start(eng, FakeSource::new(50), SourceMode::Pull, sinks, config, false);
+    let m = p.metrics();
+    p.wait().unwrap();
+    assert_eq!(m.frames_published.load(Ordering::Relaxed), 50, "inference never stalled");
+    let got = rec.0.lock().unwrap().len() as u64;
+    assert!(got > 0);
+    assert_eq!(got + m.sinks[1].dropped.load(Ordering::Relaxed), 50, "the healthy sink got or counted every frame");
+    let hang = &m.sinks[0];
+    // One frame stuck in publish, two queued: the rest dropped and counted.
+    assert_eq!(hang.dropped.load(Ordering::Relaxed), 47);
+    assert_eq!(hang.published.load(Ordering::Relaxed), 0);
+    let failing = &m.sinks[2];
+    assert_eq!(
+        failing.errors.load(Ordering::Relaxed) + failing.dropped.load(Ordering::Relaxed),
+        50,
+        "every frame either failed (counted) or was dropped"
+    );
+    let text = m.render_prometheus();
+    assert!(text.contains("ailurus_frames_dropped_total{edge=\"sink:hang\"} 47"), "{text}");
+}
+
+#[test]
+fn stop_flag_ends_an_endless_stream() {
+    let eng = FakeEngine::new(Duration::from_millis(1));
+    let rec = Recorder::default();
+    let (p, stop) = start(eng, FakeSource::new(0), SourceMode::Pull, vec![Box::new(rec.clone())], cfg(), true);
+    let m = p.metrics();
+    while m.frames_published.load(Ordering::Relaxed) < 10 {
+        std::thread::yield_now();
+    }
+    stop.store(true, Ordering::Relaxed);
+    p.wait().unwrap();
+    assert!(rec.0.lock().unwrap().len() >= 10);
+}
+
+#[test]
+fn budget_update_reaches_the_controller_and_the_metrics() {
+    let eng = FakeEngine::new(Duration::from_millis(1));
+    let rec = Recorder::default();
+    let config = PipelineConfig { sink_queue: 10_000, ..cfg() };
+    let (p, stop) = start(eng, FakeSource::new(0), SourceMode::Pull, vec![Box::new(rec.clone())], config, true);
+    let table = ailurus::calibrate::CalibrationTable::parse(TABLE, "test").unwrap();
+    let mut b = budget(true);
+    b.target_ms = 1234.0;
+    p.update_budget(&b, &table).unwrap();
+    assert_eq!(p.controller().lock().unwrap().config().target_ms, 1234.0);
+    assert!(p.metrics().render_prometheus().contains("ailurus_budget_target_seconds 1.234"));
+    b.sizes = vec![56, 112];
+    assert!(p.update_budget(&b, &table).is_err(), "a size without a plan is refused");
+    stop.store(true, Ordering::Relaxed);
+    p.wait().unwrap();
+    // With a generous budget the controller runs the highest-fidelity setting.
+    let seen = rec.0.lock().unwrap().clone();
+    assert!(seen.iter().skip(1).all(|s| s.input_size == 56 && s.m == 16), "{:?}", seen.last());
+}
