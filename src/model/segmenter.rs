@@ -61,6 +61,30 @@ pub struct Segmenter {
     norm: Normalize,
 }
 
+/// The reducer for `[reduce] device`: the CUDA kernels with the `cuda` feature ("cuda" fails
+/// loudly without a GPU, "cuda-or-cpu" falls back with one log line), else the CPU reducer.
+fn build_reducer(cfg: &ReduceConfig, shown: &str) -> Result<Box<dyn Reducer>, ModelError> {
+    #[cfg(feature = "cuda")]
+    {
+        crate::reduce::cuda::build_for_device(cfg)
+            .map_err(|e| ModelError::Config { path: shown.to_string(), msg: format!("[reduce] device: {e}") })
+    }
+    #[cfg(not(feature = "cuda"))]
+    match cfg.device.as_str() {
+        "cuda" => Err(ModelError::Config {
+            path: shown.to_string(),
+            msg: "[reduce] device: \"cuda\" needs a build with `--features cuda`".into(),
+        }),
+        "cuda-or-cpu" => {
+            log::warn!(
+                "[reduce] device = \"cuda-or-cpu\": this build has no CUDA support; the reducer runs on the CPU"
+            );
+            Ok(reduce::build(cfg))
+        }
+        _ => Ok(reduce::build(cfg)),
+    }
+}
+
 fn state(model: TypedModel) -> TractResult<State> {
     let plan: Plan = model.into_runnable()?;
     plan.spawn()
@@ -130,7 +154,7 @@ impl Segmenter {
             middle: Mutex::new(middle),
             key_bias,
             cut,
-            reducer: Mutex::new(reduce::build(&opts.reduce)),
+            reducer: Mutex::new(build_reducer(&opts.reduce, &shown)?),
             scratch: Mutex::new(Scratch::default()),
             norm,
             manifest,
