@@ -3,7 +3,6 @@
 //! two CPU implementations must agree too. Runs without a GPU.
 
 #[path = "cuda_reference.rs"]
-#[allow(dead_code)]
 mod cuda_ref;
 
 use ailurus::reduce::ailurus::AilurusReducer;
