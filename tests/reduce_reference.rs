@@ -1,12 +1,18 @@
-//! Every CPU reducer against a slow, obviously-correct reference written here (plain loops, f64,
-//! the direct distance formula, no GEMM) on seeded random tokens, plus invariants, tie-breaking
-//! determinism, hand-computed window cases and a no-allocation-when-warm check.
+//! Every CPU reducer against a slow, obviously-correct reference (reduce_reference/refs.rs: plain
+//! loops, f64, the direct distance formula, no GEMM) on seeded random tokens, plus invariants,
+//! tie-breaking determinism, hand-computed window cases and a no-allocation-when-warm check; and
+//! `ailurus` bit for bit against the CUDA side's reference of the arithmetic contract
+//! (tests/cuda_reference.rs), so the CPU and GPU reducers give identical results.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 #[path = "reduce_reference/refs.rs"]
 mod refs;
+
+/// The CUDA side's CPU reference of the arithmetic contract (kernels/ailurus.cu).
+#[path = "cuda_reference.rs"]
+mod contract;
 
 use ailurus::reduce::ailurus::AilurusReducer;
 use ailurus::reduce::grid::GridReducer;
@@ -120,10 +126,11 @@ fn compare_ailurus(what: &str, t: &[f32], c: usize, g: (usize, usize), m: usize,
     // Order: exactly the spec's order of the implementation's rho.
     let order: Vec<usize> = r.order().iter().map(|&o| o as usize).collect();
     assert_eq!(order, ref_order(r.rho()), "{what}: order");
-    // Delta for that order: D^2 within the cancellation error, a few 2^-23 (|x|^2 + |y|^2) / C.
+    // Delta for that order: D^2 within the f32 error of |x|^2 + |y|^2 - 2 x.y with sequential
+    // sums (the contract): about 2^-24 sqrt(C) (|x|^2 + |y|^2) / C, with a margin of 4.
     let delta = ref_delta(t, c, g, kn, &order);
     let scale = (0..n).map(|i| row(t, c, i).iter().map(|&v| (v as f64).powi(2)).sum::<f64>()).fold(0.0, f64::max);
-    let tol_d2 = 1e-6 * (1.0 + scale / c as f64);
+    let tol_d2 = 6e-8 * 4.0 * (2.0 + (c as f64).sqrt()) * 2.0 * (1.0 + scale / c as f64);
     for (i, &want) in delta.iter().enumerate() {
         let d = r.delta()[i] as f64;
         assert!((d * d - want * want).abs() < tol_d2, "{what}: delta[{i}] {d} vs {}", want);
@@ -187,6 +194,82 @@ fn ailurus_matches_the_reference_on_random_tokens() {
             }
         }
     }
+}
+
+#[test]
+fn ailurus_is_bit_identical_to_the_cuda_contract_reference() {
+    // tests/cuda_reference.rs follows the arithmetic contract of kernels/ailurus.cu line by line
+    // (the GPU is checked against it); the CPU reducer must give the same bits, ties included:
+    // quantised and blocky inputs make exact ties in distances, densities and scores.
+    let params = [
+        contract::Params::default(),
+        contract::Params { windowed: true, delta_radius: 3, ..Default::default() },
+        contract::Params { spatial: true, k: 1, r: 1, ..Default::default() },
+        contract::Params { k: 9, r: 3, ..Default::default() },
+    ];
+    let mut cases = 0;
+    for (gi, &g) in [(1, 1), (1, 9), (7, 1), (5, 8), (12, 10), (16, 16)].iter().enumerate() {
+        let n = g.0 * g.1;
+        for (ci, &c) in [1usize, 13, 40].iter().enumerate() {
+            for (di, &(smooth, levels, blocks)) in
+                [(0.0, 0, 1), (0.8, 0, 1), (0.5, 4, 1), (0.7, 0, 3)].iter().enumerate()
+            {
+                let seed = (gi * 100 + ci * 10 + di) as u64;
+                let x = contract::blocky_tokens(seed, g, c, smooth, levels, blocks);
+                for (pi, &p) in params.iter().enumerate() {
+                    for m in [1, 7, n / 2, n - 1, n] {
+                        let m = m.max(1);
+                        let what = format!("{g:?} c={c} data#{di} params#{pi} m={m}");
+                        let want = contract::reference(&x, c, g, m, p);
+                        let mut r = AilurusReducer::new(&contract_cfg(p));
+                        let mut out = Reduction::default();
+                        r.reduce(&x, c, g, m, &mut out).unwrap();
+                        let got = contract::RefOut {
+                            centers: out.centers.clone(),
+                            assign: out.assign.clone(),
+                            sizes: out.sizes.clone(),
+                            merged: out.merged[..out.m * c].to_vec(),
+                            rho: want.rho.clone(),
+                            delta: want.delta.clone(),
+                        };
+                        contract::compare(&got, &want, 0.0).unwrap_or_else(|e| panic!("{what}: {e}"));
+                        assert_eq!(bits(&got.merged), bits(&want.merged), "{what}: merged bits");
+                        if m < n {
+                            assert_eq!(bits(r.rho()), bits(&want.rho), "{what}: rho bits");
+                            assert_eq!(bits(r.delta()), bits(&want.delta), "{what}: delta bits");
+                        }
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(cases > 400);
+    // And at model size: C = 384, a 24 x 20 grid.
+    let (g, c) = ((24, 20), 384);
+    let x = contract::tokens(9, g, c, 0.6, 0);
+    for m in [1, 120, 240] {
+        let want = contract::reference(&x, c, g, m, contract::Params::default());
+        let mut r = AilurusReducer::new(&AilurusConfig::default());
+        let mut out = Reduction::default();
+        r.reduce(&x, c, g, m, &mut out).unwrap();
+        assert_eq!((&out.centers, &out.assign, &out.sizes), (&want.centers, &want.assign, &want.sizes), "m={m}");
+        assert_eq!((bits(r.rho()), bits(r.delta())), (bits(&want.rho), bits(&want.delta)), "m={m}");
+    }
+}
+
+fn contract_cfg(p: contract::Params) -> AilurusConfig {
+    AilurusConfig {
+        k: p.k,
+        radius: p.r,
+        delta: if p.windowed { "window" } else { "global" }.into(),
+        delta_radius: p.delta_radius,
+        fallback: if p.spatial { "spatial" } else { "global" }.into(),
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 #[test]

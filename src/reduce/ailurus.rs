@@ -1,23 +1,25 @@
 //! `ailurus`: spatial-aware DPC-KNN token clustering (ALGORITHM.md), the product's reducer.
 //!
-//! Owns the CPU implementation of the clustering spec that the CUDA kernels must match
-//! decision for decision: density from the k nearest neighbours inside a Chebyshev window,
-//! jittered density order, distance to a higher-density token, score = rho * delta, the M
-//! best-scoring tokens as centres, windowed nearest-centre assignment with a fallback, mean
-//! merge. Must not allocate once warm at a given size (all scratch lives in the struct) and
-//! must not spawn threads.
+//! Owns the CPU implementation of the clustering spec: density from the k nearest neighbours
+//! inside a Chebyshev window, jittered density order, distance to a higher-density token,
+//! score = rho * delta, the M best-scoring tokens as centres, windowed nearest-centre assignment
+//! with a fallback, mean merge. It follows the arithmetic contract in the header of
+//! `kernels/ailurus.cu` step by step, so it is bit-identical to the CUDA reducer (rho, delta,
+//! centres, assignment, sizes and merged tokens). Must not allocate once warm at a given size
+//! (all scratch lives in the struct) and must not spawn threads.
 //!
-//! Numbers, in f32 (see `dot` for the bit-exact dot product): `n_i = dot(x_i, x_i)`,
-//! `e_ij = max(0, (n_i + n_j) - 2 * dot(x_i, x_j))`, `e_ii = 0`, `D_ij = sqrt(e_ij) / sqrt(C)`,
-//! `D_ij^2 = e_ij / C` (the density uses this form, not `D * D`).
+//! The contract, in f32 with every operation rounded on its own: `sq_i = dot(x_i, x_i)` and
+//! `dot` as in `super::dot` (sequential, no FMA); `t = (sq_i + sq_j) - 2 dot(x_i, x_j)`;
+//! `D = sqrt(max(t, 0)) / sqrt(C)`, `D_ii = 0`; density sums the kk smallest `D * D` in
+//! ascending order, `mean = sum / kk`, `rho = (f32) exp(-(f64) mean)`; `key = rho + 1e-6 u(i)`;
+//! orders are `f32::total_cmp` with index tie-breaks; merged = member sum (ascending token order)
+//! divided by the size.
 
-use super::dot::{dot_block, dots_gather};
-use super::{check_shape, ensure, merge_means, none, AilurusConfig, ReduceError, Reducer, Reduction};
+use super::dot::{panel_dots, panel_min_t, runs, sqnorms_t, transpose, transposed_ld, Panel, PANEL, RUN, TILE_ROWS};
+use super::{check_shape, ensure, merge_means, AilurusConfig, ReduceError, Reducer, Reduction};
 
 /// "no cluster" marker in `center_of` and a not-yet-assigned token.
 const NONE: u32 = u32::MAX;
-/// Rows of the sorted token matrix per `dot_block` call in the global delta search.
-const ROW_BLOCK: usize = 64;
 
 /// Where `delta` (distance to a higher-density token) is searched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,28 +44,52 @@ pub fn jitter(i: usize) -> f32 {
     ((i as u32).wrapping_mul(2_654_435_761) >> 8) as f32 / 16_777_216.0
 }
 
-/// `max(0, (ni + nj) - 2 g)`: the squared distance times C.
+/// `max(t, 0)` with `t = (sqi + sqj) - 2 g`: D^2 times C, clamped. D is a non-decreasing function
+/// of it, so a min or max over D can be taken over this value instead (same bits after `dist`).
 #[inline(always)]
-fn sq(ni: f32, nj: f32, g: f32) -> f32 {
-    let v = (ni + nj) - 2.0 * g;
-    if v > 0.0 {
-        v
+fn tval(sqi: f32, sqj: f32, g: f32) -> f32 {
+    let t = (sqi + sqj) - 2.0 * g;
+    if t > 0.0 {
+        t
     } else {
         0.0
     }
 }
 
+/// D from a clamped `tval`.
+#[inline(always)]
+fn dist(t: f32, sqrt_c: f32) -> f32 {
+    t.sqrt() / sqrt_c
+}
+
+/// The window of radius `r` around token `i` as grid bounds `(y0, y1, x0, x1)`, inclusive.
+fn bounds(i: usize, r: usize, (h, w): (usize, usize)) -> (usize, usize, usize, usize) {
+    let (y, x) = (i / w, i % w);
+    (y.saturating_sub(r), (y + r).min(h - 1), x.saturating_sub(r), (x + r).min(w - 1))
+}
+
 /// Token indices in the Chebyshev window of radius `r` around token `i` on an `h x w` grid, in
 /// ascending (raster) order.
-fn window(i: usize, r: usize, (h, w): (usize, usize)) -> impl Iterator<Item = usize> {
-    let (y, x) = (i / w, i % w);
-    let (y0, y1) = (y.saturating_sub(r), (y + r).min(h - 1));
-    let (x0, x1) = (x.saturating_sub(r), (x + r).min(w - 1));
+fn window(i: usize, r: usize, grid: (usize, usize)) -> impl Iterator<Item = usize> {
+    let (y0, y1, x0, x1) = bounds(i, r, grid);
+    let w = grid.1;
     (y0..=y1).flat_map(move |yy| (x0..=x1).map(move |xx| yy * w + xx))
 }
 
-/// Spatial-aware DPC-KNN with reused scratch. `rho()`, `delta()` and `score()` expose the last
-/// analysis (for tests and the CUDA cross-check).
+/// The 8-token runs covering the window rows `y0..=y1`, columns `x0..=x1` (row-major runs,
+/// `x1 - x0 + 1` columns need `ceil(width / RUN)` runs per row); returns runs per row.
+fn window_runs(b: (usize, usize, usize, usize), w: usize, j0s: &mut Vec<usize>) -> usize {
+    let (y0, y1, x0, x1) = b;
+    let per_row = (x1 - x0 + 1).div_ceil(RUN);
+    j0s.clear();
+    for yy in y0..=y1 {
+        j0s.extend((0..per_row).map(|q| yy * w + x0 + q * RUN));
+    }
+    per_row
+}
+
+/// Spatial-aware DPC-KNN with reused scratch. `rho()`, `delta()`, `score()` and `order()` expose
+/// the last analysis (for tests and the CUDA cross-check).
 #[derive(Debug)]
 pub struct AilurusReducer {
     k: usize,
@@ -71,7 +97,10 @@ pub struct AilurusReducer {
     delta_search: DeltaSearch,
     fallback: Fallback,
     n: usize,
-    norms: Vec<f32>,
+    /// Transposed tokens `[c, ld]` and the squared norms.
+    xt: Vec<f32>,
+    ld: usize,
+    sq: Vec<f32>,
     rho: Vec<f32>,
     key: Vec<f32>,
     delta: Vec<f32>,
@@ -79,19 +108,21 @@ pub struct AilurusReducer {
     /// Tokens from highest to lowest density key; `rank` is its inverse.
     order: Vec<u32>,
     rank: Vec<u32>,
-    sorted: Vec<f32>,
-    sorted_norms: Vec<f32>,
-    block: Vec<f32>,
-    /// Per token, `D^2` to every window slot (`+inf` outside the grid), `[n, (2r+1)^2]`.
+    /// Per token, D to every slot of its radius-r window (`+inf` outside the grid),
+    /// `[n, (2r+1)^2]`, slots in raster order.
     win: Vec<f32>,
-    js: Vec<u32>,
-    dots: Vec<f32>,
+    sel: Vec<f32>,
+    j0s: Vec<usize>,
+    dots: Vec<[f32; RUN]>,
+    /// Per sorted position, the smallest clamped t to a higher token so far.
+    tmin: Vec<f32>,
+    /// Tokens in density order, `[n, c]`.
+    xs: Vec<f32>,
+    panel: Panel,
     pick: Vec<u32>,
     center_of: Vec<u32>,
     fb: Vec<u32>,
-    rows_a: Vec<f32>,
-    rows_c: Vec<f32>,
-    norms_c: Vec<f32>,
+    best: Vec<(f32, u32)>,
 }
 
 impl AilurusReducer {
@@ -119,25 +150,26 @@ impl AilurusReducer {
             delta_search,
             fallback,
             n: 0,
-            norms: Vec::new(),
+            xt: Vec::new(),
+            ld: 0,
+            sq: Vec::new(),
             rho: Vec::new(),
             key: Vec::new(),
             delta: Vec::new(),
             score: Vec::new(),
             order: Vec::new(),
             rank: Vec::new(),
-            sorted: Vec::new(),
-            sorted_norms: Vec::new(),
-            block: Vec::new(),
             win: Vec::new(),
-            js: Vec::new(),
+            sel: Vec::new(),
+            j0s: Vec::new(),
             dots: Vec::new(),
+            tmin: Vec::new(),
+            xs: Vec::new(),
+            panel: Panel::default(),
             pick: Vec::new(),
             center_of: Vec::new(),
             fb: Vec::new(),
-            rows_a: Vec::new(),
-            rows_c: Vec::new(),
-            norms_c: Vec::new(),
+            best: Vec::new(),
         }
     }
 
@@ -164,19 +196,30 @@ impl AilurusReducer {
     /// Compute rho, the density order, delta and the scores of `tokens` (`[h*w, c]`).
     pub fn density_peaks(&mut self, tokens: &[f32], c: usize, grid: (usize, usize)) -> Result<(), ReduceError> {
         let n = check_shape("ailurus", tokens, c, grid)?;
+        self.reserve(n, c, 1);
         self.peaks(tokens, c, grid, n);
         Ok(())
     }
 
     /// Capacity for every data-dependent buffer of an (n, c, m) reduction, up front.
     fn reserve(&mut self, n: usize, c: usize, m: usize) {
-        let block = ROW_BLOCK * n.max(m);
-        ensure(&mut self.block, block);
-        ensure(&mut self.js, n);
+        let r = match self.delta_search {
+            DeltaSearch::Window(dr) => dr.max(self.radius),
+            DeltaSearch::Global => self.radius,
+        };
+        let side = 2 * r + 1;
+        let runs = (side * side.div_ceil(RUN)).max(n.div_ceil(RUN));
+        ensure(&mut self.j0s, runs);
+        if self.dots.len() < runs {
+            self.dots.resize(runs, [0.0; RUN]);
+        }
         ensure(&mut self.fb, n);
-        ensure(&mut self.rows_a, ROW_BLOCK * c);
-        ensure(&mut self.rows_c, m * c);
-        ensure(&mut self.norms_c, m);
+        ensure(&mut self.best, n);
+        ensure(&mut self.pick, n.max(m));
+        ensure(&mut self.xt, c * transposed_ld(n));
+        ensure(&mut self.xs, n * c);
+        ensure(&mut self.sq, n.next_multiple_of(RUN));
+        ensure(&mut self.sel, (2 * self.radius + 1).pow(2));
     }
 
     fn peaks(&mut self, x: &[f32], c: usize, grid: (usize, usize), n: usize) {
@@ -184,10 +227,8 @@ impl AilurusReducer {
         if n == 0 {
             return;
         }
-        ensure(&mut self.js, n);
-        self.dots.resize(n.max(self.dots.len()), 0.0);
-        self.norms.clear();
-        self.norms.extend(x.chunks_exact(c).map(|r| super::dot::dot(r, r)));
+        self.ld = transpose(x, n, c, &mut self.xt);
+        sqnorms_t(&self.xt, self.ld, n, c, &mut self.sq);
         self.density(x, c, grid);
         self.key.clear();
         self.key.extend(self.rho.iter().enumerate().map(|(i, &r)| r + 1e-6 * jitter(i)));
@@ -212,107 +253,143 @@ impl AilurusReducer {
         self.score.extend(self.rho.iter().zip(&self.delta).map(|(&r, &d)| r * d));
     }
 
-    /// rho_i = exp(-mean of the k smallest D^2 in the window of i, self included).
+    /// D from token `i` to every token of its radius-r window into `win`, then
+    /// rho_i = exp(-mean of the kk smallest D^2).
     fn density(&mut self, x: &[f32], c: usize, (h, w): (usize, usize)) {
         let n = h * w;
         let r = self.radius;
         let side = 2 * r + 1;
         let slots = side * side;
-        let slot = |dy: isize, dx: isize| ((dy + r as isize) as usize) * side + (dx + r as isize) as usize;
-        let cf = c as f32;
-        let (win, js, dots, norms) = (&mut self.win, &mut self.js, &mut self.dots, &self.norms);
-        win.clear();
-        win.resize(n * slots, f32::INFINITY);
-        for i in 0..n {
-            let (y, xi) = (i / w, i % w);
-            win[i * slots + slot(0, 0)] = 0.0;
-            // The forward half of the window (later in raster order): each pair is computed once.
-            js.clear();
-            js.extend(window(i, r, (h, w)).filter(|&j| j > i).map(|j| j as u32));
-            dots_gather(x, c, &x[i * c..(i + 1) * c], js, dots);
-            for (&j, &g) in js.iter().zip(dots.iter()) {
-                let j = j as usize;
-                let d2 = sq(norms[i], norms[j], g) / cf;
-                let (dy, dx) = ((j / w) as isize - y as isize, (j % w) as isize - xi as isize);
-                win[i * slots + slot(dy, dx)] = d2;
-                win[j * slots + slot(-dy, -dx)] = d2;
-            }
-        }
+        let sqrt_c = (c as f32).sqrt();
+        self.win.clear();
+        self.win.resize(n * slots, f32::INFINITY);
         self.rho.clear();
         for i in 0..n {
+            let b @ (y0, y1, x0, x1) = bounds(i, r, (h, w));
+            let per_row = window_runs(b, w, &mut self.j0s);
+            runs(&x[i * c..(i + 1) * c], &self.xt, self.ld, &self.j0s, &mut self.dots);
             let (y, xi) = (i / w, i % w);
-            let rows = (y + r).min(h - 1) - y.saturating_sub(r) + 1;
-            let cols = (xi + r).min(w - 1) - xi.saturating_sub(r) + 1;
-            let kk = self.k.min(rows * cols);
-            let s = &mut win[i * slots..(i + 1) * slots];
-            if kk < slots {
-                s.select_nth_unstable_by(kk - 1, f32::total_cmp);
+            let win = &mut self.win[i * slots..(i + 1) * slots];
+            self.sel.clear();
+            for (ry, yy) in (y0..=y1).enumerate() {
+                for xx in x0..=x1 {
+                    let (j, off) = (yy * w + xx, xx - x0);
+                    let g = self.dots[ry * per_row + off / RUN][off % RUN];
+                    let d = if j == i { 0.0 } else { dist(tval(self.sq[i], self.sq[j], g), sqrt_c) };
+                    win[(yy + r - y) * side + (xx + r - xi)] = d;
+                    self.sel.push(d);
+                }
             }
-            let s = &mut s[..kk];
+            // D >= 0, so the kk smallest D give the kk smallest D^2, in ascending order.
+            let kk = self.k.min(self.sel.len());
+            if kk < self.sel.len() {
+                self.sel.select_nth_unstable_by(kk - 1, f32::total_cmp);
+            }
+            let s = &mut self.sel[..kk];
             s.sort_unstable_by(f32::total_cmp);
-            let sum = s.iter().fold(0.0f32, |a, &v| a + v);
-            self.rho.push((-(sum / kk as f32)).exp());
+            let sum = s.iter().fold(0.0f32, |a, &d| a + d * d);
+            let mean = sum / kk as f32;
+            self.rho.push((-(mean as f64)).exp() as f32);
         }
     }
 
-    /// Exact delta: each token against every higher token, as blocks of the sorted matrix.
+    /// Exact delta: every token against every higher token, tiles of sorted rows against
+    /// panels of 16 higher tokens.
     fn delta_global(&mut self, x: &[f32], c: usize) {
         let n = self.n;
         let sqrt_c = (c as f32).sqrt();
-        self.sorted.clear();
-        self.sorted_norms.clear();
-        for &i in &self.order {
-            let i = i as usize;
-            self.sorted.extend_from_slice(&x[i * c..(i + 1) * c]);
-            self.sorted_norms.push(self.norms[i]);
+        // Rows in density order, so the sweeps below read them sequentially.
+        self.xs.clear();
+        for &o in &self.order {
+            self.xs.extend_from_slice(&x[o as usize * c..(o as usize + 1) * c]);
         }
-        self.block.resize((ROW_BLOCK * n).max(self.block.len()), 0.0);
-        let ns = &self.sorted_norms;
-        for t0 in (0..n).step_by(ROW_BLOCK) {
-            let t1 = (t0 + ROW_BLOCK).min(n);
-            let rows = &self.sorted[t0 * c..t1 * c];
-            dot_block(rows, t1 - t0, &self.sorted[..t1 * c], t1, c, &mut self.block, t1);
-            for t in t0.max(1)..t1 {
-                let g = &self.block[(t - t0) * t1..(t - t0) * t1 + t];
-                let e = g.iter().zip(&ns[..t]).fold(f32::INFINITY, |m, (&g, &nj)| m.min(sq(ns[t], nj, g)));
-                self.delta[self.order[t] as usize] = e.sqrt() / sqrt_c;
+        let xs = &self.xs;
+        let row = |t: usize| &xs[t * c..(t + 1) * c];
+        self.tmin.clear();
+        self.tmin.resize(n, f32::INFINITY);
+        // One panel of 16 higher tokens stays in L1 while every lower row sweeps past it in
+        // tiles of 4 (a group of panels in L2 measured slower).
+        for s0 in (0..n).step_by(PANEL) {
+            let s1 = (s0 + PANEL).min(n);
+            self.panel.pack((s0..s1).map(row), c);
+            let mut sqs = [0.0f32; PANEL];
+            for s in s0..s1 {
+                sqs[s - s0] = self.sq[self.order[s] as usize];
             }
+            let mut t = s0 + 1;
+            while t < n {
+                let tr = TILE_ROWS.min(n - t);
+                let mut a: [&[f32]; TILE_ROWS] = [&[]; TILE_ROWS];
+                let (mut sqa, mut lim) = ([0.0f32; TILE_ROWS], [0usize; TILE_ROWS]);
+                for q in 0..tr {
+                    (a[q], sqa[q], lim[q]) = (row(t + q), self.sq[self.order[t + q] as usize], s1.min(t + q) - s0);
+                }
+                panel_min_t(&a[..tr], &self.panel, &sqa, &sqs, &lim, &mut self.tmin[t..t + tr]);
+                t += tr;
+            }
+        }
+        for t in 1..n {
+            self.delta[self.order[t] as usize] = dist(self.tmin[t], sqrt_c);
         }
     }
 
     /// Windowed delta: higher tokens within radius `dr`, else every higher token.
     fn delta_window(&mut self, x: &[f32], c: usize, grid: (usize, usize), dr: usize) {
         let sqrt_c = (c as f32).sqrt();
+        let w = grid.1;
         for i in 0..self.n {
             let ri = self.rank[i];
             if ri == 0 {
                 continue; // the top token: `farthest`
             }
-            let rank = &self.rank;
-            self.js.clear();
-            self.js.extend(window(i, dr, grid).filter(|&j| rank[j] < ri).map(|j| j as u32));
-            if self.js.is_empty() {
-                self.js.extend_from_slice(&self.order[..ri as usize]);
+            let xi = &x[i * c..(i + 1) * c];
+            let b @ (y0, y1, x0, x1) = bounds(i, dr, grid);
+            let per_row = window_runs(b, w, &mut self.j0s);
+            runs(xi, &self.xt, self.ld, &self.j0s, &mut self.dots);
+            let mut m = f32::INFINITY;
+            let mut found = false;
+            for (ry, yy) in (y0..=y1).enumerate() {
+                for xx in x0..=x1 {
+                    let (j, off) = (yy * w + xx, xx - x0);
+                    if self.rank[j] < ri {
+                        m = m.min(tval(self.sq[i], self.sq[j], self.dots[ry * per_row + off / RUN][off % RUN]));
+                        found = true;
+                    }
+                }
             }
-            dots_gather(x, c, &x[i * c..(i + 1) * c], &self.js, &mut self.dots);
-            let ni = self.norms[i];
-            let e = self
-                .js
-                .iter()
-                .zip(&self.dots)
-                .fold(f32::INFINITY, |m, (&j, &g)| m.min(sq(ni, self.norms[j as usize], g)));
-            self.delta[i] = e.sqrt() / sqrt_c;
+            if !found {
+                m = self.scan_all(xi, i, |s, j| s.rank[j] < ri, f32::INFINITY, f32::min);
+            }
+            self.delta[i] = dist(m, sqrt_c);
         }
+    }
+
+    /// Fold `f` over the clamped t of token `i` against every token `j` with `keep(j)`.
+    fn scan_all(
+        &mut self,
+        xi: &[f32],
+        i: usize,
+        keep: impl Fn(&Self, usize) -> bool,
+        init: f32,
+        f: impl Fn(f32, f32) -> f32,
+    ) -> f32 {
+        let n = self.n;
+        self.j0s.clear();
+        self.j0s.extend((0..n).step_by(RUN));
+        runs(xi, &self.xt, self.ld, &self.j0s, &mut self.dots);
+        let mut acc = init;
+        for j in 0..n {
+            if keep(self, j) {
+                acc = f(acc, tval(self.sq[i], self.sq[j], self.dots[j / RUN][j % RUN]));
+            }
+        }
+        acc
     }
 
     /// max_j D[i][j] (0 for a single token): delta of the token with no higher token.
     fn farthest(&mut self, x: &[f32], c: usize, i: usize) -> f32 {
-        self.js.clear();
-        self.js.extend((0..self.n as u32).filter(|&j| j as usize != i));
-        dots_gather(x, c, &x[i * c..(i + 1) * c], &self.js, &mut self.dots);
-        let ni = self.norms[i];
-        let e = self.js.iter().zip(&self.dots).fold(0.0f32, |m, (&j, &g)| m.max(sq(ni, self.norms[j as usize], g)));
-        e.sqrt() / (c as f32).sqrt()
+        let t = self.scan_all(&x[i * c..(i + 1) * c], i, |_, j| j != i, 0.0, f32::max);
+        dist(t, (c as f32).sqrt())
     }
 
     /// Centres: the `m` best scores (ties: lower index), ascending by token index.
@@ -337,9 +414,12 @@ impl AilurusReducer {
         }
     }
 
-    /// Nearest centre by D inside the window (ties: lower id), else the fallback.
+    /// Nearest centre by D inside the window (ties: lower id), else the fallback. The window
+    /// distances are the ones `density` stored.
     fn assign(&mut self, x: &[f32], c: usize, grid: (usize, usize), out: &mut Reduction) {
-        let sqrt_c = (c as f32).sqrt();
+        let (r, w) = (self.radius, grid.1);
+        let side = 2 * r + 1;
+        let slots = side * side;
         out.assign.clear();
         out.assign.resize(self.n, NONE);
         self.fb.clear();
@@ -348,62 +428,68 @@ impl AilurusReducer {
                 out.assign[i] = self.center_of[i];
                 continue;
             }
-            let center_of = &self.center_of;
-            self.js.clear();
-            self.js.extend(window(i, self.radius, grid).filter(|&j| center_of[j] != NONE).map(|j| j as u32));
-            if self.js.is_empty() {
-                self.fb.push(i as u32);
-                continue;
-            }
-            dots_gather(x, c, &x[i * c..(i + 1) * c], &self.js, &mut self.dots);
+            let (y, xi) = (i / w, i % w);
+            let win = &self.win[i * slots..(i + 1) * slots];
             // Raster order == ascending cluster id, so a strict `<` keeps the lower id on ties.
             let (mut best, mut best_d) = (NONE, f32::INFINITY);
-            for (&j, &g) in self.js.iter().zip(&self.dots) {
-                let d = sq(self.norms[i], self.norms[j as usize], g).sqrt() / sqrt_c;
-                if best == NONE || d < best_d {
-                    (best, best_d) = (center_of[j as usize], d);
+            for j in window(i, r, grid) {
+                let id = self.center_of[j];
+                if id != NONE {
+                    let d = win[(j / w + r - y) * side + (j % w + r - xi)];
+                    if best == NONE || d < best_d {
+                        (best, best_d) = (id, d);
+                    }
                 }
             }
-            out.assign[i] = best;
+            if best == NONE {
+                self.fb.push(i as u32);
+            } else {
+                out.assign[i] = best;
+            }
         }
         if !self.fb.is_empty() {
             match self.fallback {
                 Fallback::Global => self.fallback_global(x, c, out),
-                Fallback::Spatial => self.fallback_spatial(grid.1, out),
+                Fallback::Spatial => self.fallback_spatial(w, out),
             }
         }
     }
 
+    /// Nearest centre by (D, id) over all centres: panels of 16 centres against tiles of 4
+    /// fallback tokens.
     fn fallback_global(&mut self, x: &[f32], c: usize, out: &mut Reduction) {
-        let m = self.pick.len();
         let sqrt_c = (c as f32).sqrt();
-        self.rows_c.clear();
-        self.norms_c.clear();
-        for &t in &self.pick {
-            self.rows_c.extend_from_slice(&x[t as usize * c..(t as usize + 1) * c]);
-            self.norms_c.push(self.norms[t as usize]);
-        }
-        self.block.resize((ROW_BLOCK * m).max(self.block.len()), 0.0);
-        for chunk in self.fb.chunks(ROW_BLOCK) {
-            self.rows_a.clear();
-            for &i in chunk {
-                self.rows_a.extend_from_slice(&x[i as usize * c..(i as usize + 1) * c]);
-            }
-            dot_block(&self.rows_a, chunk.len(), &self.rows_c, m, c, &mut self.block, m);
-            for (r, &i) in chunk.iter().enumerate() {
-                let ni = self.norms[i as usize];
-                let (mut best, mut best_d) = (0u32, f32::INFINITY);
-                for (id, (&g, &nc)) in self.block[r * m..(r + 1) * m].iter().zip(&self.norms_c).enumerate() {
-                    let d = sq(ni, nc, g).sqrt() / sqrt_c;
-                    if id == 0 || d < best_d {
-                        (best, best_d) = (id as u32, d);
+        let row = |i: u32| &x[i as usize * c..(i as usize + 1) * c];
+        self.best.clear();
+        self.best.resize(self.fb.len(), (f32::INFINITY, NONE));
+        let mut dots = [[0.0f32; PANEL]; TILE_ROWS];
+        for p0 in (0..self.pick.len()).step_by(PANEL) {
+            let p1 = (p0 + PANEL).min(self.pick.len());
+            self.panel.pack(self.pick[p0..p1].iter().map(|&t| row(t)), c);
+            for (f0, chunk) in self.fb.chunks(TILE_ROWS).enumerate() {
+                let mut a: [&[f32]; TILE_ROWS] = [&[]; TILE_ROWS];
+                for (q, &i) in chunk.iter().enumerate() {
+                    a[q] = row(i);
+                }
+                panel_dots(&a[..chunk.len()], &self.panel, &mut dots);
+                for (q, &i) in chunk.iter().enumerate() {
+                    let best = &mut self.best[f0 * TILE_ROWS + q];
+                    for (l, &g) in dots[q][..p1 - p0].iter().enumerate() {
+                        let t = self.pick[p0 + l] as usize;
+                        let d = dist(tval(self.sq[i as usize], self.sq[t], g), sqrt_c);
+                        if best.1 == NONE || d < best.0 {
+                            *best = (d, (p0 + l) as u32);
+                        }
                     }
                 }
-                out.assign[i as usize] = best;
             }
+        }
+        for (&i, &(_, id)) in self.fb.iter().zip(&self.best) {
+            out.assign[i as usize] = id;
         }
     }
 
+    /// Spatially nearest centre by (dy^2 + dx^2, id).
     fn fallback_spatial(&mut self, w: usize, out: &mut Reduction) {
         for &i in &self.fb {
             let (y, x) = ((i as usize / w) as isize, (i as usize % w) as isize);
@@ -425,7 +511,9 @@ impl Reducer for AilurusReducer {
         "ailurus"
     }
 
-    /// M >= N (and N = 0) is the identity; M = 0 is treated as 1.
+    /// M >= N (and N = 0) is the identity (every token its own centre, what the spec gives for
+    /// M = N; merged through the same sum-and-divide, so -0.0 becomes +0.0 as on the GPU);
+    /// M = 0 is treated as 1.
     fn reduce(
         &mut self,
         tokens: &[f32],
@@ -437,7 +525,11 @@ impl Reducer for AilurusReducer {
         let n = check_shape("ailurus", tokens, c, grid)?;
         let m = m.max(1);
         if m >= n {
-            none::identity(tokens, c, n, out);
+            out.assign.clear();
+            out.assign.extend(0..n as u32);
+            out.centers.clear();
+            out.centers.extend(0..n as u32);
+            merge_means(tokens, c, n, out);
             return Ok(());
         }
         self.reserve(n, c, m);

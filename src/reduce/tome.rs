@@ -10,11 +10,8 @@
 //! centre. The merged output is the mean of each cluster's original members. Must not allocate
 //! once warm at a given size.
 
-use super::dot::{dot, dot_block};
+use super::dot::{dot, panel_dots, Panel, PANEL, TILE_ROWS};
 use super::{check_shape, ensure, merge_means, none, ReduceError, Reducer, Reduction};
-
-/// A-token rows per similarity block.
-const ROW_BLOCK: usize = 64;
 
 /// Reused scratch of the matching rounds.
 #[derive(Debug, Default)]
@@ -29,7 +26,7 @@ pub struct TomeReducer {
     map: Vec<u32>,
     an: Vec<f32>,
     bn: Vec<f32>,
-    sim: Vec<f32>,
+    panel: Panel,
     best: Vec<u32>,
     best_s: Vec<f32>,
     pick: Vec<u32>,
@@ -68,7 +65,6 @@ impl TomeReducer {
         }
         ensure(&mut self.an, na * c);
         ensure(&mut self.bn, nb * c);
-        ensure(&mut self.sim, ROW_BLOCK * nb);
         ensure(&mut self.best, na);
         ensure(&mut self.best_s, na);
         ensure(&mut self.pick, na);
@@ -84,20 +80,28 @@ impl TomeReducer {
         push_unit_rows(&self.cur, c, 0, na, &mut self.an);
         push_unit_rows(&self.cur, c, 1, nb, &mut self.bn);
         self.best.clear();
+        self.best.resize(na, 0);
         self.best_s.clear();
-        self.sim.resize((ROW_BLOCK * nb).max(self.sim.len()), 0.0);
-        for p0 in (0..na).step_by(ROW_BLOCK) {
-            let p1 = (p0 + ROW_BLOCK).min(na);
-            dot_block(&self.an[p0 * c..p1 * c], p1 - p0, &self.bn, nb, c, &mut self.sim, nb);
-            for row in self.sim[..(p1 - p0) * nb].chunks_exact(nb) {
-                let (mut bq, mut bs) = (0usize, row[0]);
-                for (q, &s) in row.iter().enumerate().skip(1) {
-                    if s > bs {
-                        (bq, bs) = (q, s);
+        self.best_s.resize(na, f32::NEG_INFINITY);
+        let mut dots = [[0.0f32; PANEL]; TILE_ROWS];
+        for q0 in (0..nb).step_by(PANEL) {
+            let q1 = (q0 + PANEL).min(nb);
+            self.panel.pack((q0..q1).map(|q| &self.bn[q * c..(q + 1) * c]), c);
+            for p0 in (0..na).step_by(TILE_ROWS) {
+                let p1 = (p0 + TILE_ROWS).min(na);
+                let mut a: [&[f32]; TILE_ROWS] = [&[]; TILE_ROWS];
+                for p in p0..p1 {
+                    a[p - p0] = &self.an[p * c..(p + 1) * c];
+                }
+                panel_dots(&a[..p1 - p0], &self.panel, &mut dots);
+                for p in p0..p1 {
+                    // Panels and lanes ascend in q, so a strict `>` keeps the lower B on ties.
+                    for (l, &s) in dots[p - p0][..q1 - q0].iter().enumerate() {
+                        if s > self.best_s[p] {
+                            (self.best[p], self.best_s[p]) = ((q0 + l) as u32, s);
+                        }
                     }
                 }
-                self.best.push(bq as u32);
-                self.best_s.push(bs);
             }
         }
         let r = (n - m).min(na);
