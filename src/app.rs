@@ -23,8 +23,25 @@ use crate::source::{self, FrameSource};
 pub fn build_segmenter(cfg: &Config, sizes: &[u32], with_full: bool) -> Result<Segmenter, crate::model::ModelError> {
     let sizes = if sizes.is_empty() { vec![cfg.model.input_size] } else { sizes.to_vec() };
     crate::model::set_threads(cfg.model.threads);
-    let opts = SegmenterOptions { sizes, reduce: cfg.reduce.clone(), with_full, verify_sha256: true };
+    let opts = SegmenterOptions {
+        fixed_middle: fixed_middle_tokens(cfg),
+        fixed_unreduced: cfg.model.fixed_middle,
+        sizes,
+        reduce: cfg.reduce.clone(),
+        with_full,
+        verify_sha256: true,
+    };
     Segmenter::load(&cfg.resolve(&cfg.model.manifest), &opts)
+}
+
+/// The Ms that get a fixed-shape middle plan (`[model] fixed_middle`): `[reduce] m` (the
+/// unreduced token count at each size is added by the segmenter).
+pub fn fixed_middle_tokens(cfg: &Config) -> Vec<usize> {
+    if cfg.model.fixed_middle && cfg.reduce.strategy != "none" {
+        vec![cfg.reduce.m]
+    } else {
+        Vec::new()
+    }
 }
 
 /// One frame through pre -> infer -> post, with reusable scratch.

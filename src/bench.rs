@@ -170,11 +170,21 @@ fn measure(
     Ok((row, masks))
 }
 
-fn build(cfg: &Config, sizes: &[u32], cut: usize, bias: bool) -> Result<Segmenter> {
+/// `fixed`: the Ms measured on this segmenter, each given a fixed-shape middle plan (as the
+/// runtime does for its configured M) when `[model] fixed_middle` is on.
+fn build(cfg: &Config, sizes: &[u32], cut: usize, bias: bool, fixed: &[usize]) -> Result<Segmenter> {
     let mut reduce = cfg.reduce.clone();
     reduce.cut = cut;
     reduce.proportional_attention = bias;
-    let opts = SegmenterOptions { sizes: sizes.to_vec(), reduce, with_full: false, verify_sha256: true };
+    let on = cfg.model.fixed_middle;
+    let opts = SegmenterOptions {
+        sizes: sizes.to_vec(),
+        reduce,
+        with_full: false,
+        verify_sha256: true,
+        fixed_middle: if on { fixed.to_vec() } else { Vec::new() },
+        fixed_unreduced: on,
+    };
     Ok(Segmenter::load(&cfg.resolve(&cfg.model.manifest), &opts)?)
 }
 
@@ -206,7 +216,7 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
     let progress = |what: &str| log::info!("bench: {what}");
 
     // Reference + lowres, on a segmenter with the main cut and bias on.
-    let seg = build(cfg, &sizes, main_cut, true)?;
+    let seg = build(cfg, &sizes, main_cut, true, &[])?;
     progress(&format!("none at {} (reference)", o.size));
     let (mut r0, ref_masks) =
         measure(&seg, &photos, Setting { input_size: o.size, m: usize::MAX }, o.reps, None, true)?;
@@ -252,9 +262,7 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
             if !main && !bias {
                 continue;
             }
-            let seg = build(cfg, &sizes, cut, bias)?;
-            for strategy in &o.strategies {
-                with_strategy(&seg, cfg, strategy);
+            let plan = |strategy: &str| -> Vec<Setting> {
                 let mut settings = Vec::new();
                 if strategy == "grid" {
                     // Grid pooling has one natural M per size (2x2 windows).
@@ -277,10 +285,16 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
                 } else if strategy == "ailurus" {
                     let m = o.m_list.iter().copied().min_by_key(|&m| m.abs_diff(n_ref / 2)).unwrap_or(n_ref / 2);
                     settings.push(Setting { input_size: o.size, m });
-                } else {
-                    continue;
                 }
-                for st in settings {
+                settings
+            };
+            let mut fixed: Vec<usize> = o.strategies.iter().flat_map(|s| plan(s)).map(|st| st.m).collect();
+            fixed.sort_unstable();
+            fixed.dedup();
+            let seg = build(cfg, &sizes, cut, bias, &fixed)?;
+            for strategy in &o.strategies {
+                with_strategy(&seg, cfg, strategy);
+                for st in plan(strategy) {
                     progress(&format!("{strategy} a={cut} {}px M={} bias={}", st.input_size, st.m, bias));
                     let (mut r, _) = measure(&seg, &photos, st, o.reps, Some(&reference), false)?;
                     r.strategy = strategy.clone();

@@ -99,6 +99,9 @@ enum Cmd {
         ov: Overrides,
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// Also list the slowest nodes with their GFLOP/s and tract's kernel choice.
+        #[arg(long)]
+        nodes: bool,
     },
     /// Measure the cost and fidelity of every [budget] setting on sample images and write the
     /// calibration table the budget controller uses (once per device).
@@ -148,14 +151,14 @@ struct BenchArgs {
     /// Cut points for the full sweep.
     #[arg(long, value_delimiter = ',', default_value = "3")]
     cuts: Vec<usize>,
-    /// Extra cut points, measured for ailurus at M ~ N/2.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    /// Extra cut points, measured for ailurus at M ~ N/2 (the flag alone: none).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1,2,4")]
     extra_cuts: Vec<usize>,
-    /// Smaller input sizes combined with reduction (M = N/2 and 3N/4 there).
-    #[arg(long, value_delimiter = ',', default_value = "392,336")]
+    /// Smaller input sizes combined with reduction (M = N/2 and 3N/4 there; the flag alone: none).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "392,336")]
     combo: Vec<u32>,
-    /// Input sizes for the lowres baseline.
-    #[arg(long, value_delimiter = ',', default_value = "392,336,280,224")]
+    /// Input sizes for the lowres baseline (the flag alone: none).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "392,336,280,224")]
     lowres: Vec<u32>,
     /// Also measure every reducer with proportional attention off.
     #[arg(long)]
@@ -256,13 +259,16 @@ fn real_main(cli: Cli) -> Result<()> {
             println!("table written to {}, plot to {}", b.csv.display(), plot.display());
             Ok(())
         }
-        Cmd::Profile { config, ov, reps } => {
+        Cmd::Profile { config, ov, reps, nodes } => {
             let mut cfg = load_config(&config)?;
             apply(&mut cfg, &ov)?;
             ailurus::model::set_threads(cfg.model.threads);
             let man = ailurus::model::Manifest::load(&cfg.resolve(&cfg.model.manifest))?;
             let parts = ailurus::profile::run(&man, cfg.model.input_size, cfg.reduce.cut, cfg.reduce.m, reps)?;
             print!("{}", ailurus::profile::format(&parts));
+            if nodes {
+                print!("{}", ailurus::profile::format_nodes(&parts));
+            }
             Ok(())
         }
         Cmd::Devices => {

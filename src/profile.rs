@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use tract_core::internal::Cost;
 use tract_core::plan::eval as tract_eval;
 use tract_onnx::prelude::*;
 
@@ -19,6 +20,19 @@ pub struct PartProfile {
     pub total: Duration,
     /// op name -> (time, node count)
     pub by_op: BTreeMap<String, (Duration, usize)>,
+    /// The slowest nodes, slowest first.
+    pub nodes: Vec<NodeProfile>,
+}
+
+/// One node's time, its multiply-adds (tract's own cost model) and tract's description of it
+/// (for a matmul: m, k, n and the kernel that runs).
+#[derive(Debug, Default, Clone)]
+pub struct NodeProfile {
+    pub name: String,
+    pub op: String,
+    pub time: Duration,
+    pub fma: f64,
+    pub info: String,
 }
 
 fn profile_plan(part: &str, model: TypedModel, inputs: TVec<TValue>, reps: usize) -> Result<PartProfile> {
@@ -26,18 +40,41 @@ fn profile_plan(part: &str, model: TypedModel, inputs: TVec<TValue>, reps: usize
     let mut state = plan.spawn()?;
     state.run(inputs.clone())?; // warm-up
     let mut p = PartProfile { part: part.to_string(), ..Default::default() };
+    let mut per_node: BTreeMap<usize, Duration> = BTreeMap::new();
     for _ in 0..reps {
         let t0 = Instant::now();
         let by_op = &mut p.by_op;
+        let per_node = &mut per_node;
         state.run_plan_with_eval(inputs.clone(), |ctx, st, node, input| {
             let t = Instant::now();
             let r = tract_eval(ctx, st, node, input);
             let e = by_op.entry(node.op.name().to_string()).or_default();
             e.0 += t.elapsed();
             e.1 += 1;
+            *per_node.entry(node.id).or_default() += t.elapsed();
             r
         })?;
         p.total += t0.elapsed();
+    }
+    let model = plan.model();
+    let mut nodes: Vec<_> = per_node.into_iter().collect();
+    nodes.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
+    for (id, t) in nodes.into_iter().take(NODES) {
+        let node = model.node(id);
+        let facts = model.node_input_facts(id)?;
+        let fma = node
+            .op
+            .as_typed()
+            .and_then(|op| op.cost(&facts).ok())
+            .map(|c| {
+                c.iter()
+                    .filter(|(k, _)| matches!(k, Cost::FMA(_)))
+                    .filter_map(|(_, n)| n.to_i64().ok())
+                    .sum::<i64>() as f64
+            })
+            .unwrap_or(0.0);
+        let info = node.op.info().unwrap_or_default().into_iter().take(2).collect::<Vec<_>>().join("; ");
+        p.nodes.push(NodeProfile { name: node.name.clone(), op: node.op.name().to_string(), time: t / reps as u32, fma, info });
     }
     for v in p.by_op.values_mut() {
         v.0 /= reps as u32;
@@ -46,6 +83,9 @@ fn profile_plan(part: &str, model: TypedModel, inputs: TVec<TValue>, reps: usize
     p.total /= reps as u32;
     Ok(p)
 }
+
+/// How many of the slowest nodes each part reports.
+const NODES: usize = 12;
 
 /// Profile stem, middle (at `m` merged tokens + prefix) and head at `size`.
 pub fn run(manifest: &Manifest, size: u32, cut_at: usize, m: usize, reps: usize) -> Result<Vec<PartProfile>> {
@@ -65,6 +105,12 @@ pub fn run(manifest: &Manifest, size: u32, cut_at: usize, m: usize, reps: usize)
         profile_plan(
             &format!("middle(T={t_mid})"),
             cut::middle(&base, manifest, cut_at, true)?,
+            tvec!(toks(t_mid)?.into(), bias.clone().into()),
+            reps,
+        )?,
+        profile_plan(
+            &format!("middle(T={t_mid}, concrete)"),
+            cut::concretize(&cut::middle_decluttered(&base, manifest, cut_at, true)?, t_mid)?,
             tvec!(toks(t_mid)?.into(), bias.into()),
             reps,
         )?,
@@ -86,6 +132,21 @@ pub fn format(parts: &[PartProfile]) -> String {
                 t.as_secs_f64() * 1e3,
                 100.0 * t.as_secs_f64() / p.total.as_secs_f64().max(1e-12)
             );
+        }
+    }
+    s
+}
+
+/// The slowest nodes of each part, with GFLOP/s (2 x multiply-adds / time) and tract's
+/// description (for matmuls: m, k, n and the kernel).
+pub fn format_nodes(parts: &[PartProfile]) -> String {
+    let mut s = String::new();
+    for p in parts {
+        s += &format!("{}: slowest nodes\n", p.part);
+        for n in &p.nodes {
+            let ms = n.time.as_secs_f64() * 1e3;
+            let gflops = if n.fma > 0.0 { format!("{:6.1} GFLOP/s", 2.0 * n.fma / n.time.as_secs_f64() / 1e9) } else { " ".repeat(14) };
+            s += &format!("  {ms:7.1} ms {gflops}  {:<12} {}\n      {}\n", n.op, n.name, n.info);
         }
     }
     s

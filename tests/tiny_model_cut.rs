@@ -32,6 +32,8 @@ fn options(sizes: &[u32], cut: usize, proportional_attention: bool) -> Segmenter
         reduce: ReduceConfig { strategy: "none".into(), cut, proportional_attention, ..ReduceConfig::default() },
         with_full: true,
         verify_sha256: true,
+        fixed_middle: Vec::new(),
+        fixed_unreduced: false,
     }
 }
 
@@ -142,6 +144,33 @@ impl Reducer for PairMean {
 /// The middle runs on fewer tokens (dynamic attention Reshapes), and the key bias is wired into
 /// every attention: N/2 merged tokens with bias log 2 equal N tokens holding each mean twice with
 /// bias 0 (after unfolding), because a key that appears twice gets twice the softmax weight.
+/// The fixed-shape middle plans (`[model] fixed_middle`) must compute exactly what the symbolic
+/// plan computes, for reduced and unreduced token counts, padded or not (17 -> 20 tokens at
+/// 56 px; 9 and 13 -> 12 and 16), and the padding rows must not leak into the output.
+#[test]
+fn fixed_middle_plans_equal_the_symbolic_plan() {
+    let sizes = [56, 112];
+    let mut sym_opts = options(&sizes, 2, true);
+    sym_opts.reduce.strategy = "ailurus".into();
+    let mut fixed_opts = sym_opts.clone();
+    fixed_opts.fixed_middle = vec![8, 12, 15, 48];
+    fixed_opts.fixed_unreduced = true;
+    let sym = Segmenter::load(&data("tiny_vit.toml"), &sym_opts).unwrap();
+    let fixed = Segmenter::load(&data("tiny_vit.toml"), &fixed_opts).unwrap();
+    let mut times = StageTimes::default();
+    for (s, m) in [(56, 8), (56, 12), (56, 15), (56, 16), (112, 48), (112, 64), (112, 40)] {
+        let input = image(s, 3 + m as u64);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let ma = sym.run_parts(&input, Setting { input_size: s, m }, &mut times, &mut a).unwrap();
+        let mb = fixed.run_parts(&input, Setting { input_size: s, m }, &mut times, &mut b).unwrap();
+        assert_eq!(ma, mb);
+        let d = max_diff(&a, &b);
+        assert!(d < 1e-5, "fixed vs symbolic middle at {s}px M={m}: max diff {d}");
+    }
+    assert_eq!(ailurus::model::segmenter::middle_tokens(1, 1024), 1028);
+    assert_eq!(ailurus::model::segmenter::middle_tokens(1, 15), 16);
+}
+
 #[test]
 fn proportional_attention_on_merged_tokens_equals_duplicated_tokens() {
     let s = 56;

@@ -113,6 +113,23 @@ fn drop_unused_inputs(mut g: TypedModel) -> TractResult<TypedModel> {
 /// Blocks `cut..L` + final norm with a symbolic token count `T`. With `key_bias`, a second
 /// input `[1,1,1,T]` is added to the attention logits before every Softmax.
 pub fn middle(base: &Base, m: &Manifest, cut: usize, key_bias: bool) -> TractResult<TypedModel> {
+    middle_inference(base, m, cut, key_bias)?.into_optimized()
+}
+
+/// The middle, typed and decluttered with a symbolic `T` but not yet optimised: the starting
+/// point for [`concretize`].
+pub fn middle_decluttered(base: &Base, m: &Manifest, cut: usize, key_bias: bool) -> TractResult<TypedModel> {
+    middle_inference(base, m, cut, key_bias)?.into_typed()?.into_decluttered()
+}
+
+/// The middle with `T` fixed to `t`, optimised.
+pub fn concretize(decluttered: &TypedModel, t: usize) -> TractResult<TypedModel> {
+    let sym = decluttered.symbols.sym("T");
+    let subs = std::collections::HashMap::from([(sym, (t as i64).to_dim())]);
+    decluttered.set_symbols(&subs)?.into_optimized()
+}
+
+fn middle_inference(base: &Base, m: &Manifest, cut: usize, key_bias: bool) -> TractResult<InferenceModel> {
     let ctx = || format!("building the middle (blocks {cut}..{})", m.num_blocks());
     let mut g = base.clone();
     let tokens = outlet(&g, &m.tokens.blocks[cut - 1])?;
@@ -134,7 +151,7 @@ pub fn middle(base: &Base, m: &Manifest, cut: usize, key_bias: bool) -> TractRes
             g.add_edge(OutletId::new(add, 0), InletId::new(sm, 0))?;
         }
     }
-    g.into_optimized().with_context(ctx)
+    Ok(g)
 }
 
 /// Count the Softmax ops of the middle blocks (for checks and the inspect report).

@@ -16,11 +16,14 @@ pub struct ModelConfig {
     pub device: String,
     /// tract matmul threads (0 = one per core).
     pub threads: usize,
+    /// Also build middle plans with the token count fixed, for `[reduce] m` and the unreduced
+    /// token count at `input_size` (other token counts use the symbolic plan).
+    pub fixed_middle: bool,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { manifest: "models/vit_s_focus.toml".into(), input_size: 448, device: "cpu".into(), threads: 0 }
+        ModelConfig { manifest: "models/vit_s_focus.toml".into(), input_size: 448, device: "cpu".into(), threads: 0, fixed_middle: true }
     }
 }
 
@@ -40,7 +43,7 @@ pub mod cuda;
 pub mod cut;
 pub mod inspect;
 pub mod manifest;
-mod segmenter;
+pub mod segmenter;
 
 pub use manifest::Manifest;
 pub use segmenter::{f32s, Segmenter, SegmenterOptions};

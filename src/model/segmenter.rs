@@ -30,6 +30,26 @@ pub struct SegmenterOptions {
     pub with_full: bool,
     /// Verify the ONNX file's sha256 against the manifest.
     pub verify_sha256: bool,
+    /// Patch-token counts M (merged tokens, or N unreduced) that get a middle plan with the
+    /// token count fixed; every other M runs on the symbolic plan. An M at or above a size's
+    /// token count is skipped there.
+    pub fixed_middle: Vec<usize>,
+    /// Also fix the middle for the unreduced token count at each size.
+    pub fixed_unreduced: bool,
+}
+
+/// The middle runs on a token count rounded up to this multiple, the extra rows masked out of
+/// attention by a key bias of [`PAD_BIAS`]. tract's fast row-wise softmax kernel needs rows
+/// whose length is a multiple of 4 (1 cls + 1024 patches is not).
+pub const MIDDLE_ALIGN: usize = 4;
+
+/// Key bias of a padding row: exp(PAD_BIAS - max) is exactly 0 in f32, so a padding row is
+/// never attended to and the real rows' outputs are unchanged.
+pub const PAD_BIAS: f32 = -1.0e9;
+
+/// The middle's token count for `prefix` + `m` tokens (padded to [`MIDDLE_ALIGN`]).
+pub fn middle_tokens(prefix: usize, m: usize) -> usize {
+    (prefix + m).div_ceil(MIDDLE_ALIGN) * MIDDLE_ALIGN
 }
 
 struct SizePlans {
@@ -53,7 +73,13 @@ pub struct Segmenter {
     manifest: Manifest,
     sizes: Vec<SizeInfo>,
     plans: Vec<SizePlans>,
+    /// The middle with a symbolic token count: serves every M.
     middle: Mutex<State>,
+    /// Middles with a fixed (padded) token count, for the Ms the config chooses: with concrete
+    /// shapes tract picks its wider matmul kernel (see `[model] fixed_middle`).
+    fixed: Vec<(usize, Mutex<State>)>,
+    /// Proportional attention: log cluster sizes as key bias (else zeros; the bias input is
+    /// always there, for the padding).
     key_bias: bool,
     cut: usize,
     reducer: Mutex<Box<dyn Reducer>>,
@@ -146,12 +172,33 @@ impl Segmenter {
             });
         }
         let key_bias = opts.reduce.proportional_attention;
-        let middle = cut::middle(&base, &manifest, cut, key_bias).and_then(state).map_err(build)?;
+        let decl = cut::middle_decluttered(&base, &manifest, cut, true).map_err(build)?;
+        let mut fixed: Vec<(usize, Mutex<State>)> = Vec::new();
+        let mut ms = Vec::new();
+        for p in &plans {
+            let n = p.info.n_tokens;
+            ms.extend(opts.fixed_middle.iter().copied().filter(|&m| m < n));
+            if opts.fixed_unreduced {
+                ms.push(n);
+            }
+        }
+        for m in ms {
+            let t = middle_tokens(manifest.tokens.prefix, m);
+            if fixed.iter().any(|(ft, _)| *ft == t) {
+                continue;
+            }
+            let t0 = Instant::now();
+            let st = cut::concretize(&decl, t).and_then(state).map_err(build)?;
+            log::debug!("middle plan for {t} tokens built in {:.2} s", t0.elapsed().as_secs_f64());
+            fixed.push((t, Mutex::new(st)));
+        }
+        let middle = decl.into_optimized().and_then(state).map_err(build)?;
         let norm = Normalize { mean: manifest.input.mean, std: manifest.input.std };
         Ok(Segmenter {
             sizes: plans.iter().map(|p| p.info).collect(),
             plans,
             middle: Mutex::new(middle),
+            fixed,
             key_bias,
             cut,
             reducer: Mutex::new(build_reducer(&opts.reduce, &shown)?),
@@ -235,20 +282,22 @@ impl Segmenter {
         } else {
             sc.middle_in.extend_from_slice(&tokens[prefix * c..]);
         }
-        let t = prefix + m;
+        // Pad to the middle's aligned token count; padding rows are zeros, masked as keys.
+        let t = middle_tokens(prefix, m);
+        sc.middle_in.resize(t * c, 0.0);
         let mut inputs: TVec<TValue> = tvec!(Tensor::from_shape(&[1, t, c], &sc.middle_in).map_err(err)?.into());
-        if self.key_bias {
-            sc.bias.clear();
-            sc.bias.resize(prefix, 0.0);
-            if reduced {
-                sc.bias.extend(sc.reduction.sizes[..m].iter().map(|s| s.ln()));
-            } else {
-                sc.bias.resize(t, 0.0);
-            }
-            inputs.push(Tensor::from_shape(&[1, 1, 1, t], &sc.bias).map_err(err)?.into());
+        sc.bias.clear();
+        sc.bias.resize(prefix, 0.0);
+        if reduced && self.key_bias {
+            sc.bias.extend(sc.reduction.sizes[..m].iter().map(|s| s.ln()));
+        } else {
+            sc.bias.resize(prefix + m, 0.0);
         }
+        sc.bias.resize(t, PAD_BIAS);
+        inputs.push(Tensor::from_shape(&[1, 1, 1, t], &sc.bias).map_err(err)?.into());
         let t2 = Instant::now();
-        let mid_out = self.middle.lock().unwrap().run(inputs).map_err(err)?;
+        let middle = self.fixed.iter().find(|(ft, _)| *ft == t).map(|(_, st)| st).unwrap_or(&self.middle);
+        let mid_out = middle.lock().unwrap().run(inputs).map_err(err)?;
         let t3 = Instant::now();
         let mid = f32s(&mid_out[0]).map_err(err)?;
         // Unfold back to P + N tokens.
@@ -258,7 +307,7 @@ impl Segmenter {
             sc.full_tokens.resize((prefix + n) * c, 0.0);
             reduce::unfold(&mid[prefix * c..], c, &sc.reduction.assign[..n], &mut sc.full_tokens[prefix * c..]);
         } else {
-            sc.full_tokens.extend_from_slice(&mid[prefix * c..]);
+            sc.full_tokens.extend_from_slice(&mid[prefix * c..(prefix + n) * c]);
         }
         let head_in = Tensor::from_shape(&[1, prefix + n, c], &sc.full_tokens).map_err(err)?;
         drop(guard);
