@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+pub mod peer;
+
 use crate::config::Config;
 use crate::frame::{Frame, Mask};
 use crate::model::{Segmenter, SegmenterOptions};
@@ -42,6 +44,9 @@ pub struct BenchOptions {
     pub reps: usize,
     pub csv: Option<PathBuf>,
     pub plot: Option<PathBuf>,
+    /// Put ONNX Runtime ("ort") in a peer table, at these thread counts.
+    pub peer: Option<String>,
+    pub peer_threads: Vec<usize>,
 }
 
 /// One row of the table.
@@ -325,6 +330,14 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
         });
     }
     Ok(rows)
+}
+
+/// The peer table (`--peer ort`): ailurus unreduced and at its fastest setting with mask IoU
+/// >= 0.97 (from `rows`) against ONNX Runtime, per thread count.
+pub fn run_peer(cfg: &Config, o: &BenchOptions, rows: &[Row]) -> Result<(String, Vec<peer::PeerRow>)> {
+    let photos = load_photos(&o.photos)?;
+    let reduced = peer::pick_reduced(rows, o.size, 0.97);
+    peer::run(cfg, &photos, &o.photos, o.size, reduced.as_ref(), &o.peer_threads, o.reps)
 }
 
 /// The table as text.

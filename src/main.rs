@@ -151,18 +151,26 @@ struct BenchArgs {
     /// Cut points for the full sweep.
     #[arg(long, value_delimiter = ',', default_value = "3")]
     cuts: Vec<usize>,
-    /// Extra cut points, measured for ailurus at M ~ N/2 (the flag alone: none).
-    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1,2,4")]
-    extra_cuts: Vec<usize>,
-    /// Smaller input sizes combined with reduction (M = N/2 and 3N/4 there; the flag alone: none).
-    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "392,336")]
-    combo: Vec<u32>,
-    /// Input sizes for the lowres baseline (the flag alone: none).
-    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "392,336,280,224")]
-    lowres: Vec<u32>,
+    /// Extra cut points, measured for ailurus at M ~ N/2 ("none" for none).
+    #[arg(long, default_value = "1,2,4", value_parser = list::<usize>)]
+    extra_cuts: List<usize>,
+    /// Smaller input sizes combined with reduction (M = N/2 and 3N/4 there; "none" for none).
+    #[arg(long, default_value = "392,336", value_parser = list::<u32>)]
+    combo: List<u32>,
+    /// Input sizes for the lowres baseline ("none" for none).
+    #[arg(long, default_value = "392,336,280,224", value_parser = list::<u32>)]
+    lowres: List<u32>,
     /// Also measure every reducer with proportional attention off.
     #[arg(long)]
     bias_off: bool,
+    /// Also run a peer on the same photos and print a peer table: "ort" (ONNX Runtime's full
+    /// model through tools/ort_bench.py) against ailurus unreduced and at its fastest setting
+    /// with mask IoU >= 0.97 against unreduced.
+    #[arg(long, value_parser = ["ort"])]
+    peer: Option<String>,
+    /// Thread counts for the peer table (both engines).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    peer_threads: Vec<usize>,
     /// Timed repetitions per photo after one warm-up run.
     #[arg(long, default_value_t = 1)]
     reps: usize,
@@ -243,13 +251,15 @@ fn real_main(cli: Cli) -> Result<()> {
                 strategies: b.strategies,
                 m_list: b.m,
                 cuts: b.cuts,
-                extra_cuts: b.extra_cuts,
-                combo_sizes: b.combo,
-                lowres: b.lowres,
+                extra_cuts: b.extra_cuts.0,
+                combo_sizes: b.combo.0,
+                lowres: b.lowres.0,
                 bias_off: b.bias_off,
                 reps: b.reps,
                 csv: Some(b.csv.clone()),
                 plot: None,
+                peer: b.peer.clone(),
+                peer_threads: b.peer_threads.clone(),
             };
             let rows = ailurus::bench::run(&cfg, &opts)?;
             print!("{}", ailurus::bench::format_table(&rows));
@@ -257,6 +267,10 @@ fn real_main(cli: Cli) -> Result<()> {
             let plot = b.csv.with_extension("png");
             ailurus::bench::write_plot(&rows, &plot)?;
             println!("table written to {}, plot to {}", b.csv.display(), plot.display());
+            if opts.peer.is_some() {
+                let (version, peer) = ailurus::bench::run_peer(&cfg, &opts, &rows)?;
+                print!("{}", ailurus::bench::peer::format(&peer, opts.size, opts.photos.len(), &version));
+            }
             Ok(())
         }
         Cmd::Profile { config, ov, reps, nodes } => {
@@ -324,4 +338,18 @@ fn main() -> ExitCode {
             ExitCode::from(if startup { 2 } else { 1 })
         }
     }
+}
+
+/// A comma-separated list flag that may also be "none" (empty).
+#[derive(Debug, Clone)]
+struct List<T>(Vec<T>);
+
+fn list<T: std::str::FromStr>(s: &str) -> Result<List<T>, String>
+where
+    T::Err: std::fmt::Display,
+{
+    if s.trim().is_empty() || s.trim() == "none" {
+        return Ok(List(Vec::new()));
+    }
+    s.split(',').map(|v| v.trim().parse::<T>().map_err(|e| format!("{v:?}: {e}"))).collect::<Result<_, _>>().map(List)
 }

@@ -67,14 +67,18 @@ fn profile_plan(part: &str, model: TypedModel, inputs: TVec<TValue>, reps: usize
             .as_typed()
             .and_then(|op| op.cost(&facts).ok())
             .map(|c| {
-                c.iter()
-                    .filter(|(k, _)| matches!(k, Cost::FMA(_)))
-                    .filter_map(|(_, n)| n.to_i64().ok())
-                    .sum::<i64>() as f64
+                c.iter().filter(|(k, _)| matches!(k, Cost::FMA(_))).filter_map(|(_, n)| n.to_i64().ok()).sum::<i64>()
+                    as f64
             })
             .unwrap_or(0.0);
         let info = node.op.info().unwrap_or_default().into_iter().take(2).collect::<Vec<_>>().join("; ");
-        p.nodes.push(NodeProfile { name: node.name.clone(), op: node.op.name().to_string(), time: t / reps as u32, fma, info });
+        p.nodes.push(NodeProfile {
+            name: node.name.clone(),
+            op: node.op.name().to_string(),
+            time: t / reps as u32,
+            fma,
+            info,
+        });
     }
     for v in p.by_op.values_mut() {
         v.0 /= reps as u32;
@@ -145,7 +149,11 @@ pub fn format_nodes(parts: &[PartProfile]) -> String {
         s += &format!("{}: slowest nodes\n", p.part);
         for n in &p.nodes {
             let ms = n.time.as_secs_f64() * 1e3;
-            let gflops = if n.fma > 0.0 { format!("{:6.1} GFLOP/s", 2.0 * n.fma / n.time.as_secs_f64() / 1e9) } else { " ".repeat(14) };
+            let gflops = if n.fma > 0.0 {
+                format!("{:6.1} GFLOP/s", 2.0 * n.fma / n.time.as_secs_f64() / 1e9)
+            } else {
+                " ".repeat(14)
+            };
             s += &format!("  {ms:7.1} ms {gflops}  {:<12} {}\n      {}\n", n.op, n.name, n.info);
         }
     }

@@ -44,12 +44,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_EXT = (".png", ".jpg", ".jpeg")
 
 
-def photos(dirs):
+def photos(paths):
+    """Image files, and every image in each folder (sorted), in the order given."""
     out = []
-    for d in dirs:
-        if not os.path.isdir(d):
-            continue
-        out += [os.path.join(d, f) for f in sorted(os.listdir(d)) if f.lower().endswith(IMAGE_EXT)]
+    for d in paths:
+        if os.path.isfile(d) and d.lower().endswith(IMAGE_EXT):
+            out.append(d)
+        elif os.path.isdir(d):
+            out += [os.path.join(d, f) for f in sorted(os.listdir(d)) if f.lower().endswith(IMAGE_EXT)]
     return out
 
 

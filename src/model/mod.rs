@@ -23,7 +23,13 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { manifest: "models/vit_s_focus.toml".into(), input_size: 448, device: "cpu".into(), threads: 0, fixed_middle: true }
+        ModelConfig {
+            manifest: "models/vit_s_focus.toml".into(),
+            input_size: 448,
+            device: "cpu".into(),
+            threads: 0,
+            fixed_middle: true,
+        }
     }
 }
 
@@ -91,7 +97,6 @@ fn first_line(e: &anyhow::Error) -> String {
 /// Set tract's matmul thread count for the process (0 = one per core).
 pub fn set_threads(threads: usize) {
     let n = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
-    if n > 1 {
-        tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(n));
-    }
+    use tract_linalg::multithread::{set_default_executor, Executor};
+    set_default_executor(if n > 1 { Executor::multithread(n) } else { Executor::SingleThread });
 }

@@ -1,0 +1,260 @@
+//! `ailurus bench --peer ort`: ONNX Runtime on the full model, on the same photos, in the same
+//! run, next to ailurus unreduced and ailurus at its best reduced setting, at 1 and 2 threads.
+//!
+//! ONNX Runtime runs through `tools/ort_bench.py` in the project's venv (tools/setup_python.sh),
+//! which writes its timings as JSON; this module runs it and reads that file. Ratios are
+//! throughput ratios (ORT ms / ailurus ms) at an equal thread count.
+//!
+//! "ailurus xN" is the throughput mode: N frames in flight, one per core, each on one thread
+//! (so no matmul is split across cores). Its ms/frame is wall time per frame (throughput) and
+//! "lat" the mean latency of one frame, which is about N times longer.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use super::{build, measure, with_strategy, Photo, Reference, Row};
+use crate::config::Config;
+use crate::model::Segmenter;
+use crate::pipeline::Setting;
+
+/// One ailurus or ONNX Runtime line of the peer table.
+#[derive(Debug, Clone)]
+pub struct PeerRow {
+    pub engine: String,
+    pub threads: usize,
+    pub setting: String,
+    pub ms: f64,
+    /// Fidelity against ailurus' own unreduced output (1.0 for the unreduced rows).
+    pub iou: f64,
+    pub mae: f64,
+}
+
+#[derive(Deserialize)]
+struct OrtDoc {
+    onnxruntime: String,
+    results: Vec<OrtResult>,
+}
+
+#[derive(Deserialize)]
+struct OrtResult {
+    size: u32,
+    threads: usize,
+    part: String,
+    #[serde(default)]
+    mean_ms: f64,
+}
+
+/// The venv's python (tools/setup_python.sh), else `python3`.
+fn python(cfg: &Config) -> PathBuf {
+    let venv = cfg.resolve(Path::new(".cache/venv/bin/python"));
+    if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+/// Run ONNX Runtime's full model on `photos` at `size` with each thread count.
+fn run_ort(
+    cfg: &Config,
+    photos: &[PathBuf],
+    size: u32,
+    threads: &[usize],
+    cut: usize,
+) -> Result<(String, Vec<PeerRow>)> {
+    let script = cfg.resolve(Path::new("tools/ort_bench.py"));
+    let json = std::env::temp_dir().join(format!("ailurus-ort-{}.json", std::process::id()));
+    let mut cmd = Command::new(python(cfg));
+    cmd.arg(&script).arg("--sizes").arg(size.to_string()).arg("--cut").arg(cut.to_string());
+    cmd.arg("--threads").args(threads.iter().map(|t| t.to_string()));
+    cmd.arg("--photos").args(photos).arg("--json").arg(&json);
+    log::info!("bench: ONNX Runtime peer: {cmd:?}");
+    let out =
+        cmd.output().with_context(|| format!("running {} (tools/setup_python.sh installs it)", script.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!("{}: {}", script.display(), err.lines().last().unwrap_or("failed"));
+    }
+    let doc: OrtDoc = serde_json::from_slice(&std::fs::read(&json).with_context(|| json.display().to_string())?)
+        .with_context(|| format!("{}: not ort_bench JSON", json.display()))?;
+    let _ = std::fs::remove_file(&json);
+    let rows = doc
+        .results
+        .iter()
+        .filter(|r| r.part == "full" && r.size == size)
+        .map(|r| PeerRow {
+            engine: "onnxruntime".into(),
+            threads: r.threads,
+            setting: "full model".into(),
+            ms: r.mean_ms,
+            iou: f64::NAN,
+            mae: f64::NAN,
+        })
+        .collect();
+    Ok((doc.onnxruntime, rows))
+}
+
+/// The reduced setting to put against ONNX Runtime: the fastest `ailurus` row at the reference
+/// size with mask IoU >= `min_iou`, else the most faithful one.
+pub fn pick_reduced(rows: &[Row], size: u32, min_iou: f64) -> Option<Row> {
+    let ours = rows.iter().filter(|r| r.strategy == "ailurus" && r.size == size && r.bias);
+    let fast = ours.clone().filter(|r| r.iou >= min_iou).min_by(|a, b| a.ms.total_cmp(&b.ms));
+    fast.or_else(|| ours.max_by(|a, b| a.iou.total_cmp(&b.iou))).cloned()
+}
+
+/// Measure ailurus unreduced and at `reduced` with each thread count, then ONNX Runtime.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run(
+    cfg: &Config,
+    photos: &[Photo],
+    paths: &[PathBuf],
+    size: u32,
+    reduced: Option<&Row>,
+    threads: &[usize],
+    reps: usize,
+) -> Result<(String, Vec<PeerRow>)> {
+    let mut rows = Vec::new();
+    let cut = reduced.map(|r| r.cut).unwrap_or(cfg.reduce.cut);
+    let fixed: Vec<usize> = reduced.map(|r| vec![r.m]).unwrap_or_default();
+    let seg = build(cfg, &[size], cut, true, &fixed)?;
+    with_strategy(&seg, cfg, "ailurus");
+    for &t in threads {
+        crate::model::set_threads(t);
+        log::info!("bench: peer, ailurus none at {size}px, {t} thread(s)");
+        let (base, masks) = measure(&seg, photos, Setting { input_size: size, m: usize::MAX }, reps, None, true)?;
+        rows.push(PeerRow {
+            engine: "ailurus".into(),
+            threads: t,
+            setting: "none".into(),
+            ms: base.ms,
+            iou: 1.0,
+            mae: 0.0,
+        });
+        if let Some(r) = reduced {
+            log::info!("bench: peer, ailurus a={} M={} at {size}px, {t} thread(s)", r.cut, r.m);
+            let reference = Reference { masks };
+            let (row, _) = measure(&seg, photos, Setting { input_size: size, m: r.m }, reps, Some(&reference), false)?;
+            rows.push(PeerRow {
+                engine: "ailurus".into(),
+                threads: t,
+                setting: format!("ailurus a={} M={}", r.cut, r.m),
+                ms: row.ms,
+                iou: row.iou,
+                mae: row.mae,
+            });
+        }
+    }
+    // Throughput mode: one frame per core, each on one thread (frame-level parallelism).
+    let lanes = threads.iter().copied().max().unwrap_or(1);
+    if lanes > 1 {
+        let segs: Vec<_> = (0..lanes).map(|_| build(cfg, &[size], cut, true, &fixed)).collect::<Result<_>>()?;
+        for s in &segs {
+            with_strategy(s, cfg, "ailurus");
+        }
+        let mut settings = vec![("none".to_string(), usize::MAX)];
+        if let Some(r) = reduced {
+            settings.push((format!("ailurus a={} M={}", r.cut, r.m), r.m));
+        }
+        for (name, m) in settings {
+            log::info!("bench: peer, {lanes} frames in parallel x 1 thread, {name}");
+            let (ms, latency) = lanes_throughput(&segs, photos, Setting { input_size: size, m }, reps.max(1))?;
+            let base = rows.iter().find(|r| r.threads == 1 && r.setting == name);
+            rows.push(PeerRow {
+                engine: format!("ailurus x{lanes}"),
+                threads: lanes,
+                setting: format!("{name} (lat {latency:.0})"),
+                ms,
+                iou: base.map(|b| b.iou).unwrap_or(f64::NAN),
+                mae: base.map(|b| b.mae).unwrap_or(f64::NAN),
+            });
+        }
+    }
+    crate::model::set_threads(cfg.model.threads);
+    let (version, ort) = run_ort(cfg, paths, size, threads, cut)?;
+    rows.extend(ort);
+    Ok((version, rows))
+}
+
+/// `segs.len()` frames at once, one per segmenter, each on one thread: returns (wall ms per
+/// frame, i.e. the throughput, and the mean per-frame latency in ms). Every lane runs every
+/// photo `reps` times after one untimed warm-up pass.
+fn lanes_throughput(segs: &[Segmenter], photos: &[Photo], setting: Setting, reps: usize) -> Result<(f64, f64)> {
+    use tract_linalg::multithread::{multithread_tract_scope, Executor};
+    let barrier = std::sync::Barrier::new(segs.len());
+    let run_lane = |seg: &Segmenter, timed: bool| -> Result<Vec<f64>> {
+        let mut runner = crate::app::FrameRunner::default();
+        let mut mask = crate::frame::Mask::default();
+        let mut lat = Vec::new();
+        for _ in 0..if timed { reps } else { 1 } {
+            for ph in photos {
+                let t0 = std::time::Instant::now();
+                runner.run(seg, &ph.frame, setting, &mut mask)?;
+                lat.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Ok(lat)
+    };
+    let (wall, lat) = std::thread::scope(|sc| -> Result<(f64, Vec<f64>)> {
+        let handles: Vec<_> = segs
+            .iter()
+            .map(|seg| {
+                let (barrier, run_lane) = (&barrier, &run_lane);
+                sc.spawn(move || {
+                    multithread_tract_scope(Executor::SingleThread, || -> Result<(std::time::Instant, Vec<f64>)> {
+                        run_lane(seg, false)?;
+                        barrier.wait();
+                        let t0 = std::time::Instant::now();
+                        Ok((t0, run_lane(seg, true)?))
+                    })
+                })
+            })
+            .collect();
+        let mut start = None::<std::time::Instant>;
+        let mut lat = Vec::new();
+        for h in handles {
+            let (t0, l) = h.join().map_err(|_| anyhow::anyhow!("a bench lane panicked"))??;
+            start = Some(start.map_or(t0, |s| s.min(t0)));
+            lat.extend(l);
+        }
+        let wall = start.map(|s| s.elapsed().as_secs_f64() * 1e3).unwrap_or(0.0);
+        Ok((wall, lat))
+    })?;
+    let frames = lat.len().max(1) as f64;
+    Ok((wall / frames, lat.iter().sum::<f64>() / frames))
+}
+
+/// The peer table: ms/frame, FPS, and throughput against ONNX Runtime at the same thread count.
+pub fn format(rows: &[PeerRow], size: u32, n_photos: usize, ort_version: &str) -> String {
+    let mut s = format!(
+        "peer: ailurus vs ONNX Runtime {ort_version} (full model), {size}px, the same {n_photos} photos, one run\n"
+    );
+    s += &format!(
+        "{:<12} {:>3} {:<32} {:>9} {:>6} {:>12} {:>7} {:>7}\n",
+        "engine", "thr", "setting", "ms/frame", "FPS", "vs ORT (thr)", "IoU", "MAE"
+    );
+    let mut threads: Vec<usize> = rows.iter().map(|r| r.threads).collect();
+    threads.sort_unstable();
+    threads.dedup();
+    for t in threads {
+        let ort = rows.iter().find(|r| r.engine == "onnxruntime" && r.threads == t).map(|r| r.ms);
+        for r in rows.iter().filter(|r| r.threads == t) {
+            let ratio = ort.map(|o| format!("{:.2}x", o / r.ms)).unwrap_or_else(|| "-".into());
+            let fid = |v: f64, p: usize| if v.is_nan() { "-".to_string() } else { format!("{v:.p$}") };
+            s += &format!(
+                "{:<12} {:>3} {:<32} {:>9.1} {:>6.2} {:>12} {:>7} {:>7}\n",
+                r.engine,
+                r.threads,
+                r.setting,
+                r.ms,
+                1e3 / r.ms,
+                ratio,
+                fid(r.iou, 3),
+                fid(r.mae, 4)
+            );
+        }
+    }
+    s
+}
