@@ -19,7 +19,7 @@ pub struct Params {
 
 impl Default for Params {
     fn default() -> Self {
-        Params { k: 5, r: 2, windowed: false, delta_radius: 8, spatial: false }
+        Params { k: 5, r: 3, windowed: false, delta_radius: 8, spatial: false }
     }
 }
 

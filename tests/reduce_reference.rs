@@ -338,12 +338,13 @@ fn ailurus_identical_tokens_follow_the_tie_rules() {
     // fallback, all distances 0) centre 0.
     let (h, w, c, m) = (6, 7, 10, 5);
     let t: Vec<f32> = (0..h * w).flat_map(|_| (0..c).map(|k| k as f32 * 0.37 - 1.0)).collect();
-    let mut r = AilurusReducer::new(&AilurusConfig::default());
+    let cfg = AilurusConfig::default();
+    let mut r = AilurusReducer::new(&cfg);
     let mut out = Reduction::default();
     r.reduce(&t, c, (h, w), m, &mut out).unwrap();
     assert_eq!(out.centers, (0..m as u32).collect::<Vec<_>>());
     for i in 0..h * w {
-        let want = if i < m { i } else { (0..m).find(|&id| cheb(i, id, w) <= 2).unwrap_or(0) } as u32;
+        let want = if i < m { i } else { (0..m).find(|&id| cheb(i, id, w) <= cfg.radius).unwrap_or(0) } as u32;
         assert_eq!(out.assign[i], want, "token {i}");
     }
     assert!(r.delta().iter().all(|&d| d == 0.0));

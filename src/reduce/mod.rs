@@ -118,7 +118,7 @@ pub struct AilurusConfig {
 
 impl Default for AilurusConfig {
     fn default() -> Self {
-        AilurusConfig { k: 5, radius: 2, delta: "global".into(), delta_radius: 8, fallback: "global".into() }
+        AilurusConfig { k: 5, radius: 3, delta: "global".into(), delta_radius: 8, fallback: "global".into() }
     }
 }
 
