@@ -23,7 +23,13 @@ use crate::source::{self, FrameSource};
 pub fn build_segmenter(cfg: &Config, sizes: &[u32], with_full: bool) -> Result<Segmenter, crate::model::ModelError> {
     let sizes = if sizes.is_empty() { vec![cfg.model.input_size] } else { sizes.to_vec() };
     crate::model::set_threads(cfg.model.threads);
-    let opts = SegmenterOptions { sizes, reduce: cfg.reduce.clone(), with_full, verify_sha256: true };
+    let opts = SegmenterOptions {
+        sizes,
+        reduce: cfg.reduce.clone(),
+        with_full,
+        verify_sha256: true,
+        device: cfg.model.device.clone(),
+    };
     Segmenter::load(&cfg.resolve(&cfg.model.manifest), &opts)
 }
 

@@ -174,7 +174,13 @@ fn build(cfg: &Config, sizes: &[u32], cut: usize, bias: bool) -> Result<Segmente
     let mut reduce = cfg.reduce.clone();
     reduce.cut = cut;
     reduce.proportional_attention = bias;
-    let opts = SegmenterOptions { sizes: sizes.to_vec(), reduce, with_full: false, verify_sha256: true };
+    let opts = SegmenterOptions {
+        sizes: sizes.to_vec(),
+        reduce,
+        with_full: false,
+        verify_sha256: true,
+        device: cfg.model.device.clone(),
+    };
     Ok(Segmenter::load(&cfg.resolve(&cfg.model.manifest), &opts)?)
 }
 

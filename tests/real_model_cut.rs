@@ -25,6 +25,7 @@ fn cut_model_equals_uncut_model_on_real_photos() {
         reduce: ReduceConfig { strategy: "none".into(), ..Default::default() },
         with_full: true,
         verify_sha256: true,
+        device: "cpu".into(),
     };
     let seg = Segmenter::load(&manifest, &opts).expect("load the real model");
     let (mut rs, mut input, mut a, mut b) = (Resampler::default(), vec![], vec![], vec![]);

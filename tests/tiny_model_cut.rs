@@ -32,6 +32,7 @@ fn options(sizes: &[u32], cut: usize, proportional_attention: bool) -> Segmenter
         reduce: ReduceConfig { strategy: "none".into(), cut, proportional_attention, ..ReduceConfig::default() },
         with_full: true,
         verify_sha256: true,
+        device: "cpu".into(),
     }
 }
 
