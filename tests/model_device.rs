@@ -106,26 +106,30 @@ fn cuda_without_a_gpu_is_a_one_line_error_naming_the_field() {
 
 #[test]
 fn cuda_or_cpu_matches_cpu() {
-    let sizes = [56, 112];
     // (tiny_vit_baked bakes its token count in: its middle cannot run reduced at all.)
-    for name in ["tiny_vit.toml"] {
-        let cpu = Segmenter::load(&data(name), &options("cpu", &sizes)).unwrap();
-        let either = Segmenter::load(&data(name), &options("cuda-or-cpu", &sizes)).unwrap();
-        let (a, b) = (outputs(&cpu, &sizes), outputs(&either, &sizes));
-        if either.runtime() == "cuda" {
-            // tract-cuda: different kernels, different rounding (cuBLAS, fused softmax).
-            let d = max_diff(&a, &b);
-            assert!(d < 1e-3, "{name}: GPU vs CPU max diff {d}");
-            println!("{name}: tract-cuda vs CPU: max diff {d:e}");
-        } else {
-            assert!(!gpu_here(), "{name}: cuda-or-cpu fell back although tract-cuda works here");
-            assert!(a == b, "{name}: cuda-or-cpu on the CPU is not bit-identical to cpu");
-        }
+    let (sizes, manifest) = ([56, 112], data("tiny_vit.toml"));
+    let cpu = Segmenter::load(&manifest, &options("cpu", &sizes)).unwrap();
+    let either = Segmenter::load(&manifest, &options("cuda-or-cpu", &sizes)).unwrap();
+    let (a, b) = (outputs(&cpu, &sizes), outputs(&either, &sizes));
+    if either.runtime() == "cuda" {
+        // tract-cuda: different kernels, different rounding (cuBLAS, fused softmax).
+        let d = max_diff(&a, &b);
+        assert!(d < 1e-3, "GPU vs CPU max diff {d}");
+        println!("tract-cuda vs CPU on the tiny model: max diff {d:e}");
+    } else {
+        assert!(!gpu_here(), "cuda-or-cpu fell back although tract-cuda works here");
+        let bits = |v: &[Vec<f32>]| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        assert!(bits(&a) == bits(&b), "cuda-or-cpu on the CPU is not bit-identical to cpu");
     }
 }
 
+/// The ailurus binary: AILURUS_BIN (tools/gpu-check.sh --prebuilt) or the one cargo built.
+fn bin() -> PathBuf {
+    std::env::var_os("AILURUS_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ailurus")), PathBuf::from)
+}
+
 fn ailurus(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ailurus"))
+    let out = Command::new(bin())
         .args(args)
         .current_dir(common::root())
         .env("RUST_LOG", "warn")
@@ -149,6 +153,11 @@ fn setup(dir: &Path, device: &str) -> (String, String) {
 
 #[test]
 fn cli_cuda_fails_at_start_up_with_exit_2_and_cuda_or_cpu_falls_back() {
+    if !bin().is_file() {
+        // Only in a --prebuilt bundle without the binary; cargo always builds it.
+        println!("SKIP cli_cuda_fails_at_start_up: {} missing (set AILURUS_BIN)", bin().display());
+        return;
+    }
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("out");
     let out = out.to_str().unwrap();

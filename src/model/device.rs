@@ -139,11 +139,21 @@ fn panic_msg(p: &Box<dyn std::any::Any + Send>) -> String {
     s.unwrap_or_else(|| "panic".into()).lines().next().unwrap_or("").to_string()
 }
 
-/// Ops of a prepared part that tract-cuda runs on the device, of all ops (for the load log line).
-pub fn gpu_op_count(state: &dyn State) -> Option<(usize, usize)> {
+/// Compute ops of a prepared part on the device and left on the CPU (for the load log line):
+/// tract-cuda names its ops `Cuda*` and the generic copy ops `Gpu*`; sources, constants and the
+/// host/device copies (`DeviceSync*`) are not counted.
+pub fn op_placement(state: &dyn State) -> Option<(usize, usize)> {
     let model = state.runnable().typed_model()?;
-    let on_gpu = model.nodes().iter().filter(|n| n.op.name().starts_with("Cuda")).count();
-    Some((on_gpu, model.nodes().len()))
+    let (mut gpu, mut cpu) = (0, 0);
+    for n in model.nodes() {
+        let name = n.op.name();
+        if name.starts_with("Cuda") || name.starts_with("Gpu") {
+            gpu += 1;
+        } else if !(name == "Source" || name == "Const" || name.starts_with("DeviceSync")) {
+            cpu += 1;
+        }
+    }
+    Some((gpu, cpu))
 }
 
 /// One prepared part, run once per frame.

@@ -135,19 +135,24 @@ impl PartBuilder<'_> {
         if let Some(sym) = hint.and_then(|(name, v)| model.symbols.get(name).map(|s| (s, v))) {
             options.memory_sizing_hints.get_or_insert_with(Default::default).set(&sym.0, sym.1);
         }
-        let prepared = match rt.prepare_with_options(what, model.clone(), &options) {
+        let prepared = if options.memory_sizing_hints.is_some() {
             // The arena sized from the hint is an optimisation: without it tract-cuda allocates
             // each device tensor on its own, which is slower but runs.
-            Err(e) if options.memory_sizing_hints.is_some() => {
+            rt.prepare_with_options(what, model.clone(), &options).or_else(|e| {
                 log::warn!("{e}; retrying without a memory sizing hint");
                 rt.prepare(what, model)
-            }
-            r => r,
+            })
+        } else {
+            rt.prepare(what, model)
         }
         .map_err(device)?;
         if rt.is_gpu() {
-            if let Some((on, all)) = device::gpu_op_count(&*prepared) {
-                log::info!("[model] device {:?}: {what}: {on} of {all} ops on {}", rt.device(), rt.name());
+            if let Some((gpu, cpu)) = device::op_placement(&*prepared) {
+                log::info!(
+                    "[model] device {:?}: {what}: {gpu} ops on {}, {cpu} left on the CPU",
+                    rt.device(),
+                    rt.name()
+                );
             }
         }
         Ok(Part::Prepared(prepared))
