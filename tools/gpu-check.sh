@@ -157,8 +157,10 @@ if [ -z "$pre" ]; then
         exit 1
     fi
     for t in "${TESTS[@]}"; do EXE[$t]=$(exe_of "$json" "$t"); done
-    # Other checkouts sharing the target dir may overwrite release/ailurus: run a copy.
+    # Other checkouts sharing the target dir may overwrite release/ailurus: run a copy (model_device's
+    # CLI test too, through AILURUS_BIN).
     cp "$CARGO_TARGET_DIR/release/ailurus" "$bin/ailurus"
+    export AILURUS_BIN=$bin/ailurus
     echo "gpu-check: build done at $(elapsed) s"
 else
     for t in "${TESTS[@]}"; do
@@ -216,12 +218,12 @@ rm -rf "$photos" "$gpu_cfg"
 
 echo
 echo "== ailurus gpu-check: one table ($(elapsed) s of ${BUDGET} s)"
+rows() { grep -o "TABLE|$1|.*" "$log" || true; } # no rows is not an error
 {
     echo "what|N|M|ms|CPU_ms|reduce_ms|reduce_share|speed-up|IoU_or_match"
-    grep -o 'TABLE|reduce|.*' "$log" | awk -F'|' '{print "reducer GPU (vs " $9 ")|" $3 "|" $4 "|" $5 "|" $6 "|-|-|" $7 "|" $8}'
-    grep -o 'TABLE|model|.*' "$log" | awk -F'|' '{print "model " $3 "px (Segmenter, GPU)|" $4 "|" $5 "|" $6 "|-|" $7 "|" $8 "|" $10 "|" $9}'
-    grep -o 'TABLE|cli|.*' "$log" |
-        awk -F'|' '{printf "ailurus eval %spx (CLI, GPU)|%s|%s|%.1f|-|-|-|%sx|%s\n", $3, $4, $5, 1000/$6, $8, $9}'
+    rows reduce | awk -F'|' '{print "reducer GPU (vs " $9 ")|" $3 "|" $4 "|" $5 "|" $6 "|-|-|" $7 "|" $8}'
+    rows model | awk -F'|' '{print "model " $3 "px (Segmenter, GPU)|" $4 "|" $5 "|" $6 "|-|" $7 "|" $8 "|" $10 "|" $9}'
+    rows cli | awk -F'|' '{printf "ailurus eval %spx (CLI, GPU)|%s|%s|%.1f|-|-|-|%sx|%s\n", $3, $4, $5, 1000/$6, $8, $9}'
 } | column -t -s'|'
 grep -o 'SKIP .*' "$log" | sort -u || true
 grep -o 'gpu-check: .* \(FAILED\|TIMED OUT\).*' "$log" || true
