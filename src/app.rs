@@ -30,6 +30,7 @@ pub fn build_segmenter(cfg: &Config, sizes: &[u32], with_full: bool) -> Result<S
         reduce: cfg.reduce.clone(),
         with_full,
         verify_sha256: true,
+        device: cfg.model.device.clone(),
     };
     Segmenter::load(&cfg.resolve(&cfg.model.manifest), &opts)
 }

@@ -189,6 +189,7 @@ fn build(cfg: &Config, sizes: &[u32], cut: usize, bias: bool, fixed: &[usize]) -
         verify_sha256: true,
         fixed_middle: if on { fixed.to_vec() } else { Vec::new() },
         fixed_unreduced: on,
+        device: cfg.model.device.clone(),
     };
     Ok(Segmenter::load(&cfg.resolve(&cfg.model.manifest), &opts)?)
 }

@@ -27,6 +27,7 @@ fn cut_model_equals_uncut_model_on_real_photos() {
         verify_sha256: true,
         fixed_middle: Vec::new(),
         fixed_unreduced: true,
+        device: "cpu".into(),
     };
     let seg = Segmenter::load(&manifest, &opts).expect("load the real model");
     let (mut rs, mut input, mut a, mut b) = (Resampler::default(), vec![], vec![], vec![]);

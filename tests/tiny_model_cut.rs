@@ -34,6 +34,7 @@ fn options(sizes: &[u32], cut: usize, proportional_attention: bool) -> Segmenter
         verify_sha256: true,
         fixed_middle: Vec::new(),
         fixed_unreduced: false,
+        device: "cpu".into(),
     }
 }
 

@@ -9,6 +9,10 @@
 //! The graph is cut at the inference (pre-typing) level: the attention Reshapes are built from
 //! `Shape` ops, so typing the middle with a symbolic T keeps them dynamic. One plan is built per
 //! input size for stem and head, and a single middle plan serves every T.
+//!
+//! `stem`, `middle`, `head` and `full` give CPU-optimised models (tract's own plans). The
+//! `*_decluttered` twins stop before optimisation, for `Runtime::prepare` (tract-cuda), which
+//! translates core ops and optimises for its device itself.
 
 use std::path::Path;
 
@@ -68,19 +72,58 @@ fn image_fact(size: u32) -> InferenceFact {
     f32::fact([1, 3, size as usize, size as usize]).into()
 }
 
-/// Fix the image input, select `outputs`, and optimise.
-fn from_image(base: &Base, size: u32, outputs: &[&str]) -> TractResult<TypedModel> {
-    base.clone().with_input_fact(0, image_fact(size))?.with_outputs_by_name(outputs)?.into_optimized()
+/// How far a part is taken: tract's CPU plan, or decluttered for a tract runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Optimized,
+    Decluttered,
+}
+
+impl Level {
+    fn finish(self, g: TypedModel) -> TractResult<TypedModel> {
+        match self {
+            Level::Optimized => g.into_optimized(),
+            Level::Decluttered => Ok(g),
+        }
+    }
+}
+
+/// Fix the image input, select `outputs`, and optimise (or only declutter).
+fn from_image(base: &Base, size: u32, outputs: &[&str], level: Level) -> TractResult<TypedModel> {
+    let g = base.clone().with_input_fact(0, image_fact(size))?.with_outputs_by_name(outputs)?;
+    match level {
+        // Unchanged from before the decluttered twins existed: the CPU plans stay bit-identical.
+        Level::Optimized => g.into_optimized(),
+        Level::Decluttered => g.into_typed()?.into_decluttered(),
+    }
 }
 
 /// The whole model at `size` (the reference the cut must reproduce).
 pub fn full(base: &Base, m: &Manifest, size: u32) -> TractResult<TypedModel> {
-    from_image(base, size, &[&m.output.name]).context("building the full model")
+    full_at(base, m, size, Level::Optimized)
+}
+
+/// `full`, decluttered (for a tract runtime).
+pub fn full_decluttered(base: &Base, m: &Manifest, size: u32) -> TractResult<TypedModel> {
+    full_at(base, m, size, Level::Decluttered)
+}
+
+fn full_at(base: &Base, m: &Manifest, size: u32, level: Level) -> TractResult<TypedModel> {
+    from_image(base, size, &[&m.output.name], level).context("building the full model")
 }
 
 /// Image -> output of block `cut - 1`.
 pub fn stem(base: &Base, m: &Manifest, size: u32, cut: usize) -> TractResult<TypedModel> {
-    from_image(base, size, &[&m.tokens.blocks[cut - 1]])
+    stem_at(base, m, size, cut, Level::Optimized)
+}
+
+/// `stem`, decluttered (for a tract runtime).
+pub fn stem_decluttered(base: &Base, m: &Manifest, size: u32, cut: usize) -> TractResult<TypedModel> {
+    stem_at(base, m, size, cut, Level::Decluttered)
+}
+
+fn stem_at(base: &Base, m: &Manifest, size: u32, cut: usize, level: Level) -> TractResult<TypedModel> {
+    from_image(base, size, &[&m.tokens.blocks[cut - 1]], level)
         .with_context(|| format!("building the stem (blocks 0..{cut}) at {size}px"))
 }
 
@@ -88,6 +131,15 @@ pub fn stem(base: &Base, m: &Manifest, size: u32, cut: usize) -> TractResult<Typ
 /// and its final resize, so the image input is kept with a fixed fact until typing folds it
 /// into constants, then dropped.
 pub fn head(base: &Base, m: &Manifest, size: u32) -> TractResult<TypedModel> {
+    head_at(base, m, size, Level::Optimized)
+}
+
+/// `head`, decluttered (for a tract runtime).
+pub fn head_decluttered(base: &Base, m: &Manifest, size: u32) -> TractResult<TypedModel> {
+    head_at(base, m, size, Level::Decluttered)
+}
+
+fn head_at(base: &Base, m: &Manifest, size: u32, level: Level) -> TractResult<TypedModel> {
     let ctx = || format!("building the head at {size}px");
     let mut g = base.clone().with_input_fact(0, image_fact(size)).with_context(ctx)?;
     let image = g.input_outlets()?[0];
@@ -99,7 +151,7 @@ pub fn head(base: &Base, m: &Manifest, size: u32) -> TractResult<TypedModel> {
     let t = m.tokens.prefix + n * n;
     g.set_input_fact(0, f32::fact([1, t, m.tokens.width]).into())?;
     let typed = g.into_typed().with_context(ctx)?.into_decluttered().with_context(ctx)?;
-    drop_unused_inputs(typed).with_context(ctx)?.into_optimized().with_context(ctx)
+    level.finish(drop_unused_inputs(typed).with_context(ctx)?).with_context(ctx)
 }
 
 /// Remove model inputs that nothing reads any more (after constant folding).
@@ -113,23 +165,15 @@ fn drop_unused_inputs(mut g: TypedModel) -> TractResult<TypedModel> {
 /// Blocks `cut..L` + final norm with a symbolic token count `T`. With `key_bias`, a second
 /// input `[1,1,1,T]` is added to the attention logits before every Softmax.
 pub fn middle(base: &Base, m: &Manifest, cut: usize, key_bias: bool) -> TractResult<TypedModel> {
-    middle_inference(base, m, cut, key_bias)?.into_optimized()
+    middle_at(base, m, cut, key_bias, Level::Optimized)
 }
 
-/// The middle, typed and decluttered with a symbolic `T` but not yet optimised: the starting
-/// point for [`concretize`].
+/// `middle`, decluttered (for a tract runtime). The token count stays the symbol `T`.
 pub fn middle_decluttered(base: &Base, m: &Manifest, cut: usize, key_bias: bool) -> TractResult<TypedModel> {
-    middle_inference(base, m, cut, key_bias)?.into_typed()?.into_decluttered()
+    middle_at(base, m, cut, key_bias, Level::Decluttered)
 }
 
-/// The middle with `T` fixed to `t`, optimised.
-pub fn concretize(decluttered: &TypedModel, t: usize) -> TractResult<TypedModel> {
-    let sym = decluttered.symbols.sym("T");
-    let subs = std::collections::HashMap::from([(sym, (t as i64).to_dim())]);
-    decluttered.set_symbols(&subs)?.into_optimized()
-}
-
-fn middle_inference(base: &Base, m: &Manifest, cut: usize, key_bias: bool) -> TractResult<InferenceModel> {
+fn middle_at(base: &Base, m: &Manifest, cut: usize, key_bias: bool, level: Level) -> TractResult<TypedModel> {
     let ctx = || format!("building the middle (blocks {cut}..{})", m.num_blocks());
     let mut g = base.clone();
     let tokens = outlet(&g, &m.tokens.blocks[cut - 1])?;
@@ -151,7 +195,17 @@ fn middle_inference(base: &Base, m: &Manifest, cut: usize, key_bias: bool) -> Tr
             g.add_edge(OutletId::new(add, 0), InletId::new(sm, 0))?;
         }
     }
-    Ok(g)
+    match level {
+        Level::Optimized => g.into_optimized().with_context(ctx),
+        Level::Decluttered => g.into_typed().and_then(|t| t.into_decluttered()).with_context(ctx),
+    }
+}
+
+/// The middle with `T` fixed to `t`, from [`middle_decluttered`], optimised.
+pub fn concretize(decluttered: &TypedModel, t: usize) -> TractResult<TypedModel> {
+    let sym = decluttered.symbols.sym("T");
+    let subs = std::collections::HashMap::from([(sym, (t as i64).to_dim())]);
+    decluttered.set_symbols(&subs)?.into_optimized()
 }
 
 /// Count the Softmax ops of the middle blocks (for checks and the inspect report).

@@ -1,4 +1,5 @@
-//! The model: manifest, graph cutting with tract, and running the parts on the CPU.
+//! The model: manifest, graph cutting with tract, and running the parts on the CPU or, with the
+//! `cuda` feature, on tract-cuda (`[model] device`, see `device.rs`).
 
 use serde::Deserialize;
 
@@ -12,7 +13,9 @@ pub struct ModelConfig {
     pub manifest: std::path::PathBuf,
     /// Square input side in pixels (a multiple of the patch size).
     pub input_size: u32,
-    /// "cpu", "cuda" or "cuda-or-cpu".
+    /// Where the encoder (stem, middle, head) runs: "cpu", "cuda" (tract-cuda; a start-up error
+    /// when it cannot run, or without `--features cuda`) or "cuda-or-cpu" (falls back to the CPU
+    /// with one log line).
     pub device: String,
     /// tract matmul threads (0 = one per core).
     pub threads: usize,
@@ -47,10 +50,12 @@ impl ModelConfig {
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod cut;
+pub mod device;
 pub mod inspect;
 pub mod manifest;
 pub mod segmenter;
 
+pub use device::{GpuModelError, ModelRuntime};
 pub use manifest::Manifest;
 pub use segmenter::{f32s, Segmenter, SegmenterOptions};
 
@@ -83,6 +88,13 @@ pub enum ModelError {
     },
     #[error("model {path}: {msg}")]
     Config { path: String, msg: String },
+    /// `[model] device` cannot be honoured (the message names the field).
+    #[error("model {path}: {source}")]
+    Device {
+        path: String,
+        #[source]
+        source: GpuModelError,
+    },
 }
 
 /// tract errors chain several lines of context; keep the outermost and the root cause.

@@ -1,15 +1,22 @@
 //! `Segmenter`: the real model as a pipeline `Engine`: stem -> reduce -> middle -> unfold -> head.
 //!
-//! Built once (all tract plans prepared up front); `infer` reuses its tract states and token
-//! buffers frame to frame.
+//! Built once (all tract plans prepared up front, on the CPU or on tract-cuda per `[model]
+//! device`); `infer` reuses its tract states and token buffers frame to frame.
+//!
+//! On tract-cuda the middle keeps its symbolic token count `T`: tract-cuda resolves symbols per
+//! run (it is built for LLMs' symbolic sequence lengths), and its device memory arena is laid out
+//! once for a hint (`T` = prefix + N at the first input size) and re-sized per run from the actual
+//! `T`. So there is still one middle plan (one copy of its weights on the device), not one per M.
 
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use tract_core::runtime::RunOptions;
 use tract_onnx::prelude::*;
 
-use super::cut;
+use super::cut::{self, Base};
+use super::device::{self, Part, Placement};
 use super::manifest::{sha256_file, Manifest};
 use super::ModelError;
 use crate::frame::{Frame, Mask};
@@ -18,7 +25,6 @@ use crate::pre::{self, Normalize, Resampler};
 use crate::reduce::{self, ReduceConfig, Reducer, Reduction};
 
 type Plan = Arc<TypedRunnableModel>;
-type State = TypedSimpleState;
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -36,6 +42,8 @@ pub struct SegmenterOptions {
     pub fixed_middle: Vec<usize>,
     /// Also fix the middle for the unreduced token count at each size.
     pub fixed_unreduced: bool,
+    /// `[model] device`: "cpu", "cuda" or "cuda-or-cpu" (see `device.rs`).
+    pub device: String,
 }
 
 /// The middle runs on a token count rounded up to this multiple, the extra rows masked out of
@@ -55,9 +63,9 @@ pub fn middle_tokens(prefix: usize, m: usize) -> usize {
 struct SizePlans {
     info: SizeInfo,
     grid: (usize, usize),
-    stem: Mutex<State>,
-    head: Mutex<State>,
-    full: Option<Mutex<State>>,
+    stem: Mutex<Part>,
+    head: Mutex<Part>,
+    full: Option<Mutex<Part>>,
 }
 
 /// Per-frame scratch buffers of the reduction path.
@@ -74,10 +82,12 @@ pub struct Segmenter {
     sizes: Vec<SizeInfo>,
     plans: Vec<SizePlans>,
     /// The middle with a symbolic token count: serves every M.
-    middle: Mutex<State>,
+    middle: Mutex<Part>,
     /// Middles with a fixed (padded) token count, for the Ms the config chooses: with concrete
-    /// shapes tract picks its wider matmul kernel (see `[model] fixed_middle`).
-    fixed: Vec<(usize, Mutex<State>)>,
+    /// shapes tract picks its wider matmul kernel (see `[model] fixed_middle`). CPU only.
+    fixed: Vec<(usize, Mutex<Part>)>,
+    /// The tract runtime the parts run on ("cpu" or "cuda").
+    runtime: String,
     /// Proportional attention: log cluster sizes as key bias (else zeros; the bias input is
     /// always there, for the padding).
     key_bias: bool,
@@ -111,9 +121,145 @@ fn build_reducer(cfg: &ReduceConfig, shown: &str) -> Result<Box<dyn Reducer>, Mo
     }
 }
 
-fn state(model: TypedModel) -> TractResult<State> {
+fn state(model: TypedModel) -> TractResult<TypedSimpleState> {
     let plan: Plan = model.into_runnable()?;
     plan.spawn()
+}
+
+/// Prepares the parts of one model on one placement.
+struct PartBuilder<'a> {
+    base: &'a Base,
+    manifest: &'a Manifest,
+    placement: &'a Placement,
+    shown: &'a str,
+}
+
+/// Every prepared part.
+struct Parts {
+    plans: Vec<SizePlans>,
+    middle: Part,
+    /// (padded token count, plan) for `[model] fixed_middle` (CPU placement only).
+    fixed: Vec<(usize, Part)>,
+}
+
+impl PartBuilder<'_> {
+    /// One part: tract's CPU plan from `plain`, or `decluttered` prepared on the runtime (with a
+    /// memory sizing hint for the symbol `hint.0`, if the model has it).
+    fn part(
+        &self,
+        what: &str,
+        plain: impl FnOnce() -> TractResult<TypedModel>,
+        decluttered: impl FnOnce() -> TractResult<TypedModel>,
+        hint: Option<(&str, i64)>,
+    ) -> Result<Part, ModelError> {
+        let build = |source: anyhow::Error| ModelError::Build { path: self.shown.to_string(), source };
+        let rt = match self.placement {
+            Placement::Plain => return plain().and_then(state).map(Part::Plain).map_err(build),
+            Placement::Runtime(rt) => rt,
+        };
+        let device = |source| ModelError::Device { path: self.shown.to_string(), source };
+        let model = decluttered().map_err(build)?;
+        let mut options = RunOptions::default();
+        if let Some(sym) = hint.and_then(|(name, v)| model.symbols.get(name).map(|s| (s, v))) {
+            options.memory_sizing_hints.get_or_insert_with(Default::default).set(&sym.0, sym.1);
+        }
+        let prepared = if options.memory_sizing_hints.is_some() {
+            // The arena sized from the hint is an optimisation: without it tract-cuda allocates
+            // each device tensor on its own, which is slower but runs.
+            rt.prepare_with_options(what, model.clone(), &options).or_else(|e| {
+                log::warn!("{e}; retrying without a memory sizing hint");
+                rt.prepare(what, model)
+            })
+        } else {
+            rt.prepare(what, model)
+        }
+        .map_err(device)?;
+        if rt.is_gpu() {
+            if let Some((gpu, cpu)) = device::op_placement(&*prepared) {
+                log::info!(
+                    "[model] device {:?}: {what}: {gpu} ops on {}, {cpu} left on the CPU",
+                    rt.device(),
+                    rt.name()
+                );
+            }
+        }
+        Ok(Part::Prepared(prepared))
+    }
+
+    fn build(&self, opts: &SegmenterOptions) -> Result<Parts, ModelError> {
+        let (base, m, cut) = (self.base, self.manifest, opts.reduce.cut);
+        let patch = m.tokens.patch;
+        let mut plans = Vec::new();
+        for &s in &opts.sizes {
+            let g = (s / patch) as usize;
+            let stem = self.part(
+                &format!("stem at {s}px"),
+                || cut::stem(base, m, s, cut),
+                || cut::stem_decluttered(base, m, s, cut),
+                None,
+            )?;
+            let head = self.part(
+                &format!("head at {s}px"),
+                || cut::head(base, m, s),
+                || cut::head_decluttered(base, m, s),
+                None,
+            )?;
+            let full = if opts.with_full {
+                let part = self.part(
+                    &format!("full model at {s}px"),
+                    || cut::full(base, m, s),
+                    || cut::full_decluttered(base, m, s),
+                    None,
+                )?;
+                Some(Mutex::new(part))
+            } else {
+                None
+            };
+            plans.push(SizePlans {
+                info: SizeInfo { input_size: s, n_tokens: g * g },
+                grid: (g, g),
+                stem: Mutex::new(stem),
+                head: Mutex::new(head),
+                full,
+            });
+        }
+        // The middle always has the key-bias input: proportional attention, and the padding
+        // rows' mask (see `middle_tokens`).
+        let prefix = m.tokens.prefix;
+        let hint_t = middle_tokens(prefix, plans.first().map_or(0, |p| p.info.n_tokens));
+        if !matches!(self.placement, Placement::Plain) {
+            let middle = self.part(
+                "middle",
+                || cut::middle(base, m, cut, true),
+                || cut::middle_decluttered(base, m, cut, true),
+                Some(("T", hint_t as i64)),
+            )?;
+            return Ok(Parts { plans, middle, fixed: Vec::new() });
+        }
+        let build = |source: anyhow::Error| ModelError::Build { path: self.shown.to_string(), source };
+        let decl = cut::middle_decluttered(base, m, cut, true).map_err(build)?;
+        let mut ms = Vec::new();
+        for p in &plans {
+            let n = p.info.n_tokens;
+            ms.extend(opts.fixed_middle.iter().copied().filter(|&mm| mm < n));
+            if opts.fixed_unreduced {
+                ms.push(n);
+            }
+        }
+        let mut fixed: Vec<(usize, Part)> = Vec::new();
+        for mm in ms {
+            let t = middle_tokens(prefix, mm);
+            if fixed.iter().any(|(ft, _)| *ft == t) {
+                continue;
+            }
+            let t0 = Instant::now();
+            let st = cut::concretize(&decl, t).and_then(state).map_err(build)?;
+            log::debug!("middle plan for {t} tokens built in {:.2} s", t0.elapsed().as_secs_f64());
+            fixed.push((t, Part::Plain(st)));
+        }
+        let middle = decl.into_optimized().and_then(state).map(Part::Plain).map_err(build)?;
+        Ok(Parts { plans, middle, fixed })
+    }
 }
 
 impl Segmenter {
@@ -152,60 +298,83 @@ impl Segmenter {
         }
         let base = cut::load_base(&onnx)?;
         cut::check_names(&base, &manifest, &shown)?;
-        let build = |source: anyhow::Error| ModelError::Build { path: shown.clone(), source };
-        let mut plans = Vec::new();
-        for &s in &opts.sizes {
-            let g = (s / patch) as usize;
-            let stem = cut::stem(&base, &manifest, s, cut).and_then(state).map_err(build)?;
-            let head = cut::head(&base, &manifest, s).and_then(state).map_err(build)?;
-            let full = if opts.with_full {
-                Some(Mutex::new(cut::full(&base, &manifest, s).and_then(state).map_err(build)?))
-            } else {
-                None
-            };
-            plans.push(SizePlans {
-                info: SizeInfo { input_size: s, n_tokens: g * g },
-                grid: (g, g),
-                stem: Mutex::new(stem),
-                head: Mutex::new(head),
-                full,
-            });
-        }
-        let key_bias = opts.reduce.proportional_attention;
-        let decl = cut::middle_decluttered(&base, &manifest, cut, true).map_err(build)?;
-        let mut fixed: Vec<(usize, Mutex<State>)> = Vec::new();
-        let mut ms = Vec::new();
-        for p in &plans {
-            let n = p.info.n_tokens;
-            ms.extend(opts.fixed_middle.iter().copied().filter(|&m| m < n));
-            if opts.fixed_unreduced {
-                ms.push(n);
+        let placement =
+            Placement::for_device(&opts.device).map_err(|source| ModelError::Device { path: shown.clone(), source })?;
+        Self::build(base, manifest, opts, placement)
+    }
+
+    /// Prepare every part on `placement`; "cuda-or-cpu" falls back to the CPU plans (one log
+    /// line) when tract-cuda cannot prepare a part.
+    pub(crate) fn build(
+        base: Base,
+        manifest: Manifest,
+        opts: &SegmenterOptions,
+        placement: Placement,
+    ) -> Result<Segmenter, ModelError> {
+        let shown = manifest.onnx_path().display().to_string();
+        let builder = PartBuilder { base: &base, manifest: &manifest, placement: &placement, shown: &shown };
+        let reducer = build_reducer(&opts.reduce, &shown)?;
+        let on = |parts: Parts, runtime: String, reducer| {
+            let norm = Normalize { mean: manifest.input.mean, std: manifest.input.std };
+            Segmenter {
+                sizes: parts.plans.iter().map(|p| p.info).collect(),
+                plans: parts.plans,
+                middle: Mutex::new(parts.middle),
+                fixed: parts.fixed.into_iter().map(|(t, p)| (t, Mutex::new(p))).collect(),
+                runtime,
+                key_bias: opts.reduce.proportional_attention,
+                cut: opts.reduce.cut,
+                reducer: Mutex::new(reducer),
+                scratch: Mutex::new(Scratch::default()),
+                norm,
+                manifest: manifest.clone(),
             }
-        }
-        for m in ms {
-            let t = middle_tokens(manifest.tokens.prefix, m);
-            if fixed.iter().any(|(ft, _)| *ft == t) {
-                continue;
+        };
+        let gpu = matches!(&placement, Placement::Runtime(rt) if rt.is_gpu());
+        let tried = builder.build(opts).and_then(|parts| {
+            let seg = on(parts, placement.name(), reducer);
+            if gpu {
+                seg.warm_up(&opts.device)?;
             }
-            let t0 = Instant::now();
-            let st = cut::concretize(&decl, t).and_then(state).map_err(build)?;
-            log::debug!("middle plan for {t} tokens built in {:.2} s", t0.elapsed().as_secs_f64());
-            fixed.push((t, Mutex::new(st)));
+            Ok(seg)
+        });
+        match tried {
+            Err(ModelError::Device { source, .. }) if opts.device == "cuda-or-cpu" => {
+                log::warn!("{source}; running the encoder on the CPU");
+                let plain =
+                    PartBuilder { base: &base, manifest: &manifest, placement: &Placement::Plain, shown: &shown };
+                Ok(on(plain.build(opts)?, Placement::Plain.name(), build_reducer(&opts.reduce, &shown)?))
+            }
+            r => r,
         }
-        let middle = decl.into_optimized().and_then(state).map_err(build)?;
-        let norm = Normalize { mean: manifest.input.mean, std: manifest.input.std };
-        Ok(Segmenter {
-            sizes: plans.iter().map(|p| p.info).collect(),
-            plans,
-            middle: Mutex::new(middle),
-            fixed,
-            key_bias,
-            cut,
-            reducer: Mutex::new(build_reducer(&opts.reduce, &shown)?),
-            scratch: Mutex::new(Scratch::default()),
-            norm,
-            manifest,
-        })
+    }
+
+    /// One unreduced run per input size on zeros, at load: tract-cuda's first run pays for
+    /// kernel compilation and cuBLAS/cuDNN set-up, which must not land on the first frame (nor
+    /// fail there: a failure here is a start-up error, or the "cuda-or-cpu" fallback).
+    fn warm_up(&self, device: &str) -> Result<(), ModelError> {
+        let t0 = Instant::now();
+        let (mut input, mut out, mut times) = (Vec::new(), Vec::new(), StageTimes::default());
+        for info in &self.sizes {
+            let s = info.input_size as usize;
+            input.clear();
+            input.resize(3 * s * s, 0.0);
+            let setting = Setting { input_size: info.input_size, m: info.n_tokens };
+            self.run_parts(&input, setting, &mut times, &mut out).map_err(|e| ModelError::Device {
+                path: self.manifest.onnx_path().display().to_string(),
+                source: super::GpuModelError::WarmUp {
+                    device: device.to_string(),
+                    runtime: self.runtime.clone(),
+                    source: e.into(),
+                },
+            })?;
+        }
+        log::info!(
+            "[model] device {device:?}: parts warmed up on {} in {:.1} s",
+            self.runtime,
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(())
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -214,6 +383,11 @@ impl Segmenter {
 
     pub fn cut(&self) -> usize {
         self.cut
+    }
+
+    /// The tract runtime the encoder parts run on: "cpu" or "cuda".
+    pub fn runtime(&self) -> &str {
+        &self.runtime
     }
 
     /// Swap the reducer (bench, config reload).
@@ -361,5 +535,62 @@ impl Engine for Segmenter {
 
     fn postprocess(&self, raw: &[f32], input_size: u32, w: u32, h: u32, scratch: &mut Resampler, mask: &mut Mask) {
         crate::post::to_mask(&self.manifest, raw, input_size, w, h, scratch, mask);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The runtime path (decluttered parts, `Runtime::prepare`, `Box<dyn State>`, the middle's
+    //! memory sizing hint) is what tract-cuda gets; here it runs on tract's own CPU runtime, so it
+    //! is checked without a GPU against the plain CPU plans.
+    use super::*;
+    use crate::model::ModelRuntime;
+
+    fn tiny() -> (Base, Manifest) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny_vit.toml");
+        let manifest = Manifest::load(&path).unwrap();
+        (cut::load_base(&manifest.onnx_path()).unwrap(), manifest)
+    }
+
+    fn image(size: u32) -> Vec<f32> {
+        (0..3 * (size * size) as usize).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect()
+    }
+
+    #[test]
+    fn runtime_prepared_parts_match_the_plain_cpu_plans() {
+        let (base, manifest) = tiny();
+        let opts = SegmenterOptions {
+            sizes: vec![56, 112],
+            reduce: ReduceConfig { cut: 2, m: 20, ..ReduceConfig::default() },
+            with_full: true,
+            verify_sha256: false,
+            fixed_middle: vec![20],
+            fixed_unreduced: true,
+            device: "cpu".into(),
+        };
+        let plain = Segmenter::build(base.clone(), manifest.clone(), &opts, Placement::Plain).unwrap();
+        let rt = Placement::Runtime(ModelRuntime::select("cpu").unwrap());
+        let prepared = Segmenter::build(base, manifest, &opts, rt).unwrap();
+        assert_eq!((plain.runtime(), prepared.runtime()), ("cpu", "cpu"));
+        let mut times = StageTimes::default();
+        for s in [56u32, 112] {
+            let x = image(s);
+            let n = ((s / 14) * (s / 14)) as usize;
+            // Unreduced, reduced (T = 1 + 20, not the hint's T), and the full model.
+            for m in [n, 20] {
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                let setting = Setting { input_size: s, m };
+                let ma = plain.run_parts(&x, setting, &mut times, &mut a).unwrap();
+                let mb = prepared.run_parts(&x, setting, &mut times, &mut b).unwrap();
+                assert_eq!(ma, mb);
+                let d = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+                assert!(d < 1e-5, "{s}px M={m}: runtime-prepared parts differ from the plain plans by {d}");
+            }
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            plain.infer_full(&x, s, &mut a).unwrap();
+            prepared.infer_full(&x, s, &mut b).unwrap();
+            let d = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+            assert!(d < 1e-5, "{s}px full model: {d}");
+        }
     }
 }

@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 
-/// The project root.
+/// The project root: AILURUS_ROOT when a test binary runs away from the checkout it was built
+/// in (tools/gpu-check.sh --prebuilt), else the build's checkout.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("AILURUS_ROOT").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
 /// The asset cache (tools/fetch_assets.sh), honouring AILURUS_CACHE.
