@@ -75,6 +75,8 @@ fn full_model() -> Res<()> {
         reduce: ReduceConfig { device: "cuda".into(), ..ReduceConfig::default() },
         with_full: true,
         verify_sha256: false,
+        fixed_middle: Vec::new(),
+        fixed_unreduced: false,
         device: "cuda".into(),
     };
     let t0 = Instant::now();
