@@ -38,6 +38,7 @@ impl ModelConfig {
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod cut;
+pub mod delta;
 pub mod inspect;
 pub mod manifest;
 mod segmenter;
@@ -74,6 +75,8 @@ pub enum ModelError {
     },
     #[error("model {path}: {msg}")]
     Config { path: String, msg: String },
+    #[error("delta {path}: {msg}")]
+    Delta { path: String, msg: String },
 }
 
 /// tract errors chain several lines of context; keep the outermost and the root cause.

@@ -124,7 +124,8 @@ impl Segmenter {
                 return Err(cfg_err(format!("input size {s} is not a multiple of the patch size {patch}")));
             }
         }
-        let base = cut::load_base(&onnx)?;
+        let delta = manifest.load_delta()?;
+        let base = cut::load_base_with(&onnx, delta.as_ref())?;
         cut::check_names(&base, &manifest, &shown)?;
         let build = |source: anyhow::Error| ModelError::Build { path: shown.clone(), source };
         let mut plans = Vec::new();
