@@ -3,6 +3,8 @@
 //! exactly as the same edit baked into the ONNX file does, and a delta whose names, shapes or
 //! sha256 do not match is refused at start-up with one line naming the file and tensor.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -198,4 +200,20 @@ fn a_bad_delta_is_a_one_line_startup_error_with_exit_2() {
 fn parse_reads_every_tensor() {
     let d = Delta::parse(&safetensors(&[("x", vec![2], vec![1.0, 2.0])]), "mem").unwrap();
     assert_eq!(d.tensors["x"].values, vec![1.0, 2.0]);
+}
+
+/// The committed fine-tuned manifest: its delta's checksum, names and shapes fit the real model.
+#[test]
+fn the_committed_finetuned_delta_fits_the_real_model() {
+    let Some(_) = common::real_manifest() else {
+        return;
+    };
+    let m = ailurus::model::Manifest::load(&common::root().join("models/vit_s_focus_ft.toml")).unwrap();
+    let mut m = m;
+    m.file = common::cache().join("models/vit_s_focus.onnx");
+    let delta = m.load_delta().unwrap().expect("the manifest names a delta");
+    assert!(delta.tensors.keys().any(|k| k.ends_with(".lora_a")), "LoRA factors expected");
+    let mut proto = tract_onnx::onnx().proto_model_for_path(m.onnx_path()).unwrap();
+    let changed = delta.apply(&mut proto).unwrap();
+    assert!(changed >= 100, "only {changed} initializers changed");
 }
