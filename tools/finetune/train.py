@@ -9,8 +9,7 @@ The stem (blocks < cut) is frozen, so each augmented crop's block cut-1 tokens a
 outputs (final-norm tokens, decoder logits) are computed once with ONNX Runtime and cached in
 .cache/ft-cache; a step clusters (no_grad), merges, runs the middle + head forward/backward.
 
-  nice -n 19 .cache/venv-ft/bin/python tools/finetune/train.py --steps 1500 \
-      --out models/vit_s_focus_ft.safetensors
+  nice -n 19 .cache/venv-ft/bin/python tools/finetune/train.py   # the committed delta (defaults)
 """
 import argparse
 import hashlib
@@ -187,20 +186,20 @@ def main():
     ap.add_argument("--seed", type=int, default=9)
     ap.add_argument("--size", type=int, default=448)
     ap.add_argument("--cut", type=int, default=3)
-    ap.add_argument("--crops", type=int, default=12, help="augmented crops per training photo (incl. the whole photo)")
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--crops", type=int, default=16, help="augmented crops per training photo (incl. the whole photo)")
+    ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--minutes", type=float, default=0.0,
                     help="wall-time budget for the training loop (0 = none); the cosine schedule follows "
                          "whichever of steps and minutes runs out first")
     ap.add_argument("--m-min", type=int, default=160)
     ap.add_argument("--m-max", type=int, default=512)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lora", type=int, default=0, help="LoRA rank on q/k/v/proj of the middle blocks (0 = off)")
-    ap.add_argument("--head-bn", type=int, default=1, help="also train the decoder's BatchNorm scale/shift")
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lora", type=int, default=8, help="LoRA rank on q/k/v/proj of the middle blocks (0 = off)")
+    ap.add_argument("--head-bn", type=int, default=0, help="also train the decoder's BatchNorm scale/shift")
     ap.add_argument("--head-window", type=int, default=18,
                     help="train the decoder on a random window of this many tokens a side (0 = whole grid)")
     ap.add_argument("--w-tok", type=float, default=0.1)
-    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--eval-m", type=int, nargs="+", default=[256, 384])
     ap.add_argument("--time-steps", type=int, default=0, help="only measure s/step with and without clustering")
     ap.add_argument("--threads", type=int, default=2)
