@@ -208,8 +208,7 @@ fn the_committed_finetuned_delta_fits_the_real_model() {
     let Some(_) = common::real_manifest() else {
         return;
     };
-    let m = ailurus::model::Manifest::load(&common::root().join("models/vit_s_focus_ft.toml")).unwrap();
-    let mut m = m;
+    let mut m = ailurus::model::Manifest::load(&common::root().join("models/vit_s_focus_ft.toml")).unwrap();
     m.file = common::cache().join("models/vit_s_focus.onnx");
     let delta = m.load_delta().unwrap().expect("the manifest names a delta");
     assert!(delta.tensors.keys().any(|k| k.ends_with(".lora_a")), "LoRA factors expected");
