@@ -47,6 +47,9 @@ pub struct BenchOptions {
     /// Put ONNX Runtime ("ort") in a peer table, at these thread counts.
     pub peer: Option<String>,
     pub peer_threads: Vec<usize>,
+    /// A fine-tuned manifest (same model plus a `[delta]`): its `ailurus` rows are added as
+    /// `ailurus-ft`, measured against the stock reference on the same photos.
+    pub finetuned: Option<PathBuf>,
 }
 
 /// One row of the table.
@@ -178,6 +181,17 @@ fn measure(
 /// `fixed`: the Ms measured on this segmenter, each given a fixed-shape middle plan (as the
 /// runtime does for its configured M) when `[model] fixed_middle` is on.
 fn build(cfg: &Config, sizes: &[u32], cut: usize, bias: bool, fixed: &[usize]) -> Result<Segmenter> {
+    build_from(cfg, &cfg.resolve(&cfg.model.manifest), sizes, cut, bias, fixed)
+}
+
+fn build_from(
+    cfg: &Config,
+    manifest: &Path,
+    sizes: &[u32],
+    cut: usize,
+    bias: bool,
+    fixed: &[usize],
+) -> Result<Segmenter> {
     let mut reduce = cfg.reduce.clone();
     reduce.cut = cut;
     reduce.proportional_attention = bias;
@@ -191,7 +205,7 @@ fn build(cfg: &Config, sizes: &[u32], cut: usize, bias: bool, fixed: &[usize]) -
         fixed_unreduced: on,
         device: cfg.model.device.clone(),
     };
-    Ok(Segmenter::load(&cfg.resolve(&cfg.model.manifest), &opts)?)
+    Ok(Segmenter::load(manifest, &opts)?)
 }
 
 fn with_strategy(seg: &Segmenter, cfg: &Config, strategy: &str) {
@@ -312,6 +326,29 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
             }
         }
     }
+    if let Some(ft) = &o.finetuned {
+        let mut settings: Vec<Setting> = o.m_list.iter().map(|&m| Setting { input_size: o.size, m }).collect();
+        for &s in &o.combo_sizes {
+            let n = n_at(s, patch);
+            for frac in [0.5, 0.75] {
+                settings.push(Setting { input_size: s, m: (n as f64 * frac).round() as usize });
+            }
+        }
+        let mut fixed: Vec<usize> = settings.iter().map(|st| st.m).collect();
+        fixed.sort_unstable();
+        fixed.dedup();
+        let seg = build_from(cfg, ft, &sizes, main_cut, true, &fixed)?;
+        with_strategy(&seg, cfg, "ailurus");
+        for st in settings {
+            progress(&format!("ailurus-ft a={main_cut} {}px M={}", st.input_size, st.m));
+            let (mut r, _) = measure(&seg, &photos, st, o.reps, Some(&reference), false)?;
+            r.strategy = "ailurus-ft".into();
+            r.cut = main_cut;
+            r.bias = true;
+            r.n = n_at(st.input_size, patch);
+            rows.push(r);
+        }
+    }
     // Speed-ups, ideal bounds, Pareto front.
     for r in rows.iter_mut() {
         r.speedup = none_ms / r.ms;
@@ -344,7 +381,7 @@ pub fn run_peer(cfg: &Config, o: &BenchOptions, rows: &[Row]) -> Result<(String,
 /// The table as text.
 pub fn format_table(rows: &[Row]) -> String {
     let mut s = format!(
-        "{:<8} {:>2} {:>5} {:>5} {:>4} {:>8} {:>7} {:>6} {:>7} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {}\n",
+        "{:<10} {:>2} {:>5} {:>5} {:>4} {:>8} {:>7} {:>6} {:>7} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {}\n",
         "strategy",
         "a",
         "size",
@@ -364,7 +401,7 @@ pub fn format_table(rows: &[Row]) -> String {
     );
     for r in rows {
         s += &format!(
-            "{:<8} {:>2} {:>5} {:>5} {:>4} {:>8.0} {:>6.2}x {:>5.2}x {:>7.0}% {:>5.1}% {:>7.0} {:>7.0} {:>7.0} {:>7.3} {:>7.4} {:>6.3}{}\n",
+            "{:<10} {:>2} {:>5} {:>5} {:>4} {:>8.0} {:>6.2}x {:>5.2}x {:>7.0}% {:>5.1}% {:>7.0} {:>7.0} {:>7.0} {:>7.3} {:>7.4} {:>6.3}{}\n",
             r.strategy,
             if r.cut == 0 { "-".to_string() } else { r.cut.to_string() },
             r.size,

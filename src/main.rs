@@ -137,7 +137,8 @@ struct BenchArgs {
     /// Reference input size (the unreduced model here is what fidelity is measured against).
     #[arg(long, default_value_t = 448)]
     size: u32,
-    /// Photo folders (all images in each; VOC layouts use JPEGImages/ and their ground truth).
+    /// Photo folders (all images in each; VOC layouts use JPEGImages/ and their ground truth)
+    /// or single photo files.
     #[arg(long, value_delimiter = ',', default_value = ".cache/photos,.cache/voc")]
     photos: Vec<PathBuf>,
     /// Use at most this many photos (spread over the folders).
@@ -176,6 +177,10 @@ struct BenchArgs {
     reps: usize,
     #[arg(long, default_value = "out/bench.csv")]
     csv: PathBuf,
+    /// A fine-tuned model manifest (models/vit_s_focus_ft.toml): adds its `ailurus` rows
+    /// (`ailurus-ft`), scored against the stock model's reference on the same photos.
+    #[arg(long)]
+    finetuned: Option<PathBuf>,
 }
 
 fn load_config(arg: &ConfigArg) -> Result<Config, ConfigError> {
@@ -229,8 +234,18 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Bench(b) => {
             let cfg = load_config(&b.config)?;
             let mut photos = Vec::new();
-            let lists: Vec<Vec<PathBuf>> =
-                b.photos.iter().map(|d| ailurus::app::eval_images(&cfg.resolve(d))).collect::<Result<_, _>>()?;
+            let lists: Vec<Vec<PathBuf>> = b
+                .photos
+                .iter()
+                .map(|d| {
+                    let p = cfg.resolve(d);
+                    if p.is_file() {
+                        Ok(vec![p])
+                    } else {
+                        ailurus::app::eval_images(&p)
+                    }
+                })
+                .collect::<Result<_, _>>()?;
             // Round-robin over the folders so a small budget still sees every kind of photo.
             for i in 0.. {
                 let before = photos.len();
@@ -260,6 +275,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 plot: None,
                 peer: b.peer.clone(),
                 peer_threads: b.peer_threads.clone(),
+                finetuned: b.finetuned.map(|f| cfg.resolve(&f)),
             };
             let rows = ailurus::bench::run(&cfg, &opts)?;
             print!("{}", ailurus::bench::format_table(&rows));

@@ -93,7 +93,7 @@ const NODES: usize = 12;
 
 /// Profile stem, middle (at `m` merged tokens + prefix) and head at `size`.
 pub fn run(manifest: &Manifest, size: u32, cut_at: usize, m: usize, reps: usize) -> Result<Vec<PartProfile>> {
-    let base = cut::load_base(&manifest.onnx_path())?;
+    let base = cut::load_base_with(&manifest.onnx_path(), manifest.load_delta()?.as_ref())?;
     let s = size as usize;
     let c = manifest.tokens.width;
     let n = (s / manifest.tokens.patch as usize).pow(2);

@@ -27,11 +27,15 @@ pub type Base = InferenceModel;
 
 /// Parse the ONNX file.
 pub fn load_base(path: &Path) -> Result<Base, ModelError> {
-    let shown = path.display().to_string();
+    load_base_with(path, None)
+}
+
+/// Parse the ONNX file, with a fine-tuned delta applied to its initializers.
+pub fn load_base_with(path: &Path, delta: Option<&super::delta::Delta>) -> Result<Base, ModelError> {
     if !path.is_file() {
-        return Err(ModelError::Missing { path: shown });
+        return Err(ModelError::Missing { path: path.display().to_string() });
     }
-    tract_onnx::onnx().model_for_path(path).map_err(|source| ModelError::Onnx { path: shown, source })
+    super::delta::load_onnx(path, delta)
 }
 
 /// Every tensor the manifest names must exist in the graph.

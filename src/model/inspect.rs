@@ -183,6 +183,7 @@ pub fn inspect(path: &Path) -> Result<Inspection, ModelError> {
         input: InputSpec { name: input, size, mean: IMAGENET_MEAN, std: IMAGENET_STD },
         tokens: TokenSpec { patch, prefix, width, blocks, final_norm },
         output: OutputSpec { name: output, kind: kind.into(), threshold: 0.5, classes },
+        delta: None,
         dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
     };
     Ok(Inspection { manifest, warnings })

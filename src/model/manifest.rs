@@ -19,9 +19,22 @@ pub struct Manifest {
     pub input: InputSpec,
     pub tokens: TokenSpec,
     pub output: OutputSpec,
+    /// Fine-tuned parameters applied to the ONNX initializers at load time (model/delta.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaSpec>,
     /// Folder of the manifest (set by the loader).
     #[serde(skip)]
     pub dir: PathBuf,
+}
+
+/// `[delta]`: a safetensors file of replaced or low-rank-adapted initializers.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaSpec {
+    /// The delta file, relative to the manifest's folder.
+    pub file: PathBuf,
+    /// sha256 of the delta file (hex); always checked.
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -103,6 +116,11 @@ impl Manifest {
         if m.input.std.iter().any(|s| *s <= 0.0) {
             return Err(bad("input.std: every value must be > 0".into()));
         }
+        if let Some(d) = &m.delta {
+            if d.sha256.len() != 64 || !d.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(bad(format!("delta.sha256: {:?} is not a hex sha256", d.sha256)));
+            }
+        }
         Ok(m)
     }
 
@@ -112,6 +130,24 @@ impl Manifest {
             self.file.clone()
         } else {
             self.dir.join(&self.file)
+        }
+    }
+
+    /// Path of the delta file, if the manifest names one.
+    pub fn delta_path(&self) -> Option<PathBuf> {
+        self.delta.as_ref().map(|d| if d.file.is_absolute() { d.file.clone() } else { self.dir.join(&d.file) })
+    }
+
+    /// Load and verify the `[delta]` file (None without one).
+    pub fn load_delta(&self) -> Result<Option<super::delta::Delta>, ModelError> {
+        match (&self.delta, self.delta_path()) {
+            (Some(d), Some(p)) => {
+                if !p.is_file() {
+                    return Err(ModelError::Delta { path: p.display().to_string(), msg: "not found".into() });
+                }
+                super::delta::Delta::load(&p, &d.sha256).map(Some)
+            }
+            _ => Ok(None),
         }
     }
 

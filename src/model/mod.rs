@@ -50,6 +50,7 @@ impl ModelConfig {
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod cut;
+pub mod delta;
 pub mod device;
 pub mod inspect;
 pub mod manifest;
@@ -95,6 +96,8 @@ pub enum ModelError {
         #[source]
         source: GpuModelError,
     },
+    #[error("delta {path}: {msg}")]
+    Delta { path: String, msg: String },
 }
 
 /// tract errors chain several lines of context; keep the outermost and the root cause.

@@ -296,7 +296,8 @@ impl Segmenter {
                 return Err(cfg_err(format!("input size {s} is not a multiple of the patch size {patch}")));
             }
         }
-        let base = cut::load_base(&onnx)?;
+        let delta = manifest.load_delta()?;
+        let base = cut::load_base_with(&onnx, delta.as_ref())?;
         cut::check_names(&base, &manifest, &shown)?;
         let placement =
             Placement::for_device(&opts.device).map_err(|source| ModelError::Device { path: shown.clone(), source })?;
