@@ -24,18 +24,7 @@ fn gpu_here() -> bool {
     ModelRuntime::select("cuda").is_ok_and(|rt| rt.is_gpu())
 }
 
-/// Deterministic pseudo-random image data in about [-2, 2] (xorshift).
-fn image(size: u32, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..3 * size as usize * size as usize)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect()
-}
+use common::noise_image as image;
 
 fn options(device: &str, sizes: &[u32]) -> SegmenterOptions {
     SegmenterOptions {

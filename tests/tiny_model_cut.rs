@@ -9,22 +9,13 @@ use ailurus::model::{Segmenter, SegmenterOptions};
 use ailurus::pipeline::{Setting, StageTimes};
 use ailurus::reduce::{ReduceConfig, ReduceError, Reducer, Reduction};
 
+mod common;
+
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
 }
 
-/// Deterministic pseudo-random image data in about [-2, 2] (xorshift).
-fn image(size: u32, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..3 * size as usize * size as usize)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect()
-}
+use common::noise_image as image;
 
 fn options(sizes: &[u32], cut: usize, proportional_attention: bool) -> SegmenterOptions {
     SegmenterOptions {

@@ -29,3 +29,16 @@ pub fn real_manifest() -> Option<PathBuf> {
 pub fn photo(name: &str) -> PathBuf {
     cache().join("photos").join(name)
 }
+
+/// `[1,3,size,size]` deterministic pseudo-random image data in about [-2, 2] (xorshift).
+pub fn noise_image(size: u32, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..3 * size as usize * size as usize)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
