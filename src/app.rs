@@ -392,8 +392,15 @@ fn apply_reload(pipeline: &Pipeline, running: &Running, old: &Config, new: &Conf
         }
     }
     if plan.reduce {
-        running.segmenter.set_reducer(crate::reduce::build(&new.reduce));
-        log::info!("reload: reducer now {} (M from [reduce] m / the budget)", new.reduce.strategy);
+        // On the configured device, as at start-up; a reducer that cannot be built leaves the
+        // running one in place.
+        match crate::reduce::build_on_device(&new.reduce) {
+            Ok(r) => {
+                running.segmenter.set_reducer(r);
+                log::info!("reload: reducer now {} (M from [reduce] m / the budget)", new.reduce.strategy);
+            }
+            Err(e) => log::error!("reload: [reduce] not applied, the running reducer stays: {e}"),
+        }
     }
     let mut restart: Vec<&str> = plan.restart_needed.clone();
     if plan.sinks {

@@ -211,7 +211,10 @@ fn build_from(
 fn with_strategy(seg: &Segmenter, cfg: &Config, strategy: &str) {
     let mut r = cfg.reduce.clone();
     r.strategy = strategy.to_string();
-    seg.set_reducer(crate::reduce::build(&r));
+    // `[reduce] device` applies to the strategy the kernels implement (ailurus); the baselines
+    // always run on the CPU.
+    let on_device = if strategy == "ailurus" { crate::reduce::build_on_device(&r).ok() } else { None };
+    seg.set_reducer(on_device.unwrap_or_else(|| crate::reduce::build(&r)));
 }
 
 /// Tokens at an input size.

@@ -97,28 +97,9 @@ pub struct Segmenter {
     norm: Normalize,
 }
 
-/// The reducer for `[reduce] device`: the CUDA kernels with the `cuda` feature ("cuda" fails
-/// loudly without a GPU, "cuda-or-cpu" falls back with one log line), else the CPU reducer.
+/// The reducer for `[reduce] device` (see [`reduce::build_on_device`]).
 fn build_reducer(cfg: &ReduceConfig, shown: &str) -> Result<Box<dyn Reducer>, ModelError> {
-    #[cfg(feature = "cuda")]
-    {
-        crate::reduce::cuda::build_for_device(cfg)
-            .map_err(|e| ModelError::Config { path: shown.to_string(), msg: format!("[reduce] device: {e}") })
-    }
-    #[cfg(not(feature = "cuda"))]
-    match cfg.device.as_str() {
-        "cuda" => Err(ModelError::Config {
-            path: shown.to_string(),
-            msg: "[reduce] device: \"cuda\" needs a build with `--features cuda`".into(),
-        }),
-        "cuda-or-cpu" => {
-            log::warn!(
-                "[reduce] device = \"cuda-or-cpu\": this build has no CUDA support; the reducer runs on the CPU"
-            );
-            Ok(reduce::build(cfg))
-        }
-        _ => Ok(reduce::build(cfg)),
-    }
+    reduce::build_on_device(cfg).map_err(|msg| ModelError::Config { path: shown.to_string(), msg })
 }
 
 fn state(model: TypedModel) -> TractResult<TypedSimpleState> {

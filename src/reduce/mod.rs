@@ -152,6 +152,29 @@ impl ReduceConfig {
 
 /// Build the configured CPU reducer (`validate` has rejected unknown strategies; an unknown one
 /// here falls back to `none` with a warning).
+/// The reducer for `cfg`, on `cfg.device`: the CUDA kernels with the `cuda` feature ("cuda"
+/// is an error without a GPU or for a strategy the kernels do not implement, "cuda-or-cpu"
+/// falls back with one log line), else the CPU reducer. The error is one line that names
+/// `[reduce] device`.
+pub fn build_on_device(cfg: &ReduceConfig) -> Result<Box<dyn Reducer>, String> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::build_for_device(cfg).map_err(|e| format!("[reduce] device: {e}"))
+    }
+    #[cfg(not(feature = "cuda"))]
+    match cfg.device.as_str() {
+        "cuda" => Err("[reduce] device: \"cuda\" needs a build with `--features cuda`".into()),
+        "cuda-or-cpu" => {
+            log::warn!(
+                "[reduce] device = \"cuda-or-cpu\": this build has no CUDA support; the reducer runs on the CPU"
+            );
+            Ok(build(cfg))
+        }
+        _ => Ok(build(cfg)),
+    }
+}
+
+/// The CPU reducer for `cfg.strategy`.
 pub fn build(cfg: &ReduceConfig) -> Box<dyn Reducer> {
     match cfg.strategy.as_str() {
         "ailurus" => Box::new(ailurus::AilurusReducer::new(&cfg.ailurus)),
