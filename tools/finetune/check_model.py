@@ -21,7 +21,7 @@ def main():
     model = FocusModel(str(common.ONNX)).eval()
     sess = common.session([common.block_out(2), common.block_out(11), common.FINAL_NORM, common.LOGITS])
     names = [o.name for o in sess.get_outputs()]
-    train, evals = common.read_split()
+    train, _, evals = common.read_split()
     worst = 0.0
     for path, size in ((evals[0], 448), (train[0], 448), (evals[1], 224)):
         x = common.to_input(common.load_rgb(path), size)

@@ -54,7 +54,7 @@ def main():
         exe = os.path.join(os.environ.get("CARGO_TARGET_DIR", str(common.ROOT / "target")), "release/examples/reduce_dump")
     sess = common.session([common.block_out(2)])
     names = [o.name for o in sess.get_outputs()]
-    _, evals = common.read_split()
+    _, _, evals = common.read_split()
     ok = True
     total, same = {True: 0, False: 0}, {True: 0, False: 0}
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,16 +22,17 @@ def block_out(i):
 
 
 def read_split():
-    """(train paths, eval paths) from tools/finetune/split.txt (paths relative to .cache)."""
-    train, evals = [], []
+    """(train, val, eval) paths from tools/finetune/split.txt (paths relative to .cache)."""
+    train, val, evals = [], [], []
     for line in (ROOT / "tools/finetune/split.txt").read_text().splitlines():
         line = line.split("#")[0].strip()
         if not line:
             continue
         kind, rel = line.split()
-        (train if kind == "train" else evals).append(CACHE / rel)
-    assert not set(train) & set(evals), "a photo is in both splits"
-    return train, evals
+        {"train": train, "val": val, "eval": evals}[kind].append(CACHE / rel)
+    assert not set(train) & set(evals), "a photo is in both train and eval"
+    assert not set(val) & (set(train) | set(evals)), "a validation photo is also in train or eval"
+    return train, val, evals
 
 
 def load_rgb(path):

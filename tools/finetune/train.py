@@ -199,7 +199,8 @@ def main():
     ap.add_argument("--head-window", type=int, default=18,
                     help="train the decoder on a random window of this many tokens a side (0 = whole grid)")
     ap.add_argument("--w-tok", type=float, default=0.1)
-    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--eval-every", type=int, default=100,
+                    help="score the validation photos every this many steps; the best checkpoint is the one saved")
     ap.add_argument("--eval-m", type=int, nargs="+", default=[256, 384])
     ap.add_argument("--time-steps", type=int, default=0, help="only measure s/step with and without clustering")
     ap.add_argument("--threads", type=int, default=2)
@@ -208,7 +209,7 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
-    train_paths, eval_paths = common.read_split()
+    train_paths, val_paths, eval_paths = common.read_split()
     g = a.size // PATCH
     grid = (g, g)
     t_start = time.time()
@@ -229,7 +230,16 @@ def main():
         print(f"decoder window check: max diff {err:.1e}", flush=True)
         assert err < 1e-4
     ev = eval_set(eval_paths, a.size, a.cut)
-    print(f"step 0 (stock): {evaluate(model, ev, grid, a.eval_m, a.cut, a.size)}", flush=True)
+    va = eval_set(val_paths, a.size, a.cut)
+
+    def val_score():
+        """Validation photos only: mean IoU over eval-m minus mean MAE (what picks the checkpoint)."""
+        r = evaluate(model, va, grid, a.eval_m, a.cut, a.size)
+        return float(np.mean([iou - mae for mae, iou in r.values()])), r
+
+    best_score, r = val_score()
+    best = (0, {k: v.copy() for k, v in model.delta_tensors().items()})
+    print(f"step 0 (stock): val {r} held-out {evaluate(model, ev, grid, a.eval_m, a.cut, a.size)}", flush=True)
     warm = min(50, a.steps // 10)
     t_train = time.time()
 
@@ -265,21 +275,27 @@ def main():
             print(f"step {step}: loss {run[0]:.4f} (saliency {run[1]:.4f}, tokens {run[2]:.4f}) "
                   f"{el / step:.2f} s/step, {el / 60:.1f} min", flush=True)
         if step % a.eval_every == 0:
-            print(f"step {step} eval: {evaluate(model, ev, grid, a.eval_m, a.cut, a.size)}", flush=True)
-            save(model, a)
-    print(f"step {step} (last) eval: {evaluate(model, ev, grid, a.eval_m, a.cut, a.size)}", flush=True)
+            score, r = val_score()
+            mark = ""
+            if score > best_score:
+                best_score, best, mark = score, (step, {k: v.copy() for k, v in model.delta_tensors().items()}), " *best"
+            print(f"step {step}: val {r}{mark}; held-out (reported, not used) "
+                  f"{evaluate(model, ev, grid, a.eval_m, a.cut, a.size)}", flush=True)
+    print(f"step {step} (last): val {val_score()[1]}", flush=True)
     total = time.time() - t_start
     print(f"done: {step} steps, cache {t_cache / 60:.1f} min, training {(time.time() - t_train) / 60:.1f} min, "
           f"total {total / 60:.1f} min", flush=True)
-    save(model, a, final=True)
+    print(f"best checkpoint on the validation photos: step {best[0]} (0 = the stock model)", flush=True)
+    save(best[1], a, best[0], final=True)
 
 
-def save(model, a, final=False):
+def save(tensors, a, step, final=False):
     from safetensors.numpy import save_file
 
-    meta = {"tool": "tools/finetune/train.py", "args": json.dumps({k: str(v) for k, v in vars(a).items()})}
+    meta = {"tool": "tools/finetune/train.py", "step": str(step),
+            "args": json.dumps({k: str(v) for k, v in vars(a).items()})}
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(model.delta_tensors(), str(a.out), metadata=meta)
+    save_file(tensors, str(a.out), metadata=meta)
     if final:
         digest = hashlib.sha256(a.out.read_bytes()).hexdigest()
         print(f"delta: {a.out} ({a.out.stat().st_size} bytes) sha256 {digest}", flush=True)
