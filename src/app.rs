@@ -276,7 +276,7 @@ pub fn start_full(
     }
     let segs = build_lanes(cfg, &sizes)?;
     let seg = &segs[0];
-    let fixed = setting_for(cfg, &seg, cfg.model.input_size);
+    let fixed = setting_for(cfg, seg, cfg.model.input_size);
     let table = CalibrationTable::for_config(cfg)?;
     let controller = Controller::new(&cfg.budget, seg.sizes(), cfg.reduce.strategy != "none", fixed, &table)?;
     let src = build_source(cfg, stop.clone())?;
