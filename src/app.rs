@@ -254,10 +254,11 @@ pub fn start_with_sinks(cfg: &Config, stop: Arc<AtomicBool>, extra: Vec<Box<dyn 
     Ok(start_full(cfg, stop, extra, &sink::SinkContext::default())?.0)
 }
 
-/// The running pieces `run` keeps hold of: the pipeline, the model (to swap reducers on
-/// reload), the metrics and the source health.
+/// The running pieces `run` keeps hold of: the pipeline, the models (one per inference lane,
+/// to swap reducers on reload), the metrics and the source health.
 pub struct Running {
-    pub segmenter: Arc<Segmenter>,
+    /// One per `[pipeline] lanes`, in lane order.
+    pub segmenters: Vec<Arc<Segmenter>>,
     pub metrics: Arc<Metrics>,
     pub source_health: Option<Arc<source::SourceHealth>>,
 }
@@ -273,8 +274,9 @@ pub fn start_full(
     if cfg.budget.enabled {
         sizes.extend(cfg.budget.sizes.iter().filter(|s| **s != cfg.model.input_size));
     }
-    let seg = Arc::new(build_segmenter(cfg, &sizes, false)?);
-    let fixed = setting_for(cfg, &seg, cfg.model.input_size);
+    let segs = build_lanes(cfg, &sizes)?;
+    let seg = &segs[0];
+    let fixed = setting_for(cfg, seg, cfg.model.input_size);
     let table = CalibrationTable::for_config(cfg)?;
     let controller = Controller::new(&cfg.budget, seg.sizes(), cfg.reduce.strategy != "none", fixed, &table)?;
     let src = build_source(cfg, stop.clone())?;
@@ -285,21 +287,41 @@ pub fn start_full(
     let names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
     let metrics = Arc::new(Metrics::new(&names));
     log::info!(
-        "running: source {} -> {} with plans for {:?} px, {} -> sinks [{}]; budget {} (target {:.0} ms p{}, table {})",
+        "running: source {} -> {} with plans for {:?} px, {} x {} lane(s) at {} thread(s) -> sinks [{}]; \
+         budget {} (target {:.0} ms p{}, table {})",
         src.name(),
         seg.manifest().name,
         sizes,
         cfg.reduce.strategy,
+        segs.len(),
+        if cfg.model.threads == 0 { "auto".to_string() } else { cfg.model.threads.to_string() },
         names.join(", "),
         if cfg.budget.enabled { "on" } else { "off" },
         cfg.budget.target_ms,
         cfg.budget.percentile,
         table.origin
     );
-    let engine: Arc<dyn Engine> = seg.clone();
-    let running = Running { segmenter: seg, metrics: metrics.clone(), source_health };
-    let parts = Parts { engine, source: src, mode, sinks, controller, metrics, config: cfg.pipeline.clone() };
+    let engines: Vec<Arc<dyn Engine>> = segs.iter().map(|s| s.clone() as Arc<dyn Engine>).collect();
+    let running = Running { segmenters: segs, metrics: metrics.clone(), source_health };
+    let parts = Parts { engines, source: src, mode, sinks, controller, metrics, config: cfg.pipeline.clone() };
     Ok((Pipeline::start(parts, stop)?, running))
+}
+
+/// One segmenter per `[pipeline] lanes`, each with its own plans for `sizes` (built side by
+/// side, one thread per lane: loading is mostly single-threaded).
+fn build_lanes(cfg: &Config, sizes: &[u32]) -> Result<Vec<Arc<Segmenter>>, crate::model::ModelError> {
+    let lanes = cfg.pipeline.lanes.max(1);
+    if lanes == 1 {
+        return Ok(vec![Arc::new(build_segmenter(cfg, sizes, false)?)]);
+    }
+    let t = Instant::now();
+    let built: Vec<_> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..lanes).map(|_| sc.spawn(|| build_segmenter(cfg, sizes, false))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    let segs = built.into_iter().map(|r| r.map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
+    log::info!("built {lanes} inference lanes in {:.1}s", t.elapsed().as_secs_f64());
+    Ok(segs)
 }
 
 /// What `/metrics` and `/healthz` serve: the pipeline's metrics, the source's health and the
@@ -394,10 +416,23 @@ fn apply_reload(pipeline: &Pipeline, running: &Running, old: &Config, new: &Conf
     if plan.reduce {
         // On the configured device, as at start-up; a reducer that cannot be built leaves the
         // running one in place.
-        match crate::reduce::build_on_device(&new.reduce) {
-            Ok(r) => {
-                running.segmenter.set_reducer(r);
-                log::info!("reload: reducer now {} (M from [reduce] m / the budget)", new.reduce.strategy);
+        // One reducer per lane, all built before any is swapped in: every lane runs the same
+        // reducer.
+        match running
+            .segmenters
+            .iter()
+            .map(|_| crate::reduce::build_on_device(&new.reduce))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(reducers) => {
+                for (seg, r) in running.segmenters.iter().zip(reducers) {
+                    seg.set_reducer(r);
+                }
+                log::info!(
+                    "reload: reducer now {} on {} lane(s) (M from [reduce] m / the budget)",
+                    new.reduce.strategy,
+                    running.segmenters.len()
+                );
             }
             Err(e) => log::error!("reload: [reduce] not applied, the running reducer stays: {e}"),
         }

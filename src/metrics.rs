@@ -239,14 +239,20 @@ pub struct Metrics {
     pub bad_frames: AtomicU64,
     /// Frames the engine failed on.
     pub failed_frames: AtomicU64,
+    /// Frames dropped because a newer frame was already published (inference lanes finish out
+    /// of order).
+    pub out_of_order: AtomicU64,
+    /// Inference lanes (frames inferred at once).
+    lanes: AtomicU64,
     input_size: AtomicU64,
     m: AtomicU64,
     target_ms: AtomicU64,
     unreachable: AtomicBool,
     load: AtomicU64,
-    /// Nanoseconds since `start` of the last publish / inference start, +1 (0 = never / idle).
+    /// Nanoseconds since `start` of the last publish / each lane's inference start, +1 (0 =
+    /// never / idle).
     last_publish_ns: AtomicU64,
-    infer_started_ns: AtomicU64,
+    infer_started_ns: [AtomicU64; crate::pipeline::MAX_LANES],
     window: Mutex<Window>,
 }
 
@@ -284,13 +290,15 @@ impl Metrics {
             deadline_misses: AtomicU64::new(0),
             bad_frames: AtomicU64::new(0),
             failed_frames: AtomicU64::new(0),
+            out_of_order: AtomicU64::new(0),
+            lanes: AtomicU64::new(1),
             input_size: AtomicU64::new(0),
             m: AtomicU64::new(0),
             target_ms: AtomicU64::new(0f64.to_bits()),
             unreachable: AtomicBool::new(false),
             load: AtomicU64::new(1f64.to_bits()),
             last_publish_ns: AtomicU64::new(0),
-            infer_started_ns: AtomicU64::new(0),
+            infer_started_ns: Default::default(),
             window: Mutex::new(Window {
                 started: now,
                 published_at_start: 0,
@@ -354,12 +362,35 @@ impl Metrics {
         self.load.store(load.to_bits(), Relaxed);
     }
 
+    /// The number of inference lanes (shown in the log line and `/metrics`).
+    pub fn set_lanes(&self, lanes: usize) {
+        self.lanes.store(lanes as u64, Relaxed);
+    }
+
+    pub fn lanes(&self) -> usize {
+        self.lanes.load(Relaxed) as usize
+    }
+
+    /// An inference started (the single lane, or lane 0).
     pub fn infer_started(&self) {
-        self.infer_started_ns.store(self.since_start_ns(), Relaxed);
+        self.lane_infer_started(0);
     }
 
     pub fn infer_finished(&self) {
-        self.infer_started_ns.store(0, Relaxed);
+        self.lane_infer_finished(0);
+    }
+
+    /// Lane `lane` (< `MAX_LANES`) started an inference.
+    pub fn lane_infer_started(&self, lane: usize) {
+        if let Some(a) = self.infer_started_ns.get(lane) {
+            a.store(self.since_start_ns(), Relaxed);
+        }
+    }
+
+    pub fn lane_infer_finished(&self, lane: usize) {
+        if let Some(a) = self.infer_started_ns.get(lane) {
+            a.store(0, Relaxed);
+        }
     }
 
     pub fn health(&self) -> Health {
@@ -369,7 +400,14 @@ impl Metrics {
             uptime: self.start.elapsed(),
             frames_published: self.frames_published.load(Relaxed),
             since_last_frame: ago(self.last_publish_ns.load(Relaxed)),
-            inferring_for: ago(self.infer_started_ns.load(Relaxed)),
+            // The longest-running inference of any lane.
+            inferring_for: ago(self
+                .infer_started_ns
+                .iter()
+                .map(|a| a.load(Relaxed))
+                .filter(|&v| v != 0)
+                .min()
+                .unwrap_or(0)),
         }
     }
 
@@ -386,10 +424,11 @@ impl Metrics {
         let e2e = &w.last[Stage::EndToEnd as usize];
         let q = |s: Stage, p: f64| w.last[s as usize].quantile_ms(p);
         let mut line = format!(
-            "{n} frames in {secs:.1}s ({:.2} FPS); e2e p50/p90/p99/max {:.0}/{:.0}/{:.0}/{:.0} ms; \
+            "{n} frames in {secs:.1}s ({:.2} FPS, {} lane(s)); e2e p50/p90/p99/max {:.0}/{:.0}/{:.0}/{:.0} ms; \
              p50 pre {:.0} stem {:.0} reduce {:.1} middle {:.0} head {:.0} post {:.0} ms; \
              setting {}px M={}; misses {} (total {misses}); drops",
             w.fps,
+            self.lanes(),
             e2e.quantile_ms(0.5),
             e2e.quantile_ms(0.9),
             e2e.quantile_ms(0.99),
@@ -407,6 +446,7 @@ impl Metrics {
         for e in EDGES {
             let _ = write!(line, " {} {}", e.name(), self.dropped(e));
         }
+        let _ = write!(line, " out_of_order {}", self.out_of_order.load(Relaxed));
         for s in &self.sinks {
             let _ = write!(line, " sink:{} {}", s.name, s.dropped.load(Relaxed));
         }
@@ -477,11 +517,14 @@ impl Metrics {
             &mut o,
             "frames_dropped_total",
             "counter",
-            "Frames replaced in a latest-frame-wins queue, or refused by a full sink queue.",
+            "Frames replaced in a latest-frame-wins queue, refused by a full sink queue, or finished \
+             after a newer frame was published (edge=\"out_of_order\", inference lanes).",
         );
         for e in EDGES {
             let _ = writeln!(o, "ailurus_frames_dropped_total{{edge=\"{}\"}} {}", e.name(), self.dropped(e));
         }
+        let _ =
+            writeln!(o, "ailurus_frames_dropped_total{{edge=\"out_of_order\"}} {}", self.out_of_order.load(Relaxed));
         for s in &self.sinks {
             let _ = writeln!(
                 o,
@@ -495,7 +538,8 @@ impl Metrics {
             let _ = writeln!(o, "ailurus_sink_errors_total{{sink=\"{}\"}} {}", esc(&s.name), s.errors.load(Relaxed));
         }
         let health = self.health();
-        let gauges: [(&str, &str, f64); 6] = [
+        let gauges: [(&str, &str, f64); 7] = [
+            ("lanes", "Inference lanes: frames inferred at once, each on its own plans.", self.lanes() as f64),
             (
                 "setting_input_size",
                 "Model input side of the last published frame.",
@@ -527,7 +571,12 @@ impl Metrics {
             help(&mut o, name, "gauge", text);
             let _ = writeln!(o, "ailurus_{name} {v}");
         }
-        help(&mut o, "inference_running_seconds", "gauge", "How long the inference in progress has run (0 when idle).");
+        help(
+            &mut o,
+            "inference_running_seconds",
+            "gauge",
+            "How long the longest-running inference in progress has run (0 when idle).",
+        );
         let _ =
             writeln!(o, "ailurus_inference_running_seconds {}", health.inferring_for.unwrap_or_default().as_secs_f64());
         o

@@ -17,6 +17,14 @@
 //! drop), so a frame never waits long behind a slow inference.
 //! `[pipeline] overlap = false` runs one frame at a time (for comparison).
 //!
+//! Inference lanes (`[pipeline] lanes`): one infer thread per lane, each with its own engine
+//! (its own plans), all taking prepared inputs from the same slot, so up to `lanes` frames are
+//! inferred at once (throughput mode: lanes = cores, `[model] threads = 1`). Up to `lanes + 1`
+//! frames are in flight; preprocessing starts when any lane is idle or about to finish. Frames
+//! carry a ticket (their preprocessing order): postprocess briefly holds a frame that finished
+//! before an older one still running, so frames are published in order, and a frame older
+//! than one already published is dropped and counted (`out_of_order`), never published.
+//!
 //! Owns the threads, the queues and the engine trait. Must not decide settings (that is the
 //! budget controller) nor render metrics (metrics.rs).
 
@@ -54,11 +62,20 @@ pub struct PipelineConfig {
     pub sink_queue: usize,
     /// At shutdown, how long sinks get to publish what is queued.
     pub drain_timeout_s: f64,
+    /// Frames inferred at once, each on its own engine (1..=MAX_LANES).
+    pub lanes: usize,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        PipelineConfig { log_every_s: 10.0, max_frames: 0, overlap: true, sink_queue: 2, drain_timeout_s: 5.0 }
+        PipelineConfig {
+            log_every_s: 10.0,
+            max_frames: 0,
+            overlap: true,
+            sink_queue: 2,
+            drain_timeout_s: 5.0,
+            lanes: 1,
+        }
     }
 }
 
@@ -68,6 +85,9 @@ impl PipelineConfig {
         p.check(self.sink_queue >= 1, "pipeline", "sink_queue", || "must be >= 1".into());
         p.check(self.drain_timeout_s >= 0.0 && self.drain_timeout_s.is_finite(), "pipeline", "drain_timeout_s", || {
             format!("{} must be >= 0", self.drain_timeout_s)
+        });
+        p.check((1..=MAX_LANES).contains(&self.lanes), "pipeline", "lanes", || {
+            format!("{} must be 1..={MAX_LANES} (frames inferred at once)", self.lanes)
         });
     }
 }
@@ -156,8 +176,12 @@ pub enum EngineError {
     NoPlan(u32),
 }
 
-/// Frames between "preprocess starts" and "published" when overlapping.
+/// Frames between "preprocess starts" and "published" when overlapping, with one lane
+/// (`lanes + 1` with more).
 pub const MAX_IN_FLIGHT: usize = 2;
+
+/// The most inference lanes `[pipeline] lanes` accepts.
+pub const MAX_LANES: usize = 16;
 
 /// How the source is driven.
 pub enum SourceMode {
@@ -171,7 +195,9 @@ pub enum SourceMode {
 
 /// Everything a pipeline is built from.
 pub struct Parts {
-    pub engine: Arc<dyn Engine>,
+    /// One engine per inference lane (1..=`MAX_LANES`): the pipeline runs one lane per
+    /// engine. `config.lanes` is how many `app::start_full` builds; a mismatch is logged.
+    pub engines: Vec<Arc<dyn Engine>>,
     pub source: Box<dyn FrameSource>,
     pub mode: SourceMode,
     pub sinks: Vec<Box<dyn Sink>>,
@@ -193,6 +219,8 @@ pub enum PipelineError {
     Panicked { stage: &'static str },
     #[error("pipeline: metrics has {have} sink(s), {want} sink(s) were given")]
     SinkCount { have: usize, want: usize },
+    #[error("pipeline: {0} engine(s) given: one per lane, 1..={MAX_LANES} lanes")]
+    Lanes(usize),
 }
 
 /// Logs the first of a kind of message at once, then at most one per `every`, with the count
@@ -221,22 +249,23 @@ impl RateLimited {
     }
 }
 
-/// Who may start preprocessing: frames in flight, a prepared input waiting, and when the
-/// running inference is expected to end.
-#[derive(Default)]
+/// Who may start preprocessing: frames in flight, a prepared input waiting, and when each
+/// lane's running inference is expected to end. Also which frame (ticket) each lane runs, so
+/// postprocess knows whether an older frame is still coming.
 struct Gate {
     st: Mutex<GateState>,
     cv: Condvar,
 }
 
-#[derive(Default)]
 struct GateState {
     in_flight: usize,
     /// When the prepared input waiting for inference was prepared.
     pending: Option<Instant>,
-    /// When the running inference is predicted to end (None: idle).
-    busy_until: Option<Instant>,
-    /// A stale input was already replaced during this inference.
+    /// Per lane: when its running inference is predicted to end (None: idle).
+    busy_until: Vec<Option<Instant>>,
+    /// Per lane: the ticket of the frame it is inferring (None: idle).
+    running: Vec<Option<u64>>,
+    /// A stale input was already replaced since the last inference started.
     refreshed: bool,
 }
 
@@ -247,6 +276,19 @@ const REFRESH_LEADS: u32 = 8;
 const REFRESH_MIN: Duration = Duration::from_millis(500);
 
 impl Gate {
+    fn new(lanes: usize) -> Gate {
+        Gate {
+            st: Mutex::new(GateState {
+                in_flight: 0,
+                pending: None,
+                busy_until: vec![None; lanes],
+                running: vec![None; lanes],
+                refreshed: false,
+            }),
+            cv: Condvar::new(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
         self.st.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -261,13 +303,18 @@ impl Gate {
         self.update(|g| g.in_flight = g.in_flight.saturating_sub(1));
     }
 
+    /// The oldest ticket a lane is inferring.
+    fn oldest_running(&self) -> Option<u64> {
+        self.lock().running.iter().flatten().min().copied()
+    }
+
     /// Block until preprocessing may start, and take a flight slot. It may start when fewer
-    /// than `max` frames are in flight, no prepared input waits, and inference is idle or
-    /// within `lead` of its predicted end. It may also start when the waiting input has gone
-    /// stale behind an overrunning inference (it will replace that input). False when `stop`
-    /// is set.
-    fn wait_turn(&self, max: usize, lead: Duration, stop: &AtomicBool) -> bool {
-        let refresh = (lead * REFRESH_LEADS).max(REFRESH_MIN);
+    /// than `max` frames are in flight, no prepared input waits, and some lane is idle or
+    /// within `lead` of its predicted end. With `refresh` it may also start when the waiting
+    /// input has gone stale behind overrunning inferences on every lane (it will replace that
+    /// input). False when `stop` is set.
+    fn wait_turn(&self, max: usize, lead: Duration, refresh: bool, stop: &AtomicBool) -> bool {
+        let refresh_after = (lead * REFRESH_LEADS).max(REFRESH_MIN);
         let mut g = self.lock();
         loop {
             if stop.load(Ordering::Relaxed) {
@@ -276,20 +323,24 @@ impl Gate {
             let now = Instant::now();
             let mut wait = Duration::from_millis(50);
             match g.pending {
-                None if g.in_flight < max => match g.busy_until {
-                    Some(end) if now + lead < end => wait = wait.min(end - lead - now),
-                    _ => {
-                        g.in_flight += 1;
-                        return true;
+                None if g.in_flight < max => {
+                    // When the first lane frees up (None: one is idle now).
+                    let soonest = g.busy_until.iter().copied().min().flatten();
+                    match soonest {
+                        Some(end) if now + lead < end => wait = wait.min(end - lead - now),
+                        _ => {
+                            g.in_flight += 1;
+                            return true;
+                        }
                     }
-                },
-                Some(t) if max > 1 && g.busy_until.is_some() && !g.refreshed => {
-                    if now >= t + refresh {
+                }
+                Some(t) if refresh && g.busy_until.iter().all(Option::is_some) && !g.refreshed => {
+                    if now >= t + refresh_after {
                         g.in_flight += 1;
                         g.refreshed = true;
                         return true;
                     }
-                    wait = wait.min(t + refresh - now);
+                    wait = wait.min(t + refresh_after - now);
                 }
                 _ => {}
             }
@@ -300,7 +351,8 @@ impl Gate {
 
 /// Shared by the stage threads.
 struct Shared {
-    engine: Arc<dyn Engine>,
+    /// One per lane; preprocess and postprocess use the first.
+    engines: Vec<Arc<dyn Engine>>,
     controller: Arc<Mutex<Controller>>,
     metrics: Arc<Metrics>,
     gate: Gate,
@@ -311,6 +363,20 @@ struct Shared {
 impl Shared {
     fn controller(&self) -> std::sync::MutexGuard<'_, Controller> {
         self.controller.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lanes(&self) -> usize {
+        self.engines.len()
+    }
+
+    /// Frames allowed between "preprocess starts" and "published": one per lane plus one
+    /// being prepared when overlapping, one per lane otherwise.
+    fn max_in_flight(&self) -> usize {
+        if self.config.overlap {
+            MAX_IN_FLIGHT + self.lanes() - 1
+        } else {
+            self.lanes()
+        }
     }
 }
 
@@ -325,16 +391,29 @@ impl Pipeline {
     /// Start every stage. The pipeline runs until the source ends, `max_frames` frames are
     /// published, or `stop` is set; then `wait` returns.
     pub fn start(parts: Parts, stop: Arc<AtomicBool>) -> Result<Pipeline, PipelineError> {
-        let Parts { engine, source, mode, sinks, controller, metrics, config } = parts;
+        let Parts { engines, source, mode, sinks, controller, metrics, config } = parts;
         if metrics.sinks.len() != sinks.len() {
             return Err(PipelineError::SinkCount { have: metrics.sinks.len(), want: sinks.len() });
         }
+        if engines.is_empty() || engines.len() > MAX_LANES {
+            return Err(PipelineError::Lanes(engines.len()));
+        }
+        if engines.len() != config.lanes {
+            log::warn!(
+                "pipeline: {} lane(s) configured, {} engine(s) given: running {}",
+                config.lanes,
+                engines.len(),
+                engines.len()
+            );
+        }
         metrics.set_target_ms(controller.config().target_ms);
+        let lanes = engines.len();
+        metrics.set_lanes(lanes);
         let shared = Arc::new(Shared {
-            engine,
+            engines,
             controller: Arc::new(Mutex::new(controller)),
             metrics: metrics.clone(),
-            gate: Gate::default(),
+            gate: Gate::new(lanes),
             stop,
             config,
         });
@@ -346,8 +425,10 @@ impl Pipeline {
         }
         let (pre_tx, pre_rx) = slot::slot(metrics.edge_counter(crate::metrics::Edge::PreToInfer));
         let (post_tx, post_rx) = slot::slot(metrics.edge_counter(crate::metrics::Edge::InferToPost));
-        let (input_pool_tx, input_pool_rx) = crossbeam_channel::bounded(4);
-        let (raw_pool_tx, raw_pool_rx) = crossbeam_channel::bounded(4);
+        // Every lane takes from the one prepared-input slot and puts into the one result slot.
+        let (pre_rx, post_tx) = (Arc::new(pre_rx), Arc::new(post_tx));
+        let (input_pool_tx, input_pool_rx) = crossbeam_channel::bounded(3 + lanes);
+        let (raw_pool_tx, raw_pool_rx) = crossbeam_channel::bounded(3 + lanes);
         let (frame_back_tx, frame_back_rx) = crossbeam_channel::bounded(8);
         let (finished_tx, finished_rx) = crossbeam_channel::bounded::<()>(1);
         let mut threads = Vec::new();
@@ -375,12 +456,17 @@ impl Pipeline {
             .spawn(move || stages::pre_loop(&sh, feed, pre_tx, input_pool_rx))
             .map_err(spawn_err("preprocess"))?;
         threads.push(("preprocess", h));
-        let sh = shared.clone();
-        let h = std::thread::Builder::new()
-            .name("infer".into())
-            .spawn(move || stages::infer_loop(&sh, pre_rx, post_tx, input_pool_tx, raw_pool_rx))
-            .map_err(spawn_err("infer"))?;
-        threads.push(("infer", h));
+        for lane in 0..lanes {
+            let sh = shared.clone();
+            let (rx, tx, pool_tx, pool_rx) =
+                (pre_rx.clone(), post_tx.clone(), input_pool_tx.clone(), raw_pool_rx.clone());
+            let h = std::thread::Builder::new()
+                .name(if lanes == 1 { "infer".into() } else { format!("infer-{lane}") })
+                .spawn(move || stages::infer_loop(&sh, lane, &rx, &tx, pool_tx, pool_rx))
+                .map_err(spawn_err("infer"))?;
+            threads.push(("infer", h));
+        }
+        drop((pre_rx, post_tx, input_pool_tx, raw_pool_rx));
         let sh = shared.clone();
         let h = std::thread::Builder::new()
             .name("postprocess".into())

@@ -117,3 +117,17 @@ fn wrong_checksum_and_wrong_tensor_names_are_startup_errors() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("layer.5/Nope_output_0") && err.contains("not in the graph"), "{err}");
 }
+
+#[test]
+fn pipeline_lanes_out_of_range_names_the_key() {
+    let d = tempfile::tempdir().unwrap();
+    for (name, lanes) in [("zero.toml", "0"), ("many.toml", "17")] {
+        let f = write(d.path(), name, &format!("[pipeline]\nlanes = {lanes}\n"));
+        let (code, _, err) = ailurus(&["check-config", &f]);
+        assert_eq!(code, 2, "lanes = {lanes}: {err}");
+        assert!(err.contains(name) && err.contains("[pipeline] lanes"), "lanes = {lanes}: {err}");
+    }
+    let f = write(d.path(), "two.toml", "[pipeline]\nlanes = 2\n[model]\nthreads = 1\n");
+    let (code, out, err) = ailurus(&["check-config", &f]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -146,3 +146,40 @@ fn health_says_stuck_only_when_stuck() {
     m.infer_finished();
     assert!(m.health().inferring_for.is_none());
 }
+
+#[test]
+fn lanes_and_out_of_order_drops_are_shown_in_the_log_and_prometheus() {
+    let m = Metrics::new(&["files"]);
+    m.set_lanes(2);
+    m.published(Duration::from_millis(80), 224, 256);
+    m.out_of_order.fetch_add(3, std::sync::atomic::Ordering::Relaxed);
+    let line = m.log_line();
+    assert!(line.contains("2 lane(s)") && line.contains("out_of_order 3") && line.contains("FPS"), "{line}");
+    let text = m.render_prometheus();
+    let s = samples(&text);
+    let get = |name: &str, labels: &str| {
+        s.iter()
+            .find(|(n, l, _)| n == name && l == labels)
+            .unwrap_or_else(|| panic!("{name}{{{labels}}} missing:\n{text}"))
+            .2
+    };
+    assert_eq!(get("ailurus_frames_dropped_total", "edge=\"out_of_order\""), 3.0);
+    assert_eq!(get("ailurus_lanes", ""), 2.0);
+    assert!(get("ailurus_fps", "") > 0.0);
+    let p50 = get("ailurus_stage_latency_recent_seconds", "stage=\"capture_to_publish\",quantile=\"0.5\"");
+    assert!((p50 - 0.08).abs() < 0.01, "{p50}");
+}
+
+#[test]
+fn health_reports_the_longest_running_lane() {
+    let m = Metrics::new(&[]);
+    m.lane_infer_started(1);
+    std::thread::sleep(Duration::from_millis(20));
+    m.lane_infer_started(0);
+    let long = m.health().inferring_for.unwrap();
+    assert!(long >= Duration::from_millis(20), "{long:?}");
+    m.lane_infer_finished(0);
+    assert!(m.health().inferring_for.is_some(), "lane 1 still runs");
+    m.lane_infer_finished(1);
+    assert!(m.health().inferring_for.is_none());
+}

@@ -4,8 +4,11 @@
 //! Buffers travel with the frame and come back through small pool channels (model input:
 //! infer -> preprocess; raw output: postprocess -> infer; frames: postprocess -> source), and
 //! masks are reused once every sink has let go of them, so a steady stream allocates little.
+//!
+//! With several inference lanes (one `infer_loop` per lane) frames may finish out of order;
+//! `post_loop` puts them back in ticket order (see `Reorder`).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::slot::{Closed, SlotReceiver, SlotSender};
-use super::{RateLimited, Setting, Shared, SinkRunner, StageTimes, MAX_IN_FLIGHT};
+use super::{RateLimited, Setting, Shared, SinkRunner, StageTimes};
 use crate::frame::{Frame, Mask};
 use crate::metrics::Stage;
 use crate::pre::Resampler;
@@ -22,6 +25,8 @@ use crate::source::{FrameSource, SourceError};
 
 /// A frame ready for inference.
 pub(super) struct Job {
+    /// Preprocessing order (strictly increasing; the order frames are published in).
+    ticket: u64,
     frame: Frame,
     setting: Setting,
     input: Vec<f32>,
@@ -31,6 +36,7 @@ pub(super) struct Job {
 
 /// An inferred frame.
 pub(super) struct Done {
+    ticket: u64,
     frame: Frame,
     setting: Setting,
     raw: Vec<f32>,
@@ -111,13 +117,14 @@ fn ewma(avg: &mut Duration, x: Duration) {
 }
 
 pub(super) fn pre_loop(sh: &Shared, mut feed: Feed, tx: SlotSender<Job>, pool: Receiver<Vec<f32>>) {
-    let max = if sh.config.overlap { MAX_IN_FLIGHT } else { 1 };
+    let max = sh.max_in_flight();
     let (mut backoff, mut log) = (Duration::ZERO, RateLimited::new(Duration::from_secs(10)));
     let mut rs = Resampler::default();
     let (mut pre_avg, mut read_avg) = (Duration::ZERO, Duration::ZERO);
+    let mut ticket = 0u64;
     'frames: loop {
         let lead = pre_avg + read_avg + Duration::from_millis(5);
-        if !sh.gate.wait_turn(max, lead, &sh.stop) {
+        if !sh.gate.wait_turn(max, lead, sh.config.overlap, &sh.stop) {
             break;
         }
         let t_read = Instant::now();
@@ -158,12 +165,13 @@ pub(super) fn pre_loop(sh: &Shared, mut feed: Feed, tx: SlotSender<Job>, pool: R
         let mut input = pool.try_recv().unwrap_or_default();
         let mut times = StageTimes::default();
         let t = Instant::now();
-        sh.engine.preprocess(&frame, d.setting.input_size, &mut rs, &mut input);
+        sh.engines[0].preprocess(&frame, d.setting.input_size, &mut rs, &mut input);
         times.preprocess = t.elapsed();
         ewma(&mut pre_avg, times.preprocess);
         sh.metrics.record(Stage::Preprocess, times.preprocess);
         sh.gate.update(|g| g.pending = Some(Instant::now()));
-        let job = Job { frame, setting: d.setting, input, times, predicted_cost_ms: d.predicted_cost_ms };
+        ticket += 1;
+        let job = Job { ticket, frame, setting: d.setting, input, times, predicted_cost_ms: d.predicted_cost_ms };
         match tx.put(job) {
             Ok(None) => {}
             Ok(Some(_old)) => sh.gate.release(),
@@ -175,34 +183,42 @@ pub(super) fn pre_loop(sh: &Shared, mut feed: Feed, tx: SlotSender<Job>, pool: R
     }
 }
 
+/// One inference lane: takes prepared inputs (shared with the other lanes) and runs them on
+/// its own engine, `sh.engines[lane]`.
 pub(super) fn infer_loop(
     sh: &Shared,
-    rx: SlotReceiver<Job>,
-    tx: SlotSender<Done>,
+    lane: usize,
+    rx: &SlotReceiver<Job>,
+    tx: &SlotSender<Done>,
     input_pool: Sender<Vec<f32>>,
     raw_pool: Receiver<Vec<f32>>,
 ) {
+    let engine = sh.engines[lane].clone();
     let mut log = RateLimited::new(Duration::from_secs(10));
     while let Some(job) = rx.recv() {
-        let Job { frame, setting, input, mut times, predicted_cost_ms } = job;
+        let Job { ticket, frame, setting, input, mut times, predicted_cost_ms } = job;
         let start = Instant::now();
         let expect =
             Duration::from_secs_f64(((predicted_cost_ms * 0.95) / 1e3 - times.preprocess.as_secs_f64()).max(0.0));
         sh.gate.update(|g| {
             g.pending = None;
-            g.busy_until = Some(start + expect);
+            g.busy_until[lane] = Some(start + expect);
+            g.running[lane] = Some(ticket);
             g.refreshed = false;
         });
         let setting = sh.controller().refine(setting);
         let mut raw = raw_pool.try_recv().unwrap_or_default();
-        sh.metrics.infer_started();
-        let res = sh.engine.infer(&input, setting, &mut times, &mut raw);
-        sh.metrics.infer_finished();
-        sh.gate.update(|g| g.busy_until = None);
+        sh.metrics.lane_infer_started(lane);
+        let res = engine.infer(&input, setting, &mut times, &mut raw);
+        sh.metrics.lane_infer_finished(lane);
+        // The lane is free for the next input; it still counts as running this ticket until
+        // the result is handed on, so postprocess waits for it (see `Reorder`).
+        sh.gate.update(|g| g.busy_until[lane] = None);
         let _ = input_pool.try_send(input);
         if let Err(e) = res {
             sh.metrics.failed_frames.fetch_add(1, Relaxed);
             log.warn(|| format!("frame {}: {e} (skipped)", frame.seq));
+            sh.gate.update(|g| g.running[lane] = None);
             sh.gate.release();
             continue;
         }
@@ -216,9 +232,12 @@ pub(super) fn infer_loop(
         ] {
             sh.metrics.record(stage, d);
         }
-        // At most MAX_IN_FLIGHT frames are in flight, so postprocess takes the previous result
-        // within one postprocess; waiting that long loses nothing and builds no latency.
-        match tx.put_within(Done { frame, setting, raw, times }, POST_PATIENCE) {
+        // At most `lanes + 1` frames are in flight and postprocess takes results as they come
+        // (holding them itself when out of order), so it takes the previous result within one
+        // postprocess; waiting that long loses nothing and builds no latency.
+        let put = tx.put_within(Done { ticket, frame, setting, raw, times }, POST_PATIENCE);
+        sh.gate.update(|g| g.running[lane] = None);
+        match put {
             Ok(None) => {}
             Ok(Some(_old)) => sh.gate.release(),
             Err(Closed(_)) => {
@@ -235,6 +254,36 @@ const POST_PATIENCE: Duration = Duration::from_millis(100);
 /// Masks and frames kept until every sink has let go of them (then reused).
 const POOL: usize = 8;
 
+/// A frame that finished while an older one is still being inferred on another lane is held
+/// for at most `max(REORDER_MIN, its own inference time / 2)`: lanes finish close together
+/// (they start one preprocessing apart), so the older frame normally arrives within moments
+/// and both are published in order. An older frame that overruns by more is dropped and
+/// counted (`out_of_order`) when it arrives after the newer one was published.
+const REORDER_MIN: Duration = Duration::from_millis(20);
+/// How often a held frame looks again whether the older ones are done.
+const REORDER_POLL: Duration = Duration::from_millis(2);
+
+/// Inferred frames waiting for their turn to be published, by ticket.
+struct Reorder {
+    held: BTreeMap<u64, (Done, Instant)>,
+    /// The ticket of the last frame published (or dropped for max_frames).
+    last: u64,
+}
+
+impl Reorder {
+    /// The next frame that may be published now: the oldest held one, once no lane still
+    /// infers an older frame, or it has waited long enough, or (`flush`) no more will come.
+    fn next(&mut self, sh: &Shared, flush: bool) -> Option<Done> {
+        let (&ticket, (done, since)) = self.held.first_key_value()?;
+        let limit = REORDER_MIN.max(done.times.inference() / 2);
+        let older_running = sh.gate.oldest_running().is_some_and(|t| t < ticket);
+        if older_running && !flush && since.elapsed() < limit {
+            return None;
+        }
+        self.held.pop_first().map(|(_, (d, _))| d)
+    }
+}
+
 pub(super) fn post_loop(
     sh: &Shared,
     rx: SlotReceiver<Done>,
@@ -246,8 +295,32 @@ pub(super) fn post_loop(
     let mut masks: VecDeque<Arc<Mask>> = VecDeque::with_capacity(POOL + 1);
     let mut frames: VecDeque<Arc<Frame>> = VecDeque::with_capacity(POOL + 1);
     let max = sh.config.max_frames;
-    while let Some(done) = rx.recv() {
-        let Done { frame, setting, raw, mut times } = done;
+    let mut order = Reorder { held: BTreeMap::new(), last: 0 };
+    let mut closed = false;
+    loop {
+        let done = match order.next(sh, closed) {
+            Some(d) => d,
+            None if closed => break,
+            None => {
+                let got = if order.held.is_empty() { rx.recv().ok_or(true) } else { rx.recv_timeout(REORDER_POLL) };
+                match got {
+                    Ok(d) => {
+                        order.held.insert(d.ticket, (d, Instant::now()));
+                    }
+                    Err(gone) => closed = gone,
+                }
+                continue;
+            }
+        };
+        let Done { ticket, frame, setting, raw, mut times } = done;
+        if ticket <= order.last {
+            // A newer frame was already published: this one would go back in time.
+            sh.metrics.out_of_order.fetch_add(1, Relaxed);
+            let _ = raw_pool.try_send(raw);
+            sh.gate.release();
+            continue;
+        }
+        order.last = ticket;
         if max > 0 && sh.metrics.frames_published.load(Relaxed) >= max {
             sh.gate.release();
             continue;
@@ -258,7 +331,7 @@ pub(super) fn post_loop(
         };
         let t = Instant::now();
         if let Some(m) = Arc::get_mut(&mut mask) {
-            sh.engine.postprocess(&raw, setting.input_size, frame.width, frame.height, &mut rs, m);
+            sh.engines[0].postprocess(&raw, setting.input_size, frame.width, frame.height, &mut rs, m);
         }
         times.postprocess = t.elapsed();
         let _ = raw_pool.try_send(raw);

@@ -21,6 +21,8 @@ pub struct FakeEngine {
     sizes: Vec<SizeInfo>,
     pub fail_seq: Option<u64>,
     pub work: Duration,
+    /// When set, the sleep of frame `seq` (instead of `work`): frames that finish out of order.
+    pub work_for: Option<fn(u64) -> Duration>,
     pub infers: AtomicU64,
 }
 
@@ -30,6 +32,7 @@ impl FakeEngine {
             sizes: vec![SizeInfo { input_size: 56, n_tokens: 16 }, SizeInfo { input_size: 28, n_tokens: 4 }],
             fail_seq: None,
             work,
+            work_for: None,
             infers: AtomicU64::new(0),
         }
     }
@@ -69,12 +72,13 @@ impl Engine for FakeEngine {
             .find(|s| s.input_size == setting.input_size)
             .ok_or(EngineError::NoPlan(setting.input_size))?
             .n_tokens;
-        if !self.work.is_zero() {
-            std::thread::sleep(self.work);
+        let work = self.work_for.map_or(self.work, |f| f(input[1] as u64));
+        if !work.is_zero() {
+            std::thread::sleep(work);
         }
-        times.stem = self.work / 4;
-        times.middle = self.work / 2;
-        times.head = self.work / 4;
+        times.stem = work / 4;
+        times.middle = work / 2;
+        times.head = work / 4;
         out.clear();
         out.push(input[0]);
         out.push(setting.m.min(n) as f32 / n as f32);
