@@ -8,7 +8,7 @@
 //! With several inference lanes (one `infer_loop` per lane) frames may finish out of order;
 //! `post_loop` puts them back in ticket order (see `Reorder`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -263,9 +263,10 @@ const REORDER_MIN: Duration = Duration::from_millis(20);
 /// How often a held frame looks again whether the older ones are done.
 const REORDER_POLL: Duration = Duration::from_millis(2);
 
-/// Inferred frames waiting for their turn to be published, by ticket.
+/// Inferred frames waiting for their turn to be published, in ticket order (at most `lanes`
+/// frames: a Vec with that capacity, so holding a frame does not allocate).
 struct Reorder {
-    held: BTreeMap<u64, (Done, Instant)>,
+    held: Vec<(Done, Instant)>,
     /// The ticket of the last frame published (or dropped for max_frames).
     last: u64,
 }
@@ -274,13 +275,14 @@ impl Reorder {
     /// The next frame that may be published now: the oldest held one, once no lane still
     /// infers an older frame, or it has waited long enough, or (`flush`) no more will come.
     fn next(&mut self, sh: &Shared, flush: bool) -> Option<Done> {
-        let (&ticket, (done, since)) = self.held.first_key_value()?;
+        let (done, since) = self.held.first()?;
+        let ticket = done.ticket;
         let limit = REORDER_MIN.max(done.times.inference() / 2);
         let older_running = sh.gate.oldest_running().is_some_and(|t| t < ticket);
         if older_running && !flush && since.elapsed() < limit {
             return None;
         }
-        self.held.pop_first().map(|(_, (d, _))| d)
+        Some(self.held.remove(0).0)
     }
 }
 
@@ -295,7 +297,7 @@ pub(super) fn post_loop(
     let mut masks: VecDeque<Arc<Mask>> = VecDeque::with_capacity(POOL + 1);
     let mut frames: VecDeque<Arc<Frame>> = VecDeque::with_capacity(POOL + 1);
     let max = sh.config.max_frames;
-    let mut order = Reorder { held: BTreeMap::new(), last: 0 };
+    let mut order = Reorder { held: Vec::with_capacity(sh.engines.len() + 2), last: 0 };
     let mut closed = false;
     loop {
         let done = match order.next(sh, closed) {
@@ -305,7 +307,8 @@ pub(super) fn post_loop(
                 let got = if order.held.is_empty() { rx.recv().ok_or(true) } else { rx.recv_timeout(REORDER_POLL) };
                 match got {
                     Ok(d) => {
-                        order.held.insert(d.ticket, (d, Instant::now()));
+                        let at = order.held.partition_point(|(h, _)| h.ticket < d.ticket);
+                        order.held.insert(at, (d, Instant::now()));
                     }
                     Err(gone) => closed = gone,
                 }
