@@ -187,7 +187,7 @@ def main():
     ap.add_argument("--size", type=int, default=448)
     ap.add_argument("--cut", type=int, default=3)
     ap.add_argument("--crops", type=int, default=16, help="augmented crops per training photo (incl. the whole photo)")
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--minutes", type=float, default=0.0,
                     help="wall-time budget for the training loop (0 = none); the cosine schedule follows "
                          "whichever of steps and minutes runs out first")
@@ -199,7 +199,7 @@ def main():
     ap.add_argument("--head-window", type=int, default=18,
                     help="train the decoder on a random window of this many tokens a side (0 = whole grid)")
     ap.add_argument("--w-tok", type=float, default=0.1)
-    ap.add_argument("--eval-every", type=int, default=100,
+    ap.add_argument("--eval-every", type=int, default=50,
                     help="score the validation photos every this many steps; the best checkpoint is the one saved")
     ap.add_argument("--eval-m", type=int, nargs="+", default=[256, 384])
     ap.add_argument("--time-steps", type=int, default=0, help="only measure s/step with and without clustering")
