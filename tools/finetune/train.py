@@ -292,8 +292,10 @@ def main():
 def save(tensors, a, step, final=False):
     from safetensors.numpy import save_file
 
-    meta = {"tool": "tools/finetune/train.py", "step": str(step),
-            "args": json.dumps({k: str(v) for k, v in vars(a).items()})}
+    # One metadata key (safetensors writes several in a random order) and no output path, so
+    # that the same run writes the same bytes anywhere.
+    args = {k: str(v) for k, v in vars(a).items() if k != "out"}
+    meta = {"train": json.dumps({"tool": "tools/finetune/train.py", "step": step, "args": args}, sort_keys=True)}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(a.out), metadata=meta)
     if final:
