@@ -56,6 +56,14 @@ fn take_resets_the_window() {
 
 /// Parse the exposition: every sample line is `name{labels} value` or `name value`, every
 /// metric has HELP and TYPE first.
+/// The value of `name{labels}` among `samples(text)`; panics naming it when missing.
+fn sample(s: &[(String, String, f64)], text: &str, name: &str, labels: &str) -> f64 {
+    s.iter()
+        .find(|(n, l, _)| n == name && l == labels)
+        .unwrap_or_else(|| panic!("{name}{{{labels}}} missing:\n{text}"))
+        .2
+}
+
 fn samples(text: &str) -> Vec<(String, String, f64)> {
     let mut typed = std::collections::HashSet::new();
     let mut out = Vec::new();
@@ -103,12 +111,7 @@ fn prometheus_text_is_well_formed_and_consistent() {
     );
     let text = m.render_prometheus();
     let s = samples(&text);
-    let get = |name: &str, labels: &str| {
-        s.iter()
-            .find(|(n, l, _)| n == name && l == labels)
-            .unwrap_or_else(|| panic!("{name}{{{labels}}} missing:\n{text}"))
-            .2
-    };
+    let get = |name: &str, labels: &str| sample(&s, &text, name, labels);
     assert_eq!(get("ailurus_frames_published_total", ""), 5.0);
     assert_eq!(get("ailurus_deadline_misses_total", ""), 3.0);
     assert_eq!(get("ailurus_frames_dropped_total", "edge=\"source_to_preprocess\""), 3.0);
@@ -157,12 +160,7 @@ fn lanes_and_out_of_order_drops_are_shown_in_the_log_and_prometheus() {
     assert!(line.contains("2 lane(s)") && line.contains("out_of_order 3") && line.contains("FPS"), "{line}");
     let text = m.render_prometheus();
     let s = samples(&text);
-    let get = |name: &str, labels: &str| {
-        s.iter()
-            .find(|(n, l, _)| n == name && l == labels)
-            .unwrap_or_else(|| panic!("{name}{{{labels}}} missing:\n{text}"))
-            .2
-    };
+    let get = |name: &str, labels: &str| sample(&s, &text, name, labels);
     assert_eq!(get("ailurus_frames_dropped_total", "edge=\"out_of_order\""), 3.0);
     assert_eq!(get("ailurus_lanes", ""), 2.0);
     assert!(get("ailurus_fps", "") > 0.0);
