@@ -113,8 +113,12 @@ fn a_hung_sink_never_stalls_inference() {
     assert!(got > 0);
     assert_eq!(got + m.sinks[1].dropped.load(Ordering::Relaxed), 50, "the healthy sink got or counted every frame");
     let hang = &m.sinks[0];
-    // One frame stuck in publish, two queued: the rest dropped and counted.
-    assert_eq!(hang.dropped.load(Ordering::Relaxed), 47);
+    // One frame is stuck in publish. Every other one is dropped and counted: at the offer when
+    // the queue is full, or at shutdown, when what is still queued is taken back (how many of
+    // each depends on when the sink thread took its first frame). 50 only if that thread never
+    // ran before the drain timeout.
+    let dropped = hang.dropped.load(Ordering::Relaxed);
+    assert!(dropped == 49 || dropped == 50, "dropped {dropped}");
     assert_eq!(hang.published.load(Ordering::Relaxed), 0);
     let failing = &m.sinks[2];
     assert_eq!(
@@ -123,7 +127,7 @@ fn a_hung_sink_never_stalls_inference() {
         "every frame either failed (counted) or was dropped"
     );
     let text = m.render_prometheus();
-    assert!(text.contains("ailurus_frames_dropped_total{edge=\"sink:hang\"} 47"), "{text}");
+    assert!(text.contains(&format!("ailurus_frames_dropped_total{{edge=\"sink:hang\"}} {dropped}")), "{text}");
 }
 
 #[test]

@@ -21,6 +21,8 @@ pub struct SinkRunner {
     done: Receiver<()>,
     handle: Option<JoinHandle<()>>,
     dropped: Arc<AtomicU64>,
+    /// The queue's receiving end, to take back what a sink left behind at shutdown.
+    queue: Receiver<Output>,
 }
 
 impl SinkRunner {
@@ -36,6 +38,7 @@ impl SinkRunner {
         let (tx, rx) = crossbeam_channel::bounded::<Output>(capacity.max(1));
         let (done_tx, done) = crossbeam_channel::bounded(1);
         let dropped = metrics.sinks[index].dropped.clone();
+        let queue = rx.clone();
         let handle = std::thread::Builder::new().name(format!("sink-{name}")).spawn(move || {
             let sm = &metrics.sinks[index];
             let mut errs = RateLimited::new(Duration::from_secs(10));
@@ -54,7 +57,7 @@ impl SinkRunner {
             }
             let _ = done_tx.send(());
         })?;
-        Ok(SinkRunner { name, tx: Some(tx), done, handle: Some(handle), dropped })
+        Ok(SinkRunner { name, tx: Some(tx), done, handle: Some(handle), dropped, queue })
     }
 
     pub fn name(&self) -> &'static str {
@@ -74,7 +77,8 @@ impl SinkRunner {
     }
 
     /// Close the queue and wait up to `timeout` for the sink to publish what is queued. A sink
-    /// still busy after that is left running (detached) and false is returned.
+    /// still busy after that is left running (detached), the outputs still queued for it are
+    /// taken back and counted as dropped, and false is returned.
     pub fn shutdown(mut self, timeout: Duration) -> bool {
         self.tx = None;
         match self.done.recv_timeout(timeout) {
@@ -85,7 +89,13 @@ impl SinkRunner {
                 true
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                log::warn!("sink {}: still busy {:.1}s after shutdown; left behind", self.name, timeout.as_secs_f64());
+                let left = self.queue.try_iter().count() as u64;
+                self.dropped.fetch_add(left, Relaxed);
+                log::warn!(
+                    "sink {}: still busy {:.1}s after shutdown; left behind, {left} queued output(s) dropped",
+                    self.name,
+                    timeout.as_secs_f64()
+                );
                 false
             }
         }
