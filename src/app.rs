@@ -314,6 +314,13 @@ fn build_lanes(cfg: &Config, sizes: &[u32]) -> Result<Vec<Arc<Segmenter>>, crate
     if lanes == 1 {
         return Ok(vec![Arc::new(build_segmenter(cfg, sizes, false)?)]);
     }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if lanes > cores {
+        log::warn!(
+            "[pipeline] lanes = {lanes} is more than this machine's {cores} core(s): lanes beyond the cores \
+             add latency and memory, not frames per second"
+        );
+    }
     let t = Instant::now();
     let built: Vec<_> = std::thread::scope(|sc| {
         let handles: Vec<_> = (0..lanes).map(|_| sc.spawn(|| build_segmenter(cfg, sizes, false))).collect();
