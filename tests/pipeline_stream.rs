@@ -80,17 +80,23 @@ fn pull_mode_delivers_every_good_frame_in_order_sequential() {
     run_pull(false);
 }
 
-#[test]
-fn live_source_faster_than_inference_drops_and_counts() {
+/// Run an endless live source (3 ms fake inference) with `config` (max_frames 15); check that
+/// exactly 15 frames are published, in order. Returns the metrics.
+fn live_source_stops_at_15_in_order(config: PipelineConfig) -> std::sync::Arc<ailurus::metrics::Metrics> {
     let eng = FakeEngine::new(Duration::from_millis(3));
     let rec = Recorder::default();
-    let config = PipelineConfig { max_frames: 15, sink_queue: 64, ..cfg() };
     let (p, _) = start(eng, FakeSource::new(0), SourceMode::Live, vec![Box::new(rec.clone())], config, true);
     let m = p.metrics();
     p.wait().unwrap();
     let seen = rec.0.lock().unwrap().clone();
     assert_eq!(seen.len(), 15, "stops at max_frames");
     assert!(seen.windows(2).all(|w| w[0].seq < w[1].seq), "in order");
+    m
+}
+
+#[test]
+fn live_source_faster_than_inference_drops_and_counts() {
+    let m = live_source_stops_at_15_in_order(PipelineConfig { max_frames: 15, sink_queue: 64, ..cfg() });
     let dropped = m.dropped(Edge::SourceToPre);
     assert!(dropped > 0, "an endless fast source must lose frames at the first edge");
     // Every captured frame is published, dropped on an edge, or still in flight at the stop.
@@ -264,15 +270,7 @@ fn two_lanes_deliver_more_frames_per_second_than_one() {
 
 #[test]
 fn two_lanes_live_source_stops_at_max_frames_in_order() {
-    let eng = FakeEngine::new(Duration::from_millis(3));
-    let rec = Recorder::default();
-    let config = PipelineConfig { max_frames: 15, ..lanes_cfg(2) };
-    let (p, _) = start(eng, FakeSource::new(0), SourceMode::Live, vec![Box::new(rec.clone())], config, true);
-    let m = p.metrics();
-    p.wait().unwrap();
-    let seen = rec.0.lock().unwrap().clone();
-    assert_eq!(seen.len(), 15, "stops at max_frames");
-    assert!(seen.windows(2).all(|w| w[0].seq < w[1].seq), "in order");
+    let m = live_source_stops_at_15_in_order(PipelineConfig { max_frames: 15, ..lanes_cfg(2) });
     let captured = m.frames_captured.load(Ordering::Relaxed);
     let accounted = 15
         + m.dropped(Edge::SourceToPre)
