@@ -22,7 +22,7 @@ use crate::source::{self, FrameSource};
 /// Build the segmenter the config describes, with plans for `sizes` (empty = the config's).
 pub fn build_segmenter(cfg: &Config, sizes: &[u32], with_full: bool) -> Result<Segmenter, crate::model::ModelError> {
     let sizes = if sizes.is_empty() { vec![cfg.model.input_size] } else { sizes.to_vec() };
-    crate::model::set_threads(cfg.model.threads);
+    crate::model::configure_cpu(&cfg.model);
     let opts = SegmenterOptions {
         fixed_middle: fixed_middle_tokens(cfg),
         fixed_unreduced: cfg.model.fixed_middle,

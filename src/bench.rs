@@ -224,7 +224,7 @@ fn n_at(size: u32, patch: u32) -> usize {
 
 /// Run the sweep and return the table.
 pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
-    crate::model::set_threads(cfg.model.threads);
+    crate::model::configure_cpu(&cfg.model);
     let photos = load_photos(&o.photos)?;
     anyhow::ensure!(!photos.is_empty(), "bench: no photos");
     let manifest = crate::model::Manifest::load(&cfg.resolve(&cfg.model.manifest))?;

@@ -292,7 +292,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Profile { config, ov, reps, nodes } => {
             let mut cfg = load_config(&config)?;
             apply(&mut cfg, &ov)?;
-            ailurus::model::set_threads(cfg.model.threads);
+            ailurus::model::configure_cpu(&cfg.model);
             let man = ailurus::model::Manifest::load(&cfg.resolve(&cfg.model.manifest))?;
             let parts = ailurus::profile::run(&man, cfg.model.input_size, cfg.reduce.cut, cfg.reduce.m, reps)?;
             print!("{}", ailurus::profile::format(&parts));

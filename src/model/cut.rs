@@ -15,6 +15,7 @@
 //! translates core ops and optimises for its device itself.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tract_hir::internal::*;
 use tract_hir::ops::binary::BinIntoHir;
@@ -86,7 +87,7 @@ enum Level {
 impl Level {
     fn finish(self, g: TypedModel) -> TractResult<TypedModel> {
         match self {
-            Level::Optimized => g.into_optimized(),
+            Level::Optimized => optimize(g),
             Level::Decluttered => Ok(g),
         }
     }
@@ -95,11 +96,7 @@ impl Level {
 /// Fix the image input, select `outputs`, and optimise (or only declutter).
 fn from_image(base: &Base, size: u32, outputs: &[&str], level: Level) -> TractResult<TypedModel> {
     let g = base.clone().with_input_fact(0, image_fact(size))?.with_outputs_by_name(outputs)?;
-    match level {
-        // Unchanged from before the decluttered twins existed: the CPU plans stay bit-identical.
-        Level::Optimized => g.into_optimized(),
-        Level::Decluttered => g.into_typed()?.into_decluttered(),
-    }
+    level.finish(g.into_typed()?.into_decluttered()?)
 }
 
 /// The whole model at `size` (the reference the cut must reproduce).
@@ -199,17 +196,33 @@ fn middle_at(base: &Base, m: &Manifest, cut: usize, key_bias: bool, level: Level
             g.add_edge(OutletId::new(add, 0), InletId::new(sm, 0))?;
         }
     }
-    match level {
-        Level::Optimized => g.into_optimized().with_context(ctx),
-        Level::Decluttered => g.into_typed().and_then(|t| t.into_decluttered()).with_context(ctx),
-    }
+    g.into_typed().and_then(|t| t.into_decluttered()).and_then(|t| level.finish(t)).with_context(ctx)
 }
 
-/// The middle with `T` fixed to `t`, from [`middle_decluttered`], optimised.
+/// The middle with `T` fixed to `t`, from [`middle_decluttered`], optimised for the CPU.
 pub fn concretize(decluttered: &TypedModel, t: usize) -> TractResult<TypedModel> {
     let sym = decluttered.symbols.sym("T");
     let subs = std::collections::HashMap::from([(sym, (t as i64).to_dim())]);
-    decluttered.set_symbols(&subs)?.into_optimized()
+    optimize(decluttered.set_symbols(&subs)?)
+}
+
+static OWN_OPS: AtomicBool = AtomicBool::new(true);
+
+/// Whether CPU plans built from now on get our own ops where they apply (`[model] cpu_ops`):
+/// [`super::attention::FusedAttention`] and [`super::deconv::SubpixelDeconv`].
+pub fn set_own_ops(on: bool) {
+    OWN_OPS.store(on, Ordering::Relaxed);
+}
+
+/// A decluttered part optimised for the CPU: our own ops swapped in (unless
+/// `[model] cpu_ops = "tract"`), then tract's optimiser.
+pub fn optimize(mut decluttered: TypedModel) -> TractResult<TypedModel> {
+    if OWN_OPS.load(Ordering::Relaxed) {
+        let fused = super::attention::fuse(&mut decluttered)?;
+        let deconvs = super::deconv::swap(&mut decluttered)?;
+        log::debug!("CPU plan: {fused} attention(s) fused, {deconvs} transposed convolution(s) as sub-pixel");
+    }
+    decluttered.into_optimized()
 }
 
 /// Count the Softmax ops of the middle blocks (for checks and the inspect report).

@@ -22,7 +22,13 @@ pub struct ModelConfig {
     /// Also build middle plans with the token count fixed, for `[reduce] m` and the unreduced
     /// token count at `input_size` (other token counts use the symbolic plan).
     pub fixed_middle: bool,
+    /// "ailurus": the CPU plans get our own ops where they apply ([`attention::FusedAttention`],
+    /// [`deconv::SubpixelDeconv`]); "tract": tract's ops throughout.
+    pub cpu_ops: String,
 }
+
+/// `[model] cpu_ops` values.
+pub const CPU_OPS: [&str; 2] = ["ailurus", "tract"];
 
 impl Default for ModelConfig {
     fn default() -> Self {
@@ -32,6 +38,7 @@ impl Default for ModelConfig {
             device: "cpu".into(),
             threads: 0,
             fixed_middle: true,
+            cpu_ops: "ailurus".into(),
         }
     }
 }
@@ -44,12 +51,17 @@ impl ModelConfig {
         p.check(crate::reduce::DEVICES.contains(&self.device.as_str()), "model", "device", || {
             format!("{:?} is not one of {}", self.device, crate::reduce::DEVICES.join(", "))
         });
+        p.check(CPU_OPS.contains(&self.cpu_ops.as_str()), "model", "cpu_ops", || {
+            format!("{:?} is not one of {}", self.cpu_ops, CPU_OPS.join(", "))
+        });
     }
 }
 
+pub mod attention;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod cut;
+pub mod deconv;
 pub mod delta;
 pub mod device;
 pub mod inspect;
@@ -107,6 +119,13 @@ fn first_line(e: &anyhow::Error) -> String {
         Some(root) if root.to_string() != top => format!("{top}: {root}"),
         _ => top,
     }
+}
+
+/// Apply the process-wide CPU settings of `[model]`: tract's thread pool (`threads`) and the
+/// ops of the CPU plans built from now on (`cpu_ops`).
+pub fn configure_cpu(model: &ModelConfig) {
+    set_threads(model.threads);
+    cut::set_own_ops(model.cpu_ops != "tract");
 }
 
 /// Set tract's matmul thread count for the process (0 = one per core).

@@ -238,7 +238,7 @@ impl PartBuilder<'_> {
             log::debug!("middle plan for {t} tokens built in {:.2} s", t0.elapsed().as_secs_f64());
             fixed.push((t, Part::Plain(st)));
         }
-        let middle = decl.into_optimized().and_then(state).map(Part::Plain).map_err(build)?;
+        let middle = cut::optimize(decl).and_then(state).map(Part::Plain).map_err(build)?;
         Ok(Parts { plans, middle, fixed })
     }
 }

@@ -1,0 +1,429 @@
+//! Fused attention for the CPU plans (issue #4): `softmax(q kᵀ + bias) v` per head, one block
+//! of query rows at a time.
+//!
+//! tract runs the ViT's attention as three nodes: an `EinSum` that writes the whole logit tensor
+//! `[1, H, T, T]` (25 MB at T = 1025), a `Softmax` that reads and rewrites it, and a second
+//! `EinSum` that packs it again and multiplies by `v`: four passes over a tensor larger than the
+//! caches, with tract's matmul kernels at 60-80 GFLOP/s on these shapes (`ailurus profile
+//! --nodes`). [`FusedAttention`] computes the same thing for [`ROWS`] query rows of one head at
+//! a time, so the logit block (`ROWS x T`, 1 MB at T = 1025) stays in cache between the two
+//! products:
+//! - the two products run on the `gemm` crate (the GEMM under faer, well kept), which reads `q`,
+//!   `k` and `v` in place through strides: no transposes, no copies;
+//! - the softmax uses tract's own vectorised kernels (max, exp-and-sum), and the 1/sum scale is
+//!   applied to the `ROWS x D` output rather than the `ROWS x T` weights;
+//! - blocks of (head, rows) run in parallel on tract's executor (`[model] threads`).
+//!
+//! [`fuse`] swaps the op into a decluttered graph where it finds the exact pattern this model's
+//! export gives (`mbk,nbk->abmn` -> [+ key bias] -> `Softmax` -> `abmk,kbn->mbn`); anything else
+//! is left to tract. `[model] cpu_ops = "tract"` turns it off (`cut::set_own_ops`).
+//! `tests/fused_attention.rs` checks [`attend`] against the textbook formula ([`reference`]) on
+//! random inputs, and the fused model parts against tract's.
+
+use std::cell::RefCell;
+
+use tract_core::internal::*;
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::nn::{Softmax, SoftmaxKind};
+use tract_linalg::multithread::{current_tract_executor, Executor};
+
+/// Query rows per block. Measured at T = 1028 (examples/attn_check.rs), 1 and 2 threads: 32 and
+/// 64 rows lose 10-30% to the GEMMs' packing; 128 to 1028 are within noise. 256 keeps the logit
+/// block at 1 MB (this CPU's L2) and gives 30 blocks at T = 1025 to share among threads.
+pub const ROWS: usize = 256;
+
+/// `out[t, h, :] = sum_n softmax_n(q[t, h, :] . k[n, h, :] + bias[n]) v[n, h, :]`, f32.
+///
+/// Inputs `q, k, v`: `[T, H, D]` (the heads already split, any scale already applied), and with
+/// `bias` a fourth input `[1, 1, 1, T]` added to every logit row (the middle's key bias:
+/// proportional attention and padding). Output `[T, H, D]`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct FusedAttention {
+    pub bias: bool,
+}
+
+/// The tract kernels the softmax uses, made once per thread.
+struct Kernels {
+    max: Box<dyn tract_linalg::reduce::Reduce<f32>>,
+    exp_sum: Box<dyn tract_linalg::reduce::MapReduce<f32, f32>>,
+}
+
+impl Kernels {
+    fn new() -> TractResult<Kernels> {
+        use tract_linalg::routines::Func;
+        Ok(Kernels { max: Func::ReduceMax.reduce_f32()?, exp_sum: Func::Softmax2.map_reduce_f32()? })
+    }
+}
+
+/// Per-thread scratch: the logit block and the row sums. It grows to the largest block seen and
+/// is then reused, so a steady stream of frames allocates nothing here.
+#[derive(Default)]
+struct Scratch {
+    logits: Vec<f32>,
+    sums: Vec<f32>,
+    kernels: Option<Kernels>,
+}
+
+/// Logit rows start on 64-byte boundaries: tract's softmax kernels handle an unaligned head and
+/// tail of a row separately, so the rounding of a row's sum would otherwise depend on where the
+/// allocator put the scratch, and two runs of one frame could differ in the last bit.
+const ALIGN: usize = 16;
+
+/// A `rows x stride` block of `buf`, 64-byte aligned (`stride` a multiple of [`ALIGN`]).
+fn aligned_block(buf: &mut Vec<f32>, rows: usize, stride: usize) -> &mut [f32] {
+    let need = rows * stride + ALIGN;
+    if buf.len() < need {
+        buf.resize(need, 0.0);
+    }
+    let skip = buf.as_ptr().align_offset(ALIGN * 4).min(ALIGN);
+    &mut buf[skip..skip + rows * stride]
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// A raw output pointer shared by parallel blocks that each write a disjoint set of elements.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: blocks write disjoint (rows, head) regions; see `attend`.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Fused attention on plain slices (see [`FusedAttention`]); `q`, `k`, `v` and `out` are
+/// `[t, h, d]` row-major, `bias` has `t` values.
+pub fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    bias: Option<&[f32]>,
+    t: usize,
+    h: usize,
+    d: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
+    attend_in_blocks(ROWS, q, k, v, bias, t, h, d, out)
+}
+
+/// [`attend`] with `block` query rows per block (for tuning [`ROWS`]).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_in_blocks(
+    block: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    bias: Option<&[f32]>,
+    t: usize,
+    h: usize,
+    d: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
+    let len = t * h * d;
+    ensure!(
+        q.len() == len && k.len() == len && v.len() == len && out.len() == len,
+        "FusedAttention: q {}, k {}, v {}, out {} values for [{t}, {h}, {d}]",
+        q.len(),
+        k.len(),
+        v.len(),
+        out.len()
+    );
+    if let Some(b) = bias {
+        ensure!(b.len() == t, "FusedAttention: key bias has {} values for T = {t}", b.len());
+    }
+    if len == 0 {
+        return Ok(());
+    }
+    ensure!(block > 0, "FusedAttention: empty row block");
+    let blocks = t.div_ceil(block);
+    let tasks = h * blocks;
+    let out = OutPtr(out.as_mut_ptr());
+    let task = move |i: usize| -> TractResult<()> {
+        let out = out;
+        let (head, b) = (i % h, i / h);
+        let r0 = b * block;
+        let rows = block.min(t - r0);
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            let s = &mut *s;
+            if s.kernels.is_none() {
+                s.kernels = Some(Kernels::new()?);
+            }
+            if s.sums.len() < rows {
+                s.sums.resize(rows, 0.0);
+            }
+            let stride = t.next_multiple_of(ALIGN);
+            let Scratch { logits, sums, kernels } = s;
+            let kern = kernels.as_ref().expect("made above");
+            let logits = aligned_block(logits, rows, stride);
+            let hd = (h * d) as isize;
+            // logits[r, n] = q[r0 + r, head, :] . k[n, head, :]
+            // SAFETY: q is [t, h, d]: rows r0..r0+rows of head `head` are at (r0 + r) * h * d +
+            // head * d + j, j < d, all in bounds; k likewise for n < t; logits is rows x stride.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    t,
+                    d,
+                    logits.as_mut_ptr(),
+                    1,
+                    stride as isize,
+                    false,
+                    q.as_ptr().add(r0 * h * d + head * d),
+                    1,
+                    hd,
+                    k.as_ptr().add(head * d),
+                    hd,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            for (r, row) in logits.chunks_exact_mut(stride).enumerate() {
+                let row = &mut row[..t];
+                if let Some(b) = bias {
+                    row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+                }
+                let max = kern.max.run(row)?;
+                sums[r] = kern.exp_sum.run_with_params(row, max)?;
+            }
+            // out[r0 + r, head, :] = exp-weights[r, :] . v[:, head, :], then / sum[r].
+            // SAFETY: the destination rows (r0 + r) * h * d + head * d + j, j < d, belong to
+            // this (head, block) only; v is [t, h, d] like k.
+            unsafe {
+                let dst = out.0.add(r0 * h * d + head * d);
+                gemm::gemm(
+                    rows,
+                    d,
+                    t,
+                    dst,
+                    1,
+                    hd,
+                    false,
+                    logits.as_ptr(),
+                    1,
+                    stride as isize,
+                    v.as_ptr().add(head * d),
+                    1,
+                    hd,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                for r in 0..rows {
+                    let inv = 1.0 / sums[r];
+                    let row = std::slice::from_raw_parts_mut(dst.add(r * h * d), d);
+                    row.iter_mut().for_each(|x| *x *= inv);
+                }
+            }
+            Ok(())
+        })
+    };
+    par_for(tasks, task)
+}
+
+/// Run `task(0..tasks)` on tract's executor (`[model] threads`): in parallel on its pool, or in
+/// order on this thread when it has one thread.
+pub(crate) fn par_for(tasks: usize, task: impl Fn(usize) -> TractResult<()> + Sync + Send) -> TractResult<()> {
+    match current_tract_executor() {
+        Executor::MultiThread(pool) if pool.current_num_threads() > 1 && tasks > 1 => {
+            use rayon::prelude::*;
+            pool.install(|| (0..tasks).into_par_iter().try_for_each(task))
+        }
+        _ => (0..tasks).try_for_each(task),
+    }
+}
+
+/// The textbook formula, one element at a time in f64: the reference [`attend`] is tested
+/// against.
+pub fn reference(q: &[f32], k: &[f32], v: &[f32], bias: Option<&[f32]>, t: usize, h: usize, d: usize) -> Vec<f32> {
+    let at = |x: &[f32], n: usize, hh: usize, j: usize| x[(n * h + hh) * d + j] as f64;
+    let mut out = vec![0f32; t * h * d];
+    for hh in 0..h {
+        for r in 0..t {
+            let logits: Vec<f64> = (0..t)
+                .map(|n| {
+                    (0..d).map(|j| at(q, r, hh, j) * at(k, n, hh, j)).sum::<f64>() + bias.map_or(0.0, |b| b[n] as f64)
+                })
+                .collect();
+            let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+            let sum: f64 = w.iter().sum();
+            for j in 0..d {
+                let o: f64 = (0..t).map(|n| w[n] * at(v, n, hh, j)).sum::<f64>() / sum;
+                out[(r * h + hh) * d + j] = o as f32;
+            }
+        }
+    }
+    out
+}
+
+impl Op for FusedAttention {
+    fn name(&self) -> StaticName {
+        "FusedAttention".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("{ROWS}-row blocks, gemm crate + tract softmax kernels, key bias: {}", self.bias)])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for FusedAttention {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == 3 + self.bias as usize, "FusedAttention: {} inputs", inputs.len());
+        let shape = inputs[0].shape();
+        ensure!(shape.len() == 3, "FusedAttention: q is {shape:?}, expected [T, H, D]");
+        ensure!(
+            inputs[1].shape() == shape && inputs[2].shape() == shape,
+            "FusedAttention: q {shape:?}, k {:?}, v {:?}",
+            inputs[1].shape(),
+            inputs[2].shape()
+        );
+        let (t, h, d) = (shape[0], shape[1], shape[2]);
+        // SAFETY: `attend` writes every element of the output.
+        let mut out = unsafe { Tensor::uninitialized::<f32>(shape)? };
+        let plain = |i: usize| inputs[i].try_as_plain_ram();
+        let (q, k, v) = (plain(0)?, plain(1)?, plain(2)?);
+        let bias = if self.bias { Some(plain(3)?) } else { None };
+        let bias = bias.as_ref().map(|b| b.as_slice::<f32>()).transpose()?;
+        attend(
+            q.as_slice::<f32>()?,
+            k.as_slice::<f32>()?,
+            v.as_slice::<f32>()?,
+            bias,
+            t,
+            h,
+            d,
+            out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+        )?;
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for FusedAttention {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs.len() == 3 + self.bias as usize, "FusedAttention: {} inputs", inputs.len());
+        ensure!(inputs.iter().all(|f| f.datum_type == f32::datum_type()), "FusedAttention: f32 only");
+        ensure!(inputs[0].rank() == 3, "FusedAttention: q is {:?}, expected [T, H, D]", inputs[0].shape);
+        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let s = &inputs[0].shape;
+        // q kᵀ and (weights) v: 2 T² H D multiply-adds.
+        Ok(tvec!((Cost::FMA(f32::datum_type()), s[0].clone() * s[0].clone() * s[1].clone() * s[2].clone() * 2)))
+    }
+
+    as_op!();
+}
+
+/// The einsum's axes as tract writes them (`mbk,nbk->abmn`), if `node` is an f32 `EinSum`.
+fn einsum_axes(node: &TypedNode) -> Option<String> {
+    let op = node.op_as::<EinSum>()?;
+    (op.q_params.is_none() && op.operating_dt == f32::datum_type()).then(|| op.axes.to_string())
+}
+
+/// The single successor of `outlet`, if it has exactly one and is not a model output.
+fn only_successor(model: &TypedModel, outlet: OutletId) -> Option<InletId> {
+    let succ = model.outlet_successors(outlet);
+    (succ.len() == 1 && !model.output_outlets().ok()?.contains(&outlet)).then(|| succ[0])
+}
+
+/// One attention found in the graph: the node ids it spans and the inputs of the fused op.
+struct Found {
+    inputs: TVec<OutletId>,
+    /// The `abmk,kbn->mbn` node whose output the fused op replaces.
+    out: usize,
+}
+
+fn find(model: &TypedModel, softmax: &TypedNode) -> TractResult<Option<Found>> {
+    let Some(sm) = softmax.op_as::<Softmax>() else { return Ok(None) };
+    let fact = model.outlet_fact(softmax.inputs[0])?;
+    // The stem's logits are [H, T, T]; the middle's [1, H, T, T] (an axis from the key bias).
+    let (qk_axes, av_axes) = match fact.rank() {
+        3 => ("mbk,nbk->bmn", "bmk,kbn->mbn"),
+        4 => ("mbk,nbk->abmn", "abmk,kbn->mbn"),
+        _ => return Ok(None),
+    };
+    if sm.kind != SoftmaxKind::Softmax || sm.quant_output_dt.is_some() || sm.axes.as_slice() != [fact.rank() - 1] {
+        return Ok(None);
+    }
+    if only_successor(model, softmax.inputs[0]).is_none() {
+        return Ok(None);
+    }
+    // Logits: the q kᵀ einsum, maybe through the key-bias Add.
+    let mut logits = model.node(softmax.inputs[0].node);
+    let mut bias = None;
+    if logits.op.name() == "Add" && logits.inputs.len() == 2 {
+        let (a, b) = (logits.inputs[0], logits.inputs[1]);
+        let (qk, bb) = if einsum_axes(model.node(a.node)).is_some() { (a, b) } else { (b, a) };
+        let bf = model.outlet_fact(bb)?;
+        let one = 1.to_dim();
+        if bf.rank() != fact.rank()
+            || bf.datum_type != f32::datum_type()
+            || bf.shape[..bf.rank() - 1].iter().any(|x| *x != one)
+        {
+            return Ok(None);
+        }
+        if only_successor(model, qk).is_none() {
+            return Ok(None);
+        }
+        bias = Some(bb);
+        logits = model.node(qk.node);
+    }
+    if einsum_axes(logits).as_deref() != Some(qk_axes) || logits.inputs.len() != 2 {
+        return Ok(None);
+    }
+    if only_successor(model, OutletId::new(logits.id, 0)).is_none() && bias.is_none() {
+        return Ok(None);
+    }
+    // Weights -> the (weights) v einsum.
+    let Some(next) = only_successor(model, OutletId::new(softmax.id, 0)) else { return Ok(None) };
+    let av = model.node(next.node);
+    if next.slot != 0 || einsum_axes(av).as_deref() != Some(av_axes) || av.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let (q, k, v) = (logits.inputs[0], logits.inputs[1], av.inputs[1]);
+    let (qf, kf, vf) = (model.outlet_fact(q)?, model.outlet_fact(k)?, model.outlet_fact(v)?);
+    if qf.rank() != 3 || qf.shape != kf.shape || qf.shape != vf.shape || qf.datum_type != f32::datum_type() {
+        return Ok(None);
+    }
+    if let Some(b) = bias {
+        if model.outlet_fact(b)?.shape[fact.rank() - 1] != qf.shape[0] {
+            return Ok(None);
+        }
+    }
+    let mut inputs = tvec![q, k, v];
+    inputs.extend(bias);
+    Ok(Some(Found { inputs, out: av.id }))
+}
+
+/// Replace every attention of a decluttered graph with [`FusedAttention`]; returns how many.
+pub fn fuse(model: &mut TypedModel) -> TractResult<usize> {
+    let mut fused = 0;
+    for id in model.eval_order()? {
+        if model.node(id).op_as::<Softmax>().is_none() {
+            continue;
+        }
+        let Some(found) = find(model, model.node(id))? else { continue };
+        let name = format!("{}.fused", model.node(found.out).name);
+        let mut patch = TypedModelPatch::default();
+        let taps = found.inputs.iter().map(|o| patch.tap_model(model, *o)).collect::<TractResult<TVec<_>>>()?;
+        let op = FusedAttention { bias: taps.len() == 4 };
+        let wire = patch.wire_node(name, op, &taps)?;
+        patch.shunt_outside(model, OutletId::new(found.out, 0), wire[0])?;
+        patch.apply(model)?;
+        fused += 1;
+    }
+    Ok(fused)
+}

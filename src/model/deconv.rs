@@ -1,0 +1,289 @@
+//! The saliency head's transposed convolutions as sub-pixel convolutions (issue #4).
+//!
+//! The head upsamples with three `ConvTranspose` (kernel 4, stride 2, padding 1). tract lowers
+//! each to one matmul that writes every input pixel's 4x4 x C_out contributions (64 MB for the
+//! last layer at 448 px, m = 16384 positions, k = 128, n = 1024) and a `DeconvSum` that adds the
+//! overlapping ones back up: 60-100 GFLOP/s and a fifth of the head in the sum alone. But with
+//! stride 2, each output parity `(oy % 2, ox % 2)` only ever sees 2 x 2 of the 16 kernel taps:
+//!
+//! - `oy = 2y`:     input rows `y` (tap `ky = 1`) and `y - 1` (`ky = 3`);
+//! - `oy = 2y + 1`: input rows `y + 1` (`ky = 0`) and `y` (`ky = 2`); the same along x.
+//!
+//! So [`SubpixelDeconv`] computes each parity as four accumulated GEMMs (`C_out x C_in` kernel
+//! slice times `C_in x positions`) straight from a zero-bordered copy of the input, reading the
+//! kernel in place through strides, and writes the parity's pixels into the output with the
+//! bias. Same multiply-adds, no 16x intermediate, no overlap-add. The GEMMs are the `gemm`
+//! crate's; blocks of (parity, rows) run on tract's executor.
+//!
+//! [`swap`] replaces every `Deconv` of exactly that shape in a decluttered graph (NCHW, batch 1,
+//! one group, kernel 4, stride 2, padding 1, no output adjustment, constant OIHW kernel); others
+//! stay tract's. `[model] cpu_ops = "tract"` turns it off (`cut::set_own_ops`). `tests/subpixel_deconv.rs` checks [`deconv`] against the
+//! textbook scatter ([`reference`]) on random inputs, and the head against tract's.
+
+use std::cell::RefCell;
+
+use tract_core::internal::*;
+use tract_core::ops::cnn::{Deconv, KernelFormat, PaddingSpec};
+use tract_core::ops::nn::DataFormat;
+
+/// Output positions (padded-width grid) per block: the `C_out x POSITIONS` accumulator is 512 KB
+/// at 64 channels, half this CPU's L2.
+const POSITIONS: usize = 2048;
+
+/// `ConvTranspose` with kernel 4, stride 2, padding 1 on `[1, C_in, H, W]`; kernel `[C_out, C_in,
+/// 4, 4]` (tract's OIHW), bias `[C_out]`; output `[1, C_out, 2H, 2W]`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct SubpixelDeconv;
+
+thread_local! {
+    static ACC: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// For output parity `p` (0 or 1) of one axis: the two (input offset, kernel tap) pairs.
+const fn taps(p: usize) -> [(isize, usize); 2] {
+    if p == 0 {
+        [(0, 1), (-1, 3)]
+    } else {
+        [(1, 0), (0, 2)]
+    }
+}
+
+/// The sub-pixel transposed convolution on plain slices: `x` is `[ci, h, w]`, `kernel`
+/// `[co, ci, 4, 4]`, `bias` `[co]`, `out` `[co, 2h, 2w]`.
+#[allow(clippy::too_many_arguments)]
+pub fn deconv(
+    x: &[f32],
+    kernel: &[f32],
+    bias: &[f32],
+    ci: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
+    ensure!(
+        x.len() == ci * h * w && kernel.len() == co * ci * 16 && bias.len() == co && out.len() == co * 4 * h * w,
+        "SubpixelDeconv: x {}, kernel {}, bias {}, out {} values for C_in {ci}, {h}x{w}, C_out {co}",
+        x.len(),
+        kernel.len(),
+        bias.len(),
+        out.len()
+    );
+    if out.is_empty() {
+        return Ok(());
+    }
+    // Zero-bordered input [ci, h + 2, w + 2], plus slack: the two padding columns of the last
+    // row of a block read a little past a plane (values that are computed and never written).
+    let (hp, wp) = (h + 2, w + 2);
+    let plane = hp * wp;
+    let mut xp = vec![0f32; ci * plane + 2 * wp + 2];
+    for c in 0..ci {
+        for y in 0..h {
+            let src = &x[(c * h + y) * w..][..w];
+            xp[c * plane + (y + 1) * wp + 1..][..w].copy_from_slice(src);
+        }
+    }
+    let rows = (POSITIONS / wp).clamp(1, h);
+    let blocks = h.div_ceil(rows);
+    let outp = super::attention::OutPtr(out.as_mut_ptr());
+    let xp = &xp;
+    super::attention::par_for(4 * blocks, move |i| {
+        let outp = outp;
+        let (parity, b) = (i % 4, i / 4);
+        let (py, px) = (parity / 2, parity % 2);
+        let y0 = b * rows;
+        let ny = rows.min(h - y0);
+        let n = ny * wp;
+        ACC.with(|acc| {
+            let mut acc = acc.borrow_mut();
+            if acc.len() < co * n {
+                acc.resize(co * n, 0.0);
+            }
+            let acc = &mut acc[..co * n];
+            let mut first = true;
+            for (dy, ky) in taps(py) {
+                for (dx, kx) in taps(px) {
+                    // Input element (c, y + dy, x + dx) of output pixel (y, x), y0 <= y < y0 + ny,
+                    // is xp[c * plane + (y + 1 + dy) * wp + (x + 1 + dx)]: for the block's
+                    // positions p = (y - y0) * wp + x it is start + c * plane + p.
+                    let start = ((y0 as isize + 1 + dy) * wp as isize + 1 + dx) as usize;
+                    debug_assert!((ci - 1) * plane + start + n <= xp.len());
+                    // SAFETY: acc is [co, n]; the kernel slice [co, ci] at tap (ky, kx) is
+                    // kernel[(o * ci + c) * 16 + ky * 4 + kx], in bounds; the input reads are in
+                    // xp (see the slack above).
+                    unsafe {
+                        gemm::gemm(
+                            co,
+                            n,
+                            ci,
+                            acc.as_mut_ptr(),
+                            1,
+                            n as isize,
+                            !first,
+                            kernel.as_ptr().add(ky * 4 + kx),
+                            16,
+                            (ci * 16) as isize,
+                            xp.as_ptr().add(start),
+                            1,
+                            plane as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                    first = false;
+                }
+            }
+            let (oh, ow) = (2 * h, 2 * w);
+            for o in 0..co {
+                let bo = bias[o];
+                for y in 0..ny {
+                    let src = &acc[o * n + y * wp..][..w];
+                    // SAFETY: row 2 (y0 + y) + py of channel o, columns 2x + px, x < w: this
+                    // parity's pixels, written by this block only.
+                    unsafe {
+                        let dst = outp.0.add((o * oh + 2 * (y0 + y) + py) * ow + px);
+                        for (x, v) in src.iter().enumerate() {
+                            *dst.add(2 * x) = v + bo;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    })
+}
+
+/// The textbook transposed convolution: every input pixel scatters its 4 x 4 x C_out
+/// contributions into the output (f64). What [`deconv`] is tested against.
+pub fn reference(x: &[f32], kernel: &[f32], bias: &[f32], ci: usize, h: usize, w: usize, co: usize) -> Vec<f32> {
+    let (oh, ow) = (2 * h, 2 * w);
+    let mut out: Vec<f64> = (0..co * oh * ow).map(|i| bias[i / (oh * ow)] as f64).collect();
+    for c in 0..ci {
+        for y in 0..h {
+            for xx in 0..w {
+                let v = x[(c * h + y) * w + xx] as f64;
+                for o in 0..co {
+                    for ky in 0..4 {
+                        for kx in 0..4 {
+                            let (oy, ox) = (2 * y as isize - 1 + ky as isize, 2 * xx as isize - 1 + kx as isize);
+                            if oy < 0 || ox < 0 || oy >= oh as isize || ox >= ow as isize {
+                                continue;
+                            }
+                            out[(o * oh + oy as usize) * ow + ox as usize] +=
+                                v * kernel[((o * ci + c) * 4 + ky) * 4 + kx] as f64;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out.into_iter().map(|v| v as f32).collect()
+}
+
+impl Op for SubpixelDeconv {
+    fn name(&self) -> StaticName {
+        "SubpixelDeconv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec!["ConvTranspose 4x4/2 as 4 parities x 2x2 taps, gemm crate".into()])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for SubpixelDeconv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == 3, "SubpixelDeconv: {} inputs", inputs.len());
+        let (xs, ks) = (inputs[0].shape(), inputs[1].shape());
+        ensure!(xs.len() == 4 && xs[0] == 1, "SubpixelDeconv: input {xs:?}, expected [1, C, H, W]");
+        ensure!(ks.len() == 4 && ks[1] == xs[1] && ks[2] == 4 && ks[3] == 4, "SubpixelDeconv: kernel {ks:?}");
+        let (ci, h, w, co) = (xs[1], xs[2], xs[3], ks[0]);
+        // SAFETY: `deconv` writes every output element (each pixel belongs to one parity).
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&[1, co, 2 * h, 2 * w])? };
+        let plain = |i: usize| inputs[i].try_as_plain_ram();
+        let (x, k, b) = (plain(0)?, plain(1)?, plain(2)?);
+        deconv(
+            x.as_slice::<f32>()?,
+            k.as_slice::<f32>()?,
+            b.as_slice::<f32>()?,
+            ci,
+            h,
+            w,
+            co,
+            out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+        )?;
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for SubpixelDeconv {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs.len() == 3 && inputs.iter().all(|f| f.datum_type == f32::datum_type()));
+        let (x, k) = (&inputs[0].shape, &inputs[1].shape);
+        ensure!(x.len() == 4 && k.len() == 4, "SubpixelDeconv: input {x:?}, kernel {k:?}");
+        Ok(tvec!(f32::fact([x[0].clone(), k[0].clone(), x[2].clone() * 2, x[3].clone() * 2])))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let (x, k) = (&inputs[0].shape, &inputs[1].shape);
+        // Each input pixel meets each output channel through 4 of the 16 taps per parity: 16
+        // multiply-adds per (input pixel, C_in, C_out), as the scatter.
+        let fma = x[1].clone() * x[2].clone() * x[3].clone() * k[0].clone() * 16;
+        Ok(tvec!((Cost::FMA(f32::datum_type()), fma)))
+    }
+
+    as_op!();
+}
+
+/// Whether `node` is a `Deconv` [`SubpixelDeconv`] computes exactly.
+fn matches(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
+    let Some(op) = node.op_as::<Deconv>() else { return Ok(false) };
+    if node.inputs.len() != 3 {
+        return Ok(false);
+    }
+    let ps = &op.pool_spec;
+    let x = model.outlet_fact(node.inputs[0])?;
+    let k = model.outlet_fact(node.inputs[1])?;
+    let b = model.outlet_fact(node.inputs[2])?;
+    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|d| *d == 1));
+    let explicit_1 = matches!(&ps.padding, PaddingSpec::Explicit(a, e) if a.iter().chain(e.iter()).all(|p| *p == 1));
+    Ok(ps.data_format == DataFormat::NCHW
+        && ps.kernel_shape.as_slice() == [4, 4]
+        && ps.strides.as_ref().is_some_and(|s| s.as_slice() == [2, 2])
+        && ones(&ps.dilations)
+        && explicit_1
+        && op.group == 1
+        && op.kernel_format == KernelFormat::OIHW
+        && op.adjustments.iter().all(|a| *a == 0)
+        && [x, k, b].iter().all(|f| f.datum_type == f32::datum_type())
+        && x.rank() == 4
+        && x.shape[0] == 1.to_dim()
+        && k.konst.is_some()
+        && k.rank() == 4
+        && k.shape[1] == x.shape[1]
+        && b.rank() == 1
+        && b.shape[0] == k.shape[0])
+}
+
+/// Replace every matching `Deconv` of a decluttered graph with [`SubpixelDeconv`]; returns how
+/// many.
+pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
+    let mut swapped = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        if !matches(model, node)? {
+            continue;
+        }
+        let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, SubpixelDeconv)?;
+        patch.apply(model)?;
+        swapped += 1;
+    }
+    Ok(swapped)
+}
