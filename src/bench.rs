@@ -235,6 +235,7 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
     sizes.sort_unstable_by(|a, b| b.cmp(a));
     sizes.dedup();
     let main_cut = cfg.reduce.cut;
+    let blocks = manifest.num_blocks();
     let mut rows = Vec::new();
     let progress = |what: &str| log::info!("bench: {what}");
 
@@ -356,11 +357,14 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
     for r in rows.iter_mut() {
         r.speedup = none_ms / r.ms;
         let base = &none_at[&r.size];
-        let fixed = base.ms - base.middle_ms;
+        // The unreduced middle ran blocks main_cut..L; a row cut at a runs L - a blocks on M of
+        // N tokens (linear in tokens: the bound ignores attention's quadratic term).
+        let per_block = base.middle_ms / blocks.saturating_sub(main_cut).max(1) as f64;
         let ideal_ms = if r.strategy == "none" || r.strategy == "lowres" {
             base.ms
         } else {
-            fixed + base.middle_ms * r.m as f64 / r.n as f64
+            let reduced = blocks.saturating_sub(r.cut) as f64;
+            base.ms - per_block * reduced * (1.0 - r.m as f64 / r.n as f64)
         };
         r.ideal = none_ms / ideal_ms;
     }
