@@ -36,7 +36,10 @@ const POSITIONS: usize = 2048;
 pub struct SubpixelDeconv;
 
 thread_local! {
+    /// A block's accumulator (on the thread that runs the block).
     static ACC: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The bordered input (on the thread that runs the op).
+    static XP: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// For output parity `p` (0 or 1) of one axis: the two (input offset, kernel tap) pairs.
@@ -74,19 +77,49 @@ pub fn deconv(
     }
     // Zero-bordered input [ci, h + 2, w + 2], plus slack: the two padding columns of the last
     // row of a block read a little past a plane (values that are computed and never written).
+    // Kept per thread and reused: the interior and the border are rewritten on every call.
     let (hp, wp) = (h + 2, w + 2);
     let plane = hp * wp;
-    let mut xp = vec![0f32; ci * plane + 2 * wp + 2];
-    for c in 0..ci {
-        for y in 0..h {
-            let src = &x[(c * h + y) * w..][..w];
-            xp[c * plane + (y + 1) * wp + 1..][..w].copy_from_slice(src);
+    XP.with(|xp| {
+        let mut xp = xp.borrow_mut();
+        let len = ci * plane + 2 * wp + 2;
+        if xp.len() < len {
+            xp.resize(len, 0.0);
         }
-    }
+        let xp = &mut xp[..len];
+        for c in 0..ci {
+            let p = &mut xp[c * plane..][..plane];
+            p[..wp].fill(0.0);
+            p[(h + 1) * wp..].fill(0.0);
+            for y in 0..h {
+                let row = &mut p[(y + 1) * wp..][..wp];
+                row[0] = 0.0;
+                row[1..=w].copy_from_slice(&x[(c * h + y) * w..][..w]);
+                row[w + 1] = 0.0;
+            }
+        }
+        xp[ci * plane..].fill(0.0);
+        parities(xp, kernel, bias, ci, h, w, co, out)
+    })
+}
+
+/// The four parities of [`deconv`] from the bordered input `xp`, in blocks of rows.
+#[allow(clippy::too_many_arguments)]
+fn parities(
+    xp: &[f32],
+    kernel: &[f32],
+    bias: &[f32],
+    ci: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
+    let wp = w + 2;
+    let plane = (h + 2) * wp;
     let rows = (POSITIONS / wp).clamp(1, h);
     let blocks = h.div_ceil(rows);
     let outp = super::attention::OutPtr(out.as_mut_ptr());
-    let xp = &xp;
     super::attention::par_for(4 * blocks, move |i| {
         let outp = outp;
         let (parity, b) = (i % 4, i / 4);
