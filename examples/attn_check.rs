@@ -6,7 +6,8 @@
 //!   of 4, fixed and symbolic T), fused and not, with their largest output difference;
 //! - the 448 px head with its transposed convolutions as tract's `Deconv` and as sub-pixel
 //!   convolutions (src/model/deconv.rs);
-//! on 1 thread and 2; medians and minimums in ms.
+//!
+//! On 1 thread and 2; medians and minimums in ms.
 //! `cargo run --release --example attn_check [rounds] [m]`
 use std::time::Instant;
 

@@ -92,6 +92,7 @@ unsafe impl Sync for OutPtr {}
 
 /// Fused attention on plain slices (see [`FusedAttention`]); `q`, `k`, `v` and `out` are
 /// `[t, h, d]` row-major, `bias` has `t` values.
+#[allow(clippy::too_many_arguments)]
 pub fn attend(
     q: &[f32],
     k: &[f32],
@@ -216,8 +217,8 @@ pub fn attend_in_blocks(
                     false,
                     gemm::Parallelism::None,
                 );
-                for r in 0..rows {
-                    let inv = 1.0 / sums[r];
+                for (r, sum) in sums[..rows].iter().enumerate() {
+                    let inv = 1.0 / sum;
                     let row = std::slice::from_raw_parts_mut(dst.add(r * h * d), d);
                     row.iter_mut().for_each(|x| *x *= inv);
                 }
