@@ -30,15 +30,26 @@ pub fn photo(name: &str) -> PathBuf {
     cache().join("photos").join(name)
 }
 
-/// `[1,3,size,size]` deterministic pseudo-random image data in about [-2, 2] (xorshift).
-pub fn noise_image(size: u32, seed: u64) -> Vec<f32> {
+/// `n` deterministic pseudo-random values, uniform in [-1, 1) (xorshift).
+pub fn uniform(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..3 * size as usize * size as usize)
+    (0..n)
         .map(|_| {
             s ^= s << 13;
             s ^= s >> 7;
             s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
+}
+
+/// `[1,3,size,size]` deterministic pseudo-random image data in about [-2, 2].
+pub fn noise_image(size: u32, seed: u64) -> Vec<f32> {
+    uniform(3 * size as usize * size as usize, seed).into_iter().map(|v| 2.0 * v).collect()
+}
+
+/// The largest absolute difference of two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
