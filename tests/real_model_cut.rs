@@ -9,10 +9,7 @@ use ailurus::pre::Resampler;
 use ailurus::reduce::ReduceConfig;
 use tract_onnx::prelude::*;
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
+use common::max_abs_diff;
 
 #[test]
 fn cut_model_equals_uncut_model_on_real_photos() {

@@ -15,6 +15,7 @@ fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
 }
 
+use common::max_abs_diff as max_diff;
 use common::noise_image as image;
 
 fn options(sizes: &[u32], cut: usize, proportional_attention: bool) -> SegmenterOptions {
@@ -27,11 +28,6 @@ fn options(sizes: &[u32], cut: usize, proportional_attention: bool) -> Segmenter
         fixed_unreduced: false,
         device: "cpu".into(),
     }
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn run_cut(seg: &Segmenter, input: &[f32], size: u32) -> Vec<f32> {
