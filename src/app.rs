@@ -434,6 +434,7 @@ fn apply_reload(pipeline: &Pipeline, running: &Running, old: &Config, new: &Conf
             Ok(reducers) => {
                 for (seg, r) in running.segmenters.iter().zip(reducers) {
                     seg.set_reducer(r);
+                    seg.set_key_bias(new.reduce.proportional_attention);
                 }
                 log::info!(
                     "reload: reducer now {} on {} lane(s) (M from [reduce] m / the budget)",

@@ -9,6 +9,7 @@
 //! `T`. So there is still one middle plan (one copy of its weights on the device), not one per M.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -90,7 +91,8 @@ pub struct Segmenter {
     runtime: String,
     /// Proportional attention: log cluster sizes as key bias (else zeros; the bias input is
     /// always there, for the padding).
-    key_bias: bool,
+    /// Changed by a config reload (`set_key_bias`).
+    key_bias: AtomicBool,
     cut: usize,
     reducer: Mutex<Box<dyn Reducer>>,
     scratch: Mutex<Scratch>,
@@ -304,7 +306,7 @@ impl Segmenter {
                 middle: Mutex::new(parts.middle),
                 fixed: parts.fixed.into_iter().map(|(t, p)| (t, Mutex::new(p))).collect(),
                 runtime,
-                key_bias: opts.reduce.proportional_attention,
+                key_bias: AtomicBool::new(opts.reduce.proportional_attention),
                 cut: opts.reduce.cut,
                 reducer: Mutex::new(reducer),
                 scratch: Mutex::new(Scratch::default()),
@@ -377,6 +379,16 @@ impl Segmenter {
         *self.reducer.lock().unwrap() = r;
     }
 
+    /// `[reduce] proportional_attention`, from the next frame on (config reload): the middle
+    /// always has the key-bias input, so no plan changes.
+    pub fn set_key_bias(&self, on: bool) {
+        self.key_bias.store(on, Ordering::Relaxed);
+    }
+
+    pub fn key_bias(&self) -> bool {
+        self.key_bias.load(Ordering::Relaxed)
+    }
+
     fn plans(&self, size: u32) -> Result<&SizePlans, EngineError> {
         self.plans.iter().find(|p| p.info.input_size == size).ok_or(EngineError::NoPlan(size))
     }
@@ -444,7 +456,7 @@ impl Segmenter {
         let mut inputs: TVec<TValue> = tvec!(Tensor::from_shape(&[1, t, c], &sc.middle_in).map_err(err)?.into());
         sc.bias.clear();
         sc.bias.resize(prefix, 0.0);
-        if reduced && self.key_bias {
+        if reduced && self.key_bias() {
             sc.bias.extend(sc.reduction.sizes[..m].iter().map(|s| s.ln()));
         } else {
             sc.bias.resize(prefix + m, 0.0);
@@ -536,6 +548,37 @@ mod tests {
 
     fn image(size: u32) -> Vec<f32> {
         (0..3 * (size * size) as usize).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect()
+    }
+
+    /// A reload's `proportional_attention` reaches the running segmenter (it used to be fixed at
+    /// start-up while the reload log said the reducer changed).
+    #[test]
+    fn key_bias_follows_set_key_bias() {
+        let (base, manifest) = tiny();
+        let opts = SegmenterOptions {
+            sizes: vec![112],
+            reduce: ReduceConfig { cut: 2, m: 20, ..ReduceConfig::default() },
+            with_full: false,
+            verify_sha256: false,
+            fixed_middle: vec![],
+            fixed_unreduced: false,
+            device: "cpu".into(),
+        };
+        let seg = Segmenter::build(base, manifest, &opts, Placement::Plain).unwrap();
+        assert!(seg.key_bias());
+        let (x, setting, mut times) = (image(112), Setting { input_size: 112, m: 20 }, StageTimes::default());
+        let mut run = || {
+            let mut out = Vec::new();
+            seg.run_parts(&x, setting, &mut times, &mut out).unwrap();
+            out
+        };
+        let on = run();
+        seg.set_key_bias(false);
+        let off = run();
+        let d = on.iter().zip(&off).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+        assert!(d > 1e-4, "switching proportional attention off changed nothing ({d})");
+        seg.set_key_bias(true);
+        assert_eq!(run(), on, "switching it back on gives the first output again");
     }
 
     #[test]
