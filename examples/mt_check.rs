@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
     let t_real = 1 + m;
     let t_pad = t_real.div_ceil(4) * 4;
     let decl = cut::middle_decluttered(&base, &man, 3, true)?;
-    let sym = decl.clone().into_optimized()?.into_runnable()?;
+    let sym = cut::optimize(decl.clone())?.into_runnable()?;
     let fixed = cut::concretize(&decl, t_pad)?.into_runnable()?;
     let img: TValue = Tensor::from_shape(&[1, 3, 448, 448], &vec![0.1f32; 3 * 448 * 448])?.into();
     let parts: Vec<(String, Arc<TypedRunnableModel>, TVec<TValue>)> = vec![

@@ -1,0 +1,288 @@
+//! The encoder's linear layers (x W + b with a constant W) on the `gemm` crate (issue #4).
+//!
+//! Every linear layer of the ViT (q, k, v, the attention output projection, fc1, fc2) reaches
+//! the decluttered graph as an `EinSum` of the tokens with a constant weight, followed by an
+//! `Add` of a constant bias. tract runs them at 74-78 GFLOP/s on this machine's AVX2 cores
+//! (`ailurus profile --nodes`); the `gemm` crate reaches 84-95 GFLOP/s on the same shapes
+//! (`cargo run --release --example gemm_shapes`). [`Linear`] computes `out = x W + b` with one
+//! `gemm` call per block of token rows: the rows start from the bias and the product is added,
+//! so there is no separate bias pass. The weight stays a constant input of the graph and is read
+//! in place.
+//!
+//! [`swap`] replaces the einsums whose axes say "tokens times a constant matrix" in one of the
+//! layouts the ONNX export produces (`amk,kn->mn`, `mk,kn->amn`, `mk,kn->mn`, `amk,kn->amn`, and
+//! the head-merging `mbk,bkn->amn`), with the bias `Add` folded in when it is a constant of
+//! shape `[.., N]` and the einsum's only reader. `[model] cpu_ops = "tract"` turns it off.
+//! `tests/linear_op.rs` checks [`linear`] against an f64 reference and the swapped parts
+//! against tract's own ops.
+
+use tract_core::internal::*;
+use tract_core::ops::einsum::EinSum;
+
+use tract_linalg::multithread::{current_tract_executor, Executor};
+
+use super::attention::{par_for, OutPtr};
+
+/// How the einsum laid out its operands: where the token axis is in the input, how many trailing
+/// input axes make up K, and whether the output has a leading unit axis.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub struct Layout {
+    /// Rank of the token input.
+    pub in_rank: usize,
+    /// Index of the token (row) axis in the input; axes before it are 1.
+    pub m_axis: usize,
+    /// Output is `[1, T, N]` (else `[T, N]`).
+    pub lead_one: bool,
+}
+
+/// The einsum axis strings [`Linear`] implements, with their layout.
+const LAYOUTS: [(&str, Layout); 5] = [
+    ("amk,kn->mn", Layout { in_rank: 3, m_axis: 1, lead_one: false }),
+    ("amk,kn->amn", Layout { in_rank: 3, m_axis: 1, lead_one: true }),
+    ("mk,kn->amn", Layout { in_rank: 2, m_axis: 0, lead_one: true }),
+    ("mk,kn->mn", Layout { in_rank: 2, m_axis: 0, lead_one: false }),
+    ("mbk,bkn->amn", Layout { in_rank: 3, m_axis: 0, lead_one: true }),
+];
+
+/// `out = x W (+ b)`: inputs `x` (tokens, `T` rows of `K` values, laid out per [`Layout`]), `W`
+/// (`K x N` row-major, possibly as `[B, K/B, N]`), and the bias (`N` values) when `bias`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct Linear {
+    pub layout: Layout,
+    pub bias: bool,
+}
+
+/// `out[t, n] = bias[n] + sum_k x[t, k] w[k, n]` on row-major slices: `x` is `[t, k]`, `w`
+/// `[k, n]`, `out` `[t, n]`. One `gemm` call, or with a multithreaded tract executor one per
+/// thread on its share of the rows (the row split measured 2-3% faster at 2 threads than the
+/// `gemm` crate's own rayon split; `examples/linear_check.rs`).
+pub fn linear(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    t: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
+    ensure!(
+        x.len() == t * k && w.len() == k * n && out.len() == t * n,
+        "Linear: x {} values for [{t}, {k}], w {} for [{k}, {n}], out {} for [{t}, {n}]",
+        x.len(),
+        w.len(),
+        out.len()
+    );
+    if let Some(b) = bias {
+        ensure!(b.len() == n, "Linear: bias has {} values for N = {n}", b.len());
+    }
+    if t * n == 0 {
+        return Ok(());
+    }
+    match bias {
+        Some(b) => out.chunks_exact_mut(n).for_each(|row| row.copy_from_slice(b)),
+        None => out.fill(0.0),
+    }
+    if k == 0 {
+        return Ok(());
+    }
+    // One block of rows per thread: each packs the weight once, as one call on one thread would.
+    let threads = match current_tract_executor() {
+        Executor::MultiThread(pool) => pool.current_num_threads().max(1),
+        _ => 1,
+    };
+    let block = if threads > 1 { t.div_ceil(threads).next_multiple_of(8) } else { t };
+    let dst = OutPtr(out.as_mut_ptr());
+    par_for(t.div_ceil(block), move |i| {
+        let dst = dst;
+        let r0 = i * block;
+        let rows = block.min(t - r0);
+        // out[r0.., :] = 1 * out[r0.., :] + 1 * x[r0.., :] . w
+        // SAFETY: x is [t, k] at row stride k, w [k, n] at row stride n, out [t, n] at row
+        // stride n (lengths checked above); rows r0..r0+rows of out belong to this block only.
+        unsafe {
+            gemm::gemm(
+                rows,
+                n,
+                k,
+                dst.0.add(r0 * n),
+                1,
+                n as isize,
+                true,
+                x.as_ptr().add(r0 * k),
+                1,
+                k as isize,
+                w.as_ptr(),
+                1,
+                n as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        Ok(())
+    })
+}
+
+/// The textbook sum in f64: the reference [`linear`] is tested against.
+pub fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, t: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; t * n];
+    for r in 0..t {
+        for j in 0..n {
+            let s: f64 = (0..k).map(|i| x[r * k + i] as f64 * w[i * n + j] as f64).sum();
+            out[r * n + j] = (s + bias.map_or(0.0, |b| b[j] as f64)) as f32;
+        }
+    }
+    out
+}
+
+impl Linear {
+    fn out_shape(&self, t: TDim, n: TDim) -> TVec<TDim> {
+        if self.layout.lead_one {
+            tvec![1.to_dim(), t, n]
+        } else {
+            tvec![t, n]
+        }
+    }
+}
+
+impl Op for Linear {
+    fn name(&self) -> StaticName {
+        "Linear".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("x W{} on the gemm crate", if self.bias { " + b" } else { "" })])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Linear {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == 2 + self.bias as usize, "Linear: {} inputs", inputs.len());
+        let (xs, ws) = (inputs[0].shape(), inputs[1].shape());
+        ensure!(xs.len() == self.layout.in_rank && !ws.is_empty(), "Linear: x {xs:?}, w {ws:?}");
+        let t = xs[self.layout.m_axis];
+        let k: usize = xs[self.layout.m_axis + 1..].iter().product();
+        let n = ws[ws.len() - 1];
+        ensure!(ws.iter().product::<usize>() == k * n, "Linear: x {xs:?} and w {ws:?} disagree on K");
+        let shape: TVec<usize> = if self.layout.lead_one { tvec![1, t, n] } else { tvec![t, n] };
+        // SAFETY: `linear` writes every element of the output.
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
+        let plain = |i: usize| inputs[i].try_as_plain_ram();
+        let (x, w) = (plain(0)?, plain(1)?);
+        let b = if self.bias { Some(plain(2)?) } else { None };
+        let b = b.as_ref().map(|b| b.as_slice::<f32>()).transpose()?;
+        linear(
+            x.as_slice::<f32>()?,
+            w.as_slice::<f32>()?,
+            b,
+            t,
+            k,
+            n,
+            out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+        )?;
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for Linear {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs.len() == 2 + self.bias as usize, "Linear: {} inputs", inputs.len());
+        ensure!(inputs.iter().all(|f| f.datum_type == f32::datum_type()), "Linear: f32 only");
+        let (x, w) = (&inputs[0].shape, &inputs[1].shape);
+        ensure!(x.rank() == self.layout.in_rank && w.rank() >= 1, "Linear: x {x:?}, w {w:?}");
+        Ok(tvec!(f32::fact(self.out_shape(x[self.layout.m_axis].clone(), w[w.rank() - 1].clone()))))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let (x, w) = (&inputs[0].shape, &inputs[1].shape);
+        let fma = x[self.layout.m_axis].clone() * w.iter().product::<TDim>();
+        Ok(tvec!((Cost::FMA(f32::datum_type()), fma)))
+    }
+
+    as_op!();
+}
+
+/// The layout of `node` if it is an f32 `EinSum` of tokens with a constant matrix that
+/// [`Linear`] computes.
+fn layout_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Layout>> {
+    let Some(op) = node.op_as::<EinSum>() else { return Ok(None) };
+    if op.q_params.is_some() || op.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let axes = op.axes.to_string();
+    let Some(&(_, layout)) = LAYOUTS.iter().find(|(s, _)| *s == axes) else { return Ok(None) };
+    let (xf, wf) = (model.outlet_fact(node.inputs[0])?, model.outlet_fact(node.inputs[1])?);
+    if xf.datum_type != f32::datum_type() || wf.datum_type != f32::datum_type() || wf.konst.is_none() {
+        return Ok(None);
+    }
+    // Axes before the token axis ("a") must be 1, and K must be concrete (the weight's rows).
+    if xf.rank() != layout.in_rank || xf.shape[..layout.m_axis].iter().any(|d| *d != 1.to_dim()) {
+        return Ok(None);
+    }
+    if xf.shape[layout.m_axis + 1..].iter().any(|d| d.to_usize().is_err()) {
+        return Ok(None);
+    }
+    Ok(Some(layout))
+}
+
+/// The bias of the `Add` that reads only `einsum`'s output, if it is a constant with `n` values
+/// on its last axis (ones elsewhere) and the sum has the einsum's shape.
+fn bias_add(model: &TypedModel, einsum: &TypedNode, n: usize) -> TractResult<Option<(usize, OutletId)>> {
+    let out = OutletId::new(einsum.id, 0);
+    let succ = model.outlet_successors(out);
+    if succ.len() != 1 || model.output_outlets()?.contains(&out) {
+        return Ok(None);
+    }
+    let add = model.node(succ[0].node);
+    if add.op.name() != "Add" || add.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let other = add.inputs[1 - succ[0].slot];
+    let bf = model.outlet_fact(other)?;
+    let ok_shape = bf.rank() >= 1
+        && bf.shape[bf.rank() - 1] == n.to_dim()
+        && bf.shape[..bf.rank() - 1].iter().all(|d| *d == 1.to_dim());
+    if bf.datum_type != f32::datum_type() || bf.konst.is_none() || !ok_shape {
+        return Ok(None);
+    }
+    if model.outlet_fact(OutletId::new(add.id, 0))?.shape != model.outlet_fact(out)?.shape {
+        return Ok(None);
+    }
+    Ok(Some((add.id, other)))
+}
+
+/// Replace every linear layer of a decluttered graph with [`Linear`] (bias folded in where
+/// possible); returns how many.
+pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
+    let mut swapped = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(layout) = layout_of(model, node)? else { continue };
+        let w = model.outlet_fact(node.inputs[1])?;
+        let Ok(n) = w.shape[w.rank() - 1].to_usize() else { continue };
+        let bias = bias_add(model, node, n)?;
+        let mut patch = TypedModelPatch::default();
+        let mut taps = tvec![patch.tap_model(model, node.inputs[0])?, patch.tap_model(model, node.inputs[1])?];
+        let replaced = match bias {
+            Some((add, b)) => {
+                taps.push(patch.tap_model(model, b)?);
+                add
+            }
+            None => id,
+        };
+        let name = format!("{}.linear", model.node(replaced).name);
+        let op = Linear { layout, bias: bias.is_some() };
+        let wire = patch.wire_node(name, op, &taps)?;
+        patch.shunt_outside(model, OutletId::new(replaced, 0), wire[0])?;
+        patch.apply(model)?;
+        swapped += 1;
+    }
+    Ok(swapped)
+}
