@@ -1,5 +1,6 @@
-//! The `gemm` crate's GFLOP/s on the ViT's linear-layer shapes (q/k/v fused as 1152 columns, the
-//! projection, fc1, fc2), 1 thread, best of 15: what `src/model/linear.rs` is built on.
+//! The `gemm` crate's GFLOP/s on the ViT's linear-layer shapes, 1 thread, best of 15: what
+//! `src/model/linear.rs` is built on. "qkv" is q, k and v as one 1152-column product (the model
+//! runs them as three 384-column ones, the shape of "proj"), then the projection, fc1, fc2.
 //! `cargo run --release --example gemm_shapes [T]`
 use std::time::Instant;
 fn main() {
