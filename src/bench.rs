@@ -61,7 +61,10 @@ pub struct Row {
     pub m: usize,
     pub n: usize,
     pub bias: bool,
+    /// Whole frame: preprocess + model + postprocess.
     pub ms: f64,
+    /// The model alone (normalised input tensor -> raw output: stem, reduce, middle, head).
+    pub infer_ms: f64,
     pub speedup: f64,
     /// Ideal speed-up: stem, head, pre/post at this size fixed, middle scaled by M/N.
     pub ideal: f64,
@@ -117,8 +120,8 @@ fn measure(
     let mut rs = Resampler::default();
     let (mut input, mut raw) = (Vec::new(), Vec::new());
     let mut masks = Vec::new();
-    let (mut total, mut reduce, mut stem, mut middle, mut head) =
-        (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let (mut total, mut reduce, mut stem, mut middle, mut head, mut infer) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let (mut ious, mut maes, mut gts) = (vec![], vec![], vec![]);
     let mut timed = 0usize;
     let mut m_used = setting.m;
@@ -129,8 +132,10 @@ fn measure(
             let t0 = Instant::now();
             seg.preprocess(&ph.frame, setting.input_size, &mut rs, &mut input);
             times.preprocess = t0.elapsed();
+            let ti = Instant::now();
             m_used = seg.run_parts(&input, setting, &mut times, &mut raw)?;
             let t1 = Instant::now();
+            let model_time = t1 - ti;
             seg.postprocess(&raw, setting.input_size, ph.frame.width, ph.frame.height, &mut rs, &mut mask);
             times.postprocess = t1.elapsed();
             let dt = t0.elapsed();
@@ -138,6 +143,7 @@ fn measure(
                 total += dt;
                 reduce += times.reduce;
                 stem += times.stem;
+                infer += model_time;
                 middle += times.middle;
                 head += times.head;
                 timed += 1;
@@ -166,6 +172,7 @@ fn measure(
         size: setting.input_size,
         m: m_used,
         ms: total.as_secs_f64() * 1e3 / k,
+        infer_ms: infer.as_secs_f64() * 1e3 / k,
         reduce_share: reduce.as_secs_f64() / total.as_secs_f64().max(1e-12),
         stem_ms: stem.as_secs_f64() * 1e3 / k,
         middle_ms: middle.as_secs_f64() * 1e3 / k,
@@ -379,7 +386,7 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
 
 /// The peer table (`--peer ort`): ailurus unreduced and at its fastest setting with mask IoU
 /// >= 0.97 (from `rows`) against ONNX Runtime, per thread count.
-pub fn run_peer(cfg: &Config, o: &BenchOptions, rows: &[Row]) -> Result<(String, Vec<peer::PeerRow>)> {
+pub fn run_peer(cfg: &Config, o: &BenchOptions, rows: &[Row]) -> Result<peer::PeerTable> {
     let photos = load_photos(&o.photos)?;
     let reduced = peer::pick_reduced(rows, o.size, 0.97);
     peer::run(cfg, &photos, &o.photos, o.size, reduced.as_ref(), &o.peer_threads, o.reps)

@@ -284,8 +284,8 @@ fn real_main(cli: Cli) -> Result<()> {
             ailurus::bench::write_plot(&rows, &plot)?;
             println!("table written to {}, plot to {}", b.csv.display(), plot.display());
             if opts.peer.is_some() {
-                let (version, peer) = ailurus::bench::run_peer(&cfg, &opts, &rows)?;
-                print!("{}", ailurus::bench::peer::format(&peer, opts.size, opts.photos.len(), &version));
+                let peer = ailurus::bench::run_peer(&cfg, &opts, &rows)?;
+                print!("{}", ailurus::bench::peer::format(&peer, opts.size, opts.photos.len()));
             }
             Ok(())
         }

@@ -8,6 +8,12 @@
 //! "ailurus xN" is the throughput mode: N frames in flight, one per core, each on one thread
 //! (so no matmul is split across cores). Its ms/frame is wall time per frame (throughput) and
 //! "lat" the mean latency of one frame, which is about N times longer.
+//!
+//! Both engines are timed on the same work: the model alone, from the normalised input tensor
+//! to the raw output (ONNX Runtime's `session.run`; ailurus's stem, reduction, middle and head).
+//! ailurus's own pre/post-processing (resize + normalise, upsample + threshold) is printed on a
+//! line of its own: the ORT script does its preprocessing in numpy outside the timed call, so
+//! counting ours in would compare unequal work.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,7 +24,16 @@ use serde::Deserialize;
 use super::{build, measure, with_strategy, Photo, Reference, Row};
 use crate::config::Config;
 use crate::model::Segmenter;
-use crate::pipeline::Setting;
+use crate::pipeline::{Engine, Setting};
+
+/// The peer table: its rows, ONNX Runtime's version, and ailurus's pre/post-processing time per
+/// frame (1 thread; not in the rows, see the module doc).
+#[derive(Debug, Clone)]
+pub struct PeerTable {
+    pub rows: Vec<PeerRow>,
+    pub ort_version: String,
+    pub prepost_ms: f64,
+}
 
 /// One ailurus or ONNX Runtime line of the peer table.
 #[derive(Debug, Clone)]
@@ -115,8 +130,9 @@ pub(super) fn run(
     reduced: Option<&Row>,
     threads: &[usize],
     reps: usize,
-) -> Result<(String, Vec<PeerRow>)> {
+) -> Result<PeerTable> {
     let mut rows = Vec::new();
+    let mut prepost = Vec::new();
     let cut = reduced.map(|r| r.cut).unwrap_or(cfg.reduce.cut);
     let fixed: Vec<usize> = reduced.map(|r| vec![r.m]).unwrap_or_default();
     let seg = build(cfg, &[size], cut, true, &fixed)?;
@@ -125,11 +141,14 @@ pub(super) fn run(
         crate::model::set_threads(t);
         log::info!("bench: peer, ailurus none at {size}px, {t} thread(s)");
         let (base, masks) = measure(&seg, photos, Setting { input_size: size, m: usize::MAX }, reps, None, true)?;
+        if t == 1 {
+            prepost.push(base.ms - base.infer_ms);
+        }
         rows.push(PeerRow {
             engine: "ailurus".into(),
             threads: t,
             setting: "none".into(),
-            ms: base.ms,
+            ms: base.infer_ms,
             iou: 1.0,
             mae: 0.0,
         });
@@ -141,7 +160,7 @@ pub(super) fn run(
                 engine: "ailurus".into(),
                 threads: t,
                 setting: format!("ailurus a={} M={}", r.cut, r.m),
-                ms: row.ms,
+                ms: row.infer_ms,
                 iou: row.iou,
                 mae: row.mae,
             });
@@ -175,7 +194,8 @@ pub(super) fn run(
     crate::model::set_threads(cfg.model.threads);
     let (version, ort) = run_ort(cfg, paths, size, threads, cut)?;
     rows.extend(ort);
-    Ok((version, rows))
+    let prepost_ms = if prepost.is_empty() { f64::NAN } else { prepost.iter().sum::<f64>() / prepost.len() as f64 };
+    Ok(PeerTable { rows, ort_version: version, prepost_ms })
 }
 
 /// `segs.len()` frames at once, one per segmenter, each on one thread: returns (wall ms per
@@ -184,14 +204,23 @@ pub(super) fn run(
 fn lanes_throughput(segs: &[Segmenter], photos: &[Photo], setting: Setting, reps: usize) -> Result<(f64, f64)> {
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
     let barrier = std::sync::Barrier::new(segs.len());
+    // The model alone, as the single-lane rows and ONNX Runtime are timed: every lane
+    // preprocesses the photos once, untimed.
+    let inputs: Vec<Vec<f32>> = photos
+        .iter()
+        .map(|ph| {
+            let mut input = Vec::new();
+            segs[0].preprocess(&ph.frame, setting.input_size, &mut crate::pre::Resampler::default(), &mut input);
+            input
+        })
+        .collect();
     let run_lane = |seg: &Segmenter, timed: bool| -> Result<Vec<f64>> {
-        let mut runner = crate::app::FrameRunner::default();
-        let mut mask = crate::frame::Mask::default();
+        let (mut raw, mut times) = (Vec::new(), crate::pipeline::StageTimes::default());
         let mut lat = Vec::new();
         for _ in 0..if timed { reps } else { 1 } {
-            for ph in photos {
+            for input in &inputs {
                 let t0 = std::time::Instant::now();
-                runner.run(seg, &ph.frame, setting, &mut mask)?;
+                seg.run_parts(input, setting, &mut times, &mut raw)?;
                 lat.push(t0.elapsed().as_secs_f64() * 1e3);
             }
         }
@@ -227,9 +256,14 @@ fn lanes_throughput(segs: &[Segmenter], photos: &[Photo], setting: Setting, reps
 }
 
 /// The peer table: ms/frame, FPS, and throughput against ONNX Runtime at the same thread count.
-pub fn format(rows: &[PeerRow], size: u32, n_photos: usize, ort_version: &str) -> String {
+pub fn format(table: &PeerTable, size: u32, n_photos: usize) -> String {
+    let (rows, ort_version) = (&table.rows, &table.ort_version);
     let mut s = format!(
         "peer: ailurus vs ONNX Runtime {ort_version} (full model), {size}px, the same {n_photos} photos, one run\n"
+    );
+    s += &format!(
+        "times: the model alone for both (input tensor -> raw output); ailurus pre/post adds {:.1} ms/frame\n",
+        table.prepost_ms
     );
     s += &format!(
         "{:<12} {:>3} {:<32} {:>9} {:>6} {:>12} {:>7} {:>7}\n",
