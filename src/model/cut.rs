@@ -209,7 +209,8 @@ pub fn concretize(decluttered: &TypedModel, t: usize) -> TractResult<TypedModel>
 static OWN_OPS: AtomicBool = AtomicBool::new(true);
 
 /// Whether CPU plans built from now on get our own ops where they apply (`[model] cpu_ops`):
-/// [`super::attention::FusedAttention`], [`super::linear::Linear`] and [`super::deconv::SubpixelDeconv`].
+/// [`super::attention::FusedAttention`], [`super::linear::Linear`], [`super::layernorm::LayerNorm`]
+/// and [`super::deconv::SubpixelDeconv`].
 pub fn set_own_ops(on: bool) {
     OWN_OPS.store(on, Ordering::Relaxed);
 }
@@ -220,9 +221,11 @@ pub fn optimize(mut decluttered: TypedModel) -> TractResult<TypedModel> {
     if OWN_OPS.load(Ordering::Relaxed) {
         let fused = super::attention::fuse(&mut decluttered)?;
         let linears = super::linear::swap(&mut decluttered)?;
+        let norms = super::layernorm::swap(&mut decluttered)?;
         let deconvs = super::deconv::swap(&mut decluttered)?;
         log::debug!(
-            "CPU plan: {fused} attention(s) fused, {linears} linear layer(s) on gemm, {deconvs} transposed convolution(s) as sub-pixel"
+            "CPU plan: {fused} attention(s) fused, {linears} linear layer(s) on gemm, {norms} layer norm(s) in one op, \
+             {deconvs} transposed convolution(s) as sub-pixel"
         );
     }
     decluttered.into_optimized()

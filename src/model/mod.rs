@@ -65,6 +65,7 @@ pub mod deconv;
 pub mod delta;
 pub mod device;
 pub mod inspect;
+pub mod layernorm;
 pub mod linear;
 pub mod manifest;
 pub mod segmenter;
