@@ -39,7 +39,7 @@ impl Eq for LayerNorm {}
 /// [`LayerNorm`] on plain slices: `x` and `out` are `[rows, c]` row-major.
 pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], c: usize, eps: f32, out: &mut [f32]) -> TractResult<()> {
     ensure!(
-        c > 0 && x.len() % c == 0 && out.len() == x.len() && gamma.len() == c && beta.len() == c,
+        c > 0 && x.len().is_multiple_of(c) && out.len() == x.len() && gamma.len() == c && beta.len() == c,
         "LayerNorm: x {} values, out {}, gamma {}, beta {} for rows of {c}",
         x.len(),
         out.len(),
@@ -175,8 +175,17 @@ fn const_row(model: &TypedModel, outlet: OutletId, c: usize) -> TractResult<Opti
     Ok(ok.then_some(k))
 }
 
-/// One LayerNorm found from its `RmsNorm`: (x, gamma, beta, eps, the final Add's id).
-fn find(model: &TypedModel, rms: &TypedNode) -> TractResult<Option<(OutletId, OutletId, OutletId, f32, usize)>> {
+/// One LayerNorm of the graph: its input, scale and shift, eps, and the final `Add` it replaces.
+struct Found {
+    x: OutletId,
+    gamma: OutletId,
+    beta: OutletId,
+    eps: f32,
+    add: usize,
+}
+
+/// The LayerNorm around `rms`, if `rms` is the `RmsNorm` of the six-node pattern.
+fn find(model: &TypedModel, rms: &TypedNode) -> TractResult<Option<Found>> {
     let Some(op) = rms.op_as::<RmsNorm>() else { return Ok(None) };
     let Some(sub) = rms.inputs.first().map(|o| model.node(o.node)) else { return Ok(None) };
     if sub.op.name() != "Sub"
@@ -238,14 +247,14 @@ fn find(model: &TypedModel, rms: &TypedNode) -> TractResult<Option<(OutletId, Ou
     if model.outlet_fact(OutletId::new(add.id, 0))?.shape != xf.shape {
         return Ok(None);
     }
-    Ok(Some((x, gamma, beta, eps, add.id)))
+    Ok(Some(Found { x, gamma, beta, eps, add: add.id }))
 }
 
 /// Replace every LayerNorm pattern of a decluttered graph with [`LayerNorm`]; returns how many.
 pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
     let mut swapped = 0;
     for id in model.eval_order()? {
-        let Some((x, gamma, beta, eps, add)) = find(model, model.node(id))? else { continue };
+        let Some(Found { x, gamma, beta, eps, add }) = find(model, model.node(id))? else { continue };
         let mut patch = TypedModelPatch::default();
         let taps = [x, gamma, beta].iter().map(|o| patch.tap_model(model, *o)).collect::<TractResult<TVec<_>>>()?;
         let name = format!("{}.layer_norm", model.node(add).name);
