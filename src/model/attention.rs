@@ -387,7 +387,7 @@ fn einsum_axes(node: &TypedNode) -> Option<String> {
 }
 
 /// The single successor of `outlet`, if it has exactly one and is not a model output.
-fn only_successor(model: &TypedModel, outlet: OutletId) -> Option<InletId> {
+pub(crate) fn only_successor(model: &TypedModel, outlet: OutletId) -> Option<InletId> {
     let succ = model.outlet_successors(outlet);
     (succ.len() == 1 && !model.output_outlets().ok()?.contains(&outlet)).then(|| succ[0])
 }

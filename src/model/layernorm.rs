@@ -152,8 +152,7 @@ impl TypedOp for LayerNorm {
 
 /// The single reader of `outlet`, if it has exactly one and is not a model output.
 fn only_reader(model: &TypedModel, outlet: OutletId) -> TractResult<Option<&TypedNode>> {
-    let succ = model.outlet_successors(outlet);
-    Ok((succ.len() == 1 && !model.output_outlets()?.contains(&outlet)).then(|| model.node(succ[0].node)))
+    Ok(super::attention::only_successor(model, outlet).map(|i| model.node(i.node)))
 }
 
 /// The other input of a two-input node, if `node` reads `from` on one side.

@@ -236,15 +236,12 @@ fn layout_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Layout>
 /// on its last axis (ones elsewhere) and the sum has the einsum's shape.
 fn bias_add(model: &TypedModel, einsum: &TypedNode, n: usize) -> TractResult<Option<(usize, OutletId)>> {
     let out = OutletId::new(einsum.id, 0);
-    let succ = model.outlet_successors(out);
-    if succ.len() != 1 || model.output_outlets()?.contains(&out) {
-        return Ok(None);
-    }
-    let add = model.node(succ[0].node);
+    let Some(succ) = super::attention::only_successor(model, out) else { return Ok(None) };
+    let add = model.node(succ.node);
     if add.op.name() != "Add" || add.inputs.len() != 2 {
         return Ok(None);
     }
-    let other = add.inputs[1 - succ[0].slot];
+    let other = add.inputs[1 - succ.slot];
     let bf = model.outlet_fact(other)?;
     let ok_shape = bf.rank() >= 1
         && bf.shape[bf.rank() - 1] == n.to_dim()
