@@ -54,7 +54,7 @@ pub struct Linear {
 
 /// `out[t, n] = bias[n] + sum_k x[t, k] w[k, n]` on row-major slices: `x` is `[t, k]`, `w`
 /// `[k, n]`, `out` `[t, n]`. One `gemm` call, or with a multithreaded tract executor one per
-/// thread on its share of the rows (the row split measured 2-3% faster at 2 threads than the
+/// thread on its share of the rows (the row split measured 1-2% faster at 2 threads than the
 /// `gemm` crate's own rayon split; `examples/linear_check.rs`).
 pub fn linear(
     x: &[f32],
