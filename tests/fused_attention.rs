@@ -13,7 +13,7 @@ use ailurus::model::{cut, Manifest};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
 
-use common::{max_abs_diff as max_diff, uniform as random};
+use common::{max_abs_diff as max_diff, tokens, uniform as random};
 
 /// Shapes that cover one partial block, exact blocks and a partial last block, one head and
 /// several, and the real model's head size.
@@ -82,10 +82,6 @@ fn fused_vs_tract(decl: &TypedModel, inputs: TVec<TValue>) -> (usize, f32) {
     let (a, b) = (run(decl.clone()), run(fused));
     let f = |t: &TValue| ailurus::model::f32s(t).unwrap().to_vec();
     (n, max_diff(&f(&a[0]), &f(&b[0])))
-}
-
-fn tokens(t: usize, c: usize, seed: u64) -> TValue {
-    Tensor::from_shape(&[1, t, c], &random(t * c, seed)).unwrap().into()
 }
 
 /// Key bias with padding rows masked, as the runtime feeds the middle.

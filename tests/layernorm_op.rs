@@ -11,7 +11,7 @@ use ailurus::model::{cut, Manifest};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
 
-use common::{max_abs_diff as max_diff, uniform as random};
+use common::{max_abs_diff as max_diff, tokens, uniform as random};
 
 #[test]
 fn layer_norm_matches_the_f64_reference_on_random_rows() {
@@ -60,15 +60,7 @@ fn layer_norm_rejects_mismatched_inputs() {
 fn swapped_vs_tract(decl: &TypedModel, inputs: TVec<TValue>) -> (usize, f32) {
     let mut b = decl.clone();
     let n = swap(&mut b).unwrap();
-    let run = |g: TypedModel| g.into_optimized().unwrap().into_runnable().unwrap().run(inputs.clone()).unwrap();
-    let f = |t: &TValue| ailurus::model::f32s(t).unwrap().to_vec();
-    let (a, b) = (f(&run(decl.clone())[0]), f(&run(b)[0]));
-    let scale = a.iter().fold(1f32, |m, x| m.max(x.abs()));
-    (n, max_diff(&a, &b) / scale)
-}
-
-fn tokens(t: usize, c: usize, seed: u64) -> TValue {
-    Tensor::from_shape(&[1, t, c], &random(t * c, seed)).unwrap().into()
+    (n, common::relative_plan_diff(decl.clone(), b, &inputs))
 }
 
 fn key_bias(t: usize) -> TValue {

@@ -12,7 +12,7 @@ use ailurus::model::{attention, cut, Manifest};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
 
-use common::{max_abs_diff as max_diff, uniform as random};
+use common::{max_abs_diff as max_diff, tokens, uniform as random};
 
 /// One row and many, odd sizes that leave partial register tiles, K = 0 (the bias alone), and
 /// the real model's shapes.
@@ -65,16 +65,7 @@ fn swapped_vs_tract(decl: &TypedModel, inputs: TVec<TValue>) -> (usize, f32) {
     attention::fuse(&mut a).unwrap();
     let mut b = a.clone();
     let n = swap(&mut b).unwrap();
-    let run = |g: TypedModel| g.into_optimized().unwrap().into_runnable().unwrap().run(inputs.clone()).unwrap();
-    let (a, b) = (run(a), run(b));
-    let f = |t: &TValue| ailurus::model::f32s(t).unwrap().to_vec();
-    let (a, b) = (f(&a[0]), f(&b[0]));
-    let scale = a.iter().fold(1f32, |m, x| m.max(x.abs()));
-    (n, max_diff(&a, &b) / scale)
-}
-
-fn tokens(t: usize, c: usize, seed: u64) -> TValue {
-    Tensor::from_shape(&[1, t, c], &random(t * c, seed)).unwrap().into()
+    (n, common::relative_plan_diff(a, b, &inputs))
 }
 
 fn key_bias(t: usize, real: usize) -> TValue {

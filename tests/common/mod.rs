@@ -53,3 +53,26 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// `[1, t, c]` tokens from [`uniform`].
+pub fn tokens(t: usize, c: usize, seed: u64) -> tract_onnx::prelude::TValue {
+    tract_onnx::prelude::Tensor::from_shape(&[1, t, c], &uniform(t * c, seed)).unwrap().into()
+}
+
+/// Optimise two decluttered versions of one part with tract, run both on `inputs`, and return
+/// the largest difference of their first outputs, relative to `a`'s largest magnitude (at
+/// least 1): how the tests compare a part with our ops swapped in against tract's.
+pub fn relative_plan_diff(
+    a: tract_onnx::prelude::TypedModel,
+    b: tract_onnx::prelude::TypedModel,
+    inputs: &tract_onnx::prelude::TVec<tract_onnx::prelude::TValue>,
+) -> f32 {
+    use tract_onnx::prelude::*;
+    let run = |g: TypedModel| {
+        let out = g.into_optimized().unwrap().into_runnable().unwrap().run(inputs.clone()).unwrap();
+        ailurus::model::f32s(&out[0]).unwrap().to_vec()
+    };
+    let (a, b) = (run(a), run(b));
+    let scale = a.iter().fold(1f32, |m, x| m.max(x.abs()));
+    max_abs_diff(&a, &b) / scale
+}
