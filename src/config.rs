@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::problems::{Problem, Problems};
+
 /// The documented default config, compiled into the binary.
 pub const DEFAULT_TOML: &str = include_str!("../configs/default.toml");
 
@@ -34,30 +36,6 @@ pub struct Config {
     /// Directory that relative paths in the config are resolved against.
     #[serde(skip)]
     pub base_dir: PathBuf,
-}
-
-/// One validation problem: where, and what is wrong.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Problem {
-    /// `[section] key` path, e.g. `[sink.http] port`.
-    pub key: String,
-    pub msg: String,
-}
-
-/// Collects problems during validation.
-#[derive(Debug, Default)]
-pub struct Problems(pub Vec<Problem>);
-
-impl Problems {
-    pub fn push(&mut self, section: &str, key: &str, msg: impl Into<String>) {
-        self.0.push(Problem { key: format!("[{section}] {key}"), msg: msg.into() });
-    }
-    /// Check `cond`, else record `msg`.
-    pub fn check(&mut self, cond: bool, section: &str, key: &str, msg: impl FnOnce() -> String) {
-        if !cond {
-            self.push(section, key, msg());
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

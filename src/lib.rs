@@ -1,24 +1,30 @@
 //! ailurus: an edge-inference runtime for ViT segmentation with AiluRus token clustering.
 //!
-//! Frames come from a [`source`], are segmented by a [`model`] whose middle blocks run on
-//! tokens merged by a [`reduce`] strategy, and the masks go to [`sink`]s. The [`budget`]
-//! controller picks the cluster count per frame. See ARCHITECTURE in the README.
+//! Frames come from a [`source`], are preprocessed, inferred by a [`model`] whose middle blocks
+//! run on tokens merged by a [`reduce`] strategy, postprocessed into masks, and published by
+//! [`sink`]s; the [`budget`] controller picks the setting per frame and the [`pipeline`] runs
+//! the stages. [`app`] assembles all of it from a [`config`]; the binary's commands call it.
+//!
+//! Layering (a module imports only from modules below it):
+//! - leaves: [`problems`], [`choice`], [`frame`], [`status`], [`eval`], [`pre`]
+//! - [`reduce`], then [`engine`] (shared types: setting, stage times, the `Engine` trait)
+//! - [`model`], [`source`], [`sink`], [`metrics`], [`budget`]
+//! - [`pipeline`], then [`config`] (composes the stage configs), [`service`], [`app`]
 
 pub mod app;
-pub mod bench;
 pub mod budget;
-pub mod calibrate;
+pub mod choice;
 pub mod config;
+pub mod engine;
+pub mod eval;
 pub mod frame;
-pub mod gt;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
-pub mod plot;
-pub mod post;
 pub mod pre;
-pub mod profile;
+pub mod problems;
 pub mod reduce;
 pub mod service;
 pub mod sink;
 pub mod source;
+pub mod status;

@@ -252,7 +252,7 @@ pub struct Metrics {
     /// Nanoseconds since `start` of the last publish / each lane's inference start, +1 (0 =
     /// never / idle).
     last_publish_ns: AtomicU64,
-    infer_started_ns: [AtomicU64; crate::pipeline::MAX_LANES],
+    infer_started_ns: [AtomicU64; crate::engine::MAX_LANES],
     window: Mutex<Window>,
 }
 
@@ -371,16 +371,6 @@ impl Metrics {
         self.lanes.load(Relaxed) as usize
     }
 
-    /// An inference started (the single lane, or lane 0).
-    pub fn infer_started(&self) {
-        self.lane_infer_started(0);
-    }
-
-    pub fn infer_finished(&self) {
-        self.lane_infer_finished(0);
-    }
-
-    /// Lane `lane` (< `MAX_LANES`) started an inference.
     pub fn lane_infer_started(&self, lane: usize) {
         if let Some(a) = self.infer_started_ns.get(lane) {
             a.store(self.since_start_ns(), Relaxed);

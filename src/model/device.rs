@@ -18,7 +18,9 @@
 //! a graph already lowered to CPU kernels would silently stay on the CPU.
 
 use tract_core::internal::*;
-use tract_core::runtime::{RunOptions, Runtime, State};
+use tract_core::runtime::{RunOptions, Runnable, Runtime, State};
+
+use crate::choice::Device;
 
 /// Why the encoder cannot run on the requested device. One line each.
 #[derive(Debug, thiserror::Error)]
@@ -47,15 +49,13 @@ pub enum GpuModelError {
         #[source]
         source: TractError,
     },
-    #[error("[model] device {device:?} is not one of cpu, cuda, cuda-or-cpu")]
-    Unknown { device: String },
 }
 
 /// The tract runtime the model parts are prepared on.
 #[derive(Debug, Clone)]
 pub struct ModelRuntime {
     rt: &'static dyn Runtime,
-    device: String,
+    device: Device,
     gpu: bool,
 }
 
@@ -67,31 +67,30 @@ fn cpu_runtime() -> &'static dyn Runtime {
 /// tract-cuda, after its own probe (driver >= 12.6, cudart, NVRTC, cuBLAS, cuDNN); a panic inside
 /// it becomes an error.
 #[cfg(feature = "cuda")]
-fn gpu_runtime(device: &str) -> Result<&'static dyn Runtime, GpuModelError> {
+fn gpu_runtime(device: Device) -> Result<&'static dyn Runtime, GpuModelError> {
     let probed =
         std::panic::catch_unwind(super::cuda::cuda_runtime).unwrap_or_else(|p| Err(anyhow::anyhow!(panic_msg(&p))));
     probed.map_err(|source| GpuModelError::Unavailable { device: device.to_string(), source })
 }
 
 #[cfg(not(feature = "cuda"))]
-fn gpu_runtime(device: &str) -> Result<&'static dyn Runtime, GpuModelError> {
+fn gpu_runtime(device: Device) -> Result<&'static dyn Runtime, GpuModelError> {
     Err(GpuModelError::NotBuilt { device: device.to_string() })
 }
 
 impl ModelRuntime {
     /// "cpu", "cuda" (an error if tract-cuda cannot run) or "cuda-or-cpu" (falls back to the CPU
     /// with one warning line).
-    pub fn select(device: &str) -> Result<ModelRuntime, GpuModelError> {
-        let cpu = || ModelRuntime { rt: cpu_runtime(), device: device.to_string(), gpu: false };
-        let gpu = || gpu_runtime(device).map(|rt| ModelRuntime { rt, device: device.to_string(), gpu: true });
+    pub fn select(device: Device) -> Result<ModelRuntime, GpuModelError> {
+        let cpu = || ModelRuntime { rt: cpu_runtime(), device, gpu: false };
+        let gpu = || gpu_runtime(device).map(|rt| ModelRuntime { rt, device, gpu: true });
         match device {
-            "cpu" => Ok(cpu()),
-            "cuda" => gpu(),
-            "cuda-or-cpu" => gpu().or_else(|e| {
+            Device::Cpu => Ok(cpu()),
+            Device::Cuda => gpu(),
+            Device::CudaOrCpu => gpu().or_else(|e| {
                 log::warn!("{e}; running the encoder on the CPU");
                 Ok(cpu())
             }),
-            _ => Err(GpuModelError::Unknown { device: device.to_string() }),
         }
     }
 
@@ -105,14 +104,14 @@ impl ModelRuntime {
         self.rt.name().to_string()
     }
 
-    /// The `[model] device` string this runtime was selected for.
-    pub fn device(&self) -> &str {
-        &self.device
+    /// The `[model] device` this runtime was selected for.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// Prepare `model` (one part, named `part` in errors; decluttered, see the module doc) on this
-    /// runtime and spawn its state.
-    pub fn prepare(&self, part: &str, model: TypedModel) -> Result<Box<dyn State>, GpuModelError> {
+    /// runtime. Every lane spawns its own state from it.
+    pub fn prepare(&self, part: &str, model: TypedModel) -> Result<Arc<dyn Runnable>, GpuModelError> {
         self.prepare_with_options(part, model, &RunOptions::default())
     }
 
@@ -122,14 +121,13 @@ impl ModelRuntime {
         part: &str,
         model: TypedModel,
         options: &RunOptions,
-    ) -> Result<Box<dyn State>, GpuModelError> {
-        let err = |source| GpuModelError::Prepare { device: self.device.clone(), part: part.to_string(), source };
-        let run = std::panic::AssertUnwindSafe(|| self.rt.prepare_with_options(model, options).and_then(|r| r.spawn()));
+    ) -> Result<Arc<dyn Runnable>, GpuModelError> {
+        let device = self.device.to_string();
+        let err = |source| GpuModelError::Prepare { device: device.clone(), part: part.to_string(), source };
+        let run = std::panic::AssertUnwindSafe(|| self.rt.prepare_with_options(model, options));
         match std::panic::catch_unwind(run) {
-            Ok(r) => r.map_err(err),
-            Err(p) => {
-                Err(GpuModelError::Panicked { device: self.device.clone(), part: part.to_string(), msg: panic_msg(&p) })
-            }
+            Ok(r) => r.map(Arc::from).map_err(err),
+            Err(p) => Err(GpuModelError::Panicked { device, part: part.to_string(), msg: panic_msg(&p) }),
         }
     }
 }
@@ -142,8 +140,8 @@ fn panic_msg(p: &Box<dyn std::any::Any + Send>) -> String {
 /// Compute ops of a prepared part on the device and left on the CPU (for the load log line):
 /// tract-cuda names its ops `Cuda*` and the generic copy ops `Gpu*`; sources, constants and the
 /// host/device copies (`DeviceSync*`) are not counted.
-pub fn op_placement(state: &dyn State) -> Option<(usize, usize)> {
-    let model = state.runnable().typed_model()?;
+pub fn op_placement(runnable: &dyn Runnable) -> Option<(usize, usize)> {
+    let model = runnable.typed_model()?;
     let (mut gpu, mut cpu) = (0, 0);
     for n in model.nodes() {
         let name = n.op.name();
@@ -156,7 +154,26 @@ pub fn op_placement(state: &dyn State) -> Option<(usize, usize)> {
     Some((gpu, cpu))
 }
 
-/// One prepared part, run once per frame.
+/// One prepared part, built once and shared by every lane (the weights exist once).
+#[derive(Debug, Clone)]
+pub(crate) enum Plan {
+    /// tract's CPU plan.
+    Plain(Arc<TypedSimplePlan>),
+    /// Prepared on a tract runtime (tract-cuda).
+    Prepared(Arc<dyn Runnable>),
+}
+
+impl Plan {
+    /// A state of this plan for one lane (its own activations; the weights stay shared).
+    pub(crate) fn spawn(&self) -> TractResult<Part> {
+        Ok(match self {
+            Plan::Plain(p) => Part::Plain(p.spawn()?),
+            Plan::Prepared(r) => Part::Prepared(r.spawn()?),
+        })
+    }
+}
+
+/// One lane's state of a part, run once per frame.
 #[derive(Debug)]
 pub(crate) enum Part {
     /// tract's CPU plan, run directly.
@@ -186,7 +203,7 @@ pub(crate) enum Placement {
 
 impl Placement {
     /// The placement for `[model] device` (one warning line when "cuda-or-cpu" falls back).
-    pub(crate) fn for_device(device: &str) -> Result<Placement, GpuModelError> {
+    pub(crate) fn for_device(device: Device) -> Result<Placement, GpuModelError> {
         let rt = ModelRuntime::select(device)?;
         Ok(if rt.is_gpu() { Placement::Runtime(rt) } else { Placement::Plain })
     }
@@ -205,21 +222,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_is_always_available_and_unknown_devices_fail() {
-        let rt = ModelRuntime::select("cpu").unwrap();
+    fn cpu_is_always_available() {
+        let rt = ModelRuntime::select(Device::Cpu).unwrap();
         assert!(!rt.is_gpu());
         assert_eq!(rt.name(), "cpu");
-        assert!(matches!(ModelRuntime::select("tpu"), Err(GpuModelError::Unknown { .. })));
-        assert!(matches!(Placement::for_device("cpu"), Ok(Placement::Plain)));
+        assert!(matches!(Placement::for_device(Device::Cpu), Ok(Placement::Plain)));
     }
 
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn without_the_feature_cuda_fails_and_cuda_or_cpu_falls_back() {
-        let e = ModelRuntime::select("cuda").unwrap_err();
+        let e = ModelRuntime::select(Device::Cuda).unwrap_err();
         assert!(matches!(e, GpuModelError::NotBuilt { .. }), "{e}");
         assert!(e.to_string().starts_with("[model] device \"cuda\""), "{e}");
-        assert!(!ModelRuntime::select("cuda-or-cpu").unwrap().is_gpu());
-        assert!(matches!(Placement::for_device("cuda-or-cpu"), Ok(Placement::Plain)));
+        assert!(!ModelRuntime::select(Device::CudaOrCpu).unwrap().is_gpu());
+        assert!(matches!(Placement::for_device(Device::CudaOrCpu), Ok(Placement::Plain)));
     }
 }

@@ -3,7 +3,13 @@
 
 use serde::Deserialize;
 
-use crate::config::Problems;
+use crate::choice::{Choice, Device};
+use crate::problems::Problems;
+
+crate::choice_enum! {
+    /// `[model] cpu_ops`: our own CPU ops where they apply, or tract's throughout.
+    pub enum CpuOps { Ailurus = "ailurus", Tract = "tract" }
+}
 
 /// `[model]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -16,7 +22,7 @@ pub struct ModelConfig {
     /// Where the encoder (stem, middle, head) runs: "cpu", "cuda" (tract-cuda; a start-up error
     /// when it cannot run, or without `--features cuda`) or "cuda-or-cpu" (falls back to the CPU
     /// with one log line).
-    pub device: String,
+    pub device: Choice<Device>,
     /// tract matmul threads (0 = one per core).
     pub threads: usize,
     /// Also build middle plans with the token count fixed, for `[reduce] m` and the unreduced
@@ -24,21 +30,18 @@ pub struct ModelConfig {
     pub fixed_middle: bool,
     /// "ailurus": the CPU plans get our own ops where they apply ([`attention::FusedAttention`],
     /// [`deconv::SubpixelDeconv`]); "tract": tract's ops throughout.
-    pub cpu_ops: String,
+    pub cpu_ops: Choice<CpuOps>,
 }
-
-/// `[model] cpu_ops` values.
-pub const CPU_OPS: [&str; 2] = ["ailurus", "tract"];
 
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
             manifest: "models/vit_s_focus.toml".into(),
             input_size: 448,
-            device: "cpu".into(),
+            device: Device::Cpu.into(),
             threads: 0,
             fixed_middle: true,
-            cpu_ops: "ailurus".into(),
+            cpu_ops: CpuOps::Ailurus.into(),
         }
     }
 }
@@ -48,12 +51,8 @@ impl ModelConfig {
         p.check(self.input_size >= 14 && self.input_size <= 4096, "model", "input_size", || {
             format!("{} is not in 14..=4096", self.input_size)
         });
-        p.check(crate::reduce::DEVICES.contains(&self.device.as_str()), "model", "device", || {
-            format!("{:?} is not one of {}", self.device, crate::reduce::DEVICES.join(", "))
-        });
-        p.check(CPU_OPS.contains(&self.cpu_ops.as_str()), "model", "cpu_ops", || {
-            format!("{:?} is not one of {}", self.cpu_ops, CPU_OPS.join(", "))
-        });
+        self.device.check(p, "model", "device");
+        self.cpu_ops.check(p, "model", "cpu_ops");
     }
 }
 
@@ -65,14 +64,18 @@ pub mod deconv;
 pub mod delta;
 pub mod device;
 pub mod inspect;
+pub mod io;
+pub mod lane;
 pub mod layernorm;
 pub mod linear;
 pub mod manifest;
 pub mod segmenter;
 
 pub use device::{GpuModelError, ModelRuntime};
+pub use io::Io;
+pub use lane::{f32s, SegmenterLane};
 pub use manifest::Manifest;
-pub use segmenter::{f32s, Segmenter, SegmenterOptions};
+pub use segmenter::{Segmenter, SegmenterOptions};
 
 /// Start-up errors of the model: each names the file (and tensor) at fault.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +106,12 @@ pub enum ModelError {
     },
     #[error("model {path}: {msg}")]
     Config { path: String, msg: String },
+    #[error("model {path}: {source}")]
+    Reducer {
+        path: String,
+        #[source]
+        source: crate::reduce::BuildError,
+    },
     /// `[model] device` cannot be honoured (the message names the field).
     #[error("model {path}: {source}")]
     Device {
@@ -127,7 +136,7 @@ fn first_line(e: &anyhow::Error) -> String {
 /// ops of the CPU plans built from now on (`cpu_ops`).
 pub fn configure_cpu(model: &ModelConfig) {
     set_threads(model.threads);
-    cut::set_own_ops(model.cpu_ops != "tract");
+    cut::set_own_ops(model.cpu_ops.get() == CpuOps::Ailurus);
 }
 
 /// Set tract's matmul thread count for the process (0 = one per core).

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::slot::{Closed, SlotReceiver, SlotSender};
-use super::{RateLimited, Setting, Shared, SinkRunner, StageTimes};
+use super::{RateLimited, Shared, SinkRunner};
+use crate::engine::{Engine, Setting, StageTimes};
 use crate::frame::{Frame, Mask};
 use crate::metrics::Stage;
 use crate::pre::Resampler;
@@ -165,7 +166,7 @@ pub(super) fn pre_loop(sh: &Shared, mut feed: Feed, tx: SlotSender<Job>, pool: R
         let mut input = pool.try_recv().unwrap_or_default();
         let mut times = StageTimes::default();
         let t = Instant::now();
-        sh.engines[0].preprocess(&frame, d.setting.input_size, &mut rs, &mut input);
+        sh.io.preprocess(&frame, d.setting.input_size, &mut rs, &mut input);
         times.preprocess = t.elapsed();
         ewma(&mut pre_avg, times.preprocess);
         sh.metrics.record(Stage::Preprocess, times.preprocess);
@@ -183,19 +184,33 @@ pub(super) fn pre_loop(sh: &Shared, mut feed: Feed, tx: SlotSender<Job>, pool: R
     }
 }
 
+/// What an inference lane's thread owns.
+pub(super) struct Lane {
+    pub(super) index: usize,
+    pub(super) engine: Box<dyn Engine>,
+    /// Reloaded `[reduce]` configs (`Pipeline::update_reduce`).
+    pub(super) reconfigure: Receiver<crate::reduce::ReduceConfig>,
+}
+
 /// One inference lane: takes prepared inputs (shared with the other lanes) and runs them on
-/// its own engine, `sh.engines[lane]`.
+/// its own engine.
 pub(super) fn infer_loop(
     sh: &Shared,
-    lane: usize,
+    own: Lane,
     rx: &SlotReceiver<Job>,
     tx: &SlotSender<Done>,
     input_pool: Sender<Vec<f32>>,
     raw_pool: Receiver<Vec<f32>>,
 ) {
-    let engine = sh.engines[lane].clone();
+    let Lane { index: lane, mut engine, reconfigure } = own;
     let mut log = RateLimited::new(Duration::from_secs(10));
     while let Some(job) = rx.recv() {
+        while let Ok(cfg) = reconfigure.try_recv() {
+            match engine.reconfigure(&cfg) {
+                Ok(()) => log::info!("lane {lane}: reducer now {} (reload)", cfg.strategy),
+                Err(e) => log::error!("lane {lane}: {e}; the running reducer stays"),
+            }
+        }
         let Job { ticket, frame, setting, input, mut times, predicted_cost_ms } = job;
         let start = Instant::now();
         let expect =
@@ -209,7 +224,7 @@ pub(super) fn infer_loop(
         let setting = sh.controller().refine(setting);
         let mut raw = raw_pool.try_recv().unwrap_or_default();
         sh.metrics.lane_infer_started(lane);
-        let res = engine.infer(&input, setting, &mut times, &mut raw);
+        let res = engine.infer(&input, setting, &mut times, &mut raw).map(|_| ());
         sh.metrics.lane_infer_finished(lane);
         // The lane is free for the next input; it still counts as running this ticket until
         // the result is handed on, so postprocess waits for it (see `Reorder`).
@@ -297,7 +312,7 @@ pub(super) fn post_loop(
     let mut masks: VecDeque<Arc<Mask>> = VecDeque::with_capacity(POOL + 1);
     let mut frames: VecDeque<Arc<Frame>> = VecDeque::with_capacity(POOL + 1);
     let max = sh.config.max_frames;
-    let mut order = Reorder { held: Vec::with_capacity(sh.engines.len() + 2), last: 0 };
+    let mut order = Reorder { held: Vec::with_capacity(sh.lanes + 2), last: 0 };
     let mut closed = false;
     loop {
         let done = match order.next(sh, closed) {
@@ -334,7 +349,7 @@ pub(super) fn post_loop(
         };
         let t = Instant::now();
         if let Some(m) = Arc::get_mut(&mut mask) {
-            sh.engines[0].postprocess(&raw, setting.input_size, frame.width, frame.height, &mut rs, m);
+            sh.io.postprocess(&raw, setting.input_size, frame.width, frame.height, &mut rs, m);
         }
         times.postprocess = t.elapsed();
         let _ = raw_pool.try_send(raw);

@@ -16,7 +16,8 @@
 //! divided by the size.
 
 use super::dot::{panel_dots, panel_min_t, runs, sqnorms_t, transpose, transposed_ld, Panel, PANEL, RUN, TILE_ROWS};
-use super::{check_shape, ensure, merge_means, AilurusConfig, ReduceError, Reducer, Reduction};
+pub use super::Fallback;
+use super::{check_shape, ensure, merge_means, AilurusConfig, Delta, ReduceError, Reducer, Reduction};
 
 /// "no cluster" marker in `center_of` and a not-yet-assigned token.
 const NONE: u32 = u32::MAX;
@@ -28,15 +29,6 @@ pub enum DeltaSearch {
     Global,
     /// Tokens within this Chebyshev radius; the global search when none there is higher.
     Window(usize),
-}
-
-/// Where a token with no centre inside its window goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fallback {
-    /// The nearest centre by D anywhere (ties: lower cluster id).
-    Global,
-    /// The spatially nearest centre, Euclidean on grid coordinates (ties: lower cluster id).
-    Spatial,
 }
 
 /// The density tie-break jitter `u(i)` in [0, 1): `((i * 2654435761) mod 2^32 >> 8) / 2^24`.
@@ -126,24 +118,12 @@ pub struct AilurusReducer {
 }
 
 impl AilurusReducer {
-    /// Knob values `validate` rejects fall back to the defaults ("global"), with a warning.
     pub fn new(cfg: &AilurusConfig) -> Self {
-        let delta_search = match cfg.delta.as_str() {
-            "window" => DeltaSearch::Window(cfg.delta_radius),
-            "global" => DeltaSearch::Global,
-            other => {
-                log::warn!("[reduce.ailurus] delta {other:?} is unknown; using \"global\"");
-                DeltaSearch::Global
-            }
+        let delta_search = match cfg.delta.get() {
+            Delta::Window => DeltaSearch::Window(cfg.delta_radius),
+            Delta::Global => DeltaSearch::Global,
         };
-        let fallback = match cfg.fallback.as_str() {
-            "spatial" => Fallback::Spatial,
-            "global" => Fallback::Global,
-            other => {
-                log::warn!("[reduce.ailurus] fallback {other:?} is unknown; using \"global\"");
-                Fallback::Global
-            }
-        };
+        let fallback = cfg.fallback.get();
         AilurusReducer {
             k: cfg.k.max(1),
             radius: cfg.radius,

@@ -16,7 +16,8 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DriverErr
 use cudarc::nvrtc::result::NvrtcError;
 use cudarc::nvrtc::Ptx;
 
-use super::{AilurusConfig, ReduceConfig, ReduceError, Reducer, Reduction};
+use super::{AilurusConfig, Delta, Fallback, ReduceConfig, ReduceError, Reducer, Reduction, Strategy};
+use crate::choice::Device;
 
 mod nvrtc;
 pub use nvrtc::{
@@ -154,18 +155,18 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo, CudaError> {
 /// "cuda-or-cpu" falls back to the CPU reducer with one warning line; "cpu" is the CPU reducer.
 pub fn build_for_device(cfg: &ReduceConfig) -> Result<Box<dyn Reducer>, CudaError> {
     let gpu = || -> Result<Box<dyn Reducer>, CudaError> {
-        if cfg.strategy != "ailurus" {
-            return Err(CudaError::Strategy { strategy: cfg.strategy.clone() });
+        if cfg.strategy.get() != Strategy::Ailurus {
+            return Err(CudaError::Strategy { strategy: cfg.strategy.to_string() });
         }
         Ok(Box::new(CudaAilurus::new(0, &cfg.ailurus)?))
     };
-    match cfg.device.as_str() {
-        "cuda" => gpu(),
-        "cuda-or-cpu" => gpu().or_else(|e| {
+    match cfg.device.get() {
+        Device::Cuda => gpu(),
+        Device::CudaOrCpu => gpu().or_else(|e| {
             log::warn!("[reduce] device \"cuda-or-cpu\": running on the CPU: {e}");
             Ok(super::build(cfg))
         }),
-        _ => Ok(super::build(cfg)),
+        Device::Cpu => Ok(super::build(cfg)),
     }
 }
 
@@ -319,9 +320,9 @@ impl CudaAilurus {
             arch,
             k: cfg.k,
             radius: cfg.radius,
-            windowed: cfg.delta == "window",
+            windowed: cfg.delta.get() == Delta::Window,
             delta_radius: cfg.delta_radius,
-            spatial: cfg.fallback == "spatial",
+            spatial: cfg.fallback.get() == Fallback::Spatial,
             stream,
             kernels: Kernels { f },
             buf: None,

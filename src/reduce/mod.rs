@@ -71,14 +71,32 @@ pub fn unfold(merged: &[f32], c: usize, assign: &[u32], full: &mut [f32]) {
 
 use serde::Deserialize;
 
-use crate::config::Problems;
+pub use crate::choice::Named;
+use crate::choice::{Choice, Device};
+use crate::problems::Problems;
+
+crate::choice_enum! {
+    /// `[reduce] strategy`: how the patch tokens are merged after the cut.
+    pub enum Strategy { Ailurus = "ailurus", Tome = "tome", Grid = "grid", None = "none" }
+}
+
+crate::choice_enum! {
+    /// `[reduce.ailurus] delta`: where the distance to a denser token is searched.
+    pub enum Delta { Global = "global", Window = "window" }
+}
+
+crate::choice_enum! {
+    /// `[reduce.ailurus] fallback`: a token with no centre in its window joins the nearest
+    /// centre anywhere ("global") or in a widening window ("spatial").
+    pub enum Fallback { Global = "global", Spatial = "spatial" }
+}
 
 /// `[reduce]`: which strategy, where to cut, and how many clusters.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReduceConfig {
     /// "ailurus", "tome", "grid" or "none".
-    pub strategy: String,
+    pub strategy: Choice<Strategy>,
     /// First block that runs on merged tokens (a >= 1).
     pub cut: usize,
     /// Clusters kept when the budget controller is off.
@@ -86,18 +104,18 @@ pub struct ReduceConfig {
     /// log(size) key bias in every middle attention.
     pub proportional_attention: bool,
     /// "cpu", "cuda" or "cuda-or-cpu".
-    pub device: String,
+    pub device: Choice<Device>,
     pub ailurus: AilurusConfig,
 }
 
 impl Default for ReduceConfig {
     fn default() -> Self {
         ReduceConfig {
-            strategy: "ailurus".into(),
+            strategy: Strategy::Ailurus.into(),
             cut: 3,
             m: 512,
             proportional_attention: true,
-            device: "cpu".into(),
+            device: Device::Cpu.into(),
             ailurus: AilurusConfig::default(),
         }
     }
@@ -110,81 +128,79 @@ pub struct AilurusConfig {
     pub k: usize,
     pub radius: usize,
     /// "global" or "window".
-    pub delta: String,
+    pub delta: Choice<Delta>,
     pub delta_radius: usize,
     /// "global" or "spatial".
-    pub fallback: String,
+    pub fallback: Choice<Fallback>,
 }
 
 impl Default for AilurusConfig {
     fn default() -> Self {
-        AilurusConfig { k: 5, radius: 3, delta: "global".into(), delta_radius: 8, fallback: "global".into() }
+        AilurusConfig {
+            k: 5,
+            radius: 3,
+            delta: Delta::Global.into(),
+            delta_radius: 8,
+            fallback: Fallback::Global.into(),
+        }
     }
 }
-
-pub const STRATEGIES: &[&str] = &["ailurus", "tome", "grid", "none"];
-pub const DEVICES: &[&str] = &["cpu", "cuda", "cuda-or-cpu"];
 
 impl ReduceConfig {
     pub fn validate(&self, p: &mut Problems) {
         let s = "reduce";
-        p.check(STRATEGIES.contains(&self.strategy.as_str()), s, "strategy", || {
-            format!("{:?} is not one of {}", self.strategy, STRATEGIES.join(", "))
-        });
+        self.strategy.check(p, s, "strategy");
         p.check(self.cut >= 1, s, "cut", || "must be >= 1 (block 0 always runs on all tokens)".into());
         p.check(self.m >= 1, s, "m", || "must be >= 1".into());
-        p.check(DEVICES.contains(&self.device.as_str()), s, "device", || {
-            format!("{:?} is not one of {}", self.device, DEVICES.join(", "))
-        });
+        self.device.check(p, s, "device");
         let a = &self.ailurus;
         let s = "reduce.ailurus";
         p.check(a.k >= 1, s, "k", || "must be >= 1".into());
         p.check(a.radius >= 1, s, "radius", || "must be >= 1".into());
-        p.check(["global", "window"].contains(&a.delta.as_str()), s, "delta", || {
-            format!("{:?} is not \"global\" or \"window\"", a.delta)
-        });
+        a.delta.check(p, s, "delta");
         p.check(a.delta_radius >= 1, s, "delta_radius", || "must be >= 1".into());
-        p.check(["global", "spatial"].contains(&a.fallback.as_str()), s, "fallback", || {
-            format!("{:?} is not \"global\" or \"spatial\"", a.fallback)
-        });
+        a.fallback.check(p, s, "fallback");
     }
 }
 
-/// Build the configured CPU reducer (`validate` has rejected unknown strategies; an unknown one
-/// here falls back to `none` with a warning).
+/// Why the configured reducer cannot be built (one line, naming `[reduce] device`).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[cfg(feature = "cuda")]
+    #[error("[reduce] device: {0}")]
+    Cuda(#[from] cuda::CudaError),
+    #[error("[reduce] device: \"cuda\" needs a build with `--features cuda`")]
+    NotBuilt,
+}
+
 /// The reducer for `cfg`, on `cfg.device`: the CUDA kernels with the `cuda` feature ("cuda"
 /// is an error without a GPU or for a strategy the kernels do not implement, "cuda-or-cpu"
-/// falls back with one log line), else the CPU reducer. The error is one line that names
-/// `[reduce] device`.
-pub fn build_on_device(cfg: &ReduceConfig) -> Result<Box<dyn Reducer>, String> {
+/// falls back with one log line), else the CPU reducer.
+pub fn build_on_device(cfg: &ReduceConfig) -> Result<Box<dyn Reducer>, BuildError> {
     #[cfg(feature = "cuda")]
     {
-        cuda::build_for_device(cfg).map_err(|e| format!("[reduce] device: {e}"))
+        Ok(cuda::build_for_device(cfg)?)
     }
     #[cfg(not(feature = "cuda"))]
-    match cfg.device.as_str() {
-        "cuda" => Err("[reduce] device: \"cuda\" needs a build with `--features cuda`".into()),
-        "cuda-or-cpu" => {
+    match cfg.device.get() {
+        Device::Cuda => Err(BuildError::NotBuilt),
+        Device::CudaOrCpu => {
             log::warn!(
                 "[reduce] device = \"cuda-or-cpu\": this build has no CUDA support; the reducer runs on the CPU"
             );
             Ok(build(cfg))
         }
-        _ => Ok(build(cfg)),
+        Device::Cpu => Ok(build(cfg)),
     }
 }
 
 /// The CPU reducer for `cfg.strategy`.
 pub fn build(cfg: &ReduceConfig) -> Box<dyn Reducer> {
-    match cfg.strategy.as_str() {
-        "ailurus" => Box::new(ailurus::AilurusReducer::new(&cfg.ailurus)),
-        "tome" => Box::new(tome::TomeReducer::default()),
-        "grid" => Box::new(grid::GridReducer),
-        "none" => Box::new(none::NoneReducer),
-        other => {
-            log::warn!("[reduce] strategy {other:?} is unknown; using \"none\"");
-            Box::new(none::NoneReducer)
-        }
+    match cfg.strategy.get() {
+        Strategy::Ailurus => Box::new(ailurus::AilurusReducer::new(&cfg.ailurus)),
+        Strategy::Tome => Box::new(tome::TomeReducer::default()),
+        Strategy::Grid => Box::new(grid::GridReducer),
+        Strategy::None => Box::new(none::NoneReducer),
     }
 }
 

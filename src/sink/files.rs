@@ -14,8 +14,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 
 use super::{Output, Sink, SinkError};
-use crate::config::Problems;
-use crate::post;
+use crate::problems::Problems;
 
 /// `[sink.files]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -200,12 +199,12 @@ impl Sink for FilesSink {
         let stem = format!("{:08}", out.frame.seq);
         let mut paths = Vec::with_capacity(2);
         let mask_path = self.dir.join(format!("{stem}.mask.png"));
-        write_png_atomic(&post::mask_to_png(&out.mask), &mask_path)?;
+        write_png_atomic(&super::render::mask_to_png(&out.mask), &mask_path)?;
         let mut bytes = file_len(&mask_path)?;
         paths.push(mask_path);
         if self.overlay {
             let p = self.dir.join(format!("{stem}.overlay.png"));
-            write_png_atomic(&post::overlay(&out.frame, &out.mask), &p)?;
+            write_png_atomic(&super::render::overlay(&out.frame, &out.mask), &p)?;
             bytes += file_len(&p)?;
             paths.push(p);
         }

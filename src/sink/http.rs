@@ -29,8 +29,8 @@ use image::ImageEncoder;
 use serde::Deserialize;
 
 use super::{Output, Sink, SinkError};
-use crate::config::Problems;
-pub use crate::service::{Health, StatusProvider};
+use crate::problems::Problems;
+pub use crate::status::{Health, StatusProvider};
 
 /// `[sink.http]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -343,11 +343,11 @@ fn encode(out: &Output, kind: Kind, quality: u8) -> Result<Vec<u8>, SinkError> {
     let res = match kind {
         Kind::Frame => jpeg(&mut buf, &f.rgb, f.width, f.height),
         Kind::Overlay => {
-            let img = crate::post::overlay(f, &out.mask);
+            let img = crate::sink::render::overlay(f, &out.mask);
             jpeg(&mut buf, img.as_raw(), img.width(), img.height())
         }
         Kind::Mask => {
-            let png = crate::post::mask_to_png(&out.mask);
+            let png = crate::sink::render::mask_to_png(&out.mask);
             image::codecs::png::PngEncoder::new(&mut buf).write_image(
                 png.as_raw(),
                 png.width(),

@@ -14,12 +14,13 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::config::Problems;
 use crate::frame::{Frame, Mask};
-use crate::service::StatusProvider;
+use crate::problems::Problems;
+use crate::status::StatusProvider;
 
 pub mod files;
 pub mod http;
+pub mod render;
 pub mod socket;
 
 /// Everything a sink may publish about one processed frame.
@@ -93,13 +94,8 @@ pub struct SinkContext {
     pub status: Option<Arc<dyn StatusProvider>>,
 }
 
-/// Build every enabled sink (no status provider; see [`build_all_with`]).
-pub fn build_all(cfg: &SinksConfig, base: &Path) -> Result<Vec<Box<dyn Sink>>, SinkError> {
-    build_all_with(cfg, base, &SinkContext::default())
-}
-
 /// Build every enabled sink, in a fixed order: files, socket, http.
-pub fn build_all_with(cfg: &SinksConfig, base: &Path, ctx: &SinkContext) -> Result<Vec<Box<dyn Sink>>, SinkError> {
+pub fn build_all(cfg: &SinksConfig, base: &Path, ctx: &SinkContext) -> Result<Vec<Box<dyn Sink>>, SinkError> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if cfg.files.enabled {
         sinks.push(Box::new(files::FilesSink::build(&cfg.files, base)?));

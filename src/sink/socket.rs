@@ -37,7 +37,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use serde::Deserialize;
 
 use super::{Output, Sink, SinkError};
-use crate::config::Problems;
+use crate::problems::Problems;
 
 pub const MAGIC: [u8; 4] = *b"AILM";
 pub const VERSION: u16 = 1;

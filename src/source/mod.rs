@@ -15,8 +15,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::Problems;
+use crate::choice::Choice;
 use crate::frame::Frame;
+use crate::problems::Problems;
+
+crate::choice_enum! {
+    /// `[source] kind`.
+    pub enum SourceKind { Folder = "folder", V4l = "v4l", Stream = "stream", Synthetic = "synthetic" }
+}
 
 pub mod clock;
 pub mod decode;
@@ -88,7 +94,7 @@ pub trait FrameSource: Send {
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
     /// "folder", "v4l", "stream" or "synthetic".
-    pub kind: String,
+    pub kind: Choice<SourceKind>,
     /// Folder of images, or recorded stream file.
     pub path: std::path::PathBuf,
     /// Start again at the end.
@@ -107,7 +113,7 @@ pub struct SourceConfig {
 impl Default for SourceConfig {
     fn default() -> Self {
         SourceConfig {
-            kind: "folder".into(),
+            kind: SourceKind::Folder.into(),
             path: ".cache/photos".into(),
             looping: true,
             fps: 0.0,
@@ -118,13 +124,9 @@ impl Default for SourceConfig {
     }
 }
 
-pub const KINDS: &[&str] = &["folder", "v4l", "stream", "synthetic"];
-
 impl SourceConfig {
     pub fn validate(&self, p: &mut Problems) {
-        p.check(KINDS.contains(&self.kind.as_str()), "source", "kind", || {
-            format!("{:?} is not one of {}", self.kind, KINDS.join(", "))
-        });
+        self.kind.check(p, "source", "kind");
         p.check(self.fps >= 0.0 && self.fps.is_finite(), "source", "fps", || format!("{} must be >= 0", self.fps));
         self.v4l.validate(p);
         self.synthetic.validate(p);
@@ -235,11 +237,6 @@ impl SyntheticConfig {
     }
 }
 
-/// Build the configured source; relative paths resolve against `base`. See `build_with_stop`.
-pub fn build(cfg: &SourceConfig, base: &Path) -> Result<Box<dyn FrameSource>, SourceError> {
-    build_with_stop(cfg, base, Arc::new(AtomicBool::new(false)))
-}
-
 /// Build the configured source. A camera that is missing is not an error: the source starts
 /// "camera down", logs "waiting for /dev/video0" and keeps retrying inside `next_frame`, which
 /// returns `Ok(None)` once `stop` is set (wire it to SIGTERM so shutdown is not stuck waiting).
@@ -256,21 +253,17 @@ pub fn build_with_stop(
             base.join(p)
         }
     };
-    match cfg.kind.as_str() {
-        "folder" => Ok(Box::new(folder::FolderSource::open(&resolve(&cfg.path), cfg.looping, cfg.fps)?)),
-        "stream" => {
+    match cfg.kind.get() {
+        SourceKind::Folder => Ok(Box::new(folder::FolderSource::open(&resolve(&cfg.path), cfg.looping, cfg.fps)?)),
+        SourceKind::Stream => {
             let opts = stream::StreamOptions { looping: cfg.looping, realtime: cfg.realtime, fps: cfg.fps };
             Ok(Box::new(stream::StreamSource::open(&resolve(&cfg.path), opts)?))
         }
-        "synthetic" => {
+        SourceKind::Synthetic => {
             let s = &cfg.synthetic;
             Ok(Box::new(synthetic::SyntheticSource::new(s.width, s.height, s.frames, cfg.fps)))
         }
-        "v4l" => build_camera(&cfg.v4l, stop),
-        other => Err(SourceError::Unavailable {
-            origin: format!("[source] kind {other:?}"),
-            msg: format!("not one of {}", KINDS.join(", ")),
-        }),
+        SourceKind::V4l => build_camera(&cfg.v4l, stop),
     }
 }
 
@@ -346,10 +339,10 @@ mod tests {
         let base = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut cfg = SourceConfig { kind: "synthetic".into(), ..Default::default() };
         cfg.synthetic.frames = 1;
-        let mut s = build(&cfg, base).unwrap();
+        let mut s = build_with_stop(&cfg, base, Default::default()).unwrap();
         assert!(s.next_frame().unwrap().is_some());
         assert!(s.health().is_some());
         let cfg = SourceConfig { kind: "stream".into(), path: "no/such/file".into(), ..Default::default() };
-        assert!(matches!(build(&cfg, base), Err(SourceError::Io { .. })));
+        assert!(matches!(build_with_stop(&cfg, base, Default::default()), Err(SourceError::Io { .. })));
     }
 }

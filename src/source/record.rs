@@ -134,7 +134,7 @@ pub fn record(
     out: &Path,
     stop: Arc<AtomicBool>,
 ) -> Result<RecordSummary, SourceError> {
-    if cfg.kind == "v4l" {
+    if cfg.kind.get() == super::SourceKind::V4l {
         return record_camera(cfg, n, out, &stop);
     }
     let mut src = super::build_with_stop(cfg, base, stop.clone())?;

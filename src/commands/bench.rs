@@ -3,7 +3,8 @@
 //! resolution (`lowres`). Prints one table, writes it as CSV, and draws the Pareto picture.
 //!
 //! Owns the sweep, the fidelity metrics and the table; it must not change how the runtime
-//! infers (it drives `Segmenter` exactly as `run` does).
+//! infers (it drives a `SegmenterLane` and the model's `Io` exactly as `run` does, through the
+//! library's single-frame runner).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,13 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-pub mod peer;
-
-use crate::config::Config;
-use crate::frame::{Frame, Mask};
-use crate::model::{Segmenter, SegmenterOptions};
-use crate::pipeline::{Engine, Setting, StageTimes};
-use crate::pre::Resampler;
+use ailurus::config::Config;
+use ailurus::engine::Setting;
+use ailurus::frame::{Frame, Mask};
+use ailurus::model::io::{FrameRunner, Io};
+use ailurus::model::{Segmenter, SegmenterLane, SegmenterOptions};
+use ailurus::reduce::Strategy;
 
 /// What to sweep.
 #[derive(Debug, Clone)]
@@ -27,7 +27,7 @@ pub struct BenchOptions {
     /// Photos to use (at most this many, from the photo list).
     pub photos: Vec<PathBuf>,
     /// Reducing strategies to sweep.
-    pub strategies: Vec<String>,
+    pub strategies: Vec<Strategy>,
     /// Cluster counts as fractions of N at the reference size (e.g. 0.5 = 512 of 1024).
     pub m_list: Vec<usize>,
     /// Cut points for the main sweep.
@@ -42,8 +42,6 @@ pub struct BenchOptions {
     pub bias_off: bool,
     /// Timed repetitions per photo (the first, warm-up run is not timed).
     pub reps: usize,
-    pub csv: Option<PathBuf>,
-    pub plot: Option<PathBuf>,
     /// Put ONNX Runtime ("ort") in a peer table, at these thread counts.
     pub peer: Option<String>,
     pub peer_threads: Vec<usize>,
@@ -79,25 +77,25 @@ pub struct Row {
     pub pareto: bool,
 }
 
-struct Photo {
-    frame: Frame,
+pub(super) struct Photo {
+    pub(super) frame: Frame,
     gt: Option<Vec<u8>>,
 }
 
 /// Reference outputs at the reference size.
-struct Reference {
-    masks: Vec<Mask>,
+pub(super) struct Reference {
+    pub(super) masks: Vec<Mask>,
 }
 
-fn load_photos(paths: &[PathBuf]) -> Result<Vec<Photo>> {
+pub(super) fn load_photos(paths: &[PathBuf]) -> Result<Vec<Photo>> {
     paths
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let frame = crate::source::folder::load_frame(p, i as u64)?;
-            let gt = match crate::gt::find_for(p) {
+            let frame = ailurus::source::folder::load_frame(p, i as u64)?;
+            let gt = match ailurus::eval::find_for(p) {
                 Some(g) => Some(
-                    crate::gt::load_foreground(&g, frame.width, frame.height)
+                    ailurus::eval::load_foreground(&g, frame.width, frame.height)
                         .with_context(|| format!("ground truth {}", g.display()))?,
                 ),
                 None => None,
@@ -109,16 +107,16 @@ fn load_photos(paths: &[PathBuf]) -> Result<Vec<Photo>> {
 
 /// Time and score one setting on every photo.
 #[allow(clippy::too_many_arguments)]
-fn measure(
-    seg: &Segmenter,
+pub(super) fn measure(
+    lane: &mut SegmenterLane,
     photos: &[Photo],
     setting: Setting,
     reps: usize,
     reference: Option<&Reference>,
     keep_masks: bool,
 ) -> Result<(Row, Vec<Mask>)> {
-    let mut rs = Resampler::default();
-    let (mut input, mut raw) = (Vec::new(), Vec::new());
+    let io = Io::of(lane.segmenter().manifest());
+    let mut fr = FrameRunner::default();
     let mut masks = Vec::new();
     let (mut total, mut reduce, mut stem, mut middle, mut head, mut infer) =
         (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -128,17 +126,12 @@ fn measure(
     for (pi, ph) in photos.iter().enumerate() {
         let mut mask = Mask::default();
         for rep in 0..=reps {
-            let mut times = StageTimes::default();
             let t0 = Instant::now();
-            seg.preprocess(&ph.frame, setting.input_size, &mut rs, &mut input);
-            times.preprocess = t0.elapsed();
-            let ti = Instant::now();
-            m_used = seg.run_parts(&input, setting, &mut times, &mut raw)?;
-            let t1 = Instant::now();
-            let model_time = t1 - ti;
-            seg.postprocess(&raw, setting.input_size, ph.frame.width, ph.frame.height, &mut rs, &mut mask);
-            times.postprocess = t1.elapsed();
+            fr.run(&io, lane, &ph.frame, setting, &mut mask)?;
             let dt = t0.elapsed();
+            let times = fr.times;
+            m_used = fr.m_used;
+            let model_time = times.inference();
             if rep > 0 || reps == 0 {
                 total += dt;
                 reduce += times.reduce;
@@ -150,11 +143,11 @@ fn measure(
             }
         }
         if let Some(r) = reference {
-            ious.push(crate::post::iou(&mask.classes, &r.masks[pi].classes));
-            maes.push(crate::post::mae(&mask.scores, &r.masks[pi].scores));
+            ious.push(ailurus::eval::iou(&mask.classes, &r.masks[pi].classes));
+            maes.push(ailurus::eval::mae(&mask.scores, &r.masks[pi].scores));
         }
         if let Some(gt) = &ph.gt {
-            gts.push(crate::gt::iou_fg_bg(&mask.classes, gt).0);
+            gts.push(ailurus::eval::iou_fg_bg(&mask.classes, gt).0);
         }
         if keep_masks {
             masks.push(mask);
@@ -187,7 +180,7 @@ fn measure(
 
 /// `fixed`: the Ms measured on this segmenter, each given a fixed-shape middle plan (as the
 /// runtime does for its configured M) when `[model] fixed_middle` is on.
-fn build(cfg: &Config, sizes: &[u32], cut: usize, bias: bool, fixed: &[usize]) -> Result<Segmenter> {
+pub(super) fn build(cfg: &Config, sizes: &[u32], cut: usize, bias: bool, fixed: &[usize]) -> Result<SegmenterLane> {
     build_from(cfg, &cfg.resolve(&cfg.model.manifest), sizes, cut, bias, fixed)
 }
 
@@ -198,7 +191,7 @@ fn build_from(
     cut: usize,
     bias: bool,
     fixed: &[usize],
-) -> Result<Segmenter> {
+) -> Result<SegmenterLane> {
     let mut reduce = cfg.reduce.clone();
     reduce.cut = cut;
     reduce.proportional_attention = bias;
@@ -210,18 +203,18 @@ fn build_from(
         verify_sha256: true,
         fixed_middle: if on { fixed.to_vec() } else { Vec::new() },
         fixed_unreduced: on,
-        device: cfg.model.device.clone(),
+        device: cfg.model.device.get(),
     };
-    Ok(Segmenter::load(manifest, &opts)?)
+    Ok(std::sync::Arc::new(Segmenter::load(manifest, &opts)?).lane()?)
 }
 
-fn with_strategy(seg: &Segmenter, cfg: &Config, strategy: &str) {
+pub(super) fn with_strategy(lane: &mut SegmenterLane, cfg: &Config, strategy: Strategy) {
     let mut r = cfg.reduce.clone();
-    r.strategy = strategy.to_string();
+    r.strategy = strategy.into();
     // `[reduce] device` applies to the strategy the kernels implement (ailurus); the baselines
     // always run on the CPU.
-    let on_device = if strategy == "ailurus" { crate::reduce::build_on_device(&r).ok() } else { None };
-    seg.set_reducer(on_device.unwrap_or_else(|| crate::reduce::build(&r)));
+    let on_device = if strategy == Strategy::Ailurus { ailurus::reduce::build_on_device(&r).ok() } else { None };
+    lane.set_reducer(on_device.unwrap_or_else(|| ailurus::reduce::build(&r)));
 }
 
 /// Tokens at an input size.
@@ -231,10 +224,10 @@ fn n_at(size: u32, patch: u32) -> usize {
 
 /// Run the sweep and return the table.
 pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
-    crate::model::configure_cpu(&cfg.model);
+    ailurus::model::configure_cpu(&cfg.model);
     let photos = load_photos(&o.photos)?;
     anyhow::ensure!(!photos.is_empty(), "bench: no photos");
-    let manifest = crate::model::Manifest::load(&cfg.resolve(&cfg.model.manifest))?;
+    let manifest = ailurus::model::Manifest::load(&cfg.resolve(&cfg.model.manifest))?;
     let patch = manifest.tokens.patch;
     let n_ref = n_at(o.size, patch);
     let mut sizes: Vec<u32> = vec![o.size];
@@ -247,10 +240,10 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
     let progress = |what: &str| log::info!("bench: {what}");
 
     // Reference + lowres, on a segmenter with the main cut and bias on.
-    let seg = build(cfg, &sizes, main_cut, true, &[])?;
+    let mut seg = build(cfg, &sizes, main_cut, true, &[])?;
     progress(&format!("none at {} (reference)", o.size));
     let (mut r0, ref_masks) =
-        measure(&seg, &photos, Setting { input_size: o.size, m: usize::MAX }, o.reps, None, true)?;
+        measure(&mut seg, &photos, Setting { input_size: o.size, m: usize::MAX }, o.reps, None, true)?;
     let reference = Reference { masks: ref_masks };
     r0.strategy = "none".into();
     r0.cut = 0;
@@ -263,7 +256,7 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
     for &s in &o.lowres {
         progress(&format!("lowres {s}"));
         let (mut r, _) =
-            measure(&seg, &photos, Setting { input_size: s, m: usize::MAX }, o.reps, Some(&reference), false)?;
+            measure(&mut seg, &photos, Setting { input_size: s, m: usize::MAX }, o.reps, Some(&reference), false)?;
         r.strategy = "lowres".into();
         r.n = n_at(s, patch);
         none_at.insert(s, r.clone());
@@ -272,7 +265,7 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
     for &s in &o.combo_sizes {
         if let std::collections::btree_map::Entry::Vacant(slot) = none_at.entry(s) {
             let (mut r, _) =
-                measure(&seg, &photos, Setting { input_size: s, m: usize::MAX }, o.reps, Some(&reference), false)?;
+                measure(&mut seg, &photos, Setting { input_size: s, m: usize::MAX }, o.reps, Some(&reference), false)?;
             r.strategy = "lowres".into();
             r.n = n_at(s, patch);
             slot.insert(r.clone());
@@ -293,9 +286,9 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
             if !main && !bias {
                 continue;
             }
-            let plan = |strategy: &str| -> Vec<Setting> {
+            let plan = |strategy: Strategy| -> Vec<Setting> {
                 let mut settings = Vec::new();
-                if strategy == "grid" {
+                if strategy == Strategy::Grid {
                     // Grid pooling has one natural M per size (2x2 windows).
                     settings.push(Setting { input_size: o.size, m: n_ref / 4 });
                     if main {
@@ -313,22 +306,22 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
                             }
                         }
                     }
-                } else if strategy == "ailurus" {
+                } else if strategy == Strategy::Ailurus {
                     let m = o.m_list.iter().copied().min_by_key(|&m| m.abs_diff(n_ref / 2)).unwrap_or(n_ref / 2);
                     settings.push(Setting { input_size: o.size, m });
                 }
                 settings
             };
-            let mut fixed: Vec<usize> = o.strategies.iter().flat_map(|s| plan(s)).map(|st| st.m).collect();
+            let mut fixed: Vec<usize> = o.strategies.iter().flat_map(|&s| plan(s)).map(|st| st.m).collect();
             fixed.sort_unstable();
             fixed.dedup();
-            let seg = build(cfg, &sizes, cut, bias, &fixed)?;
-            for strategy in &o.strategies {
-                with_strategy(&seg, cfg, strategy);
+            let mut seg = build(cfg, &sizes, cut, bias, &fixed)?;
+            for &strategy in &o.strategies {
+                with_strategy(&mut seg, cfg, strategy);
                 for st in plan(strategy) {
                     progress(&format!("{strategy} a={cut} {}px M={} bias={}", st.input_size, st.m, bias));
-                    let (mut r, _) = measure(&seg, &photos, st, o.reps, Some(&reference), false)?;
-                    r.strategy = strategy.clone();
+                    let (mut r, _) = measure(&mut seg, &photos, st, o.reps, Some(&reference), false)?;
+                    r.strategy = strategy.to_string();
                     r.cut = cut;
                     r.bias = bias;
                     r.n = n_at(st.input_size, patch);
@@ -348,11 +341,11 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
         let mut fixed: Vec<usize> = settings.iter().map(|st| st.m).collect();
         fixed.sort_unstable();
         fixed.dedup();
-        let seg = build_from(cfg, ft, &sizes, main_cut, true, &fixed)?;
-        with_strategy(&seg, cfg, "ailurus");
+        let mut seg = build_from(cfg, ft, &sizes, main_cut, true, &fixed)?;
+        with_strategy(&mut seg, cfg, Strategy::Ailurus);
         for st in settings {
             progress(&format!("ailurus-ft a={main_cut} {}px M={}", st.input_size, st.m));
-            let (mut r, _) = measure(&seg, &photos, st, o.reps, Some(&reference), false)?;
+            let (mut r, _) = measure(&mut seg, &photos, st, o.reps, Some(&reference), false)?;
             r.strategy = "ailurus-ft".into();
             r.cut = main_cut;
             r.bias = true;
@@ -386,10 +379,10 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
 
 /// The peer table (`--peer ort`): ailurus unreduced and at its fastest setting with mask IoU
 /// >= 0.97 (from `rows`) against ONNX Runtime, per thread count.
-pub fn run_peer(cfg: &Config, o: &BenchOptions, rows: &[Row]) -> Result<peer::PeerTable> {
+pub fn run_peer(cfg: &Config, o: &BenchOptions, rows: &[Row]) -> Result<super::peer::PeerTable> {
     let photos = load_photos(&o.photos)?;
-    let reduced = peer::pick_reduced(rows, o.size, 0.97);
-    peer::run(cfg, &photos, &o.photos, o.size, reduced.as_ref(), &o.peer_threads, o.reps)
+    let reduced = super::peer::pick_reduced(rows, o.size, 0.97);
+    super::peer::run(cfg, &photos, &o.photos, o.size, reduced.as_ref(), &o.peer_threads, o.reps)
 }
 
 /// The table as text.
@@ -474,7 +467,7 @@ pub fn write_csv(rows: &[Row], path: &Path) -> std::io::Result<()> {
 /// The Pareto picture: speed-up against `none` (x) and mask IoU against `none` (y), one curve
 /// per strategy (and proportional attention on/off).
 pub fn write_plot(rows: &[Row], path: &Path) -> Result<(), image::ImageError> {
-    use crate::plot::{Plot, Series, PALETTE};
+    use super::plot::{Plot, Series, PALETTE};
     let mut groups: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for r in rows {
         let key = match r.strategy.as_str() {
@@ -501,4 +494,119 @@ pub fn write_plot(rows: &[Row], path: &Path) -> Result<(), image::ImageError> {
         std::fs::create_dir_all(d).map_err(image::ImageError::IoError)?;
     }
     plot.save(path, 1000, 700)
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    config: super::ConfigArg,
+    /// Reference input size (the unreduced model here is what fidelity is measured against).
+    #[arg(long, default_value_t = 448)]
+    size: u32,
+    /// Photo folders (all images in each; VOC layouts use JPEGImages/ and their ground truth)
+    /// or single photo files.
+    #[arg(long, value_delimiter = ',', default_value = ".cache/photos,.cache/voc")]
+    photos: Vec<PathBuf>,
+    /// Use at most this many photos (spread over the folders).
+    #[arg(long, default_value_t = 8)]
+    max_photos: usize,
+    #[arg(long, value_delimiter = ',', default_value = "ailurus,tome,grid", value_parser = super::parse_strategy)]
+    strategies: Vec<Strategy>,
+    /// Cluster counts at the reference size.
+    #[arg(long, value_delimiter = ',', default_value = "128,256,384,512,768")]
+    m: Vec<usize>,
+    /// Cut points for the full sweep.
+    #[arg(long, value_delimiter = ',', default_value = "3")]
+    cuts: Vec<usize>,
+    /// Extra cut points, measured for ailurus at M ~ N/2 ("none" for none).
+    #[arg(long, default_value = "1,2,4", value_parser = super::list::<usize>)]
+    extra_cuts: super::List<usize>,
+    /// Smaller input sizes combined with reduction (M = N/2 and 3N/4 there; "none" for none).
+    #[arg(long, default_value = "392,336", value_parser = super::list::<u32>)]
+    combo: super::List<u32>,
+    /// Input sizes for the lowres baseline ("none" for none).
+    #[arg(long, default_value = "392,336,280,224", value_parser = super::list::<u32>)]
+    lowres: super::List<u32>,
+    /// Also measure every reducer with proportional attention off.
+    #[arg(long)]
+    bias_off: bool,
+    /// Also run a peer on the same photos and print a peer table: "ort" (ONNX Runtime's full
+    /// model through tools/ort_bench.py) against ailurus unreduced and at its fastest setting
+    /// with mask IoU >= 0.97 against unreduced.
+    #[arg(long, value_parser = ["ort"])]
+    peer: Option<String>,
+    /// Thread counts for the peer table (both engines).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    peer_threads: Vec<usize>,
+    /// Timed repetitions per photo after one warm-up run.
+    #[arg(long, default_value_t = 1)]
+    reps: usize,
+    #[arg(long, default_value = "out/bench.csv")]
+    csv: PathBuf,
+    /// A fine-tuned model manifest (models/vit_s_focus_ft.toml): adds its `ailurus` rows
+    /// (`ailurus-ft`), scored against the stock model's reference on the same photos.
+    #[arg(long)]
+    finetuned: Option<PathBuf>,
+}
+
+/// Up to `max` photos, round-robin over the folders (so a small budget still sees every kind
+/// of photo).
+fn pick_photos(cfg: &Config, folders: &[PathBuf], max: usize) -> Result<Vec<PathBuf>> {
+    let lists: Vec<Vec<PathBuf>> = folders
+        .iter()
+        .map(|d| {
+            let p = cfg.resolve(d);
+            if p.is_file() {
+                Ok(vec![p])
+            } else {
+                super::eval::eval_images(&p)
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    let mut photos = Vec::new();
+    for i in 0.. {
+        let before = photos.len();
+        for l in &lists {
+            if let Some(p) = l.get(i) {
+                if photos.len() < max {
+                    photos.push(p.clone());
+                }
+            }
+        }
+        if photos.len() == before || photos.len() >= max {
+            break;
+        }
+    }
+    Ok(photos)
+}
+
+/// `ailurus bench`: the table, its CSV and plot, and the peer table with `--peer`.
+pub fn command(b: Args) -> Result<()> {
+    let cfg = b.config.load()?;
+    let opts = BenchOptions {
+        size: b.size,
+        photos: pick_photos(&cfg, &b.photos, b.max_photos)?,
+        strategies: b.strategies,
+        m_list: b.m,
+        cuts: b.cuts,
+        extra_cuts: b.extra_cuts.0,
+        combo_sizes: b.combo.0,
+        lowres: b.lowres.0,
+        bias_off: b.bias_off,
+        reps: b.reps,
+        peer: b.peer.clone(),
+        peer_threads: b.peer_threads.clone(),
+        finetuned: b.finetuned.map(|f| cfg.resolve(&f)),
+    };
+    let rows = run(&cfg, &opts)?;
+    print!("{}", format_table(&rows));
+    write_csv(&rows, &b.csv)?;
+    let plot = b.csv.with_extension("png");
+    write_plot(&rows, &plot)?;
+    println!("table written to {}, plot to {}", b.csv.display(), plot.display());
+    if opts.peer.is_some() {
+        let peer = run_peer(&cfg, &opts, &rows)?;
+        print!("{}", super::peer::format(&peer, opts.size, opts.photos.len()));
+    }
+    Ok(())
 }

@@ -21,10 +21,11 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use super::{build, measure, with_strategy, Photo, Reference, Row};
-use crate::config::Config;
-use crate::model::Segmenter;
-use crate::pipeline::{Engine, Setting};
+use super::bench::{build, measure, with_strategy, Photo, Reference, Row};
+use ailurus::config::Config;
+use ailurus::engine::{Setting, StageTimes};
+use ailurus::model::{Io, SegmenterLane};
+use ailurus::reduce::Strategy;
 
 /// The peer table: its rows, ONNX Runtime's version, and ailurus's pre/post-processing time per
 /// frame (1 thread; not in the rows, see the module doc).
@@ -115,7 +116,7 @@ fn run_ort(
 /// The reduced setting to put against ONNX Runtime: the fastest `ailurus` row at the reference
 /// size with mask IoU >= `min_iou`, else the most faithful one.
 pub fn pick_reduced(rows: &[Row], size: u32, min_iou: f64) -> Option<Row> {
-    let ours = rows.iter().filter(|r| r.strategy == "ailurus" && r.size == size && r.bias);
+    let ours = rows.iter().filter(|r| r.strategy == Strategy::Ailurus.to_string() && r.size == size && r.bias);
     let fast = ours.clone().filter(|r| r.iou >= min_iou).min_by(|a, b| a.ms.total_cmp(&b.ms));
     fast.or_else(|| ours.max_by(|a, b| a.iou.total_cmp(&b.iou))).cloned()
 }
@@ -135,12 +136,12 @@ pub(super) fn run(
     let mut prepost = Vec::new();
     let cut = reduced.map(|r| r.cut).unwrap_or(cfg.reduce.cut);
     let fixed: Vec<usize> = reduced.map(|r| vec![r.m]).unwrap_or_default();
-    let seg = build(cfg, &[size], cut, true, &fixed)?;
-    with_strategy(&seg, cfg, "ailurus");
+    let mut seg = build(cfg, &[size], cut, true, &fixed)?;
+    with_strategy(&mut seg, cfg, Strategy::Ailurus);
     for &t in threads {
-        crate::model::set_threads(t);
+        ailurus::model::set_threads(t);
         log::info!("bench: peer, ailurus none at {size}px, {t} thread(s)");
-        let (base, masks) = measure(&seg, photos, Setting { input_size: size, m: usize::MAX }, reps, None, true)?;
+        let (base, masks) = measure(&mut seg, photos, Setting { input_size: size, m: usize::MAX }, reps, None, true)?;
         if t == 1 {
             prepost.push(base.ms - base.infer_ms);
         }
@@ -155,7 +156,8 @@ pub(super) fn run(
         if let Some(r) = reduced {
             log::info!("bench: peer, ailurus a={} M={} at {size}px, {t} thread(s)", r.cut, r.m);
             let reference = Reference { masks };
-            let (row, _) = measure(&seg, photos, Setting { input_size: size, m: r.m }, reps, Some(&reference), false)?;
+            let (row, _) =
+                measure(&mut seg, photos, Setting { input_size: size, m: r.m }, reps, Some(&reference), false)?;
             rows.push(PeerRow {
                 engine: "ailurus".into(),
                 threads: t,
@@ -169,9 +171,13 @@ pub(super) fn run(
     // Throughput mode: one frame per core, each on one thread (frame-level parallelism).
     let lanes = threads.iter().copied().max().unwrap_or(1);
     if lanes > 1 {
-        let segs: Vec<_> = (0..lanes).map(|_| build(cfg, &[size], cut, true, &fixed)).collect::<Result<_>>()?;
-        for s in &segs {
-            with_strategy(s, cfg, "ailurus");
+        // One segmenter (plans and weights once), one lane per frame in flight, as `run` does.
+        let mut segs = vec![seg];
+        for _ in 1..lanes {
+            segs.push(segs[0].segmenter().lane()?);
+        }
+        for s in &mut segs {
+            with_strategy(s, cfg, Strategy::Ailurus);
         }
         let mut settings = vec![("none".to_string(), usize::MAX)];
         if let Some(r) = reduced {
@@ -179,7 +185,7 @@ pub(super) fn run(
         }
         for (name, m) in settings {
             log::info!("bench: peer, {lanes} frames in parallel x 1 thread, {name}");
-            let (ms, latency) = lanes_throughput(&segs, photos, Setting { input_size: size, m }, reps.max(1))?;
+            let (ms, latency) = lanes_throughput(&mut segs, photos, Setting { input_size: size, m }, reps.max(1))?;
             let base = rows.iter().find(|r| r.threads == 1 && r.setting == name);
             rows.push(PeerRow {
                 engine: format!("ailurus x{lanes}"),
@@ -191,7 +197,7 @@ pub(super) fn run(
             });
         }
     }
-    crate::model::set_threads(cfg.model.threads);
+    ailurus::model::set_threads(cfg.model.threads);
     let (version, ort) = run_ort(cfg, paths, size, threads, cut)?;
     rows.extend(ort);
     let prepost_ms = if prepost.is_empty() { f64::NAN } else { prepost.iter().sum::<f64>() / prepost.len() as f64 };
@@ -201,21 +207,22 @@ pub(super) fn run(
 /// `segs.len()` frames at once, one per segmenter, each on one thread: returns (wall ms per
 /// frame, i.e. the throughput, and the mean per-frame latency in ms). Every lane runs every
 /// photo `reps` times after one untimed warm-up pass.
-fn lanes_throughput(segs: &[Segmenter], photos: &[Photo], setting: Setting, reps: usize) -> Result<(f64, f64)> {
+fn lanes_throughput(segs: &mut [SegmenterLane], photos: &[Photo], setting: Setting, reps: usize) -> Result<(f64, f64)> {
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
     let barrier = std::sync::Barrier::new(segs.len());
     // The model alone, as the single-lane rows and ONNX Runtime are timed: every lane
     // preprocesses the photos once, untimed.
+    let io = Io::of(segs[0].segmenter().manifest());
     let inputs: Vec<Vec<f32>> = photos
         .iter()
         .map(|ph| {
             let mut input = Vec::new();
-            segs[0].preprocess(&ph.frame, setting.input_size, &mut crate::pre::Resampler::default(), &mut input);
+            io.preprocess(&ph.frame, setting.input_size, &mut Default::default(), &mut input);
             input
         })
         .collect();
-    let run_lane = |seg: &Segmenter, timed: bool| -> Result<Vec<f64>> {
-        let (mut raw, mut times) = (Vec::new(), crate::pipeline::StageTimes::default());
+    let run_lane = |seg: &mut SegmenterLane, timed: bool| -> Result<Vec<f64>> {
+        let (mut raw, mut times) = (Vec::new(), StageTimes::default());
         let mut lat = Vec::new();
         for _ in 0..if timed { reps } else { 1 } {
             for input in &inputs {
@@ -228,7 +235,7 @@ fn lanes_throughput(segs: &[Segmenter], photos: &[Photo], setting: Setting, reps
     };
     let (wall, lat) = std::thread::scope(|sc| -> Result<(f64, Vec<f64>)> {
         let handles: Vec<_> = segs
-            .iter()
+            .iter_mut()
             .map(|seg| {
                 let (barrier, run_lane) = (&barrier, &run_lane);
                 sc.spawn(move || {

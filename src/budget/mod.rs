@@ -26,10 +26,12 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::calibrate::CalibrationTable;
-use crate::config::Problems;
-use crate::pipeline::{Setting, SizeInfo};
+use crate::engine::{Setting, SizeInfo};
+use crate::problems::Problems;
 use cost::{CostModel, Quadratic};
+
+pub mod calibration;
+pub use calibration::{CalibError, CalibRow, CalibrationTable};
 
 /// `[budget]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]

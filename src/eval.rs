@@ -1,4 +1,6 @@
-//! Ground-truth masks for evaluation: finding them next to an image and reading them.
+//! Evaluation: mask agreement (IoU, MAE) and ground-truth masks (finding them next to an
+//! image, reading them, IoU against them). Used by the commands and tests; never on the
+//! per-frame path.
 //!
 //! Supported layouts: VOC (`X/JPEGImages/a.jpg` + `X/SegmentationClass/a.png`), a `gt/`
 //! folder beside the images (`d/a.jpg` + `d/gt/a.png`), or a sibling `d/a.gt.png`. A VOC class
@@ -71,5 +73,53 @@ mod tests {
         let (fg, bg) = iou_fg_bg(&pred, &gt);
         assert!((fg - 0.5).abs() < 1e-12);
         assert!((bg - 0.5).abs() < 1e-12);
+    }
+}
+
+/// Intersection over union of the non-zero pixels of two class-id masks of equal size.
+/// Two empty masks agree perfectly (1.0).
+pub fn iou(a: &[u8], b: &[u8]) -> f64 {
+    let (mut inter, mut union) = (0u64, 0u64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x != 0, y != 0);
+        inter += (x && y) as u64;
+        union += (x || y) as u64;
+    }
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+/// Mean absolute difference of two score maps.
+pub fn mae(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len().min(b.len()).max(1);
+    a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).sum::<f64>() / n as f64
+}
+
+/// A ground truth that exists but cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("ground truth {path}: {source}")]
+pub struct GtError {
+    pub path: String,
+    #[source]
+    pub source: image::ImageError,
+}
+
+/// `(fg_iou, bg_iou)` of a `w x h` class mask against the ground truth found next to `image`
+/// (see [`find_for`]); None when there is none.
+pub fn against_gt(image: &Path, classes: &[u8], w: u32, h: u32) -> Result<Option<(f64, f64)>, GtError> {
+    let Some(path) = find_for(image) else { return Ok(None) };
+    let gt = load_foreground(&path, w, h).map_err(|source| GtError { path: path.display().to_string(), source })?;
+    Ok(Some(iou_fg_bg(classes, &gt)))
+}
+
+/// The mean of `v` (NaN when empty).
+pub fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
     }
 }

@@ -11,7 +11,7 @@ use tract_core::internal::Cost;
 use tract_core::plan::eval as tract_eval;
 use tract_onnx::prelude::*;
 
-use crate::model::{cut, Manifest};
+use ailurus::model::{cut, Manifest};
 
 /// Time per op kind for one part.
 #[derive(Debug, Default, Clone)]
@@ -158,4 +158,30 @@ pub fn format_nodes(parts: &[PartProfile]) -> String {
         }
     }
     s
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    config: super::ConfigArg,
+    #[command(flatten)]
+    ov: super::Overrides,
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Also list the slowest nodes with their GFLOP/s and tract's kernel choice.
+    #[arg(long)]
+    nodes: bool,
+}
+
+/// `ailurus profile`: tract's time per op kind in the stem, middle and head.
+pub fn command(a: Args) -> Result<()> {
+    let cfg = super::config_with(&a.config, &a.ov)?;
+    ailurus::model::configure_cpu(&cfg.model);
+    let man = Manifest::load(&cfg.resolve(&cfg.model.manifest))?;
+    let parts = run(&man, cfg.model.input_size, cfg.reduce.cut, cfg.reduce.m, a.reps)?;
+    print!("{}", format(&parts));
+    if a.nodes {
+        print!("{}", format_nodes(&parts));
+    }
+    Ok(())
 }

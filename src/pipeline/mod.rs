@@ -17,16 +17,20 @@
 //! drop), so a frame never waits long behind a slow inference.
 //! `[pipeline] overlap = false` runs one frame at a time (for comparison).
 //!
-//! Inference lanes (`[pipeline] lanes`): one infer thread per lane, each with its own engine
-//! (its own plans), all taking prepared inputs from the same slot, so up to `lanes` frames are
+//! Inference lanes (`[pipeline] lanes`): one infer thread per lane, each owning its engine
+//! (its own states and scratch over plans shared by all lanes: no lock on the per-frame path),
+//! all taking prepared inputs from the same slot, so up to `lanes` frames are
 //! inferred at once (throughput mode: lanes = cores, `[model] threads = 1`). Up to `lanes + 1`
 //! frames are in flight; preprocessing starts when any lane is idle or about to finish. Frames
 //! carry a ticket (their preprocessing order): postprocess briefly holds a frame that finished
 //! before an older one still running, so frames are published in order, and a frame older
 //! than one already published is dropped and counted (`out_of_order`), never published.
 //!
-//! Owns the threads, the queues and the engine trait. Must not decide settings (that is the
-//! budget controller) nor render metrics (metrics.rs).
+//! Preprocessing (resize + normalise) and postprocessing (upsample + threshold/argmax) are
+//! stages of their own, run with the model's `Io`; the engine only infers.
+//!
+//! Owns the threads and the queues. Must not decide settings (that is the budget controller)
+//! nor render metrics (metrics.rs).
 
 pub mod sinks;
 pub mod slot;
@@ -39,10 +43,14 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::budget::{BudgetConfig, BudgetError, Controller};
-use crate::calibrate::CalibrationTable;
-use crate::config::Problems;
+use crossbeam_channel::Sender;
+
+use crate::budget::{BudgetConfig, BudgetError, CalibrationTable, Controller};
+use crate::engine::{Engine, MAX_LANES};
 use crate::metrics::Metrics;
+use crate::model::Io;
+use crate::problems::Problems;
+use crate::reduce::ReduceConfig;
 use crate::sink::Sink;
 use crate::source::FrameSource;
 
@@ -92,96 +100,9 @@ impl PipelineConfig {
     }
 }
 
-/// One point the budget controller can choose: the model input side and the cluster count M
-/// (M = N means no reduction at that size).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Setting {
-    pub input_size: u32,
-    pub m: usize,
-}
-
-/// Measured duration of every stage of one frame.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct StageTimes {
-    pub preprocess: Duration,
-    pub stem: Duration,
-    /// Clustering + merge + unfold.
-    pub reduce: Duration,
-    pub middle: Duration,
-    pub head: Duration,
-    pub postprocess: Duration,
-}
-
-impl StageTimes {
-    pub fn inference(&self) -> Duration {
-        self.stem + self.reduce + self.middle + self.head
-    }
-    pub fn total(&self) -> Duration {
-        self.preprocess + self.inference() + self.postprocess
-    }
-}
-
-/// An input size the engine has a plan for, and its patch-token count N.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SizeInfo {
-    pub input_size: u32,
-    pub n_tokens: usize,
-}
-
-/// The model as the pipeline sees it. The real one is `model::Segmenter`; tests use fakes.
-///
-/// `preprocess` and `postprocess` are `&self` + caller-owned scratch so they can run on other
-/// threads than `infer` (overlapping frame t+1's preprocessing with frame t's inference).
-pub trait Engine: Send + Sync {
-    /// Input sizes with a ready plan.
-    fn sizes(&self) -> &[SizeInfo];
-    /// Frame -> model input for `input_size`, into `out` (reused).
-    fn preprocess(
-        &self,
-        frame: &crate::frame::Frame,
-        input_size: u32,
-        scratch: &mut crate::pre::Resampler,
-        out: &mut Vec<f32>,
-    );
-    /// Model input -> raw output map (`[classes or 1, s, s]`) into `out` (reused).
-    fn infer(
-        &self,
-        input: &[f32],
-        setting: Setting,
-        times: &mut StageTimes,
-        out: &mut Vec<f32>,
-    ) -> Result<(), EngineError>;
-    /// Raw output -> mask at frame size.
-    fn postprocess(
-        &self,
-        raw: &[f32],
-        input_size: u32,
-        frame_w: u32,
-        frame_h: u32,
-        scratch: &mut crate::pre::Resampler,
-        mask: &mut crate::frame::Mask,
-    );
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("inference at {input_size}px, M={m}: {source:#}")]
-    Infer {
-        input_size: u32,
-        m: usize,
-        #[source]
-        source: anyhow::Error,
-    },
-    #[error("no plan for input size {0}")]
-    NoPlan(u32),
-}
-
 /// Frames between "preprocess starts" and "published" when overlapping, with one lane
 /// (`lanes + 1` with more).
 pub const MAX_IN_FLIGHT: usize = 2;
-
-/// The most inference lanes `[pipeline] lanes` accepts.
-pub const MAX_LANES: usize = 16;
 
 /// How the source is driven.
 pub enum SourceMode {
@@ -195,9 +116,11 @@ pub enum SourceMode {
 
 /// Everything a pipeline is built from.
 pub struct Parts {
-    /// One engine per inference lane (1..=`MAX_LANES`): the pipeline runs one lane per
-    /// engine. `config.lanes` is how many `app::start_full` builds; a mismatch is logged.
-    pub engines: Vec<Arc<dyn Engine>>,
+    /// One engine per inference lane (1..=`MAX_LANES`), each moved to its lane's thread.
+    /// `config.lanes` is how many `app::start` builds; a mismatch is logged.
+    pub engines: Vec<Box<dyn Engine>>,
+    /// The model's input normalisation and output kind, for the pre- and postprocess stages.
+    pub io: Io,
     pub source: Box<dyn FrameSource>,
     pub mode: SourceMode,
     pub sinks: Vec<Box<dyn Sink>>,
@@ -351,8 +274,8 @@ impl Gate {
 
 /// Shared by the stage threads.
 struct Shared {
-    /// One per lane; preprocess and postprocess use the first.
-    engines: Vec<Arc<dyn Engine>>,
+    lanes: usize,
+    io: Io,
     controller: Arc<Mutex<Controller>>,
     metrics: Arc<Metrics>,
     gate: Gate,
@@ -365,17 +288,13 @@ impl Shared {
         self.controller.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lanes(&self) -> usize {
-        self.engines.len()
-    }
-
     /// Frames allowed between "preprocess starts" and "published": one per lane plus one
     /// being prepared when overlapping, one per lane otherwise.
     fn max_in_flight(&self) -> usize {
         if self.config.overlap {
-            MAX_IN_FLIGHT + self.lanes() - 1
+            MAX_IN_FLIGHT + self.lanes - 1
         } else {
-            self.lanes()
+            self.lanes
         }
     }
 }
@@ -383,6 +302,8 @@ impl Shared {
 /// A running pipeline.
 pub struct Pipeline {
     shared: Arc<Shared>,
+    /// Per lane: reloaded `[reduce]` configs, applied by the lane before its next frame.
+    reconfigure: Vec<Sender<ReduceConfig>>,
     threads: Vec<(&'static str, JoinHandle<()>)>,
     source: Option<(JoinHandle<()>, crossbeam_channel::Receiver<()>)>,
 }
@@ -391,7 +312,7 @@ impl Pipeline {
     /// Start every stage. The pipeline runs until the source ends, `max_frames` frames are
     /// published, or `stop` is set; then `wait` returns.
     pub fn start(parts: Parts, stop: Arc<AtomicBool>) -> Result<Pipeline, PipelineError> {
-        let Parts { engines, source, mode, sinks, controller, metrics, config } = parts;
+        let Parts { engines, io, source, mode, sinks, controller, metrics, config } = parts;
         if metrics.sinks.len() != sinks.len() {
             return Err(PipelineError::SinkCount { have: metrics.sinks.len(), want: sinks.len() });
         }
@@ -410,7 +331,8 @@ impl Pipeline {
         let lanes = engines.len();
         metrics.set_lanes(lanes);
         let shared = Arc::new(Shared {
-            engines,
+            lanes,
+            io,
             controller: Arc::new(Mutex::new(controller)),
             metrics: metrics.clone(),
             gate: Gate::new(lanes),
@@ -456,12 +378,16 @@ impl Pipeline {
             .spawn(move || stages::pre_loop(&sh, feed, pre_tx, input_pool_rx))
             .map_err(spawn_err("preprocess"))?;
         threads.push(("preprocess", h));
-        for lane in 0..lanes {
+        let mut reconfigure = Vec::with_capacity(lanes);
+        for (lane, engine) in engines.into_iter().enumerate() {
             let sh = shared.clone();
             let (rx, tx, pool_tx, pool_rx) =
                 (pre_rx.clone(), post_tx.clone(), input_pool_tx.clone(), raw_pool_rx.clone());
+            let (reconf_tx, reconf_rx) = crossbeam_channel::unbounded();
+            reconfigure.push(reconf_tx);
+            let lane = stages::Lane { index: lane, engine, reconfigure: reconf_rx };
             let h = std::thread::Builder::new()
-                .name(if lanes == 1 { "infer".into() } else { format!("infer-{lane}") })
+                .name(if lanes == 1 { "infer".into() } else { format!("infer-{}", lane.index) })
                 .spawn(move || stages::infer_loop(&sh, lane, &rx, &tx, pool_tx, pool_rx))
                 .map_err(spawn_err("infer"))?;
             threads.push(("infer", h));
@@ -492,7 +418,7 @@ impl Pipeline {
             })
             .map_err(spawn_err("metrics-log"))?;
         threads.push(("metrics-log", h));
-        Ok(Pipeline { shared, threads, source: source_thread })
+        Ok(Pipeline { shared, reconfigure, threads, source: source_thread })
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
@@ -520,6 +446,15 @@ impl Pipeline {
             cfg.margin
         );
         Ok(())
+    }
+
+    /// Follow a new `[reduce]` (config reload): every lane swaps its reducer (and proportional
+    /// attention) before its next frame; a lane whose reducer cannot be built keeps its own and
+    /// logs why.
+    pub fn update_reduce(&self, cfg: &ReduceConfig) {
+        for tx in &self.reconfigure {
+            let _ = tx.send(cfg.clone());
+        }
     }
 
     /// Ask every stage to stop after the frame in hand.

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::lock;
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Whether the runtime is serving: `/healthz` answers 200 for `Ok`, else 503 with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,5 +99,25 @@ impl StatusProvider for Liveness {
 
     fn health(&self) -> Health {
         Liveness::health(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_reports_camera_then_stuck() {
+        let l = Liveness::new(Duration::ZERO);
+        assert!(matches!(l.health(), Health::Unavailable(r) if r.starts_with("inference stuck")));
+        l.frame_done();
+        l.camera_down("/dev/video0: no such device");
+        assert_eq!(l.health(), Health::Unavailable("camera down: /dev/video0: no such device".into()));
+        l.camera_up();
+        let l = Liveness::new(Duration::from_secs(3600));
+        assert_eq!(l.health(), Health::Unavailable("starting: no frame yet".into()));
+        l.frame_done();
+        assert_eq!(l.health(), Health::Ok);
+        assert!(l.prometheus().contains("ailurus_camera_up 1\n"));
     }
 }

@@ -31,10 +31,9 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::config::{Config, ConfigError};
 
-mod health;
 mod notify;
 
-pub use health::{Health, Liveness, StatusProvider};
+use crate::status::Liveness;
 pub use notify::{watchdog_from, Notifier};
 
 #[derive(Debug, thiserror::Error)]
@@ -398,21 +397,6 @@ mod tests {
         assert_eq!(watchdog_from(Some("0"), None, me), None);
         assert_eq!(watchdog_from(Some("soon"), None, me), None);
         assert_eq!(watchdog_from(None, Some("4242"), me), None);
-    }
-
-    #[test]
-    fn liveness_reports_camera_then_stuck() {
-        let l = Liveness::new(Duration::ZERO);
-        assert!(matches!(l.health(), Health::Unavailable(r) if r.starts_with("inference stuck")));
-        l.frame_done();
-        l.camera_down("/dev/video0: no such device");
-        assert_eq!(l.health(), Health::Unavailable("camera down: /dev/video0: no such device".into()));
-        l.camera_up();
-        let l = Liveness::new(Duration::from_secs(3600));
-        assert_eq!(l.health(), Health::Unavailable("starting: no frame yet".into()));
-        l.frame_done();
-        assert_eq!(l.health(), Health::Ok);
-        assert!(l.prometheus().contains("ailurus_camera_up 1\n"));
     }
 
     #[test]

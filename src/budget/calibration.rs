@@ -1,21 +1,20 @@
-//! The calibration table (measured cost and fidelity of each setting on one device) and
-//! `ailurus calibrate`, which measures it.
+//! The calibration table (measured cost and fidelity of each setting on one device) and the
+//! measuring loop behind `ailurus calibrate`.
 //!
 //! Owns the CSV format, the shipped default table (configs/calibration-default.csv, used when
-//! no calibration file exists) and the measuring loop, which is generic over `&dyn Engine`.
+//! no calibration file exists) and the measuring loop, which is generic over `&mut dyn Engine`.
 //! Fidelity is agreement with the highest setting (largest size, no reduction): mask IoU and
 //! score MAE at frame resolution. Must not decide what to run: that is `budget.rs`.
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::Path;
 
-use crate::budget::{self, BudgetConfig};
-use crate::frame::{Frame, Mask};
-use crate::pipeline::{Engine, EngineError, Setting, SizeInfo, StageTimes};
-use crate::pre::Resampler;
+use super::BudgetConfig;
+use crate::engine::{Engine, EngineError, Setting, SizeInfo};
+use crate::frame::Frame;
+use crate::model::io::{FrameRunner, Io};
 
 /// The table shipped with the binary: estimates for the default model on a 2-core x86 CPU.
-pub const DEFAULT_CSV: &str = include_str!("../configs/calibration-default.csv");
+pub const DEFAULT_CSV: &str = include_str!("../../configs/calibration-default.csv");
 const HEADER: &str = "input_size,m,n_tokens,cost_ms,iou,mae";
 
 /// One measured setting.
@@ -51,18 +50,6 @@ pub enum CalibError {
     Parse { path: String, line: usize, msg: String },
     #[error("calibration table {path}: no rows")]
     Empty { path: String },
-    #[error("calibration: {source}")]
-    Engine {
-        #[source]
-        source: EngineError,
-    },
-    #[error("calibration: no sample frames in {dir}")]
-    NoFrames { dir: String },
-    #[error("calibration: {source}")]
-    Source {
-        #[source]
-        source: crate::source::SourceError,
-    },
 }
 
 impl CalibrationTable {
@@ -131,11 +118,6 @@ impl CalibrationTable {
         Ok(Self::shipped())
     }
 
-    /// The table named by `[budget] calibration` of a config.
-    pub fn for_config(cfg: &crate::config::Config) -> Result<CalibrationTable, CalibError> {
-        Self::load_or_shipped(&cfg.resolve(&cfg.budget.calibration))
-    }
-
     pub fn to_csv(&self, comment: &str) -> String {
         let mut s = String::new();
         for l in comment.lines() {
@@ -195,10 +177,10 @@ impl CalibrationTable {
     }
 
     /// The cost curve of one size in u = M / N (see `budget::cost`).
-    pub fn cost_curve(&self, size: u32) -> Option<budget::cost::Quadratic> {
+    pub fn cost_curve(&self, size: u32) -> Option<super::cost::Quadratic> {
         let pts: Vec<(f64, f64)> =
             self.rows_for(size).iter().map(|r| (r.m as f64 / r.n_tokens as f64, r.cost_ms)).collect();
-        budget::cost::Quadratic::fit(&pts)
+        super::cost::Quadratic::fit(&pts)
     }
 }
 
@@ -211,7 +193,7 @@ fn field(k: usize) -> &'static str {
 pub fn calibration_settings(cfg: &BudgetConfig, sizes: &[SizeInfo], reducing: bool, points: usize) -> Vec<Setting> {
     let mut out = Vec::new();
     for s in sizes.iter().filter(|s| cfg.sizes.contains(&s.input_size)) {
-        let grid = budget::m_grid(cfg, s.n_tokens, reducing);
+        let grid = super::m_grid(cfg, s.n_tokens, reducing);
         let k = points.max(1).min(grid.len());
         let mut picked: Vec<usize> =
             (0..k).map(|i| grid[if k == 1 { grid.len() - 1 } else { i * (grid.len() - 1) / (k - 1) }]).collect();
@@ -224,29 +206,31 @@ pub fn calibration_settings(cfg: &BudgetConfig, sizes: &[SizeInfo], reducing: bo
 /// Run every setting on every frame: cost (median preprocess + inference) and fidelity against
 /// the highest setting (largest size, M = N). `progress(done, total)` after each run.
 pub fn calibrate(
-    engine: &dyn Engine,
+    engine: &mut dyn Engine,
+    io: &Io,
     frames: &[Frame],
     settings: &[Setting],
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<CalibrationTable, EngineError> {
-    let sizes = engine.sizes();
+    let sizes = engine.sizes().to_vec();
     let top = sizes.iter().max_by_key(|s| s.input_size).ok_or(EngineError::NoPlan(0))?;
     let reference = Setting { input_size: top.input_size, m: top.n_tokens };
     let total = frames.len() * (settings.len() + 1) + sizes.len();
     let mut done = 0;
-    let mut run = Runner::default();
+    let mut run = FrameRunner::default();
+    let mut mask = Default::default();
     // One untimed run per size first: the first call of a plan pays for its allocations.
     if let Some(f) = frames.first() {
-        for s in sizes {
-            run.once(engine, f, Setting { input_size: s.input_size, m: s.n_tokens })?;
+        for s in &sizes {
+            run.run(io, engine, f, Setting { input_size: s.input_size, m: s.n_tokens }, &mut mask)?;
             done += 1;
             progress(done, total);
         }
     }
     let mut refs = Vec::with_capacity(frames.len());
     for f in frames {
-        run.once(engine, f, reference)?;
-        refs.push(run.mask.clone());
+        run.run(io, engine, f, reference, &mut mask)?;
+        refs.push(mask.clone());
         done += 1;
         progress(done, total);
     }
@@ -255,9 +239,10 @@ pub fn calibrate(
         let n = sizes.iter().find(|i| i.input_size == s.input_size).ok_or(EngineError::NoPlan(s.input_size))?.n_tokens;
         let (mut costs, mut iou, mut mae) = (Vec::new(), 0.0, 0.0);
         for (f, r) in frames.iter().zip(&refs) {
-            costs.push(run.once(engine, f, s)?);
-            iou += crate::post::iou(&run.mask.classes, &r.classes);
-            mae += crate::post::mae(&run.mask.scores, &r.scores);
+            run.run(io, engine, f, s, &mut mask)?;
+            costs.push((run.times.preprocess + run.times.inference()).as_secs_f64() * 1e3);
+            iou += crate::eval::iou(&mask.classes, &r.classes);
+            mae += crate::eval::mae(&mask.scores, &r.scores);
             done += 1;
             progress(done, total);
         }
@@ -273,76 +258,4 @@ pub fn calibrate(
         });
     }
     Ok(CalibrationTable { rows, origin: "<measured>".into() })
-}
-
-#[derive(Default)]
-struct Runner {
-    rs: Resampler,
-    input: Vec<f32>,
-    raw: Vec<f32>,
-    times: StageTimes,
-    mask: Mask,
-}
-
-impl Runner {
-    /// One frame through the engine; returns preprocess + inference in ms.
-    fn once(&mut self, eng: &dyn Engine, f: &Frame, s: Setting) -> Result<f64, EngineError> {
-        let t0 = Instant::now();
-        eng.preprocess(f, s.input_size, &mut self.rs, &mut self.input);
-        eng.infer(&self.input, s, &mut self.times, &mut self.raw)?;
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
-        eng.postprocess(&self.raw, s.input_size, f.width, f.height, &mut self.rs, &mut self.mask);
-        Ok(ms)
-    }
-}
-
-/// `ailurus calibrate`: measure the ladder of `cfg` on up to `frames` images of `images` and
-/// write the table to `out` (default: `[budget] calibration`).
-pub fn command(
-    cfg: &crate::config::Config,
-    images: &Path,
-    out: Option<PathBuf>,
-    frames: usize,
-    points: usize,
-) -> anyhow::Result<()> {
-    let out = out.unwrap_or_else(|| cfg.resolve(&cfg.budget.calibration));
-    let mut sizes = cfg.budget.sizes.clone();
-    sizes.sort_unstable_by(|a, b| b.cmp(a));
-    let seg = crate::app::build_segmenter(cfg, &sizes, false)?;
-    let files = crate::source::folder::list_images(images).map_err(|source| CalibError::Source { source })?;
-    let mut sample = Vec::new();
-    for (i, p) in files.iter().take(frames.max(1)).enumerate() {
-        match crate::source::folder::load_frame(p, i as u64) {
-            Ok(f) => sample.push(f),
-            Err(e) => log::warn!("{e} (skipped)"),
-        }
-    }
-    if sample.is_empty() {
-        return Err(CalibError::NoFrames { dir: images.display().to_string() }.into());
-    }
-    let reducing = cfg.reduce.strategy != "none";
-    let settings = calibration_settings(&cfg.budget, seg.sizes(), reducing, points);
-    log::info!("calibrating {} setting(s) on {} frame(s); this takes a while", settings.len(), sample.len());
-    let t = Instant::now();
-    let mut table = calibrate(&seg, &sample, &settings, &mut |d, n| crate::app::progress(d, n, "calibrating"))
-        .map_err(|source| CalibError::Engine { source })?;
-    table.origin = out.display().to_string();
-    let comment = format!(
-        "ailurus calibration table, written by `ailurus calibrate` in {:.0}s\n\
-         model {} on {} ({} threads), reducer {} cut {}, {} sample frame(s) from {}\n\
-         cost_ms = preprocess + inference (median); iou/mae = agreement with {}px unreduced",
-        t.elapsed().as_secs_f64(),
-        seg.manifest().name,
-        cfg.model.device,
-        cfg.model.threads,
-        cfg.reduce.strategy,
-        cfg.reduce.cut,
-        sample.len(),
-        images.display(),
-        sizes.first().copied().unwrap_or(0),
-    );
-    table.write(&out, &comment)?;
-    print!("{}", table.to_csv(&comment));
-    println!("wrote {}", out.display());
-    Ok(())
 }
