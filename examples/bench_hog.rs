@@ -110,7 +110,7 @@ fn run(cfg: &Config, secs: f64, hog_at: Option<f64>, hogs: usize) -> Result<(Vec
     let ctl = Arc::new(OnceLock::new());
     let rec = Recorder { t0, rows: rows.clone(), ctl: ctl.clone() };
     let stop = Arc::new(AtomicBool::new(false));
-    let p = ailurus::app::start_with_sinks(cfg, stop.clone(), vec![Box::new(rec)])?;
+    let (p, _) = ailurus::app::start(cfg, stop.clone(), vec![Box::new(rec)], &Default::default())?;
     let _ = ctl.set(p.controller());
     let ready = t0.elapsed().as_secs_f64();
     let hog_stop = Arc::new(AtomicBool::new(false));

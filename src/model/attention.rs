@@ -60,7 +60,7 @@ const MAX_LANES: usize = 16;
 
 /// The largest value of `row`, after adding `bias` to it element-wise when given: one pass
 /// instead of an add pass and a max pass. tract's `ReduceMax` kernel took 40% of the softmax
-/// time on 1028-wide rows (per-call overhead; `cargo run --release --example attn_parts`); this
+/// time on 1028-wide rows (per-call overhead, measured in session 5 with a since-removed timing example); this
 /// loop keeps 16 running maxima the compiler vectorises. The max of a set is exact in any order,
 /// so the result does not depend on the lane split. NaN compares false and is skipped here; it
 /// still reaches the output through the exp. Built for AVX2 too, and picked at run time.
