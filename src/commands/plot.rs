@@ -4,6 +4,10 @@
 //! Used for the bench's Pareto plot (speed-up vs fidelity, one curve per strategy) and latency
 //! over time. Owns only drawing: it must not compute metrics or read bench files. Points are
 //! joined in the order given (sort them first for a curve); non-finite points are skipped.
+//!
+//! Kept rather than `plotters`: its bitmap backend needs a TrueType font at run time (system
+//! fonts through font-kit, or a bundled font file) for any text, and a bench machine or a
+//! device image may have neither. This is the one copy: `examples/bench_hog` draws with it too.
 
 use std::path::Path;
 

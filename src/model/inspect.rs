@@ -368,7 +368,13 @@ impl<'a> Index<'a> {
         let starts: Vec<&Residual> = all.iter().filter(|r| !outs.contains(r.skip.as_str())).collect();
         for start in &starts {
             let mut chain = vec![(*start).clone()];
-            while let Some(next) = by_skip.get(chain.last().unwrap().out.as_str()) {
+            // An untrusted file may wire the Adds in a cycle: stop at a tensor seen before.
+            let mut seen: HashSet<&str> = HashSet::from([start.out.as_str()]);
+            while let Some(next) = by_skip.get(chain.last().map_or("", |r| r.out.as_str())) {
+                if !seen.insert(next.out.as_str()) {
+                    warnings.push(format!("residual Adds form a cycle at {}; the chain stops there", next.out));
+                    break;
+                }
                 chain.push((*next).clone());
             }
             if chain.len() > best.len() {

@@ -98,7 +98,7 @@ impl Manifest {
 
     pub fn parse(text: &str, dir: &Path, shown: &str) -> Result<Manifest, ModelError> {
         let mut m: Manifest = toml::from_str(text)
-            .map_err(|e| ModelError::Manifest { path: shown.to_string(), msg: e.message().to_string() })?;
+            .map_err(|e| ModelError::ManifestParse { path: shown.to_string(), source: Box::new(e) })?;
         m.dir = dir.to_path_buf();
         let bad = |msg: String| ModelError::Manifest { path: shown.to_string(), msg };
         if m.tokens.blocks.is_empty() {

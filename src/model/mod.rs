@@ -90,6 +90,12 @@ pub enum ModelError {
     },
     #[error("manifest {path}: {msg}")]
     Manifest { path: String, msg: String },
+    #[error("manifest {path}: {}", .source.message())]
+    ManifestParse {
+        path: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
     #[error("model file {path}: sha256 is {got}, the manifest says {want}")]
     Checksum { path: String, got: String, want: String },
     #[error("model file {path}: not a loadable ONNX model: {}", first_line(.source))]

@@ -46,30 +46,46 @@ impl std::fmt::Display for StreamHeader {
     }
 }
 
+/// Why a stream file's header line is not one.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("header {line:?}: expected `{MAGIC} 1 <FOURCC> <W>x<H> <FPS>`")]
+    Shape { line: String },
+    #[error("header {line:?}: not an `{MAGIC} 1` file")]
+    Magic { line: String },
+    #[error("header: unknown format {fourcc:?} (MJPG, YUYV, GREY, RGB3)")]
+    Format { fourcc: String },
+    #[error("header: size {size:?} is not WxH in 1..16384")]
+    Size { size: String },
+    #[error("header: YUYV width {width} is odd")]
+    OddYuyv { width: u32 },
+    #[error("header: fps {fps:?} is not a positive number")]
+    Fps { fps: String },
+}
+
 impl StreamHeader {
     /// Parse the header line (without its newline).
-    pub fn parse(line: &str) -> Result<StreamHeader, String> {
+    pub fn parse(line: &str) -> Result<StreamHeader, HeaderError> {
         let parts: Vec<&str> = line.split_ascii_whitespace().collect();
         let [magic, version, fourcc, size, fps] = parts[..] else {
-            return Err(format!("header {line:?}: expected `{MAGIC} 1 <FOURCC> <W>x<H> <FPS>`"));
+            return Err(HeaderError::Shape { line: line.to_string() });
         };
         if magic != MAGIC || version != "1" {
-            return Err(format!("header {line:?}: not an `{MAGIC} 1` file"));
+            return Err(HeaderError::Magic { line: line.to_string() });
         }
-        let format = PixelFormat::parse(fourcc)
-            .ok_or_else(|| format!("header: unknown format {fourcc:?} (MJPG, YUYV, GREY, RGB3)"))?;
-        let (w, h) = size.split_once('x').ok_or_else(|| format!("header: size {size:?} is not WxH"))?;
+        let format = PixelFormat::parse(fourcc).ok_or_else(|| HeaderError::Format { fourcc: fourcc.to_string() })?;
+        let bad_size = || HeaderError::Size { size: size.to_string() };
+        let (w, h) = size.split_once('x').ok_or_else(bad_size)?;
         let dim = |s: &str| s.parse::<u32>().ok().filter(|&v| v > 0 && v <= 16384);
-        let (width, height) =
-            dim(w).zip(dim(h)).ok_or_else(|| format!("header: size {size:?} is not WxH in 1..16384"))?;
+        let (width, height) = dim(w).zip(dim(h)).ok_or_else(bad_size)?;
         if format == PixelFormat::Yuyv && width % 2 == 1 {
-            return Err(format!("header: YUYV width {width} is odd"));
+            return Err(HeaderError::OddYuyv { width });
         }
         let fps: f64 = fps
             .parse()
             .ok()
             .filter(|f: &f64| f.is_finite() && *f > 0.0)
-            .ok_or_else(|| format!("header: fps {fps:?} is not a positive number"))?;
+            .ok_or_else(|| HeaderError::Fps { fps: fps.to_string() })?;
         Ok(StreamHeader { format, width, height, fps })
     }
 
@@ -201,7 +217,7 @@ impl StreamSource {
                 .position(|&b| b == b'\n')
                 .ok_or_else(|| unavailable(&name, "header line has no newline within 256 bytes"))?;
             let line = std::str::from_utf8(&head[..end]).map_err(|_| unavailable(&name, "header is not text"))?;
-            (Some(StreamHeader::parse(line).map_err(|m| unavailable(&name, &m))?), end as u64 + 1)
+            (Some(StreamHeader::parse(line).map_err(|e| unavailable(&name, &e.to_string()))?), end as u64 + 1)
         } else if head.starts_with(&[0xFF, 0xD8]) {
             (None, 0)
         } else {
