@@ -2,8 +2,8 @@
 //! Each simulated frame: decide -> "run" it (fake cost) -> observe.
 
 use ailurus::budget::{m_grid, BudgetConfig, Controller};
-use ailurus::calibrate::CalibrationTable;
-use ailurus::pipeline::{Setting, SizeInfo};
+use ailurus::budget::CalibrationTable;
+use ailurus::engine::{Setting, SizeInfo};
 
 const LADDER: [u32; 4] = [448, 392, 336, 280];
 

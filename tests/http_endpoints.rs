@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ailurus::frame::{Frame, Mask};
-use ailurus::service::{Health, StatusProvider};
+use ailurus::status::{Health, StatusProvider};
 use ailurus::sink::http::{HttpConfig, HttpSink};
 use ailurus::sink::{Output, Sink};
 
@@ -148,7 +148,7 @@ fn every_route_returns_what_it_promises() {
     assert!(mean_err(jpg.as_raw(), &a.frame.rgb) < 4.0, "frame.jpg is the frame");
     let r = get(addr, "/overlay.jpg?seq=5");
     let ov = image::load_from_memory_with_format(&r.body, image::ImageFormat::Jpeg).unwrap().to_rgb8();
-    let want = ailurus::post::overlay(&a.frame, &a.mask);
+    let want = ailurus::sink::render::overlay(&a.frame, &a.mask);
     // The mask pattern is high-frequency, so JPEG blurs it: the overlay must be much closer to
     // the blended image than to the bare frame.
     let (e_ov, e_frame) = (mean_err(ov.as_raw(), want.as_raw()), mean_err(ov.as_raw(), &a.frame.rgb));

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ailurus::model::{delta::Delta, ModelError, Segmenter, SegmenterOptions};
+use ailurus::model::{delta::Delta, ModelError, SegmenterLane, SegmenterOptions};
 use ailurus::reduce::ReduceConfig;
 use safetensors::{serialize, Dtype};
 use tract_onnx::prelude::Framework;
@@ -73,9 +73,9 @@ fn output(man: &Path) -> Result<Vec<f32>, ModelError> {
         verify_sha256: true,
         fixed_middle: Vec::new(),
         fixed_unreduced: false,
-        device: "cpu".into(),
+        device: ailurus::choice::Device::Cpu,
     };
-    let seg = Segmenter::load(man, &opts)?;
+    let mut seg = SegmenterLane::load(man, &opts)?;
     let mut out = Vec::new();
     seg.infer_full(&input(), 56, &mut out).unwrap();
     Ok(out)

@@ -144,9 +144,9 @@ fn health_says_stuck_only_when_stuck() {
     assert!(h.is_stuck(Duration::ZERO), "no frame ever, limit passed");
     m.published(Duration::from_millis(1), 448, 1024);
     assert!(!m.health().is_stuck(Duration::from_secs(60)));
-    m.infer_started();
+    m.lane_infer_started(0);
     assert!(m.health().inferring_for.is_some());
-    m.infer_finished();
+    m.lane_infer_finished(0);
     assert!(m.health().inferring_for.is_none());
 }
 

@@ -3,8 +3,8 @@
 
 mod common;
 
-use ailurus::model::{cut, Segmenter, SegmenterOptions};
-use ailurus::pipeline::{Engine, Setting, StageTimes};
+use ailurus::model::{cut, SegmenterLane, SegmenterOptions};
+use ailurus::engine::{Setting, StageTimes};
 use ailurus::pre::Resampler;
 use ailurus::reduce::ReduceConfig;
 use tract_onnx::prelude::*;
@@ -24,14 +24,14 @@ fn cut_model_equals_uncut_model_on_real_photos() {
         verify_sha256: true,
         fixed_middle: Vec::new(),
         fixed_unreduced: true,
-        device: "cpu".into(),
+        device: ailurus::choice::Device::Cpu,
     };
-    let seg = Segmenter::load(&manifest, &opts).expect("load the real model");
+    let mut seg = SegmenterLane::load(&manifest, &opts).expect("load the real model");
     let (mut rs, mut input, mut a, mut b) = (Resampler::default(), vec![], vec![], vec![]);
     for photo in ["chelsea.png", "motorcycle_left.png"] {
         let frame = ailurus::source::folder::load_frame(&common::photo(photo), 0).unwrap();
         for &s in &sizes {
-            seg.preprocess(&frame, s, &mut rs, &mut input);
+            ailurus::model::Io::of(seg.segmenter().manifest()).preprocess(&frame, s, &mut rs, &mut input);
             seg.infer_full(&input, s, &mut a).unwrap();
             let mut times = StageTimes::default();
             let m = seg.run_parts(&input, Setting { input_size: s, m: usize::MAX }, &mut times, &mut b).unwrap();

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use ailurus::model::{Segmenter, SegmenterOptions};
-use ailurus::pipeline::{Setting, StageTimes};
+use ailurus::model::{SegmenterLane, SegmenterOptions};
+use ailurus::engine::{Setting, StageTimes};
 use ailurus::reduce::{ReduceConfig, ReduceError, Reducer, Reduction};
 
 mod common;
@@ -26,11 +26,11 @@ fn options(sizes: &[u32], cut: usize, proportional_attention: bool) -> Segmenter
         verify_sha256: true,
         fixed_middle: Vec::new(),
         fixed_unreduced: false,
-        device: "cpu".into(),
+        device: ailurus::choice::Device::Cpu,
     }
 }
 
-fn run_cut(seg: &Segmenter, input: &[f32], size: u32) -> Vec<f32> {
+fn run_cut(seg: &mut SegmenterLane, input: &[f32], size: u32) -> Vec<f32> {
     let mut out = Vec::new();
     let mut times = StageTimes::default();
     let m = seg.run_parts(input, Setting { input_size: size, m: usize::MAX }, &mut times, &mut out).unwrap();
@@ -44,7 +44,7 @@ fn stem_middle_head_equals_the_uncut_model() {
     let sizes = [56, 112];
     let mut by_bias: Vec<Vec<Vec<f32>>> = Vec::new();
     for pa in [false, true] {
-        let seg = Segmenter::load(&data("tiny_vit.toml"), &options(&sizes, 2, pa)).unwrap();
+        let mut seg = SegmenterLane::load(&data("tiny_vit.toml"), &options(&sizes, 2, pa)).unwrap();
         let mut outs = Vec::new();
         for (k, &s) in sizes.iter().enumerate() {
             let input = image(s, 7 + k as u64);
@@ -53,7 +53,7 @@ fn stem_middle_head_equals_the_uncut_model() {
             assert_eq!(full.len(), (s * s) as usize);
             let spread = full.iter().cloned().fold(f32::MIN, f32::max) - full.iter().cloned().fold(f32::MAX, f32::min);
             assert!(spread > 0.05, "the tiny model's output is nearly constant ({spread}) at {s}");
-            let cut = run_cut(&seg, &input, s);
+            let cut = run_cut(&mut seg, &input, s);
             let d = max_diff(&full, &cut);
             assert!(d < 1e-4, "cut vs uncut at {s}px, proportional_attention={pa}: max diff {d}");
             outs.push(cut);
@@ -70,11 +70,11 @@ fn stem_middle_head_equals_the_uncut_model() {
 #[test]
 fn every_cut_point_reproduces_the_uncut_model_at_the_smallest_size() {
     for cut in 1..4 {
-        let seg = Segmenter::load(&data("tiny_vit.toml"), &options(&[28], cut, false)).unwrap();
+        let mut seg = SegmenterLane::load(&data("tiny_vit.toml"), &options(&[28], cut, false)).unwrap();
         let input = image(28, 100 + cut as u64);
         let mut full = Vec::new();
         seg.infer_full(&input, 28, &mut full).unwrap();
-        let d = max_diff(&full, &run_cut(&seg, &input, 28));
+        let d = max_diff(&full, &run_cut(&mut seg, &input, 28));
         assert!(d < 1e-4, "cut at block {cut}: max diff {d}");
     }
 }
@@ -143,8 +143,8 @@ fn fixed_middle_plans_equal_the_symbolic_plan() {
     let mut fixed_opts = sym_opts.clone();
     fixed_opts.fixed_middle = vec![8, 12, 15, 48];
     fixed_opts.fixed_unreduced = true;
-    let sym = Segmenter::load(&data("tiny_vit.toml"), &sym_opts).unwrap();
-    let fixed = Segmenter::load(&data("tiny_vit.toml"), &fixed_opts).unwrap();
+    let mut sym = SegmenterLane::load(&data("tiny_vit.toml"), &sym_opts).unwrap();
+    let mut fixed = SegmenterLane::load(&data("tiny_vit.toml"), &fixed_opts).unwrap();
     let mut times = StageTimes::default();
     for (s, m) in [(56, 8), (56, 12), (56, 15), (56, 16), (112, 48), (112, 64), (112, 40)] {
         let input = image(s, 3 + m as u64);
@@ -162,7 +162,7 @@ fn fixed_middle_plans_equal_the_symbolic_plan() {
 #[test]
 fn proportional_attention_on_merged_tokens_equals_duplicated_tokens() {
     let s = 56;
-    let seg = Segmenter::load(&data("tiny_vit.toml"), &options(&[s], 2, true)).unwrap();
+    let mut seg = SegmenterLane::load(&data("tiny_vit.toml"), &options(&[s], 2, true)).unwrap();
     let input = image(s, 42);
     let mut times = StageTimes::default();
     let (mut merged, mut dup, mut full) = (Vec::new(), Vec::new(), Vec::new());
@@ -185,7 +185,7 @@ fn proportional_attention_on_merged_tokens_equals_duplicated_tokens() {
 #[test]
 fn baked_token_count_fails_cleanly_on_fewer_tokens() {
     let s = 56;
-    let loaded = Segmenter::load(&data("tiny_vit_baked.toml"), &options(&[s], 2, false));
+    let loaded = SegmenterLane::load(&data("tiny_vit_baked.toml"), &options(&[s], 2, false));
     let seg = match loaded {
         Ok(seg) => seg,
         // Refusing at load time (the symbolic-T middle cannot be typed) is also a clean failure.
@@ -199,7 +199,7 @@ fn baked_token_count_fails_cleanly_on_fewer_tokens() {
     let input = image(s, 3);
     let mut full = Vec::new();
     seg.infer_full(&input, s, &mut full).unwrap();
-    let d = max_diff(&full, &run_cut(&seg, &input, s));
+    let d = max_diff(&full, &run_cut(&mut seg, &input, s));
     assert!(d < 1e-4, "baked model, unreduced cut: max diff {d}");
     seg.set_reducer(Box::new(PairMean { dup: false }));
     let mut out = Vec::new();

@@ -197,6 +197,11 @@ impl SegmenterLane {
         Ok(SegmenterLane { seg, st })
     }
 
+    /// Load a model and give one lane over it (single-frame tools and tests).
+    pub fn load(manifest_path: &std::path::Path, opts: &super::SegmenterOptions) -> Result<SegmenterLane, ModelError> {
+        Arc::new(Segmenter::load(manifest_path, opts)?).lane()
+    }
+
     /// The shared plans.
     pub fn segmenter(&self) -> &Arc<Segmenter> {
         &self.seg
