@@ -1,18 +1,16 @@
-//! Every CPU reducer against a slow, obviously-correct reference (reduce_reference/refs.rs: plain
+//! Every CPU reducer against a slow, obviously-correct reference (tests/reduce/refs.rs: plain
 //! loops, f64, the direct distance formula, no GEMM) on seeded random tokens, plus invariants,
 //! tie-breaking determinism, hand-computed window cases and a no-allocation-when-warm check; and
 //! `ailurus` bit for bit against the CUDA side's reference of the arithmetic contract
-//! (tests/cuda_reference.rs), so the CPU and GPU reducers give identical results.
+//! (tests/reduce/cuda_reference.rs), so the CPU and GPU reducers give identical results.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-#[path = "reduce_reference/refs.rs"]
-mod refs;
+use crate::refs;
 
 /// The CUDA side's CPU reference of the arithmetic contract (kernels/ailurus.cu).
-#[path = "cuda_reference.rs"]
-mod contract;
+use crate::cuda_reference as contract;
 
 use ailurus::reduce::ailurus::AilurusReducer;
 use ailurus::reduce::grid::GridReducer;
@@ -198,7 +196,7 @@ fn ailurus_matches_the_reference_on_random_tokens() {
 
 #[test]
 fn ailurus_is_bit_identical_to_the_cuda_contract_reference() {
-    // tests/cuda_reference.rs follows the arithmetic contract of kernels/ailurus.cu line by line
+    // tests/reduce/cuda_reference.rs follows the arithmetic contract of kernels/ailurus.cu line by line
     // (the GPU is checked against it); the CPU reducer must give the same bits, ties included:
     // quantised and blocky inputs make exact ties in distances, densities and scores.
     let params = [

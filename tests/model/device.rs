@@ -6,7 +6,7 @@
 //! On a machine where tract-cuda works (tools/gpu-check.sh) the same tests compare the GPU run with
 //! the CPU run within a tolerance instead, and "cuda" must load.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! rows, at 1 and 2 threads; and the swapped model parts against tract's six-node form, on the
 //! tiny test ViT and on the real model, which must keep the pattern the swap looks for.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

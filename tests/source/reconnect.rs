@@ -3,15 +3,13 @@
 //! sending, corrupt frames, a refused format, stop while down, and the real V4L2 opener on a
 //! device that does not exist.
 
-mod source_common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use ailurus::source::reconnect::{ReconnectOptions, ReconnectingSource};
 use ailurus::source::{FrameSource, SourceConfig, SourceError};
-use source_common::*;
 
 /// Backoffs at most 50 ms are slept in one call, so the fake clock sees each delay whole.
 fn opts() -> ReconnectOptions {

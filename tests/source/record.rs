@@ -1,17 +1,15 @@
 //! `record`: frames from a (fake) camera saved as delivered and replayed by the stream source,
 //! decoded frames from other sources saved as RGB3, and the CLI's `devices`/`record` commands.
 
-mod source_common;
-
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::common::*;
 use ailurus::source::device::Opener;
 use ailurus::source::record::{record, record_capture, record_source};
 use ailurus::source::stream::{StreamOptions, StreamSource};
 use ailurus::source::synthetic::SyntheticSource;
 use ailurus::source::{FrameSource, PixelFormat, SourceConfig};
-use source_common::*;
 
 #[test]
 fn camera_frames_are_recorded_as_delivered_and_replay_identically() {

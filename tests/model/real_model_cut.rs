@@ -1,7 +1,7 @@
 //! The real DINOv2-S focus model, cut into stem / middle / head with tract, must reproduce the
 //! uncut model; proportional attention must behave like duplicated keys.
 
-mod common;
+use crate::common;
 
 use ailurus::model::{cut, Segmenter, SegmenterOptions};
 use ailurus::pipeline::{Engine, Setting, StageTimes};

@@ -2,14 +2,12 @@
 //! frames (made from the real photos) through the decoder and through the stream splitter. The
 //! only requirements: no panic, no hang, and any `Ok` result has a consistent size.
 
-mod source_common;
-
 use std::io::Write;
 
+use crate::common::*;
 use ailurus::source::decode::{DecodeError, Decoder, PixelFormat};
 use ailurus::source::stream::{scan_jpeg, StreamOptions, StreamSource};
 use ailurus::source::FrameSource;
-use source_common::*;
 
 /// Small frames from the photos, with and without Huffman tables.
 fn seeds() -> Vec<Vec<u8>> {

@@ -9,7 +9,7 @@ use ailurus::model::{Segmenter, SegmenterOptions};
 use ailurus::pipeline::{Setting, StageTimes};
 use ailurus::reduce::{ReduceConfig, ReduceError, Reducer, Reduction};
 
-mod common;
+use crate::common;
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)

@@ -1,6 +1,7 @@
 //! The CPU reference of the `ailurus` reducer, written straight from the spec and the arithmetic
-//! contract at the top of kernels/ailurus.cu, for the CUDA tests (`#[path]`-included by
-//! tests/cuda_equivalence.rs and tests/cuda_bench.rs; as its own test crate it only checks itself).
+//! contract at the top of kernels/ailurus.cu: a module of the reduce tests (against the CPU
+//! `ailurus` reducer) and, `#[path]`-included, of the cuda tests (tests/cuda/main.rs: against the
+//! GPU and the kernel emulator). Its own tests only check itself.
 //!
 //! Owns: `reference()` (slow, obviously correct except for the distance matrix, which is
 //! vectorised over j and checked bit-for-bit against the naive loop below), input generators

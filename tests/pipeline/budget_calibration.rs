@@ -1,17 +1,14 @@
 //! The calibration table (format, errors, interpolation), `calibrate` over a fake engine, and
 //! the `[budget]` config keys.
 
-#[path = "pipeline_support/mod.rs"]
-mod pipeline_support;
-
 use std::time::Duration;
 
+use crate::support::FakeEngine;
 use ailurus::budget::{m_grid, BudgetConfig};
 use ailurus::calibrate::{calibrate, calibration_settings, CalibError, CalibrationTable};
 use ailurus::config::Config;
 use ailurus::frame::Frame;
 use ailurus::pipeline::{Engine, Setting};
-use pipeline_support::FakeEngine;
 
 #[test]
 fn shipped_table_covers_the_default_ladder_and_round_trips() {
@@ -59,7 +56,7 @@ fn missing_file_falls_back_to_the_shipped_table_but_a_broken_one_is_an_error() {
     assert_eq!(CalibrationTable::load_or_shipped(&path).unwrap().origin, "<shipped default>");
     std::fs::write(&path, "448,1,1\n").unwrap();
     assert!(CalibrationTable::load_or_shipped(&path).is_err());
-    let t = CalibrationTable::parse(pipeline_support::TABLE, "t").unwrap();
+    let t = CalibrationTable::parse(crate::support::TABLE, "t").unwrap();
     t.write(&path, "written by a test").unwrap();
     let back = CalibrationTable::load_or_shipped(&path).unwrap();
     assert_eq!(back.rows, t.rows);
@@ -68,7 +65,7 @@ fn missing_file_falls_back_to_the_shipped_table_but_a_broken_one_is_an_error() {
 
 #[test]
 fn fidelity_interpolates_in_m_and_clamps() {
-    let t = CalibrationTable::parse(pipeline_support::TABLE, "t").unwrap();
+    let t = CalibrationTable::parse(crate::support::TABLE, "t").unwrap();
     assert_eq!(t.fidelity(56, 16), Some((1.0, 0.0)));
     let (iou, mae) = t.fidelity(56, 12).unwrap();
     assert!((iou - 0.95).abs() < 1e-12 && (mae - 0.025).abs() < 1e-12);

@@ -1,9 +1,8 @@
 //! The CPU `ailurus` reducer against the CPU model of the CUDA kernels' arithmetic contract
-//! (tests/cuda_reference.rs): the GPU path promises identical centres and assignments, so the
+//! (tests/reduce/cuda_reference.rs): the GPU path promises identical centres and assignments, so the
 //! two CPU implementations must agree too. Runs without a GPU.
 
-#[path = "cuda_reference.rs"]
-mod cuda_ref;
+use crate::cuda_reference as cuda_ref;
 
 use ailurus::reduce::ailurus::AilurusReducer;
 use ailurus::reduce::{AilurusConfig, Reducer, Reduction};

@@ -3,7 +3,7 @@
 //! own matmuls on the tiny test ViT and the real model, which must keep the einsum layouts the
 //! swap looks for (a new export that changed them would silently lose the speed-up).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

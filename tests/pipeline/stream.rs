@@ -1,7 +1,6 @@
 //! The threaded pipeline with a fake engine: frames flow in order with their own masks, drops
 //! and failures are counted, a hung sink never stalls inference, and stopping works.
 
-mod pipeline_support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,7 +9,7 @@ use std::time::Duration;
 use ailurus::metrics::{Edge, Metrics, Stage};
 use ailurus::pipeline::{Engine, Parts, Pipeline, PipelineConfig, SourceMode};
 use ailurus::sink::Sink;
-use pipeline_support::*;
+use crate::support::*;
 
 fn start(
     eng: FakeEngine,

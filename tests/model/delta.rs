@@ -3,7 +3,7 @@
 //! exactly as the same edit baked into the ONNX file does, and a delta whose names, shapes or
 //! sha256 do not match is refused at start-up with one line naming the file and tensor.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

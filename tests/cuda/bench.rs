@@ -1,11 +1,10 @@
 //! Reducer timing, GPU against CPU, at N = 1024, 2304, 4096 (C = 384, M = N/4): prints `TABLE|`
 //! rows for tools/gpu-check.sh and checks that both give the same clusters. The CPU side is the
 //! product's CPU `ailurus` reducer when `reduce::build` provides one, else the test reference
-//! (tests/cuda_reference.rs, labelled as such). No timing assertions. SKIP without a driver.
+//! (tests/reduce/cuda_reference.rs, labelled as such). No timing assertions. SKIP without a driver.
 #![cfg(feature = "cuda")]
 
-#[path = "cuda_reference.rs"]
-mod reference;
+use crate::reference;
 
 use std::time::{Duration, Instant};
 
@@ -65,6 +64,6 @@ fn reducer_gpu_vs_cpu_timing() {
             cms / g,
             if same { "same" } else { "DIFFER" }
         );
-        assert!(same, "N={n}: GPU and {cpu_label} clusters differ (see tests/cuda_equivalence.rs)");
+        assert!(same, "N={n}: GPU and {cpu_label} clusters differ (see tests/cuda/equivalence.rs)");
     }
 }

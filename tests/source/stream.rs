@@ -1,16 +1,14 @@
 //! Recorded streams: plain concatenated JPEGs, headed MJPEG and raw YUYV files, corrupt and
 //! truncated frames in the middle and at the end, looping, and realtime pacing on a fake clock.
 
-mod source_common;
-
 use std::io::Write;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::common::*;
 use ailurus::source::decode::PixelFormat;
 use ailurus::source::stream::{StreamHeader, StreamOptions, StreamSource, StreamWriter};
 use ailurus::source::{FrameSource, SourceError};
-use source_common::*;
 
 fn play(src: &mut StreamSource, max: usize) -> Vec<Result<(u64, u32, u32), String>> {
     let mut out = vec![];

@@ -1,10 +1,10 @@
-//! Fused attention (`[model] attention = "fused"`, src/model/attention.rs): the kernel against the
+//! Fused attention (`[model] cpu_ops = "ailurus"`, src/model/attention.rs): the kernel against the
 //! textbook formula on random inputs, at 1 and 2 threads; and the fused model parts against
 //! tract's own attention, on the tiny test ViT and on the real model, which must also keep the
 //! graph pattern the fusion looks for (a new export that changes it would silently lose the
 //! speed-up otherwise).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -5,8 +5,7 @@
 //! built with g++) against the same reference.
 #![cfg(feature = "cuda")]
 
-#[path = "cuda_reference.rs"]
-mod reference;
+use crate::reference;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

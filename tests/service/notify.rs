@@ -156,9 +156,17 @@ fn child_main(mode: &str) {
     println!("CHILD drained after {frames} frames, stop={}", svc.should_stop());
 }
 
+/// `test`'s full name in this binary (`notify::test` when this file is a module of tests/service).
+fn test_name(test: &str) -> String {
+    match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::{test}"),
+        None => test.to_string(),
+    }
+}
+
 fn run_child(test: &str, mode: &str, dir: &Path) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .args(["--exact", &test_name(test), "--nocapture", "--test-threads=1"])
         .env(CHILD, mode)
         .env("NOTIFY_SOCKET", dir.join("notify.sock"))
         .env("WATCHDOG_USEC", "60000")

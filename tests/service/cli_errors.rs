@@ -1,6 +1,6 @@
 //! Bad input at start-up: one clear line naming the file/key, exit code 2.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,10 +1,8 @@
 //! Decoding and conversion on frames made from the real photos: MJPEG (with and without Huffman
 //! tables), YUYV, GREY and RGB24, each compared with the original within a stated tolerance.
 
-mod source_common;
-
+use crate::common::*;
 use ailurus::source::decode::{raw_to_rgb, DecodeError, Decoder, PixelFormat};
-use source_common::*;
 
 /// JPEG (the `image` crate's own encoder) at quality 95 vs the original photo: PSNR at least
 /// 38 dB and mean error at most 2.5 levels per channel (lossy compression, 4:2:0 chroma; measured

@@ -3,7 +3,7 @@
 //! threads; and the head with the swap against tract's own `Deconv`, on the tiny test ViT (one
 //! ConvTranspose) and the real model (three), which must keep the shape the swap looks for.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
