@@ -1,15 +1,14 @@
 //! The threaded pipeline with a fake engine: frames flow in order with their own masks, drops
 //! and failures are counted, a hung sink never stalls inference, and stopping works.
 
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use ailurus::metrics::{Edge, Metrics, Stage};
 use ailurus::pipeline::{Engine, Parts, Pipeline, PipelineConfig, SourceMode};
 use ailurus::sink::Sink;
-use crate::support::*;
 
 fn start(
     eng: FakeEngine,
@@ -236,32 +235,34 @@ fn two_lanes_with_jitter_publish_in_order_and_account_for_every_frame() {
     assert_all_accounted(&m, 60);
 }
 
-/// Wall time to publish `n` frames of a fixed 40 ms inference on `lanes` lanes.
-fn run_fixed(lanes: usize, n: u64) -> (Duration, Arc<Metrics>) {
-    let eng = FakeEngine::new(Duration::from_millis(40));
+/// `n` frames of a fixed 5 ms inference on `lanes` lanes, published in order and every one
+/// accounted for; the metrics and the most inferences that ever ran at once. With
+/// `rendezvous`, the first inference waits (bounded) until that many run at once.
+fn run_fixed(lanes: usize, n: u64, rendezvous: Option<usize>) -> (Arc<Metrics>, usize) {
+    let mut eng = FakeEngine::new(Duration::from_millis(5));
+    eng.rendezvous = rendezvous;
+    let concurrency = eng.concurrency.clone();
     let rec = Recorder::default();
-    let t = std::time::Instant::now();
     let (p, _) = start(eng, FakeSource::new(n), SourceMode::Pull, vec![Box::new(rec.clone())], lanes_cfg(lanes), false);
     let m = p.metrics();
     p.wait().unwrap();
-    let wall = t.elapsed();
     let seqs: Vec<u64> = rec.0.lock().unwrap().iter().map(|s| s.seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "lanes {lanes}: in order {seqs:?}");
     assert_all_accounted(&m, n);
-    (wall, m)
+    (m, concurrency.peak.load(Ordering::SeqCst))
 }
 
+/// Lanes are what makes two lanes faster than one: inferences that run at the same time.
+/// Counted, not timed (a wall-clock FPS ratio fails on a loaded machine): one lane never runs
+/// two at once; on two lanes the first frame waits until a second inference has started,
+/// which happens only if the other lane takes the next frame meanwhile.
 #[test]
-fn two_lanes_deliver_more_frames_per_second_than_one() {
+fn two_lanes_infer_concurrently_one_lane_never_does() {
     let n = 40;
-    let (one, m1) = run_fixed(1, n);
-    let (two, m2) = run_fixed(2, n);
-    let fps = |wall: Duration, m: &Metrics| m.frames_published.load(Ordering::Relaxed) as f64 / wall.as_secs_f64();
-    let (f1, f2) = (fps(one, &m1), fps(two, &m2));
-    // One lane: at most one frame per 40 ms. Two lanes: close to two.
-    assert!(f1 <= 1.05 / 0.040, "one lane {f1:.1} FPS");
-    assert!(f2 >= 1.5 * f1, "two lanes {f2:.1} FPS vs one lane {f1:.1} FPS");
-    assert!(f2 >= 1.3 / 0.040, "two lanes {f2:.1} FPS: clearly more than one frame per 40 ms");
+    let (m1, peak1) = run_fixed(1, n, None);
+    let (m2, peak2) = run_fixed(2, n, Some(2));
+    assert_eq!(peak1, 1, "one lane: inferences at once");
+    assert_eq!(peak2, 2, "two lanes: inferences at once (the first frame waited up to 10 s for a second)");
     assert_eq!(m1.lanes(), 1);
     assert_eq!(m2.lanes(), 2);
     assert!(m2.render_prometheus().contains("ailurus_lanes 2"));

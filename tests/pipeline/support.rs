@@ -2,9 +2,9 @@
 //! recording and hanging sinks, and a controller over the fake sizes.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ailurus::budget::{BudgetConfig, Controller};
 use ailurus::calibrate::CalibrationTable;
@@ -24,6 +24,44 @@ pub struct FakeEngine {
     /// When set, the sleep of frame `seq` (instead of `work`): frames that finish out of order.
     pub work_for: Option<fn(u64) -> Duration>,
     pub infers: AtomicU64,
+    /// Inferences running now and the most ever at once (an `Arc`: the engine moves into the
+    /// pipeline, the test keeps a clone).
+    pub concurrency: Arc<Concurrency>,
+    /// When set, the first inference waits (up to 10 s) until this many run at once: a
+    /// rendezvous that shows the lanes infer concurrently without timing anything.
+    pub rendezvous: Option<usize>,
+}
+
+/// In-flight inference counter of a [`FakeEngine`].
+#[derive(Debug, Default)]
+pub struct Concurrency {
+    pub now: AtomicUsize,
+    pub peak: AtomicUsize,
+}
+
+impl Concurrency {
+    fn enter(&self) -> InFlight<'_> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        InFlight(self)
+    }
+
+    /// Wait until `n` inferences have run at once, or `limit` has passed.
+    fn wait_for_peak(&self, n: usize, limit: Duration) {
+        let t = Instant::now();
+        while self.peak.load(Ordering::SeqCst) < n && t.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// One inference in flight, until dropped.
+struct InFlight<'a>(&'a Concurrency);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl FakeEngine {
@@ -34,6 +72,8 @@ impl FakeEngine {
             work,
             work_for: None,
             infers: AtomicU64::new(0),
+            concurrency: Arc::default(),
+            rendezvous: None,
         }
     }
 }
@@ -58,7 +98,11 @@ impl Engine for FakeEngine {
         times: &mut StageTimes,
         out: &mut Vec<f32>,
     ) -> Result<(), EngineError> {
-        self.infers.fetch_add(1, Ordering::Relaxed);
+        let first = self.infers.fetch_add(1, Ordering::Relaxed) == 0;
+        let _in_flight = self.concurrency.enter();
+        if let (true, Some(n)) = (first, self.rendezvous) {
+            self.concurrency.wait_for_peak(n, Duration::from_secs(10));
+        }
         if self.fail_seq == Some(input[1] as u64) {
             return Err(EngineError::Infer {
                 input_size: setting.input_size,
