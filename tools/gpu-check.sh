@@ -9,8 +9,9 @@
 #                                      (e.g. the `device` tool: carry DIR)
 #   tools/gpu-check.sh --prebuilt DIR  on the GPU machine: run the binaries from --bundle
 #
-# Runs, in order, from the test binaries cuda_probe and cuda (tests/cuda/) (each SKIPs with a
-# reason when its needs are missing, or when the budget is spent):
+# Runs, in order, from the test binaries cuda_probe and cuda (tests/cuda/), with
+# AILURUS_REQUIRE_GPU=1: a test that cannot reach the GPU fails instead of printing SKIP. A step
+# SKIPs only when the budget is spent (or the model file is missing, for the real-model steps):
 #   cuda_probe            driver / NVRTC / tract-cuda probe and fallback paths
 #   cuda equivalence::    CPU reference vs GPU: identical centres and assignments, N = 256..4096
 #   cuda model_device::   [model] device through the Segmenter on the tiny model: tract-cuda vs CPU
@@ -30,6 +31,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 # The test binaries, and the steps: "binary[ filter]" (a libtest name filter within the binary).
 TESTS=(cuda_probe cuda)
 STEPS=("cuda_probe" "cuda equivalence::" "cuda model_device::" "cuda bench::" "cuda model::")
+export AILURUS_REQUIRE_GPU=1
 BUDGET=${GPU_CHECK_BUDGET:-470}
 start=$(date +%s)
 elapsed() { echo $(($(date +%s) - start)); }

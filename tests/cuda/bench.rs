@@ -20,7 +20,7 @@ fn median_ms(mut v: Vec<Duration>) -> f64 {
 #[test]
 fn reducer_gpu_vs_cpu_timing() {
     if !driver_present() {
-        println!("SKIP reducer_gpu_vs_cpu_timing: no CUDA driver (libcuda.so); GPU timings not measured");
+        crate::common::gpu_skip("reducer_gpu_vs_cpu_timing", "no CUDA driver (libcuda.so); GPU timings not measured");
         return;
     }
     let cfg = ReduceConfig::default();

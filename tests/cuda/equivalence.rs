@@ -73,7 +73,10 @@ fn gpu_cases() -> Vec<Case> {
 #[test]
 fn gpu_matches_the_cpu_reference() {
     if !driver_present() {
-        println!("SKIP gpu_matches_the_cpu_reference: no CUDA driver (libcuda.so not loadable); the GPU path is unverified here");
+        crate::common::gpu_skip(
+            "gpu_matches_the_cpu_reference",
+            "no CUDA driver (libcuda.so not loadable); the GPU path is unverified here",
+        );
         return;
     }
     let mut out = Reduction::default();

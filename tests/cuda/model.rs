@@ -52,7 +52,10 @@ fn full_model_on_the_gpu_with_and_without_reduction() {
 
 fn full_model() -> Res<()> {
     if !driver_present() {
-        println!("SKIP full_model_on_the_gpu: no CUDA driver (libcuda.so); the GPU model path is unverified here");
+        crate::common::gpu_skip(
+            "full_model_on_the_gpu",
+            "no CUDA driver (libcuda.so); the GPU model path is unverified here",
+        );
         return Ok(());
     }
     // AILURUS_ROOT: the checkout, when the binary runs away from where it was built.
@@ -66,7 +69,7 @@ fn full_model() -> Res<()> {
         return Ok(());
     }
     if let Err(e) = ModelRuntime::select("cuda") {
-        println!("SKIP full_model_on_the_gpu: {e}");
+        crate::common::gpu_skip("full_model_on_the_gpu", &e.to_string());
         return Ok(());
     }
     let sizes = [448u32, 896];
