@@ -1,5 +1,5 @@
 //! The model: our CPU ops against their references, cutting and loading (tiny and real model),
-//! `[delta]`, `[model] device` and `inspect`.
+//! `[delta]`, `[model] device`, `inspect`, and post-processing.
 //!
 //! One test binary (each links all of tract). Nothing here may change process-wide state that
 //! another test reads: tract's default executor and `cut::set_own_ops` stay at their defaults
@@ -17,6 +17,7 @@ mod fused_attention;
 mod inspect_models;
 mod layernorm_op;
 mod linear_op;
+mod post;
 mod real_model_cut;
 mod subpixel_deconv;
 mod tiny_model_cut;
