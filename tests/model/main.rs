@@ -1,9 +1,10 @@
 //! The model: our CPU ops against their references, cutting and loading (tiny and real model),
-//! `[delta]`, `[model] device`, `inspect`, and post-processing.
+//! `[delta]`, `[model] device`, `inspect`, post-processing, and golden masks of the real model.
 //!
 //! One test binary (each links all of tract). Nothing here may change process-wide state that
 //! another test reads: tract's default executor and `cut::set_own_ops` stay at their defaults
-//! (the op tests pick threads with `multithread_tract_scope`).
+//! (the op tests pick threads with `multithread_tract_scope`; `golden` runs the user path with
+//! `threads = 1` and `cpu_ops = "ailurus"`, which re-applies exactly those defaults).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -14,6 +15,7 @@ mod delta;
 #[cfg(not(feature = "cuda"))]
 mod device;
 mod fused_attention;
+mod golden;
 mod inspect_models;
 mod layernorm_op;
 mod linear_op;
