@@ -79,16 +79,16 @@ fn corrupt_and_missing_files_give_one_line_errors() {
     assert!(matches!(e, ModelError::Missing { .. }), "{e:?}");
 }
 
-/// The real model: runs where tools/fetch_assets.sh has fetched it (always on the CI).
+/// The real model (tools/fetch_assets.sh): like every real-model test, fails when it is missing
+/// unless AILURUS_SKIP_REAL=1.
 #[test]
 fn real_model_reproduces_models_vit_s_focus_toml() {
-    let onnx = root().join(".cache/models/vit_s_focus.onnx");
-    if !onnx.is_file() {
-        eprintln!("skipped: {} not fetched (tools/fetch_assets.sh)", onnx.display());
+    let Some(manifest) = crate::common::real_manifest() else {
         return;
-    }
+    };
+    let onnx = crate::common::cache().join("models/vit_s_focus.onnx");
     let found = inspect(&onnx).unwrap();
-    let want = Manifest::load(&root().join("models/vit_s_focus.toml")).unwrap();
+    let want = Manifest::load(&manifest).unwrap();
     assert_same_structure(&found.manifest, &want);
     assert!(baked_warning(&found.warnings).is_none(), "{:?}", found.warnings);
 }
