@@ -4,6 +4,9 @@
 //! `LD_LIBRARY_PATH=.cache/cuda-tools/nvidia/cuda_nvrtc/lib`); without it that part prints SKIP.
 #![cfg(feature = "cuda")]
 
+#[path = "common/mod.rs"]
+mod common;
+
 use ailurus::model::cuda::{GpuModelError, ModelRuntime};
 use ailurus::reduce::cuda::{
     build_for_device, cache_file_name, compiled_kernels, driver_present, nvrtc_compile, nvrtc_present, nvrtc_version,
@@ -29,11 +32,14 @@ fn reducer_probe_and_fallback_never_panic() {
         // A machine with a driver: "cuda" must give a working reducer (or a one-line reason).
         match build_for_device(&cfg("cuda")) {
             Ok(mut r) => r.reduce(&x, 8, (4, 4), 3, &mut out).unwrap(),
-            Err(e) => println!("driver present but no usable GPU: {}", one_line(&e)),
+            Err(e) => common::gpu_skip("reducer_probe_and_fallback_never_panic", &one_line(&e)),
         }
         return;
     }
-    println!("no CUDA driver here: checking the driverless paths");
+    common::gpu_skip(
+        "reducer_probe_and_fallback_never_panic (GPU part)",
+        "no CUDA driver: checking the driverless paths",
+    );
     let e = probe(0).unwrap_err();
     assert!(matches!(e, CudaError::NoDriver), "{e}");
     assert!(one_line(&e).contains("libcuda"), "{e}");
@@ -69,6 +75,7 @@ fn model_runtime_probe_and_fallback_never_panic() {
         Err(e) => {
             assert!(matches!(e, GpuModelError::Unavailable { .. }), "{e}");
             println!("model.device = \"cuda\" fails with: {}", one_line(&e));
+            common::gpu_skip("model_runtime_probe_and_fallback_never_panic (GPU part)", &one_line(&e));
             assert!(!cpu.is_gpu(), "cuda-or-cpu must fall back to the CPU when cuda is unavailable");
         }
     }
@@ -78,7 +85,7 @@ fn model_runtime_probe_and_fallback_never_panic() {
 fn nvrtc_compiles_the_kernels_and_caches_them() {
     if !nvrtc_present() {
         assert!(matches!(nvrtc_compile(KERNEL_SRC, "sm_87"), Err(CudaError::NoNvrtc)));
-        println!("SKIP nvrtc_compiles_the_kernels_and_caches_them: libnvrtc not loadable (set LD_LIBRARY_PATH)");
+        common::gpu_skip("nvrtc_compiles_the_kernels_and_caches_them", "libnvrtc not loadable (set LD_LIBRARY_PATH)");
         return;
     }
     let ver = nvrtc_version().unwrap();

@@ -2,6 +2,7 @@
 //! file descriptors in /proc/self/fd. The only test in its binary, so no other test opens files
 //! meanwhile.
 
+#[path = "source/common.rs"]
 mod source_common;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -9,13 +9,15 @@
 #                                      (e.g. the `device` tool: carry DIR)
 #   tools/gpu-check.sh --prebuilt DIR  on the GPU machine: run the binaries from --bundle
 #
-# Runs, in order (each SKIPs with a reason when its needs are missing, or when the budget is spent):
-#   cuda_probe        driver / NVRTC / tract-cuda probe and fallback paths
-#   cuda_equivalence  CPU reference vs GPU: identical centres and assignments, N = 256..4096
-#   model_device      [model] device through the Segmenter on the tiny model: tract-cuda vs CPU
-#   cuda_bench        reducer GPU vs CPU at N = 1024, 2304, 4096
-#   cuda_model        full model through the Segmenter on tract-cuda ([model] device = "cuda",
-#                     [reduce] device = "cuda") at 448 and 896, with and without reduction
+# Runs, in order, from the test binaries cuda_probe and cuda (tests/cuda/), with
+# AILURUS_REQUIRE_GPU=1: a test that cannot reach the GPU fails instead of printing SKIP. A step
+# SKIPs only when the budget is spent (or the model file is missing, for the real-model steps):
+#   cuda_probe            driver / NVRTC / tract-cuda probe and fallback paths
+#   cuda equivalence::    CPU reference vs GPU: identical centres and assignments, N = 256..4096
+#   cuda model_device::   [model] device through the Segmenter on the tiny model: tract-cuda vs CPU
+#   cuda bench::          reducer GPU vs CPU at N = 1024, 2304, 4096
+#   cuda model::          full model through the Segmenter on tract-cuda ([model] device = "cuda",
+#                         [reduce] device = "cuda") at 448 and 896, with and without reduction
 #   ailurus eval      the CLI with a config setting both devices to "cuda", at 448 (M = 512) and
 #                     896 (M = 2048), on up to 5 photos: reduced vs unreduced FPS and mask IoU
 # The real-model steps need .cache/models/vit_s_focus.onnx (97 MB: too big to carry to `device`).
@@ -26,7 +28,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-TESTS=(cuda_probe cuda_equivalence model_device cuda_bench cuda_model)
+# The test binaries, and the steps: "binary[ filter]" (a libtest name filter within the binary).
+TESTS=(cuda_probe cuda)
+STEPS=("cuda_probe" "cuda equivalence::" "cuda model_device::" "cuda bench::" "cuda model::")
+export AILURUS_REQUIRE_GPU=1
 BUDGET=${GPU_CHECK_BUDGET:-470}
 start=$(date +%s)
 elapsed() { echo $(($(date +%s) - start)); }
@@ -180,13 +185,14 @@ else
 fi
 AILURUS=$bin/ailurus
 
-for t in "${TESTS[@]}"; do
+for step in "${STEPS[@]}"; do
+    read -r t filter <<<"$step"
     if [ -z "${EXE[$t]:-}" ]; then
-        skip "$t: no test binary (bundle built before it existed?)"
+        skip "$step: no test binary (bundle built before it existed?)"
         status=1
         continue
     fi
-    run_capped "$t" 240 "${EXE[$t]}" --nocapture --test-threads=1
+    run_capped "$step" 240 "${EXE[$t]}" ${filter:+"$filter"} --nocapture --test-threads=1
 done
 
 # The CLI, as users run it: both devices on "cuda", on a few real photos.

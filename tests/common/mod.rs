@@ -76,3 +76,17 @@ pub fn relative_plan_diff(
     let scale = a.iter().fold(1f32, |m, x| m.max(x.abs()));
     max_abs_diff(&a, &b) / scale
 }
+
+/// Whether `AILURUS_REQUIRE_GPU=1` is set (tools/gpu-check.sh): every GPU test must then really
+/// run on the GPU.
+pub fn require_gpu() -> bool {
+    std::env::var_os("AILURUS_REQUIRE_GPU").is_some_and(|v| v == "1")
+}
+
+/// A GPU test that cannot exercise the GPU here: prints `SKIP <test>: <why>` and returns, so
+/// the test passes on machines without one; with `AILURUS_REQUIRE_GPU=1` it fails instead. Every
+/// GPU SKIP goes through here, so a GPU check cannot pass by skipping.
+pub fn gpu_skip(test: &str, why: &str) {
+    assert!(!require_gpu(), "AILURUS_REQUIRE_GPU=1, but {test} cannot run on the GPU here: {why}");
+    println!("SKIP {test}: {why}");
+}

@@ -1,0 +1,115 @@
+//! The linear layers on the `gemm` crate (src/model/linear.rs): the kernel against an f64
+//! reference on random inputs at 1 and 2 threads, and the swapped model parts against tract's
+//! own matmuls on the tiny test ViT and the real model, which must keep the einsum layouts the
+//! swap looks for (a new export that changed them would silently lose the speed-up).
+
+use crate::common;
+
+use std::path::Path;
+
+use ailurus::model::linear::{linear, reference, swap};
+use ailurus::model::{attention, cut, Manifest};
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
+use tract_onnx::prelude::*;
+
+use common::{max_abs_diff as max_diff, tokens, uniform as random};
+
+/// One row and many, odd sizes that leave partial register tiles, K = 0 (the bias alone), and
+/// the real model's shapes.
+const SHAPES: [(usize, usize, usize); 7] =
+    [(1, 1, 1), (3, 5, 7), (17, 33, 9), (1025, 384, 64), (8, 0, 6), (129, 1536, 48), (64, 24, 1)];
+
+#[test]
+fn linear_matches_the_f64_reference_on_random_inputs() {
+    for (i, &(t, k, n)) in SHAPES.iter().enumerate() {
+        let seed = 20 * i as u64;
+        let x = random(t * k, seed + 1);
+        let w: Vec<f32> = random(k * n, seed + 2).iter().map(|v| v / (k.max(1) as f32).sqrt()).collect();
+        let bias = random(n, seed + 3);
+        for b in [None, Some(&bias[..])] {
+            let want = reference(&x, &w, b, t, k, n);
+            let mut first: Option<Vec<f32>> = None;
+            for threads in [1, 2] {
+                let ex = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+                let mut got = vec![f32::NAN; t * n];
+                multithread_tract_scope(ex, || linear(&x, &w, b, t, k, n, &mut got)).unwrap();
+                let err = max_diff(&got, &want);
+                assert!(err < 1e-5, "[{t}x{k}]x[{k}x{n}] bias {} {threads} thread(s): max error {err}", b.is_some());
+                match &first {
+                    None => first = Some(got),
+                    // Row blocks split the rows, never the sum: 2 threads may differ from 1 only
+                    // in rounding, never by more than the reference tolerance.
+                    Some(f) => assert!(max_diff(f, &got) < 1e-5, "[{t}x{k}]x[{k}x{n}]: 1 and 2 threads"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_rejects_mismatched_inputs() {
+    let x = vec![0f32; 2 * 3];
+    let w = vec![0f32; 3 * 4];
+    let mut out = vec![0f32; 2 * 4];
+    let e = linear(&x[1..], &w, None, 2, 3, 4, &mut out).unwrap_err().to_string();
+    assert!(e.contains("Linear: x 5 values for [2, 3]"), "{e}");
+    let e = linear(&x, &w, Some(&[0.0; 3]), 2, 3, 4, &mut out).unwrap_err().to_string();
+    assert!(e.contains("bias has 3 values for N = 4"), "{e}");
+}
+
+/// Swapped and unswapped optimised plans of one decluttered part (attention fused in both, as
+/// the runtime runs them): the number of linear layers swapped, and the largest output
+/// difference on `inputs` relative to the output's largest magnitude.
+fn swapped_vs_tract(decl: &TypedModel, inputs: TVec<TValue>) -> (usize, f32) {
+    let mut a = decl.clone();
+    attention::fuse(&mut a).unwrap();
+    let mut b = a.clone();
+    let n = swap(&mut b).unwrap();
+    (n, common::relative_plan_diff(a, b, &inputs))
+}
+
+fn key_bias(t: usize, real: usize) -> TValue {
+    let b: Vec<f32> = (0..t).map(|i| if i < real { (i % 3) as f32 * 0.5 } else { -1.0e9 }).collect();
+    Tensor::from_shape(&[1, 1, 1, t], &b).unwrap().into()
+}
+
+/// `per_block`: linear layers in one block (q, k, v, output projection, fc1, fc2).
+fn check_model(manifest: &Path, size: u32, cut_at: usize, per_block: usize, tol: f32) {
+    let m = Manifest::load(manifest).unwrap();
+    let base = cut::load_base(&m.onnx_path()).unwrap();
+    let blocks = m.num_blocks();
+    let s = size as usize;
+    let img: TValue = Tensor::from_shape(&[1, 3, s, s], &common::noise_image(size, 5)).unwrap().into();
+    let (n, d) = swapped_vs_tract(&cut::stem_decluttered(&base, &m, size, cut_at).unwrap(), tvec!(img));
+    assert_eq!(n, per_block * cut_at, "linear layers swapped in the stem (blocks 0..{cut_at})");
+    assert!(d < tol, "stem: swapped vs tract relative max diff {d}");
+
+    let c = m.tokens.width;
+    let n_tok = m.tokens.prefix + (s / m.tokens.patch as usize).pow(2);
+    let middle = cut::middle_decluttered(&base, &m, cut_at, true).unwrap();
+    let (n, d) = swapped_vs_tract(&middle, tvec!(tokens(n_tok, c, 7), key_bias(n_tok, n_tok)));
+    assert_eq!(n, per_block * (blocks - cut_at), "linear layers swapped in the middle");
+    assert!(d < tol, "middle: swapped vs tract relative max diff {d}");
+    let padded = n_tok.div_ceil(4) * 4 + 4;
+    let sym = middle.symbols.sym("T");
+    let fixed = middle.set_symbols(&std::collections::HashMap::from([(sym, (padded as i64).to_dim())])).unwrap();
+    let (n, d) = swapped_vs_tract(&fixed, tvec!(tokens(padded, c, 9), key_bias(padded, n_tok)));
+    assert_eq!(n, per_block * (blocks - cut_at), "linear layers swapped in the fixed-T middle");
+    assert!(d < tol, "fixed-T middle: swapped vs tract relative max diff {d}");
+}
+
+#[test]
+fn swapped_tiny_vit_equals_tract_matmuls() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny_vit.toml");
+    for cut_at in [1, 2] {
+        check_model(&manifest, 56, cut_at, 6, 1e-5);
+    }
+}
+
+#[test]
+fn swapped_real_model_equals_tract_matmuls_and_keeps_the_layouts() {
+    let Some(manifest) = common::real_manifest() else {
+        return;
+    };
+    check_model(&manifest, 224, 4, 6, 1e-5);
+}

@@ -1,0 +1,8 @@
+//! The threaded pipeline over a fake engine, its metrics, and the budget controller and
+//! calibration table it drives (fakes in `support`).
+
+mod budget_calibration;
+mod budget_sim;
+mod metrics;
+mod stream;
+mod support;

@@ -1,0 +1,6 @@
+//! Sinks: files, the socket (and its documented Python client), and the http endpoints.
+
+mod files;
+mod http_endpoints;
+mod python_client;
+mod socket;

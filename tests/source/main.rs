@@ -1,0 +1,11 @@
+//! Frame sources: decoding, recorded streams, reconnecting cameras, `record`, fuzzing.
+//!
+//! The fd-leak test counts this process's open files, so it runs in its own binary
+//! (tests/source_fd.rs), sharing `common` with these.
+
+mod common;
+mod decode;
+mod fuzz;
+mod reconnect;
+mod record;
+mod stream;
