@@ -119,7 +119,7 @@ pub fn start(
         cfg.budget.percentile,
         table.origin
     );
-    let io = Io::of(seg.manifest());
+    let io = Arc::new(Io::of(seg.manifest()));
     let running = Running { segmenter: seg, metrics: metrics.clone(), source_health };
     let parts = Parts { engines, io, source: src, mode, sinks, controller, metrics, config: cfg.pipeline.clone() };
     Ok((Pipeline::start(parts, stop)?, running))

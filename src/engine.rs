@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::frame::{Frame, Mask};
+use crate::pre::Resampler;
 use crate::reduce::ReduceConfig;
 
 /// One point the budget controller can choose: the model input side and the cluster count M
@@ -65,6 +67,16 @@ pub trait Engine: Send {
     fn reconfigure(&mut self, _reduce: &ReduceConfig) -> Result<(), EngineError> {
         Ok(())
     }
+}
+
+/// The pre- and postprocessing stages' work: frame -> model input, raw output -> mask. The real
+/// one is `model::Io` (from the model's manifest); tests use fakes. `&self` + caller-owned
+/// scratch, so the two stages run on their own threads.
+pub trait FrameIo: Send + Sync {
+    /// Frame -> model input for `input_size`, into `out` (reused).
+    fn preprocess(&self, frame: &Frame, input_size: u32, rs: &mut Resampler, out: &mut Vec<f32>);
+    /// Raw output -> mask at `w x h` (reused buffers).
+    fn postprocess(&self, raw: &[f32], input_size: u32, w: u32, h: u32, rs: &mut Resampler, mask: &mut Mask);
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -66,8 +66,8 @@ fn gpu_only_strategies_are_refused_by_name() {
 
 #[test]
 fn model_runtime_probe_and_fallback_never_panic() {
-    let cpu = ModelRuntime::select("cuda-or-cpu").unwrap();
-    match ModelRuntime::select("cuda") {
+    let cpu = ModelRuntime::select(ailurus::choice::Device::CudaOrCpu).unwrap();
+    match ModelRuntime::select(ailurus::choice::Device::Cuda) {
         Ok(rt) => {
             assert!(rt.is_gpu());
             assert_eq!(rt.name(), "cuda");

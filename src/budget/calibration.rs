@@ -9,9 +9,9 @@
 use std::path::Path;
 
 use super::BudgetConfig;
-use crate::engine::{Engine, EngineError, Setting, SizeInfo};
+use crate::engine::{Engine, EngineError, FrameIo, Setting, SizeInfo};
 use crate::frame::Frame;
-use crate::model::io::{FrameRunner, Io};
+use crate::model::io::FrameRunner;
 
 /// The table shipped with the binary: estimates for the default model on a 2-core x86 CPU.
 pub const DEFAULT_CSV: &str = include_str!("../../configs/calibration-default.csv");
@@ -207,7 +207,7 @@ pub fn calibration_settings(cfg: &BudgetConfig, sizes: &[SizeInfo], reducing: bo
 /// the highest setting (largest size, M = N). `progress(done, total)` after each run.
 pub fn calibrate(
     engine: &mut dyn Engine,
-    io: &Io,
+    io: &dyn FrameIo,
     frames: &[Frame],
     settings: &[Setting],
     progress: &mut dyn FnMut(usize, usize),

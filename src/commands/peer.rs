@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use super::bench::{build, measure, with_strategy, Photo, Reference, Row};
 use ailurus::config::Config;
+use ailurus::engine::FrameIo;
 use ailurus::engine::{Setting, StageTimes};
 use ailurus::model::{Io, SegmenterLane};
 use ailurus::reduce::Strategy;

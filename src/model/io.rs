@@ -3,6 +3,7 @@
 //! saliency) becomes a class mask at frame size. The pipeline's preprocess and postprocess
 //! stages (and the single-frame runner) call these; the model's inference never does.
 
+use crate::engine::{Engine, EngineError, FrameIo, Setting, StageTimes};
 use crate::frame::{Frame, Mask};
 use crate::pre::{self, Normalize, Resampler};
 
@@ -33,15 +34,17 @@ impl Io {
         };
         Io { norm: Normalize { mean: manifest.input.mean, std: manifest.input.std }, output }
     }
+}
 
+impl FrameIo for Io {
     /// Frame -> model input for `input_size` (`[1, 3, s, s]`, normalised) into `out` (reused).
-    pub fn preprocess(&self, frame: &Frame, input_size: u32, rs: &mut Resampler, out: &mut Vec<f32>) {
+    fn preprocess(&self, frame: &Frame, input_size: u32, rs: &mut Resampler, out: &mut Vec<f32>) {
         let size = (frame.width as usize, frame.height as usize);
         pre::preprocess(rs, &frame.rgb, size, input_size as usize, &self.norm, out);
     }
 
     /// Raw output -> mask at `w x h` (see [`to_mask`]).
-    pub fn postprocess(&self, raw: &[f32], input_size: u32, w: u32, h: u32, rs: &mut Resampler, mask: &mut Mask) {
+    fn postprocess(&self, raw: &[f32], input_size: u32, w: u32, h: u32, rs: &mut Resampler, mask: &mut Mask) {
         to_mask(self.output, raw, input_size, w, h, rs, mask);
     }
 }
@@ -90,7 +93,7 @@ pub struct FrameRunner {
     pub input: Vec<f32>,
     pub raw: Vec<f32>,
     /// The stage times of the last frame.
-    pub times: crate::engine::StageTimes,
+    pub times: StageTimes,
     /// The M the middle ran on in the last frame.
     pub m_used: usize,
 }
@@ -98,12 +101,12 @@ pub struct FrameRunner {
 impl FrameRunner {
     pub fn run(
         &mut self,
-        io: &Io,
-        engine: &mut dyn crate::engine::Engine,
+        io: &dyn FrameIo,
+        engine: &mut dyn Engine,
         frame: &Frame,
-        setting: crate::engine::Setting,
+        setting: Setting,
         mask: &mut Mask,
-    ) -> Result<(), crate::engine::EngineError> {
+    ) -> Result<(), EngineError> {
         let t0 = std::time::Instant::now();
         io.preprocess(frame, setting.input_size, &mut self.rs, &mut self.input);
         self.times.preprocess = t0.elapsed();

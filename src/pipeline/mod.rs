@@ -27,7 +27,7 @@
 //! than one already published is dropped and counted (`out_of_order`), never published.
 //!
 //! Preprocessing (resize + normalise) and postprocessing (upsample + threshold/argmax) are
-//! stages of their own, run with the model's `Io`; the engine only infers.
+//! stages of their own, run with the model's `FrameIo`; the engine only infers.
 //!
 //! Owns the threads and the queues. Must not decide settings (that is the budget controller)
 //! nor render metrics (metrics.rs).
@@ -46,9 +46,8 @@ use serde::Deserialize;
 use crossbeam_channel::Sender;
 
 use crate::budget::{BudgetConfig, BudgetError, CalibrationTable, Controller};
-use crate::engine::{Engine, MAX_LANES};
+use crate::engine::{Engine, FrameIo, MAX_LANES};
 use crate::metrics::Metrics;
-use crate::model::Io;
 use crate::problems::Problems;
 use crate::reduce::ReduceConfig;
 use crate::sink::Sink;
@@ -119,8 +118,8 @@ pub struct Parts {
     /// One engine per inference lane (1..=`MAX_LANES`), each moved to its lane's thread.
     /// `config.lanes` is how many `app::start` builds; a mismatch is logged.
     pub engines: Vec<Box<dyn Engine>>,
-    /// The model's input normalisation and output kind, for the pre- and postprocess stages.
-    pub io: Io,
+    /// The pre- and postprocess stages' work (`model::Io` for the real model).
+    pub io: Arc<dyn FrameIo>,
     pub source: Box<dyn FrameSource>,
     pub mode: SourceMode,
     pub sinks: Vec<Box<dyn Sink>>,
@@ -275,7 +274,7 @@ impl Gate {
 /// Shared by the stage threads.
 struct Shared {
     lanes: usize,
-    io: Io,
+    io: Arc<dyn FrameIo>,
     controller: Arc<Mutex<Controller>>,
     metrics: Arc<Metrics>,
     gate: Gate,

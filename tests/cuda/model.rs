@@ -9,9 +9,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ailurus::choice::Device;
+use ailurus::engine::{Setting, StageTimes};
 use ailurus::model::cuda::ModelRuntime;
-use ailurus::model::{Manifest, Segmenter, SegmenterOptions};
-use ailurus::pipeline::{Setting, StageTimes};
+use ailurus::model::{Manifest, SegmenterLane, SegmenterOptions};
 use ailurus::reduce::cuda::driver_present;
 use ailurus::reduce::ReduceConfig;
 
@@ -68,7 +69,7 @@ fn full_model() -> Res<()> {
         println!("SKIP full_model_on_the_gpu: {} missing (tools/fetch_assets.sh)", manifest.onnx_path().display());
         return Ok(());
     }
-    if let Err(e) = ModelRuntime::select("cuda") {
+    if let Err(e) = ModelRuntime::select(Device::Cuda) {
         crate::common::gpu_skip("full_model_on_the_gpu", &e.to_string());
         return Ok(());
     }
@@ -80,11 +81,11 @@ fn full_model() -> Res<()> {
         verify_sha256: false,
         fixed_middle: Vec::new(),
         fixed_unreduced: false,
-        device: "cuda".into(),
+        device: Device::Cuda,
     };
     let t0 = Instant::now();
-    let seg = Segmenter::load(&manifest_path, &opts)?;
-    assert_eq!(seg.runtime(), "cuda");
+    let mut seg = SegmenterLane::load(&manifest_path, &opts)?;
+    assert_eq!(seg.segmenter().runtime(), "cuda");
     println!("plans for {sizes:?} prepared and warmed up on tract-cuda in {:.1} s", t0.elapsed().as_secs_f64());
     let th = manifest.output.threshold;
     let mut times = StageTimes::default();
@@ -116,7 +117,7 @@ fn full_model() -> Res<()> {
                 }
             }
             let (tot, rms) = (median(total), median(red_t));
-            let iou = ailurus::post::iou(&mask(&out, th), &base_mask);
+            let iou = ailurus::eval::iou(&mask(&out, th), &base_mask);
             println!(
                 "TABLE|model|{s}|{n}|{m}|{tot:.2}|{rms:.2}|{:.1}%|{iou:.3}|{:.2}x",
                 100.0 * rms / tot,

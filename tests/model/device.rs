@@ -11,8 +11,9 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ailurus::model::{ModelError, ModelRuntime, Segmenter, SegmenterOptions};
-use ailurus::pipeline::{Setting, StageTimes};
+use ailurus::choice::Device;
+use ailurus::engine::{Setting, StageTimes};
+use ailurus::model::{ModelError, ModelRuntime, SegmenterLane, SegmenterOptions};
 use ailurus::reduce::ReduceConfig;
 
 fn data(name: &str) -> PathBuf {
@@ -21,12 +22,12 @@ fn data(name: &str) -> PathBuf {
 
 /// tract-cuda can run here (feature on, driver and libraries present).
 fn gpu_here() -> bool {
-    ModelRuntime::select("cuda").is_ok_and(|rt| rt.is_gpu())
+    ModelRuntime::select(Device::Cuda).is_ok_and(|rt| rt.is_gpu())
 }
 
 use common::noise_image as image;
 
-fn options(device: &str, sizes: &[u32]) -> SegmenterOptions {
+fn options(device: Device, sizes: &[u32]) -> SegmenterOptions {
     SegmenterOptions {
         sizes: sizes.to_vec(),
         reduce: ReduceConfig { cut: 2, m: 20, ..ReduceConfig::default() },
@@ -34,12 +35,12 @@ fn options(device: &str, sizes: &[u32]) -> SegmenterOptions {
         verify_sha256: true,
         fixed_middle: vec![20],
         fixed_unreduced: true,
-        device: device.into(),
+        device,
     }
 }
 
 /// Outputs of every (size, M) setting plus the uncut model, for one segmenter.
-fn outputs(seg: &Segmenter, sizes: &[u32]) -> Vec<Vec<f32>> {
+fn outputs(seg: &mut SegmenterLane, sizes: &[u32]) -> Vec<Vec<f32>> {
     let mut all = Vec::new();
     let mut times = StageTimes::default();
     for (k, &s) in sizes.iter().enumerate() {
@@ -70,16 +71,16 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 
 #[test]
 fn cpu_runs_tracts_cpu_plans() {
-    let seg = Segmenter::load(&data("tiny_vit.toml"), &options("cpu", &[56])).unwrap();
-    assert_eq!(seg.runtime(), "cpu");
+    let seg = SegmenterLane::load(&data("tiny_vit.toml"), &options(Device::Cpu, &[56])).unwrap();
+    assert_eq!(seg.segmenter().runtime(), "cpu");
 }
 
 #[test]
 fn cuda_without_a_gpu_is_a_one_line_error_naming_the_field() {
-    let loaded = Segmenter::load(&data("tiny_vit.toml"), &options("cuda", &[56]));
+    let loaded = SegmenterLane::load(&data("tiny_vit.toml"), &options(Device::Cuda, &[56]));
     if gpu_here() {
         let seg = loaded.expect("tract-cuda works here, so device \"cuda\" must load");
-        assert_eq!(seg.runtime(), "cuda");
+        assert_eq!(seg.segmenter().runtime(), "cuda");
         return;
     }
     common::gpu_skip(
@@ -103,10 +104,10 @@ fn cuda_without_a_gpu_is_a_one_line_error_naming_the_field() {
 fn cuda_or_cpu_matches_cpu() {
     // (tiny_vit_baked bakes its token count in: its middle cannot run reduced at all.)
     let (sizes, manifest) = ([56, 112], data("tiny_vit.toml"));
-    let cpu = Segmenter::load(&manifest, &options("cpu", &sizes)).unwrap();
-    let either = Segmenter::load(&manifest, &options("cuda-or-cpu", &sizes)).unwrap();
-    let (a, b) = (outputs(&cpu, &sizes), outputs(&either, &sizes));
-    if either.runtime() == "cuda" {
+    let mut cpu = SegmenterLane::load(&manifest, &options(Device::Cpu, &sizes)).unwrap();
+    let mut either = SegmenterLane::load(&manifest, &options(Device::CudaOrCpu, &sizes)).unwrap();
+    let (a, b) = (outputs(&mut cpu, &sizes), outputs(&mut either, &sizes));
+    if either.segmenter().runtime() == "cuda" {
         // tract-cuda: different kernels, different rounding (cuBLAS, fused softmax).
         let d = max_diff(&a, &b);
         assert!(d < 1e-3, "GPU vs CPU max diff {d}");

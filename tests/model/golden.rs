@@ -1,6 +1,6 @@
 //! Golden masks of the real model: the mask PNG `ailurus segment` writes (configs/default.toml,
-//! the segmenter built by `app::build_segmenter`, one frame through `app::FrameRunner`:
-//! preprocess -> model -> postprocess, then `post::mask_to_png`) for three photos at 224 and
+//! the segmenter built by `app::segmenter`, one frame through `model::io::FrameRunner`:
+//! preprocess -> model -> postprocess, then `sink::render::mask_to_png`) for three photos at 224 and
 //! 448 px, unreduced and reduced (M = half the tokens; 512 at 448 is the default config's),
 //! compared with tests/data/golden/<photo>_<size>_<full|mM>.png. Cut-vs-uncut comparisons
 //! cannot see a bug in pre- or post-processing (both sides share it); these can.
@@ -20,10 +20,13 @@
 
 use std::path::PathBuf;
 
-use ailurus::app::{build_segmenter, setting_for, FrameRunner};
+use std::sync::Arc;
+
+use ailurus::app::{segmenter, setting_for};
 use ailurus::config::Config;
+use ailurus::engine::Setting;
 use ailurus::frame::Mask;
-use ailurus::pipeline::Setting;
+use ailurus::model::io::{FrameRunner, Io};
 
 use crate::common;
 
@@ -59,7 +62,7 @@ fn config(size: u32, m: usize) -> Config {
 fn agreement(got: &[u8], want: &[u8]) -> (f64, f64) {
     assert_eq!(got.len(), want.len());
     let equal = got.iter().zip(want).filter(|(a, b)| a == b).count() as f64 / got.len().max(1) as f64;
-    (equal, ailurus::post::iou(got, want))
+    (equal, ailurus::eval::iou(got, want))
 }
 
 #[test]
@@ -71,8 +74,10 @@ fn real_model_masks_match_the_golden_files() {
     let mut failures = Vec::new();
     for (size, m) in SIZES {
         let cfg = config(size, m);
-        let seg = build_segmenter(&cfg, &[], false).expect("load the real model");
-        let reduced = setting_for(&cfg, &seg, size);
+        let seg = Arc::new(segmenter(&cfg, &[]).expect("load the real model"));
+        let reduced = setting_for(&cfg, seg.sizes(), size);
+        let io = Io::of(seg.manifest());
+        let mut lane = seg.lane().unwrap();
         assert_eq!(reduced, Setting { input_size: size, m }, "the config's setting");
         let full = Setting { input_size: size, m: usize::MAX };
         let mut fr = FrameRunner::default();
@@ -80,8 +85,8 @@ fn real_model_masks_match_the_golden_files() {
         for photo in PHOTOS {
             let frame = ailurus::source::folder::load_frame(&common::photo(photo), 0).unwrap();
             for (setting, tag) in [(full, "full".to_string()), (reduced, format!("m{m}"))] {
-                fr.run(&seg, &frame, setting, &mut mask).unwrap();
-                let png = ailurus::post::mask_to_png(&mask);
+                fr.run(&io, &mut lane, &frame, setting, &mut mask).unwrap();
+                let png = ailurus::sink::render::mask_to_png(&mask);
                 let stem = photo.split('.').next().unwrap();
                 let path = golden_dir().join(format!("{stem}_{size}_{tag}.png"));
                 if bless() {

@@ -1,14 +1,16 @@
-//! Post-processing (src/post.rs) against slow, obvious references: the saliency threshold, the
+//! Post-processing (src/model/io.rs, src/sink/render.rs, src/eval.rs) against slow, obvious references: the saliency threshold, the
 //! K-class argmax, the bilinear upsampling to the frame size (non-square frames, both ways
 //! round), the class-id PNG and the overlay, and `iou` / `mae` including their edge cases
 //! (empty masks).
 
 use std::path::Path;
 
+use ailurus::eval::{iou, mae};
 use ailurus::frame::{Frame, Mask};
+use ailurus::model::io::{to_mask, Io};
 use ailurus::model::Manifest;
-use ailurus::post::{iou, mae, mask_to_png, overlay, to_mask, PALETTE};
 use ailurus::pre::Resampler;
+use ailurus::sink::render::{mask_to_png, overlay, PALETTE};
 
 use crate::common::uniform;
 
@@ -61,7 +63,7 @@ fn saliency_threshold_is_strictly_greater_at_the_model_size() {
     for th in [0.5f32, 0.3] {
         let m = manifest("saliency", th, 2);
         let mut mask = Mask::default();
-        to_mask(&m, &raw, 3, 3, 3, &mut Resampler::default(), &mut mask);
+        to_mask(Io::of(&m).output, &raw, 3, 3, 3, &mut Resampler::default(), &mut mask);
         assert_eq!((mask.width, mask.height, mask.num_classes), (3, 3, 2));
         assert_eq!(mask.scores, raw, "identity resampling at the model size");
         let want: Vec<u8> = raw.iter().map(|&p| (p > th) as u8).collect();
@@ -77,7 +79,7 @@ fn saliency_upsamples_to_non_square_frames_like_bilinear() {
     let (mut rs, mut mask) = (Resampler::default(), Mask::default());
     // Wider than tall, taller than wide, then smaller again (the buffers shrink with it).
     for (w, h) in [(21usize, 13usize), (10, 27), (9, 8)] {
-        to_mask(&m, &raw, s as u32, w as u32, h as u32, &mut rs, &mut mask);
+        to_mask(Io::of(&m).output, &raw, s as u32, w as u32, h as u32, &mut rs, &mut mask);
         assert_eq!((mask.width, mask.height), (w as u32, h as u32));
         assert_eq!((mask.classes.len(), mask.scores.len()), (w * h, w * h), "{w}x{h}");
         let want = upsample_ref(&raw, (s, s), (w, h));
@@ -98,7 +100,7 @@ fn a_horizontal_ramp_stays_horizontal_on_a_non_square_frame() {
     let raw: Vec<f32> = (0..s * s).map(|i| (i % s) as f32 / (s - 1) as f32).collect();
     let (w, h) = (16usize, 6usize);
     let mut mask = Mask::default();
-    to_mask(&m, &raw, s as u32, w as u32, h as u32, &mut Resampler::default(), &mut mask);
+    to_mask(Io::of(&m).output, &raw, s as u32, w as u32, h as u32, &mut Resampler::default(), &mut mask);
     for y in 0..h {
         let row = &mask.scores[y * w..(y + 1) * w];
         let d = row.iter().zip(&mask.scores[..w]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
@@ -116,12 +118,13 @@ fn classes_are_the_argmax_of_the_upsampled_logits() {
     let raw: Vec<f32> = uniform(k * s * s, 17).into_iter().map(|v| 4.0 * v).collect();
     let (mut rs, mut mask) = (Resampler::default(), Mask::default());
     for (w, h) in [(19usize, 11usize), (7, 20), (s, s)] {
-        to_mask(&m, &raw, s as u32, w as u32, h as u32, &mut rs, &mut mask);
+        to_mask(Io::of(&m).output, &raw, s as u32, w as u32, h as u32, &mut rs, &mut mask);
         assert_eq!((mask.width, mask.height, mask.num_classes), (w as u32, h as u32, k as u32));
         assert!(mask.scores.is_empty(), "no scores for a K-class model");
         let planes: Vec<Vec<f32>> =
             (0..k).map(|c| upsample_ref(&raw[c * s * s..(c + 1) * s * s], (s, s), (w, h))).collect();
         let mut checked = 0;
+        #[allow(clippy::needless_range_loop)] // i indexes the mask and every plane alike
         for i in 0..w * h {
             let mut order: Vec<(f32, usize)> = (0..k).map(|c| (planes[c][i], c)).collect();
             order.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -141,11 +144,11 @@ fn argmax_ties_go_to_the_lowest_class_and_a_dominant_class_wins_everywhere() {
     let m = manifest("classes", 0.5, k);
     let mut mask = Mask::default();
     let mut rs = Resampler::default();
-    to_mask(&m, &vec![0.25; k * s * s], s as u32, 10, 5, &mut rs, &mut mask);
+    to_mask(Io::of(&m).output, &vec![0.25; k * s * s], s as u32, 10, 5, &mut rs, &mut mask);
     assert!(mask.classes.iter().all(|&c| c == 0), "all equal: class 0");
     let mut raw = vec![-1.0; k * s * s];
     raw[2 * s * s..3 * s * s].fill(5.0);
-    to_mask(&m, &raw, s as u32, 10, 5, &mut rs, &mut mask);
+    to_mask(Io::of(&m).output, &raw, s as u32, 10, 5, &mut rs, &mut mask);
     assert!(mask.classes.iter().all(|&c| c == 2), "class 2 dominates");
 }
 

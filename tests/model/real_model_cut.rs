@@ -3,8 +3,8 @@
 
 use crate::common;
 
-use ailurus::model::{cut, SegmenterLane, SegmenterOptions};
 use ailurus::engine::{Setting, StageTimes};
+use ailurus::model::{cut, SegmenterLane, SegmenterOptions};
 use ailurus::pre::Resampler;
 use ailurus::reduce::ReduceConfig;
 use tract_onnx::prelude::*;
@@ -31,7 +31,13 @@ fn cut_model_equals_uncut_model_on_real_photos() {
     for photo in ["chelsea.png", "motorcycle_left.png"] {
         let frame = ailurus::source::folder::load_frame(&common::photo(photo), 0).unwrap();
         for &s in &sizes {
-            ailurus::model::Io::of(seg.segmenter().manifest()).preprocess(&frame, s, &mut rs, &mut input);
+            ailurus::engine::FrameIo::preprocess(
+                &ailurus::model::Io::of(seg.segmenter().manifest()),
+                &frame,
+                s,
+                &mut rs,
+                &mut input,
+            );
             seg.infer_full(&input, s, &mut a).unwrap();
             let mut times = StageTimes::default();
             let m = seg.run_parts(&input, Setting { input_size: s, m: usize::MAX }, &mut times, &mut b).unwrap();

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use ailurus::model::{SegmenterLane, SegmenterOptions};
 use ailurus::engine::{Setting, StageTimes};
+use ailurus::model::{SegmenterLane, SegmenterOptions};
 use ailurus::reduce::{ReduceConfig, ReduceError, Reducer, Reduction};
 
 use crate::common;
@@ -186,7 +186,7 @@ fn proportional_attention_on_merged_tokens_equals_duplicated_tokens() {
 fn baked_token_count_fails_cleanly_on_fewer_tokens() {
     let s = 56;
     let loaded = SegmenterLane::load(&data("tiny_vit_baked.toml"), &options(&[s], 2, false));
-    let seg = match loaded {
+    let mut seg = match loaded {
         Ok(seg) => seg,
         // Refusing at load time (the symbolic-T middle cannot be typed) is also a clean failure.
         Err(e) => {

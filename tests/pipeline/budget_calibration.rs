@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use crate::support::FakeEngine;
+use crate::support::{FakeEngine, FakeLane};
+use ailurus::budget::calibration::{calibrate, calibration_settings};
 use ailurus::budget::{m_grid, BudgetConfig};
-use ailurus::calibrate::{calibrate, calibration_settings, CalibError, CalibrationTable};
+use ailurus::budget::{CalibError, CalibrationTable};
 use ailurus::config::Config;
+use ailurus::engine::Setting;
 use ailurus::frame::Frame;
-use ailurus::pipeline::{Engine, Setting};
 
 #[test]
 fn shipped_table_covers_the_default_ladder_and_round_trips() {
@@ -75,7 +76,7 @@ fn fidelity_interpolates_in_m_and_clamps() {
 
 #[test]
 fn calibrate_measures_fidelity_against_the_highest_setting() {
-    let eng = FakeEngine::new(Duration::ZERO);
+    let eng = std::sync::Arc::new(FakeEngine::new(Duration::ZERO));
     let frames: Vec<Frame> = (0..3).map(|i| Frame::new(i, 20, 10)).collect();
     let cfg = BudgetConfig { sizes: vec![56, 28], m_min: 4, m_max: 16, m_step: 4, ..BudgetConfig::default() };
     let settings = calibration_settings(&cfg, eng.sizes(), true, 3);
@@ -89,7 +90,7 @@ fn calibrate_measures_fidelity_against_the_highest_setting() {
         ]
     );
     let mut calls = 0;
-    let t = calibrate(&eng, &frames, &settings, &mut |_, _| calls += 1).unwrap();
+    let t = calibrate(&mut FakeLane(eng.clone()), &*eng, &frames, &settings, &mut |_, _| calls += 1).unwrap();
     assert_eq!(calls, 2 + 3 + 4 * 3, "warm-up per size, references, then every setting x frame");
     let row = |s: u32, m: usize| *t.rows.iter().find(|r| r.input_size == s && r.m == m).unwrap();
     // The fake keeps size/56 * M/N of the mask's pixels salient: IoU = that fraction.

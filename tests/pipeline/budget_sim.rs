@@ -1,8 +1,8 @@
 //! The budget controller against simulated costs: a fake cost function, no clock, no sleeping.
 //! Each simulated frame: decide -> "run" it (fake cost) -> observe.
 
-use ailurus::budget::{m_grid, BudgetConfig, Controller};
 use ailurus::budget::CalibrationTable;
+use ailurus::budget::{m_grid, BudgetConfig, Controller};
 use ailurus::engine::{Setting, SizeInfo};
 
 const LADDER: [u32; 4] = [448, 392, 336, 280];

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
+use ailurus::engine::Engine;
 use ailurus::metrics::{Edge, Metrics, Stage};
-use ailurus::pipeline::{Engine, Parts, Pipeline, PipelineConfig, SourceMode};
+use ailurus::pipeline::{Parts, Pipeline, PipelineConfig, SourceMode};
 use ailurus::sink::Sink;
 
 fn start(
@@ -22,9 +23,9 @@ fn start(
     let metrics = Arc::new(Metrics::new(&names));
     let controller = controller(&eng, &budget(budget_on));
     let stop = Arc::new(AtomicBool::new(false));
-    let eng: Arc<dyn Engine> = Arc::new(eng);
-    let engines = vec![eng; config.lanes];
-    let parts = Parts { engines, source: Box::new(src), mode, sinks, controller, metrics, config };
+    let eng = Arc::new(eng);
+    let engines = (0..config.lanes).map(|_| Box::new(FakeLane(eng.clone())) as Box<dyn Engine>).collect();
+    let parts = Parts { engines, io: eng, source: Box::new(src), mode, sinks, controller, metrics, config };
     (Pipeline::start(parts, stop.clone()).unwrap(), stop)
 }
 
@@ -154,7 +155,7 @@ fn budget_update_reaches_the_controller_and_the_metrics() {
     let rec = Recorder::default();
     let config = PipelineConfig { sink_queue: 10_000, ..cfg() };
     let (p, stop) = start(eng, FakeSource::new(0), SourceMode::Pull, vec![Box::new(rec.clone())], config, true);
-    let table = ailurus::calibrate::CalibrationTable::parse(TABLE, "test").unwrap();
+    let table = ailurus::budget::CalibrationTable::parse(TABLE, "test").unwrap();
     let mut b = budget(true);
     b.target_ms = 1234.0;
     p.update_budget(&b, &table).unwrap();

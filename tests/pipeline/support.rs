@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ailurus::budget::CalibrationTable;
 use ailurus::budget::{BudgetConfig, Controller};
-use ailurus::calibrate::CalibrationTable;
+use ailurus::engine::{Engine, EngineError, FrameIo, Setting, SizeInfo, StageTimes};
 use ailurus::frame::{Frame, Mask};
-use ailurus::pipeline::{Engine, EngineError, Setting, SizeInfo, StageTimes};
 use ailurus::pre::Resampler;
 use ailurus::sink::{Output, Sink, SinkError};
 use ailurus::source::{FrameSource, SourceError};
@@ -78,11 +78,27 @@ impl FakeEngine {
     }
 }
 
-impl Engine for FakeEngine {
+/// One pipeline lane over a shared [`FakeEngine`] (the test keeps the `Arc` to read counters).
+pub struct FakeLane(pub Arc<FakeEngine>);
+
+impl Engine for FakeLane {
     fn sizes(&self) -> &[SizeInfo] {
-        &self.sizes
+        &self.0.sizes
     }
 
+    fn infer(
+        &mut self,
+        input: &[f32],
+        setting: Setting,
+        times: &mut StageTimes,
+        out: &mut Vec<f32>,
+    ) -> Result<usize, EngineError> {
+        self.0.infer(input, setting, times, out)
+    }
+}
+
+/// The fake's pre/post: the input says which frame it is; the mask says what was kept.
+impl FrameIo for FakeEngine {
     fn preprocess(&self, frame: &Frame, input_size: u32, _rs: &mut Resampler, out: &mut Vec<f32>) {
         let s = input_size as usize;
         out.clear();
@@ -91,13 +107,32 @@ impl Engine for FakeEngine {
         out[1] = frame.seq as f32;
     }
 
-    fn infer(
+    fn postprocess(&self, raw: &[f32], input_size: u32, w: u32, h: u32, _rs: &mut Resampler, mask: &mut Mask) {
+        let px = (w * h) as usize;
+        let keep = (px as f64 * raw[1] as f64 * input_size as f64 / 56.0).round() as usize;
+        mask.width = w;
+        mask.height = h;
+        mask.num_classes = 2;
+        mask.classes.clear();
+        mask.classes.extend((0..px).map(|i| if i == 0 { raw[0] as u8 } else { (i < keep) as u8 }));
+        mask.scores.clear();
+        mask.scores.extend(mask.classes[..].iter().enumerate().map(|(i, &c)| if i == 0 { 0.0 } else { c as f32 }));
+    }
+}
+
+impl FakeEngine {
+    pub fn sizes(&self) -> &[SizeInfo] {
+        &self.sizes
+    }
+
+    /// Every lane's inference (shared counters: `&self`).
+    pub fn infer(
         &self,
         input: &[f32],
         setting: Setting,
         times: &mut StageTimes,
         out: &mut Vec<f32>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<usize, EngineError> {
         let first = self.infers.fetch_add(1, Ordering::Relaxed) == 0;
         let _in_flight = self.concurrency.enter();
         if let (true, Some(n)) = (first, self.rendezvous) {
@@ -126,19 +161,7 @@ impl Engine for FakeEngine {
         out.clear();
         out.push(input[0]);
         out.push(setting.m.min(n) as f32 / n as f32);
-        Ok(())
-    }
-
-    fn postprocess(&self, raw: &[f32], input_size: u32, w: u32, h: u32, _rs: &mut Resampler, mask: &mut Mask) {
-        let px = (w * h) as usize;
-        let keep = (px as f64 * raw[1] as f64 * input_size as f64 / 56.0).round() as usize;
-        mask.width = w;
-        mask.height = h;
-        mask.num_classes = 2;
-        mask.classes.clear();
-        mask.classes.extend((0..px).map(|i| if i == 0 { raw[0] as u8 } else { (i < keep) as u8 }));
-        mask.scores.clear();
-        mask.scores.extend(mask.classes[..].iter().enumerate().map(|(i, &c)| if i == 0 { 0.0 } else { c as f32 }));
+        Ok(setting.m.min(n))
     }
 }
 

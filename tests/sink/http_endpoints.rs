@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ailurus::frame::{Frame, Mask};
-use ailurus::status::{Health, StatusProvider};
 use ailurus::sink::http::{HttpConfig, HttpSink};
 use ailurus::sink::{Output, Sink};
+use ailurus::status::{Health, StatusProvider};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
