@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::problems::Problems;
 
@@ -125,6 +125,12 @@ impl<E: Named> fmt::Display for Choice<E> {
 impl<'de, E: Named> Deserialize<'de> for Choice<E> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Ok(Choice::from(String::deserialize(d)?.as_str()))
+    }
+}
+
+impl<E: Named> Serialize for Choice<E> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

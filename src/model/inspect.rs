@@ -20,7 +20,7 @@ use std::path::Path;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
-use super::manifest::{sha256_file, ClassSpec, InputSpec, Manifest, OutputSpec, TokenSpec};
+use super::manifest::{sha256_file, ClassSpec, Head, InputSpec, Manifest, OutputSpec, TokenSpec};
 use super::ModelError;
 
 /// A proposed manifest and everything the user should double-check in it.
@@ -65,7 +65,7 @@ impl Inspection {
         t += &format!(
             "]\n\n[output]\nname = {}\nkind = {}\nthreshold = {:?}\nclasses = [\n",
             q(&m.output.name),
-            q(&m.output.kind),
+            q(&m.output.kind.to_string()),
             m.output.threshold
         );
         for c in &m.output.classes {
@@ -157,8 +157,8 @@ pub fn inspect(path: &Path) -> Result<Inspection, ModelError> {
     }
     let channels = channels.or(g.declared_channels(&output));
     let sigmoid = g.producer_op(&output) == Some("Sigmoid");
-    let kind = if sigmoid && channels == Some(1) { "saliency" } else { "classes" };
-    let classes = if kind == "saliency" {
+    let kind = if sigmoid && channels == Some(1) { Head::Saliency } else { Head::Classes };
+    let classes = if kind == Head::Saliency {
         vec![
             ClassSpec { name: "background".into(), color: [0, 0, 0] },
             ClassSpec { name: "salient".into(), color: [255, 64, 0] },

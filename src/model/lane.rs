@@ -30,6 +30,8 @@ struct SizeStates {
 #[derive(Default)]
 struct Scratch {
     reduction: Reduction,
+    /// This frame ran the reducer (the setting asked for M < N; the reducer may still give N).
+    reduced: bool,
     middle_in: Vec<f32>,
     bias: Vec<f32>,
     full_tokens: Vec<f32>,
@@ -94,9 +96,9 @@ impl LaneState {
         let t1 = Instant::now();
         let m = self.reduce(seg, plans, &stem, setting.m).map_err(err)?;
         let t2 = Instant::now();
-        let mid = self.middle(seg, &stem, plans.info.n_tokens, m).map_err(err)?;
+        let mid = self.middle(seg, &stem, m).map_err(err)?;
         let t3 = Instant::now();
-        self.unfold(seg, f32s(&mid).map_err(err)?, plans.info.n_tokens, m);
+        self.unfold(seg, f32s(&mid).map_err(err)?, plans.info.n_tokens);
         let t4 = Instant::now();
         self.head(seg, i, plans.info.n_tokens, out).map_err(err)?;
         times.stem = t1 - t0;
@@ -123,7 +125,8 @@ impl LaneState {
     /// Cluster the patch tokens into `m` merged tokens (when `m` < n). Returns the M used.
     fn reduce(&mut self, seg: &Segmenter, plans: &SizePlans, stem: &Stem, m: usize) -> TractResult<usize> {
         let (c, prefix, n) = (seg.manifest.tokens.width, seg.manifest.tokens.prefix, plans.info.n_tokens);
-        if m >= n {
+        self.scratch.reduced = m < n;
+        if !self.scratch.reduced {
             return Ok(n);
         }
         let tokens = f32s(&stem.tokens)?;
@@ -133,11 +136,11 @@ impl LaneState {
 
     /// Blocks cut..L-1 + final norm on prefix + m tokens (padded; padding masked as keys), with
     /// the log cluster sizes as key bias when proportional attention is on.
-    fn middle(&mut self, seg: &Segmenter, stem: &Stem, n: usize, m: usize) -> TractResult<TValue> {
+    fn middle(&mut self, seg: &Segmenter, stem: &Stem, m: usize) -> TractResult<TValue> {
         let (c, prefix) = (seg.manifest.tokens.width, seg.manifest.tokens.prefix);
         let tokens = f32s(&stem.tokens)?;
         let sc = &mut self.scratch;
-        let reduced = m < n;
+        let reduced = sc.reduced;
         sc.middle_in.clear();
         sc.middle_in.extend_from_slice(&tokens[..prefix * c]);
         sc.middle_in.extend_from_slice(if reduced { &sc.reduction.merged[..m * c] } else { &tokens[prefix * c..] });
@@ -163,12 +166,12 @@ impl LaneState {
     }
 
     /// Back to prefix + n tokens: every member of a cluster gets its merged token.
-    fn unfold(&mut self, seg: &Segmenter, mid: &[f32], n: usize, m: usize) {
+    fn unfold(&mut self, seg: &Segmenter, mid: &[f32], n: usize) {
         let (c, prefix) = (seg.manifest.tokens.width, seg.manifest.tokens.prefix);
         let sc = &mut self.scratch;
         sc.full_tokens.clear();
         sc.full_tokens.extend_from_slice(&mid[..prefix * c]);
-        if m < n {
+        if sc.reduced {
             sc.full_tokens.resize((prefix + n) * c, 0.0);
             reduce::unfold(&mid[prefix * c..], c, &sc.reduction.assign[..n], &mut sc.full_tokens[prefix * c..]);
         } else {

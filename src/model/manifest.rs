@@ -3,6 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::choice::Choice;
+
+crate::choice_enum! {
+    /// `[output] kind` of a manifest: what the model's output is.
+    pub enum Head { Saliency = "saliency", Classes = "classes" }
+}
+
 use serde::{Deserialize, Serialize};
 
 use super::ModelError;
@@ -69,7 +76,7 @@ pub struct OutputSpec {
     /// ONNX output name.
     pub name: String,
     /// "saliency" (one sigmoid channel) or "classes" (K logits).
-    pub kind: String,
+    pub kind: Choice<Head>,
     /// Saliency threshold for the mask.
     #[serde(default = "half")]
     pub threshold: f32,
@@ -107,10 +114,12 @@ impl Manifest {
         if m.tokens.patch == 0 || m.tokens.width == 0 {
             return Err(bad("tokens.patch and tokens.width must be > 0".into()));
         }
-        if !["saliency", "classes"].contains(&m.output.kind.as_str()) {
-            return Err(bad(format!("output.kind: {:?} is not \"saliency\" or \"classes\"", m.output.kind)));
+        let mut p = crate::problems::Problems::default();
+        m.output.kind.check(&mut p, "output", "kind");
+        if let Some(problem) = p.0.first() {
+            return Err(bad(format!("output.kind: {}", problem.msg)));
         }
-        if m.output.kind == "classes" && m.output.classes.len() < 2 {
+        if m.output.kind.get() == Head::Classes && m.output.classes.len() < 2 {
             return Err(bad("output.classes: a \"classes\" model needs >= 2 classes".into()));
         }
         if m.input.std.iter().any(|s| *s <= 0.0) {
@@ -156,7 +165,7 @@ impl Manifest {
     }
 
     pub fn is_saliency(&self) -> bool {
-        self.output.kind == "saliency"
+        self.output.kind.get() == Head::Saliency
     }
 
     /// Render as TOML (what `ailurus inspect` prints).
