@@ -5,12 +5,12 @@
 
 use std::path::Path;
 
-use ailurus::eval::{iou, mae};
 use ailurus::frame::{Frame, Mask};
-use ailurus::model::io::{to_mask, Io};
 use ailurus::model::Manifest;
-use ailurus::pre::Resampler;
+use ailurus::eval::{iou, mae};
+use ailurus::model::io::{to_mask, Io};
 use ailurus::sink::render::{mask_to_png, overlay, PALETTE};
+use ailurus::pre::Resampler;
 
 use crate::common::uniform;
 
@@ -124,14 +124,13 @@ fn classes_are_the_argmax_of_the_upsampled_logits() {
         let planes: Vec<Vec<f32>> =
             (0..k).map(|c| upsample_ref(&raw[c * s * s..(c + 1) * s * s], (s, s), (w, h))).collect();
         let mut checked = 0;
-        #[allow(clippy::needless_range_loop)] // i indexes the mask and every plane alike
-        for i in 0..w * h {
-            let mut order: Vec<(f32, usize)> = (0..k).map(|c| (planes[c][i], c)).collect();
+        for (i, &got) in mask.classes.iter().enumerate() {
+            let mut order: Vec<(f32, usize)> = planes.iter().enumerate().map(|(c, p)| (p[i], c)).collect();
             order.sort_by(|a, b| b.0.total_cmp(&a.0));
             if order[0].0 - order[1].0 < 1e-4 {
                 continue; // a near tie: rounding may pick either
             }
-            assert_eq!(mask.classes[i] as usize, order[0].1, "{w}x{h} pixel ({}, {})", i % w, i / w);
+            assert_eq!(got as usize, order[0].1, "{w}x{h} pixel ({}, {})", i % w, i / w);
             checked += 1;
         }
         assert!(checked > w * h * 9 / 10, "{w}x{h}: only {checked} pixels without a near tie");
