@@ -92,6 +92,6 @@ step "arm64 tests under qemu (--lib $QEMU_TEST_BINARIES)" qemu_tests
 step "cross build $target --features cuda (the arm64 package's binary)" \
   "${nice[@]}" cargo build --release --locked --target "$target" --features cuda
 step "real model: arm64 (qemu) vs x86 masks" compare_real_model
-step "packages (tools/package.sh amd64 arm64)" tools/package.sh amd64 arm64
+step "packages (tools/package.sh: amd64, arm64, model)" tools/package.sh
 step "package contents" list_packages
 step "systemd: the amd64 packages in a booted container (tools/systemd_test.sh)" tools/systemd_test.sh

@@ -79,6 +79,7 @@ for arch in $parts; do
   echo "package: $bin needs $glibc at most"
   [ "$(printf '%s\n' "$glibc" GLIBC_2.35 | sort -V | tail -1)" = GLIBC_2.35 ] \
     || { echo "package: $bin needs $glibc; raise libc6 in Cargo.toml depends" >&2; exit 1; }
+  rm -f "$dist"/ailurus_*_"$arch".deb  # an older version's package
   "${nice[@]}" cargo deb --no-build ${target:+--target "$target"} --output "$dist"
 done
 
@@ -127,6 +128,7 @@ Description: DINOv2-S/14 saliency ("focus") model for ailurus
  sha256, checked by ailurus at load.
 EOF
 (cd "$pkgdir" && find usr -type f | sort | xargs md5sum > DEBIAN/md5sums)
+rm -f "$dist/${model_pkg}"_*_all.deb
 dpkg-deb --root-owner-group -Zxz -z1 --build "$pkgdir" "$dist/${model_pkg}_${model_ver}_all.deb" >/dev/null
 
 echo "package: built into $dist"
