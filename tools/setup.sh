@@ -5,17 +5,48 @@
 #   - a pinned Python venv in .cache/venv (numpy, onnx, onnxruntime, pillow) for the ONNX
 #     Runtime peer bench and the socket client test (tools/setup_python.sh)
 # Used by both README commands and by .ci/run.
+#
+# `tools/setup.sh --deploy` also installs what the cross build, the packages and the systemd
+# test need (tools/ci_deploy.sh, tools/package.sh, tools/systemd_test.sh):
+#   - the Rust target aarch64-unknown-linux-gnu (rustup) and Debian gcc-aarch64-linux-gnu +
+#     libc6-dev-arm64-cross (linker and the arm64 sysroot /usr/aarch64-linux-gnu)
+#   - qemu-user-static: runs the arm64 tests and binary (.cargo/config.toml's runner)
+#   - cargo-deb (cargo install --locked), binutils (objdump, for the libc check)
+#   - debootstrap + systemd-container (systemd-nspawn) for the booted-container test
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+deploy=0
+case "${1:-}" in
+  "") ;;
+  --deploy) deploy=1 ;;
+  *) echo "usage: tools/setup.sh [--deploy]" >&2; exit 2 ;;
+esac
 
 need_apt=()
 if ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; then need_apt+=(libclang-dev); fi
 command -v unzip >/dev/null || need_apt+=(unzip)
+if [ $deploy = 1 ]; then
+  command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu)
+  [ -e /usr/aarch64-linux-gnu/include/stdio.h ] || need_apt+=(libc6-dev-arm64-cross)
+  command -v qemu-aarch64-static >/dev/null || need_apt+=(qemu-user-static)
+  command -v objdump >/dev/null || need_apt+=(binutils)
+  command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
+  command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+  command -v systemd-nspawn >/dev/null || need_apt+=(systemd-container)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} (Debian packages)"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if [ $deploy = 1 ]; then
+  rustup target list --installed | grep -qx aarch64-unknown-linux-gnu \
+    || rustup target add aarch64-unknown-linux-gnu
+  if ! cargo deb --version >/dev/null 2>&1; then
+    echo "setup: cargo install cargo-deb --locked (a few minutes, once)"
+    nice -n 10 cargo install cargo-deb --locked
+  fi
 fi
 "$root/tools/fetch_assets.sh"
 "$root/tools/setup_python.sh"
