@@ -299,6 +299,14 @@ fn twenty_frames_publish_meta_masks_and_status() {
     let port = free_port();
     let _broker = Broker::start(&mosq, dir.path(), port, "allow_anonymous true");
     let sub = subscribe(port, "ailurus/+/#", None);
+    // The consumer example watches the fleet prefix alongside.
+    let mut consumer = Command::new(root().join(".cache/venv/bin/python"))
+        .arg(root().join("tools/mqtt_consumer.py"))
+        .args(["--port", &port.to_string(), "--count", "20", "--timeout", "120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tools/mqtt_consumer.py in .cache/venv (tools/setup_python.sh)");
     let cfg = write_config(dir.path(), port, "qos = 1\nevery_n = 5\nmasks = \"png\"", "");
     let started = Instant::now();
     let mut run = Ailurus::start(&cfg, Some(20));
@@ -332,6 +340,10 @@ fn twenty_frames_publish_meta_masks_and_status() {
     }
     let last_status = msgs.iter().filter(|m| m.topic == "ailurus/dev1/status").last().expect("status");
     assert_eq!(last_status.json()["state"], "offline", "a clean exit publishes offline");
+    let out = consumer.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "consumer: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.lines().filter(|l| l.starts_with("dev1/main seq=")).count(), 20, "{text}");
     let n = msgs.iter().filter(|m| m.topic.contains("/main/")).count();
     eprintln!("pipeline at 224 px: {n} messages for 20 frames in {:.1}s (start-up included)", elapsed.as_secs_f64());
 }

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up for a fresh Debian/Ubuntu machine:
 #   - libclang-dev: the v4l crate generates its V4L2 bindings with bindgen at build time
+#   - mosquitto (broker + mosquitto_passwd): tests/sink_mqtt.rs starts its own on 127.0.0.1
+#     (the package's system service is not needed; the tests never use it)
 #   - the real model and photos (tools/fetch_assets.sh, checksum-verified)
-#   - a pinned Python venv in .cache/venv (numpy, onnx, onnxruntime, pillow) for the ONNX
-#     Runtime peer bench and the socket client test (tools/setup_python.sh)
+#   - a pinned Python venv in .cache/venv (numpy, onnx, onnxruntime, pillow, paho-mqtt,
+#     jsonschema) for the ONNX Runtime peer bench, the socket client test and the MQTT
+#     consumer/schema checks (tools/setup_python.sh)
 # Used by both README commands and by .ci/run.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -11,6 +14,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 need_apt=()
 if ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; then need_apt+=(libclang-dev); fi
 command -v unzip >/dev/null || need_apt+=(unzip)
+{ command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null || need_apt+=(mosquitto)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} (Debian packages)"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
