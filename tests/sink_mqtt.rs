@@ -300,7 +300,7 @@ fn twenty_frames_publish_meta_masks_and_status() {
     let _broker = Broker::start(&mosq, dir.path(), port, "allow_anonymous true");
     let sub = subscribe(port, "ailurus/+/#", None);
     // The consumer example watches the fleet prefix alongside.
-    let mut consumer = Command::new(root().join(".cache/venv/bin/python"))
+    let consumer = Command::new(root().join(".cache/venv/bin/python"))
         .arg(root().join("tools/mqtt_consumer.py"))
         .args(["--port", &port.to_string(), "--count", "20", "--timeout", "120"])
         .stdout(Stdio::piped())
@@ -569,4 +569,117 @@ fn sink_throughput_at_224_is_printed() {
         );
         drop(sink);
     }
+}
+
+/// `openssl` with `args` in `dir`; panics on failure.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl (Debian package openssl)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, and a certificate it signs for `cn` (with `san`, e.g. "IP:127.0.0.1").
+fn make_certs(dir: &Path, ca: &str, leaves: &[(&str, &str)]) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={ca}"),
+        ],
+    );
+    for (name, san) in leaves {
+        std::fs::write(dir.join(format!("{name}.ext")), format!("subjectAltName={san}\n")).unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{ca}.pem"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn tls_with_a_client_certificate_publishes_and_a_wrong_ca_is_one_line() {
+    let _g = serial();
+    let Some((mosq, _)) = broker_bins("tls_with_a_client_certificate_publishes_and_a_wrong_ca_is_one_line") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_certs(d, "ca", &[("server", "IP:127.0.0.1"), ("dev1", "DNS:dev1")]);
+    make_certs(d, "other-ca", &[]);
+    let (plain, tls) = (free_port(), free_port());
+    let extra = format!(
+        "allow_anonymous true\nlistener {tls} 127.0.0.1\ncafile {0}/ca.pem\ncertfile {0}/server.pem\n\
+         keyfile {0}/server.key\nrequire_certificate true\n",
+        d.display()
+    );
+    let _broker = Broker::start(&mosq, d, plain, &extra);
+    let sub = subscribe(plain, "ailurus/dev1/#", None);
+    let tls_cfg = |ca: &str| {
+        format!(
+            "masks = \"none\"\n[sink.mqtt.tls]\nenabled = true\nca_file = \"{0}/{ca}.pem\"\n\
+             cert_file = \"{0}/dev1.pem\"\nkey_file = \"{0}/dev1.key\"\n",
+            d.display()
+        )
+    };
+    let cfg = write_config(d, tls, &tls_cfg("ca"), "");
+    let mut run = Ailurus::start(&cfg, Some(3));
+    assert!(run.wait(Duration::from_secs(120)).success(), "{}", run.log_text());
+    std::thread::sleep(Duration::from_millis(300));
+    let metas = sub.drain().iter().filter(|m| m.topic.ends_with("/meta")).count();
+    assert_eq!(metas, 3, "{}", run.log_text());
+    assert!(run.log_text().contains("over TLS"), "{}", run.log_text());
+    // A CA that did not sign the broker's certificate: one line naming [sink.mqtt], retried.
+    let cfg = write_config(d, tls, &tls_cfg("other-ca"), "");
+    let run = Ailurus::start(&cfg, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run.log_text().contains("[sink.mqtt] broker") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let log = run.log_text();
+    let lines: Vec<_> = log.lines().filter(|l| l.contains("[sink.mqtt] broker") && l.contains("retrying")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("TLS"), "{}", lines[0]);
+    assert!(sub.drain().iter().all(|m| !m.topic.ends_with("/meta")), "nothing published without trust");
 }

@@ -15,6 +15,7 @@ need_apt=()
 if ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; then need_apt+=(libclang-dev); fi
 command -v unzip >/dev/null || need_apt+=(unzip)
 { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null || need_apt+=(mosquitto)
+command -v openssl >/dev/null || need_apt+=(openssl)   # test certificates for the MQTT TLS test
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} (Debian packages)"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
