@@ -338,7 +338,7 @@ fn twenty_frames_publish_meta_masks_and_status() {
         let sum: f64 = m["classes"].as_array().unwrap().iter().map(|c| c["fraction"].as_f64().unwrap()).sum();
         assert!((sum - 1.0).abs() < 1e-9, "fractions add up to 1: {m}");
     }
-    let last_status = msgs.iter().filter(|m| m.topic == "ailurus/dev1/status").last().expect("status");
+    let last_status = msgs.iter().rfind(|m| m.topic == "ailurus/dev1/status").expect("status");
     assert_eq!(last_status.json()["state"], "offline", "a clean exit publishes offline");
     let out = consumer.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

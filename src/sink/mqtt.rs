@@ -475,7 +475,7 @@ impl Sink for MqttSink {
     }
 
     fn publish(&mut self, out: &Output) -> Result<(), SinkError> {
-        let with_mask = self.masks != MaskFormat::None && self.frames % self.every_n == 0;
+        let with_mask = self.masks != MaskFormat::None && self.frames.is_multiple_of(self.every_n);
         self.frames += 1;
         let m = &out.mask;
         let (w, h) = (m.width as usize, m.height as usize);
