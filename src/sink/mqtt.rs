@@ -12,6 +12,9 @@
 //! - `<prefix>/set`            subscribed: a JSON object of live knobs, handed up through
 //!   [`SinkContext::control`]; the outcome goes to `<prefix>/set/result`
 //!
+//! The connection thread lives in `mqtt/conn.rs`, the mask statistics and RLE in
+//! `mqtt/regions.rs`.
+//!
 //! Client: rumqttc's sync `Client` + `Connection`. Chosen because it is maintained, pure Rust
 //! (rustls with ring for TLS: no OpenSSL, no cmake), and its `Connection` is an iterator we
 //! drive on a thread of our own, so no async runtime leaks into the rest of the program (it
@@ -25,23 +28,24 @@
 //! drop is counted (`ailurus_mqtt_messages_dropped_total{reason}`). The thread reconnects with
 //! backoff (0.1 s doubling to 2 s), logs one line when an outage starts and one when it ends.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use image::ImageEncoder;
-use rumqttc::{Client, Connection, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Request};
+use rumqttc::{Client, LastWill, MqttOptions, QoS};
 use serde::{Deserialize, Serialize};
 
-use super::{ControlOutcome, ControlRequest, Output, Sink, SinkContext, SinkError};
+use super::{Output, Sink, SinkContext, SinkError};
 use crate::choice::Choice;
-use crate::problems::{Problem, Problems};
+use crate::problems::Problems;
 use crate::status::{Health, StatusProvider};
 
+mod conn;
 mod regions;
+use conn::{EventLoop, Replier};
 pub use regions::{rle_encode, ClassStat, Labeler, Region};
 
 crate::choice_enum! {
@@ -282,8 +286,6 @@ struct Meta<'a> {
 
 /// Regions listed per class in the meta message.
 pub const TOP_REGIONS: usize = 5;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 pub struct MqttSink {
     client: Client,
@@ -522,189 +524,6 @@ impl Drop for MqttSink {
                 }
             }
         }
-    }
-}
-
-/// Publishes the outcome of a set request on `<prefix>/set/result`.
-#[derive(Clone)]
-struct Replier {
-    client: Client,
-    topic: String,
-    stats: Arc<MqttStats>,
-}
-
-impl Replier {
-    fn send(&self, outcome: &ControlOutcome, id: Option<serde_json::Value>) {
-        let body = match outcome {
-            ControlOutcome::Applied { changed } => {
-                self.stats.set_applied.fetch_add(1, Relaxed);
-                serde_json::json!({"id": id, "applied": true, "changed": changed})
-            }
-            ControlOutcome::Rejected { problems } => {
-                self.stats.set_rejected.fetch_add(1, Relaxed);
-                let problems: Vec<_> =
-                    problems.iter().map(|p| serde_json::json!({"key": p.key, "msg": p.msg})).collect();
-                serde_json::json!({"id": id, "applied": false, "problems": problems})
-            }
-        };
-        if self.client.try_publish(&self.topic, QoS::AtLeastOnce, false, body.to_string()).is_err() {
-            self.stats.dropped_full.fetch_add(1, Relaxed);
-        }
-    }
-}
-
-/// The `sink-mqtt` thread: drives the connection, reconnects, answers `set`.
-struct EventLoop {
-    conn: Connection,
-    replier: Replier,
-    topics: Topics,
-    online: Vec<u8>,
-    control: Option<crossbeam_channel::Sender<ControlRequest>>,
-    stats: Arc<MqttStats>,
-    closing: Arc<AtomicBool>,
-    max_queued: usize,
-    /// `host:port` and how we log in, for log lines.
-    broker: String,
-    /// Disconnected when the thread ends (the sink's drop waits on it).
-    _done: crossbeam_channel::Sender<()>,
-}
-
-impl EventLoop {
-    fn run(mut self) {
-        let mut backoff = BACKOFF_MIN;
-        let mut down_since: Option<Instant> = Some(Instant::now());
-        let mut first = true;
-        loop {
-            let ev = match self.conn.recv() {
-                Err(_) => return, // every client handle is gone
-                Ok(ev) => ev,
-            };
-            match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    self.on_connect(down_since.take(), first);
-                    first = false;
-                    backoff = BACKOFF_MIN;
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == self.topics.set => self.on_set(&p.payload),
-                Ok(Event::Outgoing(Outgoing::Publish(_))) => {
-                    self.stats.sent.fetch_add(1, Relaxed);
-                }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
-                Ok(_) => {}
-                Err(e) => {
-                    self.stats.connected.store(false, Relaxed);
-                    self.stats.errors.fetch_add(1, Relaxed);
-                    if self.closing.load(Relaxed) {
-                        return;
-                    }
-                    if down_since.is_none() || first {
-                        // One line per outage (and one for a broker that is away at start).
-                        log::warn!(
-                            "[sink.mqtt] broker {}: {}; retrying with backoff up to {}s",
-                            self.broker,
-                            describe(&e),
-                            BACKOFF_MAX.as_secs()
-                        );
-                        first = false;
-                        down_since.get_or_insert_with(Instant::now);
-                    }
-                    self.trim_pending();
-                    if !self.sleep(backoff) {
-                        return;
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
-        }
-    }
-
-    /// Sleep `d` in short steps; false when the sink is closing.
-    fn sleep(&self, d: Duration) -> bool {
-        let end = Instant::now() + d;
-        while Instant::now() < end {
-            if self.closing.load(Relaxed) {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
-        }
-        !self.closing.load(Relaxed)
-    }
-
-    /// Subscribe and announce `online` before anything left from the last session.
-    fn on_connect(&mut self, down_since: Option<Instant>, first: bool) {
-        self.stats.connected.store(true, Relaxed);
-        self.stats.connects.fetch_add(1, Relaxed);
-        let pending = &mut self.conn.eventloop.pending;
-        pending.push_front(Request::Subscribe(rumqttc::Subscribe::new(&self.topics.set, QoS::AtLeastOnce)));
-        let mut online = rumqttc::Publish::new(&self.topics.status, QoS::AtLeastOnce, self.online.clone());
-        online.retain = true;
-        pending.push_front(Request::Publish(online));
-        let (d, f) = self.stats.dropped();
-        match down_since {
-            Some(t) if !first => log::info!(
-                "[sink.mqtt] broker {}: connected again after {:.1}s ({} messages dropped so far: {d} while away, {f} queue full)",
-                self.broker,
-                t.elapsed().as_secs_f64(),
-                d + f
-            ),
-            _ => log::info!("[sink.mqtt] broker {}: connected", self.broker),
-        }
-    }
-
-    /// After a connection error, keep only what is worth sending later: QoS 1 messages, the
-    /// newest `max_queued` of them. The retained status and the subscription are sent anew on
-    /// connect.
-    fn trim_pending(&mut self) {
-        let pending: &mut VecDeque<Request> = &mut self.conn.eventloop.pending;
-        let stats = &self.stats;
-        pending.retain(|r| match r {
-            Request::Publish(p) if p.retain => false,
-            Request::Publish(p) if p.qos == QoS::AtMostOnce => {
-                stats.dropped_disconnected.fetch_add(1, Relaxed);
-                false
-            }
-            Request::Publish(_) => true,
-            _ => false,
-        });
-        while pending.len() > self.max_queued {
-            pending.pop_front();
-            stats.dropped_full.fetch_add(1, Relaxed);
-        }
-    }
-
-    fn on_set(&self, payload: &[u8]) {
-        let body: serde_json::Value = match serde_json::from_slice(payload) {
-            Ok(v) => v,
-            Err(e) => {
-                let p = Problem { key: "[set]".into(), msg: format!("not a JSON object: {e}") };
-                return self.replier.send(&ControlOutcome::Rejected { problems: vec![p] }, None);
-            }
-        };
-        let id = body.get("id").cloned();
-        let Some(tx) = &self.control else {
-            let p = Problem { key: "[set]".into(), msg: "remote control is not available in this command".into() };
-            return self.replier.send(&ControlOutcome::Rejected { problems: vec![p] }, id);
-        };
-        let replier = self.replier.clone();
-        let reply_id = id.clone();
-        let req = ControlRequest::new(format!("mqtt {}", self.topics.set), body, move |o| replier.send(&o, reply_id));
-        if tx.try_send(req).is_err() {
-            let p = Problem { key: "[set]".into(), msg: "busy: earlier requests are still being applied".into() };
-            self.replier.send(&ControlOutcome::Rejected { problems: vec![p] }, id);
-        }
-    }
-}
-
-/// A connection error in words (a refused login says so plainly).
-fn describe(e: &rumqttc::ConnectionError) -> String {
-    use rumqttc::ConnectReturnCode as C;
-    match e {
-        rumqttc::ConnectionError::ConnectionRefused(C::BadUserNamePassword) => {
-            "refused the login: bad user name or password".into()
-        }
-        rumqttc::ConnectionError::ConnectionRefused(C::NotAuthorized) => "refused the login: not authorised".into(),
-        rumqttc::ConnectionError::ConnectionRefused(c) => format!("refused the connection: {c:?}"),
-        other => other.to_string(),
     }
 }
 
