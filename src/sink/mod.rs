@@ -7,7 +7,8 @@
 //!
 //! Rebuilding sinks (on a config reload): drop the old `Vec<Box<dyn Sink>>` first, then build
 //! the new one. Dropping a socket or http sink stops its threads, removes the socket file and
-//! releases the port, so the new sink can bind the same address.
+//! releases the port, so the new sink can bind the same address. Dropping the mqtt sink
+//! publishes its `offline` status and disconnects (waiting at most 2 s for its thread).
 
 use std::path::Path;
 use std::sync::Arc;

@@ -148,21 +148,7 @@ impl EventLoop {
     /// newest `max_queued` of them. The retained status and the subscription are sent anew on
     /// connect.
     fn trim_pending(&mut self) {
-        let pending: &mut VecDeque<Request> = &mut self.conn.eventloop.pending;
-        let stats = &self.stats;
-        pending.retain(|r| match r {
-            Request::Publish(p) if p.retain => false,
-            Request::Publish(p) if p.qos == QoS::AtMostOnce => {
-                stats.dropped_disconnected.fetch_add(1, Relaxed);
-                false
-            }
-            Request::Publish(_) => true,
-            _ => false,
-        });
-        while pending.len() > self.max_queued {
-            pending.pop_front();
-            stats.dropped_full.fetch_add(1, Relaxed);
-        }
+        trim(&mut self.conn.eventloop.pending, self.max_queued, &self.stats);
     }
 
     fn on_set(&self, payload: &[u8]) {
@@ -188,6 +174,24 @@ impl EventLoop {
     }
 }
 
+/// Keep the QoS 1 messages of `pending` (the newest `max` of them), counting what goes; the
+/// retained status and any subscription are dropped silently (sent anew on connect).
+fn trim(pending: &mut VecDeque<Request>, max: usize, stats: &MqttStats) {
+    pending.retain(|r| match r {
+        Request::Publish(p) if p.retain => false,
+        Request::Publish(p) if p.qos == QoS::AtMostOnce => {
+            stats.dropped_disconnected.fetch_add(1, Relaxed);
+            false
+        }
+        Request::Publish(_) => true,
+        _ => false,
+    });
+    while pending.len() > max {
+        pending.pop_front();
+        stats.dropped_full.fetch_add(1, Relaxed);
+    }
+}
+
 /// A connection error in words (a refused login says so plainly).
 fn describe(e: &rumqttc::ConnectionError) -> String {
     use rumqttc::ConnectReturnCode as C;
@@ -198,5 +202,35 @@ fn describe(e: &rumqttc::ConnectionError) -> String {
         rumqttc::ConnectionError::ConnectionRefused(C::NotAuthorized) => "refused the login: not authorised".into(),
         rumqttc::ConnectionError::ConnectionRefused(c) => format!("refused the connection: {c:?}"),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::Publish;
+
+    #[test]
+    fn trim_keeps_the_newest_qos1_messages_and_counts_the_rest() {
+        let stats = MqttStats::default();
+        let mut q = VecDeque::new();
+        let mut status = Publish::new("p/status", QoS::AtLeastOnce, "online");
+        status.retain = true;
+        q.push_back(Request::Publish(status));
+        q.push_back(Request::Subscribe(rumqttc::Subscribe::new("p/set", QoS::AtLeastOnce)));
+        for i in 0..5u8 {
+            q.push_back(Request::Publish(Publish::new("p/main/meta", QoS::AtLeastOnce, vec![i])));
+            q.push_back(Request::Publish(Publish::new("p/main/mask", QoS::AtMostOnce, vec![i])));
+        }
+        trim(&mut q, 3, &stats);
+        let kept: Vec<u8> = q
+            .iter()
+            .map(|r| match r {
+                Request::Publish(p) => p.payload[0],
+                other => panic!("kept {other:?}"),
+            })
+            .collect();
+        assert_eq!(kept, [2, 3, 4]);
+        assert_eq!(stats.dropped(), (5, 2));
     }
 }
