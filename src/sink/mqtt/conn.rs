@@ -201,6 +201,8 @@ fn describe(e: &rumqttc::ConnectionError) -> String {
         }
         rumqttc::ConnectionError::ConnectionRefused(C::NotAuthorized) => "refused the login: not authorised".into(),
         rumqttc::ConnectionError::ConnectionRefused(c) => format!("refused the connection: {c:?}"),
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Io(io)) => format!("connection lost: {io}"),
+        rumqttc::ConnectionError::Io(io) => format!("cannot connect: {io}"),
         other => other.to_string(),
     }
 }
@@ -232,5 +234,19 @@ mod tests {
             .collect();
         assert_eq!(kept, [2, 3, 4]);
         assert_eq!(stats.dropped(), (5, 2));
+    }
+
+    #[test]
+    fn errors_read_as_one_plain_line() {
+        use rumqttc::ConnectionError as E;
+        let lost = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "connection closed by peer");
+        assert_eq!(
+            describe(&E::MqttState(rumqttc::StateError::Io(lost))),
+            "connection lost: connection closed by peer"
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(describe(&E::Io(refused)), "cannot connect: connection refused");
+        let bad = E::ConnectionRefused(rumqttc::ConnectReturnCode::BadUserNamePassword);
+        assert_eq!(describe(&bad), "refused the login: bad user name or password");
     }
 }
