@@ -4,7 +4,8 @@
 //!
 //! Needs Debian's `mosquitto` (tools/setup.sh installs it) and the real model (tools/
 //! fetch_assets.sh). Without mosquitto a test prints SKIP, or fails when
-//! `AILURUS_REQUIRE_BROKER=1` (CI sets it). The meta messages are validated against
+//! `AILURUS_REQUIRE_BROKER=1` (CI sets it). `AILURUS_MOSQUITTO=/path/to/mosquitto` picks the
+//! broker binary. The meta messages are validated against
 //! docs/mqtt-meta.schema.json with Python's `jsonschema` from .cache/venv (tools/setup_python.sh).
 //! Self-contained: no helpers from tests/common.
 
@@ -38,9 +39,14 @@ fn find_bin(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// mosquitto's binaries, or None after printing SKIP (a failure when AILURUS_REQUIRE_BROKER=1).
+/// mosquitto's binaries (`AILURUS_MOSQUITTO` names the broker's, if set), or None after
+/// printing SKIP (a failure when AILURUS_REQUIRE_BROKER=1).
 fn broker_bins(test: &str) -> Option<(PathBuf, PathBuf)> {
-    match (find_bin("mosquitto"), find_bin("mosquitto_passwd")) {
+    let broker = match std::env::var_os("AILURUS_MOSQUITTO") {
+        Some(p) => Some(PathBuf::from(p)).filter(|p| p.is_file()),
+        None => find_bin("mosquitto"),
+    };
+    match (broker, find_bin("mosquitto_passwd")) {
         (Some(m), Some(p)) => Some((m, p)),
         _ => {
             if std::env::var("AILURUS_REQUIRE_BROKER").as_deref() == Ok("1") {
