@@ -689,3 +689,10 @@ fn tls_with_a_client_certificate_publishes_and_a_wrong_ca_is_one_line() {
     assert!(lines[0].contains("TLS"), "{}", lines[0]);
     assert!(sub.drain().iter().all(|m| !m.topic.ends_with("/meta")), "nothing published without trust");
 }
+
+#[test]
+fn the_fleet_example_config_is_valid() {
+    let cfg = ailurus::config::Config::load(&root().join("configs/examples/mqtt-fleet.toml")).unwrap();
+    assert!(cfg.sink.mqtt.enabled && cfg.sink.mqtt.tls.enabled);
+    assert_eq!(cfg.sink.mqtt.topic_prefix, "", "the prefix defaults to the hostname");
+}
