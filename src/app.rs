@@ -20,7 +20,7 @@ use crate::reduce::Strategy;
 use crate::service::reload_plan;
 use crate::sink::{self, SinkError};
 use crate::source::{self, SourceError, SourceHealth, SourceKind};
-use crate::status::{Health, Liveness, StatusProvider};
+use crate::status::{Board, Health, Liveness, StatusProvider};
 
 /// Why the runtime could not start. Each names its culprit (file, key, device).
 #[derive(Debug, thiserror::Error)]
@@ -135,18 +135,25 @@ fn warn_lanes_beyond_cores(lanes: usize) {
     }
 }
 
-/// What `/metrics` and `/healthz` serve: the pipeline's metrics, the source's health and the
-/// service's liveness. The metrics exist only once the pipeline is built, after the sinks, so
+/// What `/metrics` and `/healthz` serve: the pipeline's metrics, the source's health, the
+/// service's liveness, and the parts on the board (a sink's broker connection: metrics only,
+/// never health). The metrics exist only once the pipeline is built, after the sinks, so
 /// they are filled in late (`set_running`).
 pub struct StatusHub {
     metrics: OnceLock<Arc<Metrics>>,
     source: OnceLock<Option<Arc<SourceHealth>>>,
     liveness: Arc<Liveness>,
+    board: Arc<Board>,
 }
 
 impl StatusHub {
     pub fn new(liveness: Arc<Liveness>) -> StatusHub {
-        StatusHub { metrics: OnceLock::new(), source: OnceLock::new(), liveness }
+        StatusHub { metrics: OnceLock::new(), source: OnceLock::new(), liveness, board: Arc::new(Board::default()) }
+    }
+
+    /// Where sinks list their own status (`SinkContext::board`).
+    pub fn board(&self) -> Arc<Board> {
+        self.board.clone()
     }
 
     pub fn set_running(&self, running: &Running) {
@@ -165,6 +172,7 @@ impl StatusProvider for StatusHub {
                 snap.up as u8
             );
         }
+        s += &self.board.prometheus();
         s
     }
 
@@ -180,6 +188,28 @@ impl StatusProvider for StatusHub {
         }
         self.liveness.health()
     }
+}
+
+/// What this runtime is, for a sink that announces it (the MQTT `online` status): version,
+/// model, source, and the knobs a remote `set` can change.
+pub fn summary(cfg: &Config) -> serde_json::Value {
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "config": cfg.origin,
+        "model": cfg.model.manifest.display().to_string(),
+        "input_size": cfg.model.input_size,
+        "model_device": cfg.model.device.to_string(),
+        "source": cfg.source.kind.to_string(),
+        "lanes": cfg.pipeline.lanes,
+        "reduce": {"strategy": cfg.reduce.strategy.to_string(), "m": cfg.reduce.m, "cut": cfg.reduce.cut},
+        "budget": {
+            "enabled": cfg.budget.enabled,
+            "target_ms": cfg.budget.target_ms,
+            "sizes": cfg.budget.sizes,
+            "m_min": cfg.budget.m_min,
+            "m_max": cfg.budget.m_max,
+        },
+    })
 }
 
 /// Apply a reloaded config to the running pipeline: the budget and the reducer knobs at once;

@@ -9,12 +9,14 @@
 //! - leaves: [`problems`], [`choice`], [`frame`], [`status`], [`eval`], [`pre`]
 //! - [`reduce`], then [`engine`] (shared types: setting, stage times, the `Engine` trait)
 //! - [`model`], [`source`], [`sink`], [`metrics`], [`budget`]
-//! - [`pipeline`], then [`config`] (composes the stage configs), [`service`], [`app`]
+//! - [`pipeline`], then [`config`] (composes the stage configs), [`service`], [`control`]
+//!   (remote `set` requests onto the config), [`app`]
 
 pub mod app;
 pub mod budget;
 pub mod choice;
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod eval;
 pub mod frame;

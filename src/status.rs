@@ -4,7 +4,7 @@
 //! Owns no threads; everything is updated by the pipeline and read by the http sink.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -24,6 +24,28 @@ pub trait StatusProvider: Send + Sync {
     /// The Prometheus text exposition (one or more complete metric families).
     fn prometheus(&self) -> String;
     fn health(&self) -> Health;
+}
+
+/// Parts beside the pipeline that report their own metrics (a sink's broker connection):
+/// listed in `/metrics`, never consulted for `/healthz` (a broker that is down must not mark
+/// the whole service unhealthy). One entry per name; registering a name again replaces it.
+#[derive(Default)]
+pub struct Board {
+    parts: Mutex<Vec<(String, Arc<dyn StatusProvider>)>>,
+}
+
+impl Board {
+    pub fn register(&self, name: &str, part: Arc<dyn StatusProvider>) {
+        let mut parts = lock(&self.parts);
+        parts.retain(|(n, _)| n != name);
+        parts.push((name.to_string(), part));
+    }
+
+    /// Every part's exposition, concatenated.
+    pub fn prometheus(&self) -> String {
+        let parts: Vec<_> = lock(&self.parts).iter().map(|(_, p)| p.clone()).collect();
+        parts.iter().map(|p| p.prometheus()).collect()
+    }
 }
 
 /// When frames last flowed and whether the camera is up: the health behind `/healthz`.

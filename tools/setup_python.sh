@@ -16,7 +16,7 @@ stamp="$venv/.ailurus-requirements.sha256"
   echo "setup_python: $py is $("$py" --version 2>&1); Python >= 3.11 is needed (tomllib)" >&2; exit 1; }
 
 want="$(sha256sum "$req" | cut -d' ' -f1)"
-imports='import numpy, onnx, onnxruntime, PIL'
+imports='import numpy, onnx, onnxruntime, PIL, paho.mqtt, jsonschema'
 if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] \
    && "$venv/bin/python" -c "$imports" 2>/dev/null; then
   echo "setup_python: $venv is up to date"

@@ -2,7 +2,8 @@
 //! source ends, `--frames` is reached, or SIGTERM/SIGINT. Runs under systemd as well:
 //! READY=1 after the first frame, WATCHDOG=1 while frames flow, STATUS= with FPS and M, and
 //! SIGHUP re-reads the config file (budget and reducer knobs apply at once; a bad file is
-//! rejected with one log line and the old config stays).
+//! rejected with one log line and the old config stays). Remote `set` requests (the MQTT
+//! sink's `<prefix>/set`) are applied on the same path, between SIGHUPs.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,8 +13,10 @@ use anyhow::Result;
 
 use super::ConfigArg;
 use ailurus::app::{self, StatusHub};
+use ailurus::config::Config;
+use ailurus::pipeline::Pipeline;
 use ailurus::service::{loader_for, Notifier, Service, ServiceOptions};
-use ailurus::sink::SinkContext;
+use ailurus::sink::{ControlOutcome, ControlRequest, SinkContext};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,7 +39,13 @@ pub fn command(a: Args) -> Result<()> {
     let loader = loader_for(a.config.config.clone());
     let svc = Service::install(cfg.clone(), loader, ServiceOptions::default(), Notifier::from_env())?;
     let hub = Arc::new(StatusHub::new(svc.liveness()));
-    let ctx = SinkContext { status: Some(hub.clone()) };
+    let (control_tx, control_rx) = crossbeam_channel::bounded::<ControlRequest>(8);
+    let ctx = SinkContext {
+        status: Some(hub.clone()),
+        board: Some(hub.board()),
+        control: Some(control_tx),
+        about: app::summary(&cfg),
+    };
     let (pipeline, running) = app::start(&cfg, svc.stop_flag(), Vec::new(), &ctx)?;
     hub.set_running(&running);
     let mut seen = 0u64;
@@ -60,7 +69,30 @@ pub fn command(a: Args) -> Result<()> {
             app::apply_reload(&pipeline, &current, &new);
             current = new;
         }
+        for req in control_rx.try_iter() {
+            apply_remote(&pipeline, &mut current, req);
+        }
     }
     pipeline.wait()?;
     Ok(())
+}
+
+/// A remote `set`: validated onto the config in force, then applied as a reload would be.
+fn apply_remote(pipeline: &Pipeline, current: &mut Config, req: ControlRequest) {
+    let (new, outcome) = ailurus::control::handle(current, &req.body);
+    match (&new, &outcome) {
+        (Some(new), ControlOutcome::Applied { changed }) => {
+            log::info!("remote set from {}: applying [{}]", req.origin, changed.join("], ["));
+            app::apply_reload(pipeline, current, new);
+        }
+        (_, ControlOutcome::Rejected { problems }) => {
+            let p: Vec<String> = problems.iter().map(|p| format!("{}: {}", p.key, p.msg)).collect();
+            log::warn!("remote set from {} rejected: {}", req.origin, p.join("; "));
+        }
+        _ => {}
+    }
+    if let Some(new) = new {
+        *current = new;
+    }
+    req.respond(outcome);
 }

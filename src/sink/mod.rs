@@ -1,4 +1,4 @@
-//! Sinks: where masks go (files, UNIX socket, HTTP preview).
+//! Sinks: where masks go (files, UNIX socket, HTTP preview, MQTT broker).
 //!
 //! Owns the `Sink` trait, its implementations and their config. A sink never blocks inference:
 //! the pipeline hands each sink its own bounded queue, and a slow sink drops (and counts) its
@@ -7,7 +7,8 @@
 //!
 //! Rebuilding sinks (on a config reload): drop the old `Vec<Box<dyn Sink>>` first, then build
 //! the new one. Dropping a socket or http sink stops its threads, removes the socket file and
-//! releases the port, so the new sink can bind the same address.
+//! releases the port, so the new sink can bind the same address. Dropping the mqtt sink
+//! publishes its `offline` status and disconnects (waiting at most 2 s for its thread).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,11 +16,12 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::frame::{Frame, Mask};
-use crate::problems::Problems;
-use crate::status::StatusProvider;
+use crate::problems::{Problem, Problems};
+use crate::status::{Board, StatusProvider};
 
 pub mod files;
 pub mod http;
+pub mod mqtt;
 pub mod render;
 pub mod socket;
 
@@ -54,6 +56,18 @@ pub enum SinkError {
         #[source]
         source: image::ImageError,
     },
+    /// A file a key names cannot be read (`[sink.mqtt] credentials: /etc/x: No such file`).
+    #[error("[sink.{sink}] {key}: {path}: {source}")]
+    KeyFile {
+        sink: &'static str,
+        key: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key's value cannot be used at start-up (an environment check, after validation).
+    #[error("[sink.{sink}] {key}: {msg}")]
+    Key { sink: &'static str, key: &'static str, msg: String },
     #[error("sink {sink}: {addr}: {source}")]
     Server {
         sink: &'static str,
@@ -76,6 +90,7 @@ pub struct SinksConfig {
     pub files: files::FilesConfig,
     pub socket: socket::SocketConfig,
     pub http: http::HttpConfig,
+    pub mqtt: mqtt::MqttConfig,
 }
 
 impl SinksConfig {
@@ -83,6 +98,7 @@ impl SinksConfig {
         self.files.validate(p);
         self.socket.validate(p);
         self.http.validate(p);
+        self.mqtt.validate(p);
     }
 }
 
@@ -92,9 +108,48 @@ pub struct SinkContext {
     /// Metrics and health for the http sink's `/metrics` and `/healthz`. Without one, the http
     /// sink reports only its own counters and judges health by its own last published frame.
     pub status: Option<Arc<dyn StatusProvider>>,
+    /// Where a sink lists its own status (the MQTT broker connection) for `/metrics`.
+    pub board: Option<Arc<Board>>,
+    /// Where remote control requests go (`[sink.mqtt]`'s `<prefix>/set`). Without one, such
+    /// requests are answered "not available".
+    pub control: Option<crossbeam_channel::Sender<ControlRequest>>,
+    /// What this runtime is (version, model, config summary), for a sink that announces it
+    /// (the MQTT `online` status). Null when the caller gives none.
+    pub about: serde_json::Value,
 }
 
-/// Build every enabled sink, in a fixed order: files, socket, http.
+/// A remote request to change the live knobs (budget, reducer), as a JSON object. The sink
+/// cannot apply it (the config sits above the sinks): the command that owns the pipeline takes
+/// it from [`SinkContext::control`], applies it the way a SIGHUP reload is applied, and
+/// answers with [`ControlRequest::respond`].
+pub struct ControlRequest {
+    /// Where it came from, for logs (`mqtt ailurus/cam1/set`).
+    pub origin: String,
+    pub body: serde_json::Value,
+    reply: Box<dyn FnOnce(ControlOutcome) + Send>,
+}
+
+impl ControlRequest {
+    pub fn new(origin: String, body: serde_json::Value, reply: impl FnOnce(ControlOutcome) + Send + 'static) -> Self {
+        ControlRequest { origin, body, reply: Box::new(reply) }
+    }
+
+    /// Answer the request (e.g. publish the result); must not block.
+    pub fn respond(self, outcome: ControlOutcome) {
+        (self.reply)(outcome)
+    }
+}
+
+/// What became of a [`ControlRequest`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlOutcome {
+    /// Validated and handed to the reload path; `changed` names the sections (`budget`, `reduce`).
+    Applied { changed: Vec<String> },
+    /// Not applied: every problem, each naming its key.
+    Rejected { problems: Vec<Problem> },
+}
+
+/// Build every enabled sink, in a fixed order: files, socket, http, mqtt.
 pub fn build_all(cfg: &SinksConfig, base: &Path, ctx: &SinkContext) -> Result<Vec<Box<dyn Sink>>, SinkError> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if cfg.files.enabled {
@@ -105,6 +160,9 @@ pub fn build_all(cfg: &SinksConfig, base: &Path, ctx: &SinkContext) -> Result<Ve
     }
     if cfg.http.enabled {
         sinks.push(Box::new(http::HttpSink::build(&cfg.http, ctx.status.clone())?));
+    }
+    if cfg.mqtt.enabled {
+        sinks.push(Box::new(mqtt::MqttSink::build(&cfg.mqtt, base, ctx)?));
     }
     Ok(sinks)
 }
