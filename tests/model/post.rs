@@ -5,12 +5,12 @@
 
 use std::path::Path;
 
-use ailurus::frame::{Frame, Mask};
-use ailurus::model::Manifest;
 use ailurus::eval::{iou, mae};
+use ailurus::frame::{Frame, Mask};
 use ailurus::model::io::{to_mask, Io};
-use ailurus::sink::render::{mask_to_png, overlay, PALETTE};
+use ailurus::model::Manifest;
 use ailurus::pre::Resampler;
+use ailurus::sink::render::{mask_to_png, overlay, PALETTE};
 
 use crate::common::uniform;
 

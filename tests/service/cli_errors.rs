@@ -138,7 +138,10 @@ fn model_cpu_ops_must_be_ailurus_or_tract() {
     let f = write(d.path(), "ops.toml", "[model]\ncpu_ops = \"onnx\"\n");
     let (code, _, err) = ailurus(&["check-config", &f]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("ops.toml") && err.contains("[model] cpu_ops") && err.contains("\"ailurus\" or \"tract\""), "{err}");
+    assert!(
+        err.contains("ops.toml") && err.contains("[model] cpu_ops") && err.contains("\"ailurus\" or \"tract\""),
+        "{err}"
+    );
     let f = write(d.path(), "tract.toml", "[model]\ncpu_ops = \"tract\"\n");
     let (code, out, err) = ailurus(&["check-config", &f]);
     assert_eq!(code, 0, "{out}{err}");
