@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::engine::{Engine, Setting, SizeInfo};
 use crate::metrics::Metrics;
 use crate::model::{Io, ModelError, Segmenter};
+use crate::pipeline::streams::{StreamInfo, Streams};
 use crate::pipeline::{Parts, Pipeline, PipelineError, SourceMode};
 use crate::reduce::Strategy;
 use crate::service::reload_plan;
@@ -33,6 +34,13 @@ pub enum StartError {
     Budget(#[from] BudgetError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// A source of `[streams.NAME]` cannot start.
+    #[error("[streams.{name}]: {source}")]
+    Stream {
+        name: String,
+        #[source]
+        source: SourceError,
+    },
     #[error(transparent)]
     Sink(#[from] SinkError),
     #[error(transparent)]
@@ -68,7 +76,18 @@ pub struct Running {
     /// The plans every lane shares.
     pub segmenter: Arc<Segmenter>,
     pub metrics: Arc<Metrics>,
+    /// The one `[source]`'s health (None with `[streams.*]`: see `streams`).
     pub source_health: Option<Arc<SourceHealth>>,
+    /// The `[streams.*]` sources (empty for the one `[source]`).
+    pub streams: Vec<StreamInfo>,
+}
+
+impl Running {
+    /// Whether some source is waiting for its camera or server.
+    pub fn waiting_for_a_source(&self) -> bool {
+        let down = |h: &Option<Arc<SourceHealth>>| h.as_ref().is_some_and(|h| !h.is_up());
+        down(&self.source_health) || self.streams.iter().any(|s| down(&s.health))
+    }
 }
 
 /// Start the pipeline `cfg` describes, with `extra` sinks after the configured ones (benches,
@@ -96,10 +115,8 @@ pub fn start(
     let table = calibration_table(cfg)?;
     let reducing = cfg.reduce.strategy.get() != Strategy::None;
     let controller = Controller::new(&cfg.budget, seg.sizes(), reducing, fixed, &table)?;
-    let src = source::build_with_stop(&cfg.source, &cfg.base_dir, stop.clone())?;
-    let source_health = src.health();
-    let pull = cfg.source.kind.get() == SourceKind::Folder && cfg.source.fps == 0.0;
-    let mode = if pull { SourceMode::Pull } else { SourceMode::Live };
+    let (src, mode, streams) = build_sources(cfg, &stop)?;
+    let source_health = if streams.is_empty() { src.health() } else { None };
     let mut sinks = sink::build_all(&cfg.sink, &cfg.base_dir, ctx)?;
     sinks.extend(extra);
     let names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
@@ -120,9 +137,43 @@ pub fn start(
         table.origin
     );
     let io = Arc::new(Io::of(seg.manifest()));
-    let running = Running { segmenter: seg, metrics: metrics.clone(), source_health };
-    let parts = Parts { engines, io, source: src, mode, sinks, controller, metrics, config: cfg.pipeline.clone() };
+    let counters = streams.iter().map(|s| s.counters.clone()).collect();
+    let running = Running { segmenter: seg, metrics: metrics.clone(), source_health, streams };
+    let parts = Parts {
+        engines,
+        io,
+        source: src,
+        mode,
+        sinks,
+        controller,
+        metrics,
+        config: cfg.pipeline.clone(),
+        streams: counters,
+    };
     Ok((Pipeline::start(parts, stop)?, running))
+}
+
+/// The one `[source]` (pulled on demand for an unpaced folder, else on its own thread), or the
+/// `[streams.*]` sources behind the round-robin `Streams` (pulled on demand: fair turns).
+fn build_sources(
+    cfg: &Config,
+    stop: &Arc<AtomicBool>,
+) -> Result<(Box<dyn source::FrameSource>, SourceMode, Vec<StreamInfo>), StartError> {
+    if cfg.streams.is_empty() {
+        let src = source::build_with_stop(&cfg.source, &cfg.base_dir, stop.clone())?;
+        let pull = cfg.source.kind.get() == SourceKind::Folder && cfg.source.fps == 0.0;
+        return Ok((src, if pull { SourceMode::Pull } else { SourceMode::Live }, Vec::new()));
+    }
+    let mut built = Vec::new();
+    for (name, sc) in cfg.sources() {
+        let src = source::build_with_stop(sc, &cfg.base_dir, stop.clone())
+            .map_err(|source| StartError::Stream { name: name.clone(), source })?;
+        built.push((name, src));
+    }
+    let streams =
+        Streams::start(built, stop.clone()).map_err(|source| PipelineError::Spawn { stage: "source", source })?;
+    let info = streams.info();
+    Ok((Box::new(streams), SourceMode::Pull, info))
 }
 
 fn warn_lanes_beyond_cores(lanes: usize) {
@@ -142,13 +193,20 @@ fn warn_lanes_beyond_cores(lanes: usize) {
 pub struct StatusHub {
     metrics: OnceLock<Arc<Metrics>>,
     source: OnceLock<Option<Arc<SourceHealth>>>,
+    streams: OnceLock<Vec<StreamInfo>>,
     liveness: Arc<Liveness>,
     board: Arc<Board>,
 }
 
 impl StatusHub {
     pub fn new(liveness: Arc<Liveness>) -> StatusHub {
-        StatusHub { metrics: OnceLock::new(), source: OnceLock::new(), liveness, board: Arc::new(Board::default()) }
+        StatusHub {
+            metrics: OnceLock::new(),
+            source: OnceLock::new(),
+            streams: OnceLock::new(),
+            liveness,
+            board: Arc::new(Board::default()),
+        }
     }
 
     /// Where sinks list their own status (`SinkContext::board`).
@@ -159,6 +217,7 @@ impl StatusHub {
     pub fn set_running(&self, running: &Running) {
         let _ = self.metrics.set(running.metrics.clone());
         let _ = self.source.set(running.source_health.clone());
+        let _ = self.streams.set(running.streams.clone());
     }
 }
 
@@ -172,6 +231,9 @@ impl StatusProvider for StatusHub {
                 snap.up as u8
             );
         }
+        if let Some(streams) = self.streams.get().filter(|s| !s.is_empty()) {
+            s += &streams_prometheus(streams);
+        }
         s += &self.board.prometheus();
         s
     }
@@ -181,13 +243,60 @@ impl StatusProvider for StatusHub {
             let snap = h.snapshot();
             if !snap.up {
                 return Health::Unavailable(format!(
-                    "camera down: {}",
+                    "{}: {}",
+                    snap.status,
                     snap.last_error.unwrap_or_else(|| snap.name.clone())
                 ));
             }
         }
+        let down: Vec<String> = (self.streams.get().map(Vec::as_slice).unwrap_or_default().iter())
+            .filter_map(|s| {
+                let snap = s.health.as_ref()?.snapshot();
+                (!snap.up)
+                    .then(|| format!("stream {}: {}: {}", s.name, snap.status, snap.last_error.unwrap_or(snap.name)))
+            })
+            .collect();
+        if !down.is_empty() {
+            return Health::Unavailable(down.join("; "));
+        }
         self.liveness.health()
     }
+}
+
+/// The per-stream series of `/metrics` (`stream` label), for `[streams.*]`.
+fn streams_prometheus(streams: &[StreamInfo]) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut s = String::new();
+    let series: [(&str, &str, &str, fn(&StreamInfo) -> String); 6] = [
+        ("ailurus_camera_up", "gauge", "Whether the stream's source is delivering.", |i| {
+            (i.health.as_ref().is_none_or(|h| h.is_up()) as u8).to_string()
+        }),
+        ("ailurus_stream_frames_captured_total", "counter", "Frames the stream's source delivered.", |i| {
+            i.counters.captured.load(Relaxed).to_string()
+        }),
+        (
+            "ailurus_stream_frames_dropped_total",
+            "counter",
+            "Frames of the stream replaced by a newer one before preprocessing took them.",
+            |i| i.counters.dropped.load(Relaxed).to_string(),
+        ),
+        ("ailurus_stream_frames_published_total", "counter", "Masks of the stream published.", |i| {
+            i.counters.published.load(Relaxed).to_string()
+        }),
+        ("ailurus_stream_latency_seconds_sum", "counter", "Sum of the capture-to-mask latency of its masks.", |i| {
+            format!("{:.6}", i.counters.latency_us.load(Relaxed) as f64 / 1e6)
+        }),
+        ("ailurus_stream_reconnects_total", "counter", "Times the stream's source came back after a loss.", |i| {
+            i.health.as_ref().map_or(0, |h| h.reconnects()).to_string()
+        }),
+    ];
+    for (name, kind, help, value) in series {
+        s += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n");
+        for i in streams {
+            s += &format!("{name}{{stream=\"{}\"}} {}\n", i.name, value(i));
+        }
+    }
+    s
 }
 
 /// What this runtime is, for a sink that announces it (the MQTT `online` status): version,

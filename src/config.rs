@@ -24,6 +24,10 @@ pub struct Config {
     pub reduce: crate::reduce::ReduceConfig,
     #[serde(default)]
     pub source: crate::source::SourceConfig,
+    /// `[streams.NAME]`: several named sources in one process (each table is a whole
+    /// `[source]`); empty: the one `[source]`.
+    #[serde(default)]
+    pub streams: std::collections::BTreeMap<String, crate::source::SourceConfig>,
     #[serde(default)]
     pub sink: crate::sink::SinksConfig,
     #[serde(default)]
@@ -102,10 +106,45 @@ impl Config {
         self.model.validate(&mut p);
         self.reduce.validate(&mut p);
         self.source.validate(&mut p);
+        self.validate_streams(&mut p);
         self.sink.validate(&mut p);
         self.budget.validate(&mut p);
         self.pipeline.validate(&mut p);
         p
+    }
+
+    /// `[streams.*]`: names fit paths, topics and labels; each table is checked as a `[source]`,
+    /// its problems named `[streams.NAME...]`.
+    fn validate_streams(&self, p: &mut Problems) {
+        if self.streams.is_empty() {
+            return;
+        }
+        p.check(self.source == crate::source::SourceConfig::default(), "source", "kind", || {
+            "[source] is not used when [streams.*] lists the sources: move it into a [streams.NAME] table".into()
+        });
+        for (name, src) in &self.streams {
+            let ok = (1..=32).contains(&name.len())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            p.check(ok, &format!("streams.{name}"), "name", || {
+                "a stream name is 1-32 of a-z A-Z 0-9 _ - (it becomes a folder, a topic level and a label)".into()
+            });
+            let mut own = Problems::default();
+            src.validate(&mut own);
+            for mut problem in own.0 {
+                problem.key = problem.key.replacen("[source", &format!("[streams.{name}"), 1);
+                p.0.push(problem);
+            }
+        }
+    }
+
+    /// The sources to run, named: the `[streams.*]` tables in name order, or the one `[source]`
+    /// with the empty name.
+    pub fn sources(&self) -> Vec<(String, &crate::source::SourceConfig)> {
+        if self.streams.is_empty() {
+            vec![(String::new(), &self.source)]
+        } else {
+            self.streams.iter().map(|(n, s)| (n.clone(), s)).collect()
+        }
     }
 
     /// Resolve a path from the config against its base directory.
@@ -137,6 +176,23 @@ mod tests {
         let s = e.to_string();
         assert!(s.contains("x.toml") && s.contains("enabeld"), "{s}");
         assert!(!s.contains('\n'), "one line: {s}");
+    }
+
+    #[test]
+    fn streams_are_named_sources_checked_like_source() {
+        let text = "[streams.front]\nkind = \"gstreamer\"\n[streams.front.gstreamer]\nuri = \"rtsp://a/1\"\n\
+                    [streams.back]\nkind = \"synthetic\"\n";
+        let cfg = Config::from_str(text, "s.toml", Path::new(".")).unwrap();
+        let names: Vec<String> = cfg.sources().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["back", "front"]);
+        let bad = "[streams.\"a b\"]\nkind = \"gstreamer\"\n[streams.c]\nfps = -1.0\n[source]\nkind = \"v4l\"\n";
+        let e = Config::from_str(bad, "s.toml", Path::new(".")).unwrap_err().to_string();
+        for key in ["[streams.a b] name", "[streams.a b.gstreamer] uri", "[streams.c] fps", "[source] kind"] {
+            assert!(e.contains(key), "{key} in {e}");
+        }
+        let one = Config::from_str("", "o.toml", Path::new(".")).unwrap();
+        assert_eq!(one.sources().len(), 1);
+        assert_eq!(one.sources()[0].0, "");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Owns the pixel containers and their metadata. Must not know about sources, models or sinks.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 /// One decoded camera/file frame, always packed RGB8 (row-major, 3 bytes per pixel).
@@ -20,6 +20,22 @@ pub struct Frame {
     pub rgb: Vec<u8>,
     /// Where the frame came from (file name or device), for logs.
     pub origin: String,
+    /// The stream's name (`[streams.NAME]`; empty for the one `[source]`): which camera, for
+    /// sinks and metrics. Set by the pipeline; an `Arc`, so stamping a frame allocates nothing.
+    pub stream: Arc<str>,
+    /// The stream's index in the pipeline (0 for the one `[source]`).
+    pub stream_index: usize,
+    /// Bumped every time the source (re)connects or restarts its stream (a reopened camera, a
+    /// reconnected RTSP server, a looped file back at its start): frames of different epochs
+    /// are not consecutive, so whoever compares a frame with the previous one of its stream
+    /// (temporal reuse) must start afresh when it changes. Sources without reconnects leave 0.
+    pub epoch: u64,
+}
+
+/// The name of the one unnamed stream (`[source]`): "", shared, so stamping allocates nothing.
+pub fn unnamed() -> Arc<str> {
+    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from("")).clone()
 }
 
 impl Frame {
@@ -33,6 +49,9 @@ impl Frame {
             height,
             rgb: vec![0; width as usize * height as usize * 3],
             origin: String::new(),
+            stream: unnamed(),
+            stream_index: 0,
+            epoch: 0,
         }
     }
 
@@ -47,6 +66,9 @@ impl Frame {
             height,
             rgb: img.into_raw(),
             origin: origin.into(),
+            stream: unnamed(),
+            stream_index: 0,
+            epoch: 0,
         }
     }
 

@@ -116,7 +116,10 @@ class MaskStream:
         if extra < 0:
             raise ProtocolError(f"header length {header['header_len']} < {HEADER.itemsize}")
         if extra:
-            self._read_exact(extra)
+            # A named stream ([streams.NAME]) puts its name here: 32 bytes, NUL-padded.
+            self.stream = self._read_exact(extra)[:32].rstrip(b"\0").decode("utf-8", "replace")
+        else:
+            self.stream = ""
         h, w, n = int(header["height"]), int(header["width"]), int(header["payload_len"])
         if n != h * w:
             raise ProtocolError(f"payload {n} bytes for a {w}x{h} mask")

@@ -15,9 +15,10 @@
 #    systemd-analyze security) and powers it off. Its log is printed; exit 1 if a check failed.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-# minbase + systemd, and the ailurus package's dependencies beyond minbase (procps: /bin/kill),
+# minbase + systemd, and the ailurus package's dependencies beyond minbase (procps: /bin/kill;
+# the GStreamer libraries),
 # so that dpkg -i works offline. A new dependency fails the install here, by design.
-include=systemd,systemd-sysv,dbus,procps
+include=systemd,systemd-sysv,dbus,procps,libgstreamer1.0-0,libgstreamer-plugins-base1.0-0
 cache="${AILURUS_CACHE:-$root/.cache}/nspawn/bookworm-${include//,/-}"
 work="$root/target/systemd-test"
 rootfs="$work/root"

@@ -61,7 +61,7 @@ pub fn command(a: Args) -> Result<()> {
                 svc.frame_done(running.metrics.current_m());
             }
             seen = published;
-        } else if running.source_health.as_ref().is_some_and(|h| !h.is_up()) {
+        } else if running.waiting_for_a_source() {
             // Waiting for the camera is not a hang: keep the watchdog fed.
             svc.heartbeat();
         }

@@ -35,6 +35,7 @@
 pub mod sinks;
 pub mod slot;
 mod stages;
+pub mod streams;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -127,6 +128,8 @@ pub struct Parts {
     /// Built with `Metrics::new` over the sinks' names, in order.
     pub metrics: Arc<Metrics>,
     pub config: PipelineConfig,
+    /// Per-stream counters by stream index (`streams::Streams::info`); empty for one source.
+    pub streams: Vec<Arc<streams::StreamCounters>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +283,7 @@ struct Shared {
     gate: Gate,
     stop: Arc<AtomicBool>,
     config: PipelineConfig,
+    streams: Vec<Arc<streams::StreamCounters>>,
 }
 
 impl Shared {
@@ -311,7 +315,7 @@ impl Pipeline {
     /// Start every stage. The pipeline runs until the source ends, `max_frames` frames are
     /// published, or `stop` is set; then `wait` returns.
     pub fn start(parts: Parts, stop: Arc<AtomicBool>) -> Result<Pipeline, PipelineError> {
-        let Parts { engines, io, source, mode, sinks, controller, metrics, config } = parts;
+        let Parts { engines, io, source, mode, sinks, controller, metrics, config, streams } = parts;
         if metrics.sinks.len() != sinks.len() {
             return Err(PipelineError::SinkCount { have: metrics.sinks.len(), want: sinks.len() });
         }
@@ -337,6 +341,7 @@ impl Pipeline {
             gate: Gate::new(lanes),
             stop,
             config,
+            streams,
         });
         let spawn_err = |stage| move |source| PipelineError::Spawn { stage, source };
         let mut runners = Vec::new();

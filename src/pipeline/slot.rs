@@ -86,6 +86,16 @@ impl<T> SlotReceiver<T> {
     pub fn try_recv(&self) -> Option<T> {
         self.rx.try_recv().ok()
     }
+
+    /// A value if one waits; `Err(true)` = empty and the sender is gone, `Err(false)` = empty.
+    pub fn try_take(&self) -> Result<T, bool> {
+        self.rx.try_recv().map_err(|e| e == crossbeam_channel::TryRecvError::Disconnected)
+    }
+
+    /// Add this slot to a `Select`, to wait on several slots at once.
+    pub fn register<'a>(&'a self, sel: &mut crossbeam_channel::Select<'a>) -> usize {
+        sel.recv(&self.rx)
+    }
 }
 
 impl<T> Drop for SlotReceiver<T> {

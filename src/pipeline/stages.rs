@@ -366,6 +366,10 @@ pub(super) fn post_loop(
         }
         sh.metrics.record(Stage::Postprocess, times.postprocess);
         sh.metrics.published(latency, setting.input_size, setting.m);
+        if let Some(c) = sh.streams.get(out.frame.stream_index) {
+            c.published.fetch_add(1, Relaxed);
+            c.latency_us.fetch_add(latency.as_micros() as u64, Relaxed);
+        }
         {
             let mut c = sh.controller();
             c.observe_latency(latency.as_secs_f64() * 1e3, (times.preprocess + times.inference()).as_secs_f64() * 1e3);

@@ -89,7 +89,7 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
     if old.model != new.model {
         restart_needed.push("model");
     }
-    if old.source != new.source {
+    if old.source != new.source || old.streams != new.streams {
         restart_needed.push("source");
     }
     if old.reduce.cut != new.reduce.cut {

@@ -63,6 +63,8 @@ pub struct FilesSink {
     live: HashMap<String, (u64, u64)>,
     total_bytes: u64,
     next_generation: u64,
+    /// Stream folders (`dir/NAME/`, `[streams.*]`) made so far.
+    made: Vec<String>,
 }
 
 impl FilesSink {
@@ -79,6 +81,7 @@ impl FilesSink {
             live: HashMap::new(),
             total_bytes: 0,
             next_generation: 1,
+            made: Vec::new(),
         };
         sink.adopt_existing().map_err(io)?;
         sink.expire();
@@ -196,7 +199,20 @@ impl Sink for FilesSink {
     }
 
     fn publish(&mut self, out: &Output) -> Result<(), SinkError> {
-        let stem = format!("{:08}", out.frame.seq);
+        // A named stream's frames go to `dir/NAME/` (its sequence numbers are its own); the
+        // limits count the frames of all streams together.
+        let stream = &*out.frame.stream;
+        let stem =
+            if stream.is_empty() { format!("{:08}", out.frame.seq) } else { format!("{stream}/{:08}", out.frame.seq) };
+        if !stream.is_empty() && !self.made.iter().any(|m| m == stream) {
+            let sub = self.dir.join(stream);
+            std::fs::create_dir_all(&sub).map_err(|source| SinkError::Io {
+                sink: "files",
+                path: sub.display().to_string(),
+                source,
+            })?;
+            self.made.push(stream.to_string());
+        }
         let mut paths = Vec::with_capacity(2);
         let mask_path = self.dir.join(format!("{stem}.mask.png"));
         write_png_atomic(&super::render::mask_to_png(&out.mask), &mask_path)?;

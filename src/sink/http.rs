@@ -11,6 +11,8 @@
 //!   `?after=SEQ` waits (long poll, at most 2 s) until a frame other than SEQ is there
 //! - `/metrics`      Prometheus text: the runtime's (from a [`StatusProvider`]) and this sink's
 //! - `/healthz`      200 `ok`, or 503 with the reason (`camera down`, `inference stuck: ...`)
+//! - `/streams/NAME/latest.json`, `.../frame.jpg`, `.../overlay.jpg`, `.../mask.png`: the
+//!   latest of one named stream (`[streams.NAME]`; the routes above show the latest of any)
 //!
 //! The server runs on its own threads (`threads` request workers plus tiny_http's connection
 //! threads). `publish` only swaps in the latest `Output` (a few `Arc` clones); images are
@@ -132,6 +134,8 @@ type Cached = Option<(u64, Arc<Vec<u8>>)>;
 struct Shared {
     /// The latest output and its publish count (the cache key: sequence numbers may restart).
     latest: Mutex<Option<(u64, Output)>>,
+    /// The latest output of each named stream (`[streams.NAME]`), for `/streams/NAME/...`.
+    by_stream: Mutex<Vec<Output>>,
     /// Signalled on every publish (and on close), for long polls.
     changed: Condvar,
     /// Long polls waiting now, and how many may (one worker always stays free).
@@ -193,6 +197,7 @@ impl HttpSink {
         let server = Arc::new(server);
         let shared = Arc::new(Shared {
             latest: Mutex::new(None),
+            by_stream: Mutex::new(Vec::new()),
             changed: Condvar::new(),
             waiting: AtomicUsize::new(0),
             max_waiting: cfg.threads - 1,
@@ -269,7 +274,31 @@ fn text(rq: tiny_http::Request, code: u16, body: String) {
     reply(rq, code, "text/plain; charset=utf-8", Arc::new(body.into_bytes()));
 }
 
+/// `/streams/NAME/ROUTE`: the latest output of one named stream (encoded per request).
+fn stream_request(shared: &Shared, rq: tiny_http::Request, name: &str, route: &str) {
+    let out = lock(&shared.by_stream).iter().find(|o| &*o.frame.stream == name).cloned();
+    let Some(out) = out else {
+        let names: Vec<String> = lock(&shared.by_stream).iter().map(|o| o.frame.stream.to_string()).collect();
+        return text(rq, 404, format!("no stream {name:?} has published; streams: {}\n", names.join(" ")));
+    };
+    let kind = match route.split(['?', '#']).next().unwrap_or("") {
+        "latest.json" => return reply(rq, 200, "application/json", Arc::new(output_json(&out).into_bytes())),
+        "frame.jpg" => Kind::Frame,
+        "overlay.jpg" => Kind::Overlay,
+        "mask.png" => Kind::Mask,
+        _ => return text(rq, 404, "not found; try latest.json frame.jpg overlay.jpg mask.png\n".into()),
+    };
+    match encode(&out, kind, shared.jpeg_quality) {
+        Ok(b) => reply(rq, 200, if matches!(kind, Kind::Mask) { "image/png" } else { "image/jpeg" }, Arc::new(b)),
+        Err(e) => text(rq, 500, format!("{e}\n")),
+    }
+}
+
 fn handle(shared: &Shared, rq: tiny_http::Request) {
+    if let Some((name, route)) = rq.url().strip_prefix("/streams/").and_then(|r| r.split_once('/')) {
+        let (name, route) = (name.to_string(), route.to_string());
+        return stream_request(shared, rq, &name, &route);
+    }
     let route = Route::parse(rq.url());
     let idx = ROUTES.iter().position(|(r, _)| *r == route).unwrap_or(ROUTES.len() - 1);
     shared.requests[idx].fetch_add(1, Ordering::Relaxed);
@@ -393,9 +422,16 @@ fn latest_json(shared: &Shared, after: Option<u64>) -> Option<String> {
         wait_for_new(shared, seen);
     }
     let (_, out) = lock(&shared.latest).clone()?;
+    Some(output_json(&out))
+}
+
+/// One output's `latest.json` (with `"stream"` for a named stream).
+fn output_json(out: &Output) -> String {
+    let stream =
+        if out.frame.stream.is_empty() { String::new() } else { format!(",\"stream\":{:?}", &*out.frame.stream) };
     let captured_ms = out.frame.captured_wall.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    Some(format!(
-        "{{\"seq\":{},\"width\":{},\"height\":{},\"num_classes\":{},\"m\":{},\"input_size\":{},\"latency_ms\":{:.1},\"captured_unix_ms\":{}}}\n",
+    format!(
+        "{{\"seq\":{},\"width\":{},\"height\":{},\"num_classes\":{},\"m\":{},\"input_size\":{},\"latency_ms\":{:.1},\"captured_unix_ms\":{}{stream}}}\n",
         out.frame.seq,
         out.frame.width,
         out.frame.height,
@@ -404,7 +440,7 @@ fn latest_json(shared: &Shared, after: Option<u64>) -> Option<String> {
         out.input_size,
         out.latency.as_secs_f64() * 1e3,
         captured_ms
-    ))
+    )
 }
 
 fn health(shared: &Shared) -> Health {
@@ -472,6 +508,16 @@ impl Sink for HttpSink {
     fn publish(&mut self, out: &Output) -> Result<(), SinkError> {
         let generation = self.shared.published.fetch_add(1, Ordering::Relaxed) + 1;
         let old = lock(&self.shared.latest).replace((generation, out.clone()));
+        if !out.frame.stream.is_empty() {
+            let mut by = lock(&self.shared.by_stream);
+            match by
+                .iter_mut()
+                .find(|o| Arc::ptr_eq(&o.frame.stream, &out.frame.stream) || o.frame.stream == out.frame.stream)
+            {
+                Some(o) => drop(std::mem::replace(o, out.clone())),
+                None => by.push(out.clone()),
+            }
+        }
         self.shared.changed.notify_all();
         *lock(&self.shared.last_publish) = Some(Instant::now());
         drop(old); // outside the lock: may free the previous frame's buffers

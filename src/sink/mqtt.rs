@@ -1,7 +1,8 @@
 //! `mqtt` sink: publish each frame's results to an MQTT broker, announce the device, and take
 //! remote changes of the live knobs (a fleet of devices on one broker).
 //!
-//! Topics (`<prefix>` = `topic_prefix`, default `ailurus/<hostname>`; `<stream>` = `main`):
+//! Topics (`<prefix>` = `topic_prefix`, default `ailurus/<hostname>`; `<stream>` = `main`, or
+//! the stream's name with `[streams.NAME]`):
 //! - `<prefix>/<stream>/meta`  one JSON per frame (schema: `docs/mqtt-meta.schema.json`):
 //!   sequence number, capture time, frame and input size, M, latency, and per class its pixel
 //!   fraction and the bounding boxes of its 5 largest 4-connected regions
@@ -290,6 +291,9 @@ pub const TOP_REGIONS: usize = 5;
 pub struct MqttSink {
     client: Client,
     topics: Topics,
+    /// The device prefix, and the topics of each named stream (`[streams.NAME]`) seen so far.
+    prefix: String,
+    named: Vec<Topics>,
     qos: QoS,
     masks: MaskFormat,
     every_n: u64,
@@ -417,6 +421,8 @@ impl MqttSink {
         Ok(MqttSink {
             client,
             topics,
+            prefix: prefix.clone(),
+            named: Vec::new(),
             qos: qos_of(cfg.qos),
             masks: cfg.masks.get(),
             every_n: cfg.every_n as u64,
@@ -485,7 +491,7 @@ impl Sink for MqttSink {
         let meta = Meta {
             seq: out.frame.seq,
             captured_unix_ms: out.frame.captured_wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-            stream: &self.topics.stream,
+            stream: if out.frame.stream.is_empty() { &self.topics.stream } else { &out.frame.stream },
             width: out.frame.width,
             height: out.frame.height,
             input_size: out.input_size,
@@ -497,10 +503,24 @@ impl Sink for MqttSink {
         };
         let json =
             serde_json::to_vec(&meta).map_err(|e| SinkError::Other { sink: "mqtt", msg: format!("meta JSON: {e}") })?;
-        self.send(&self.topics.meta, json);
-        if with_mask {
-            let payload = self.encode_mask(out)?;
-            self.send(&self.topics.mask, payload);
+        let payload = if with_mask { Some(self.encode_mask(out)?) } else { None };
+        // A named stream publishes under `<prefix>/<NAME>/`, the one `[source]` under `main`.
+        let stream = &*out.frame.stream;
+        let topics = if stream.is_empty() {
+            &self.topics
+        } else {
+            let i = match self.named.iter().position(|t| t.stream == stream) {
+                Some(i) => i,
+                None => {
+                    self.named.push(Topics::new(&self.prefix, stream));
+                    self.named.len() - 1
+                }
+            };
+            &self.named[i]
+        };
+        self.send(&topics.meta, json);
+        if let Some(payload) = payload {
+            self.send(&topics.mask, payload);
         }
         Ok(())
     }

@@ -15,7 +15,8 @@
 //! |     36 | u32     | M, the tokens the reduced blocks ran on                      |
 //! |     40 | u32     | capture-to-mask latency, microseconds                        |
 //! |     44 | u32     | payload length in bytes (= width * height)                   |
-//! |     48 | u8 * n  | class id per pixel, row-major                                |
+//! |     48 | [u8; 32]| only for a named stream (`[streams.NAME]`, header length 80): the stream name, UTF-8, NUL-padded |
+//! | header length | u8 * n | class id per pixel, row-major                           |
 //!
 //! `tools/socket_client.py` is a documented reader (numpy). Each client has a writer thread
 //! with a small queue, and a watcher thread that notices when it hangs up. When the queue is
@@ -42,6 +43,10 @@ use crate::problems::Problems;
 pub const MAGIC: [u8; 4] = *b"AILM";
 pub const VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 48;
+/// The header of a named stream's mask: `HEADER_LEN` plus the 32-byte stream name.
+pub const NAMED_HEADER_LEN: usize = HEADER_LEN + STREAM_NAME_LEN;
+/// Bytes of the stream name field (names are at most 32 bytes: `[streams.NAME]`).
+pub const STREAM_NAME_LEN: usize = 32;
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_PATH_LEN: usize = 107;
 
@@ -335,7 +340,9 @@ pub fn encode_message(out: &Output, buf: &mut Vec<u8>) {
     buf.clear();
     buf.extend_from_slice(&MAGIC);
     buf.extend_from_slice(&VERSION.to_le_bytes());
-    buf.extend_from_slice(&(HEADER_LEN as u16).to_le_bytes());
+    let stream = out.frame.stream.as_bytes();
+    let header_len = if stream.is_empty() { HEADER_LEN } else { NAMED_HEADER_LEN };
+    buf.extend_from_slice(&(header_len as u16).to_le_bytes());
     buf.extend_from_slice(&out.frame.seq.to_le_bytes());
     buf.extend_from_slice(&captured_us.to_le_bytes());
     buf.extend_from_slice(&mask.width.to_le_bytes());
@@ -344,7 +351,12 @@ pub fn encode_message(out: &Output, buf: &mut Vec<u8>) {
     buf.extend_from_slice(&sat32(out.m as u128).to_le_bytes());
     buf.extend_from_slice(&sat32(out.latency.as_micros()).to_le_bytes());
     buf.extend_from_slice(&sat32(mask.classes.len() as u128).to_le_bytes());
-    debug_assert_eq!(buf.len(), HEADER_LEN);
+    if !stream.is_empty() {
+        let name = &stream[..stream.len().min(STREAM_NAME_LEN)];
+        buf.extend_from_slice(name);
+        buf.resize(NAMED_HEADER_LEN, 0);
+    }
+    debug_assert_eq!(buf.len(), header_len);
     buf.extend_from_slice(&mask.classes);
 }
 

@@ -39,13 +39,31 @@ pub enum DeviceError {
     /// This build has no V4L2 support.
     #[error("{device}: this build has no camera support (built without the `camera` feature)")]
     NotSupported { device: String },
+    /// A GStreamer pipeline cannot be built or failed (`gst.rs`); `transient`: a server or
+    /// camera that may come back, as opposed to a pipeline that can never play.
+    #[error("[source.gstreamer] {key} {device}: {what}")]
+    Gst {
+        device: String,
+        key: &'static str,
+        what: String,
+        transient: bool,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// A file came to its end and is not looped: the source ends (not an outage).
+    #[error("{device}: end of stream")]
+    EndOfStream { device: String },
 }
 
 impl DeviceError {
     /// Whether waiting and retrying can fix it (the device may come back); the others are
     /// configuration problems and fail start-up.
     pub fn is_transient(&self) -> bool {
-        matches!(self, DeviceError::Missing { .. } | DeviceError::Io { .. } | DeviceError::Timeout { .. })
+        match self {
+            DeviceError::Missing { .. } | DeviceError::Io { .. } | DeviceError::Timeout { .. } => true,
+            DeviceError::Gst { transient, .. } => *transient,
+            _ => false,
+        }
     }
 
     pub fn device(&self) -> &str {
@@ -55,7 +73,9 @@ impl DeviceError {
             | DeviceError::NotCapture { device, .. }
             | DeviceError::Refused { device, .. }
             | DeviceError::Timeout { device, .. }
-            | DeviceError::NotSupported { device } => device,
+            | DeviceError::NotSupported { device }
+            | DeviceError::Gst { device, .. }
+            | DeviceError::EndOfStream { device } => device,
         }
     }
 }
@@ -103,12 +123,21 @@ pub trait Capture: Send {
     fn mode(&self) -> Mode;
     /// Block until the next frame (or the device's timeout).
     fn next_raw(&mut self) -> Result<RawFrame<'_>, DeviceError>;
+    /// Times the device restarted its stream without being reopened (a looped file going
+    /// back to its start); each is a discontinuity for whoever compares frames.
+    fn restarts(&self) -> u64 {
+        0
+    }
 }
 
 /// Opens a device, negotiating the mode; called again after each loss.
 pub trait Opener: Send {
     /// The device path, for logs and health.
     fn device(&self) -> &str;
+    /// What to call it in logs and health ("camera down", "stream down").
+    fn what(&self) -> &'static str {
+        "camera"
+    }
     fn open(&mut self) -> Result<Box<dyn Capture>, DeviceError>;
 }
 

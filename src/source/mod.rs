@@ -21,13 +21,18 @@ use crate::problems::Problems;
 
 crate::choice_enum! {
     /// `[source] kind`.
-    pub enum SourceKind { Folder = "folder", V4l = "v4l", Stream = "stream", Synthetic = "synthetic" }
+    pub enum SourceKind {
+        Folder = "folder", V4l = "v4l", Stream = "stream", Synthetic = "synthetic", Gstreamer = "gstreamer",
+    }
 }
 
 pub mod clock;
 pub mod decode;
 pub mod device;
 pub mod folder;
+#[cfg(feature = "gstreamer")]
+pub mod gst;
+pub mod gstreamer;
 pub mod health;
 pub mod reconnect;
 pub mod record;
@@ -38,6 +43,7 @@ pub mod v4l;
 
 pub use decode::{DecodeError, PixelFormat};
 pub use device::DeviceError;
+pub use gstreamer::GstConfig;
 pub use health::{HealthSnapshot, SourceHealth};
 
 /// Errors of a frame source. `BadFrame`/`Decode` are frame-level faults: the caller skips the
@@ -67,6 +73,9 @@ pub enum SourceError {
     /// A camera problem that waiting does not fix (format refused, not a capture device).
     #[error("camera {0}")]
     Device(#[from] DeviceError),
+    /// A GStreamer pipeline that can never play (the error names `[source.gstreamer]`).
+    #[error("{0}")]
+    Gst(DeviceError),
 }
 
 impl SourceError {
@@ -108,6 +117,8 @@ pub struct SourceConfig {
     pub v4l: V4lConfig,
     /// `[source.synthetic]`: the generated scene.
     pub synthetic: SyntheticConfig,
+    /// `[source.gstreamer]`: RTSP, files, Jetson CSI cameras, launch pipelines.
+    pub gstreamer: GstConfig,
 }
 
 impl Default for SourceConfig {
@@ -120,6 +131,7 @@ impl Default for SourceConfig {
             realtime: false,
             v4l: V4lConfig::default(),
             synthetic: SyntheticConfig::default(),
+            gstreamer: GstConfig::default(),
         }
     }
 }
@@ -130,6 +142,9 @@ impl SourceConfig {
         p.check(self.fps >= 0.0 && self.fps.is_finite(), "source", "fps", || format!("{} must be >= 0", self.fps));
         self.v4l.validate(p);
         self.synthetic.validate(p);
+        if self.kind.get() == SourceKind::Gstreamer {
+            self.gstreamer.validate(p, "source.gstreamer");
+        }
     }
 }
 
@@ -264,7 +279,49 @@ pub fn build_with_stop(
             Ok(Box::new(synthetic::SyntheticSource::new(s.width, s.height, s.frames, cfg.fps)))
         }
         SourceKind::V4l => build_camera(&cfg.v4l, stop),
+        SourceKind::Gstreamer => build_gstreamer(&cfg.gstreamer, base, cfg.looping, stop),
     }
+}
+
+/// The GStreamer source under the reconnect machinery: a pipeline that can never play (a
+/// missing file, no plugin for the scheme, a launch line that does not parse, no appsink named
+/// `sink`) is an error; a server that is merely absent starts "stream down" and is retried.
+#[cfg(feature = "gstreamer")]
+fn build_gstreamer(
+    cfg: &GstConfig,
+    base: &Path,
+    looping: bool,
+    stop: Arc<AtomicBool>,
+) -> Result<Box<dyn FrameSource>, SourceError> {
+    let opener = gst::GstOpener::new(cfg, base, looping).map_err(SourceError::Gst)?;
+    let opts = reconnect::ReconnectOptions {
+        backoff_min: Duration::from_millis(cfg.backoff_min_ms),
+        backoff_max: Duration::from_millis(cfg.backoff_max_ms),
+        ..Default::default()
+    };
+    let clock = Arc::new(reconnect::RealClock);
+    match reconnect::ReconnectingSource::start(Box::new(opener), opts, clock, stop) {
+        Ok(s) => Ok(Box::new(s)),
+        Err(SourceError::Device(e)) => Err(SourceError::Gst(e)),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(not(feature = "gstreamer"))]
+fn build_gstreamer(
+    cfg: &GstConfig,
+    base: &Path,
+    _looping: bool,
+    _stop: Arc<AtomicBool>,
+) -> Result<Box<dyn FrameSource>, SourceError> {
+    let played = cfg.what(base);
+    Err(SourceError::Gst(DeviceError::Gst {
+        device: played.describe(),
+        key: played.key(),
+        what: "this build has no GStreamer support (built without the `gstreamer` feature)".into(),
+        transient: false,
+        source: None,
+    }))
 }
 
 #[cfg(feature = "camera")]

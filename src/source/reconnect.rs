@@ -86,6 +86,10 @@ pub struct ReconnectingSource {
     down_since: Option<Instant>,
     last_wait_log: Option<Instant>,
     attempts: u64,
+    /// "camera" or "stream" (the opener's `what`), for logs.
+    what: &'static str,
+    /// Successful opens so far: with the capture's restarts, the frames' epoch.
+    opens: u64,
 }
 
 impl ReconnectingSource {
@@ -97,8 +101,9 @@ impl ReconnectingSource {
         stop: Arc<AtomicBool>,
     ) -> ReconnectingSource {
         let name = opener.device().to_string();
+        let what = opener.what();
         ReconnectingSource {
-            health: Arc::new(SourceHealth::new(name.clone(), "camera", false)),
+            health: Arc::new(SourceHealth::new(name.clone(), what, false)),
             pool: Arc::new(FramePool::new(opts.pool_size)),
             backoff: Backoff::new(opts.backoff_min, opts.backoff_max),
             opener,
@@ -113,6 +118,8 @@ impl ReconnectingSource {
             down_since: None,
             last_wait_log: None,
             attempts: 0,
+            what,
+            opens: 0,
         }
     }
 
@@ -128,8 +135,9 @@ impl ReconnectingSource {
         let mut s = ReconnectingSource::new(opener, opts, clock, stop);
         match s.opener.open() {
             Ok(cap) => {
-                log::info!("camera {}: opened, {}", s.name, cap.mode());
+                log::info!("{} {}: opened, {}", s.what, s.name, cap.mode());
                 s.cap = Some(cap);
+                s.opens += 1;
             }
             Err(e) if e.is_transient() => {
                 s.health.open_failed();
@@ -174,9 +182,9 @@ impl ReconnectingSource {
             self.last_wait_log = Some(now);
             let max = self.opts.backoff_max.as_secs_f64();
             if self.ever_streamed {
-                log::warn!("camera {dev} lost ({e}); waiting for {dev}, retrying with backoff up to {max} s");
+                log::warn!("{} {dev} lost ({e}); waiting for {dev}, retrying with backoff up to {max} s", self.what);
             } else {
-                log::warn!("camera down ({e}); waiting for {dev}, retrying with backoff up to {max} s");
+                log::warn!("{} down ({e}); waiting for {dev}, retrying with backoff up to {max} s", self.what);
             }
             if !e.is_transient() {
                 log::error!("{e}");
@@ -194,9 +202,9 @@ impl ReconnectingSource {
         if self.ever_streamed {
             self.health.reconnected();
             let secs = self.down_since.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
-            log::info!("camera {} back after {secs:.1} s ({mode}); frames resume", self.name);
+            log::info!("{} {} back after {secs:.1} s ({mode}); frames resume", self.what, self.name);
         } else {
-            log::info!("camera {}: streaming {mode}", self.name);
+            log::info!("{} {}: streaming {mode}", self.what, self.name);
         }
         self.health.set_up();
         self.ever_streamed = true;
@@ -236,6 +244,9 @@ fn convert(
                 height,
                 rgb,
                 origin: origin.to_string(),
+                stream: crate::frame::unnamed(),
+                stream_index: 0,
+                epoch: 0,
             })
         }
         Err(source) => {
@@ -260,8 +271,9 @@ impl FrameSource for ReconnectingSource {
             if self.cap.is_none() {
                 match self.opener.open() {
                     Ok(cap) => {
-                        log::info!("camera {}: opened, {}", self.name, cap.mode());
+                        log::info!("{} {}: opened, {}", self.what, self.name, cap.mode());
                         self.cap = Some(cap);
+                        self.opens += 1;
                     }
                     Err(e) => {
                         self.health.open_failed();
@@ -286,7 +298,10 @@ impl FrameSource for ReconnectingSource {
                         self.came_up();
                     }
                     return match result {
-                        Ok(frame) => {
+                        Ok(mut frame) => {
+                            // Epoch 0 is the first open; each reopen or restart adds one.
+                            let restarts = self.cap.as_ref().map_or(0, |c| c.restarts());
+                            frame.epoch = self.opens.saturating_sub(1) + restarts;
                             self.health.frame();
                             Ok(Some(frame))
                         }
@@ -296,6 +311,11 @@ impl FrameSource for ReconnectingSource {
                             Err(e)
                         }
                     };
+                }
+                Err(DeviceError::EndOfStream { .. }) => {
+                    self.cap = None;
+                    log::info!("{} {}: end of stream", self.what, self.name);
+                    return Ok(None);
                 }
                 Err(e) => {
                     // Release the handle before anything else, so a re-open never holds two.

@@ -404,6 +404,9 @@ impl FrameSource for StreamSource {
                     height,
                     rgb,
                     origin,
+                    stream: crate::frame::unnamed(),
+                    stream_index: 0,
+                    epoch: 0,
                 }))
             }
             Err(source) => {

@@ -91,6 +91,9 @@ impl FrameSource for SyntheticSource {
             height: self.height,
             rgb,
             origin: format!("synthetic#{}", self.seq),
+            stream: crate::frame::unnamed(),
+            stream_index: 0,
+            epoch: 0,
         };
         self.seq += 1;
         self.health.frame();

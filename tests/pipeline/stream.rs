@@ -25,7 +25,17 @@ fn start(
     let stop = Arc::new(AtomicBool::new(false));
     let eng = Arc::new(eng);
     let engines = (0..config.lanes).map(|_| Box::new(FakeLane(eng.clone())) as Box<dyn Engine>).collect();
-    let parts = Parts { engines, io: eng, source: Box::new(src), mode, sinks, controller, metrics, config };
+    let parts = Parts {
+        engines,
+        io: eng,
+        source: Box::new(src),
+        mode,
+        sinks,
+        controller,
+        metrics,
+        config,
+        streams: Vec::new(),
+    };
     (Pipeline::start(parts, stop.clone()).unwrap(), stop)
 }
 
