@@ -41,7 +41,7 @@ pub enum DeviceError {
     NotSupported { device: String },
     /// A GStreamer pipeline cannot be built or failed (`gst.rs`); `transient`: a server or
     /// camera that may come back, as opposed to a pipeline that can never play.
-    #[error("[source.gstreamer] {key} {device}: {what}")]
+    #[error("[source.gstreamer] {key} {device}: {what}{}", cause(.source))]
     Gst {
         device: String,
         key: &'static str,
@@ -53,6 +53,11 @@ pub enum DeviceError {
     /// A file came to its end and is not looped: the source ends (not an outage).
     #[error("{device}: end of stream")]
     EndOfStream { device: String },
+}
+
+/// `: <the cause>` (shown in the one line, since the binary prints the top error only).
+fn cause(source: &Option<Box<dyn std::error::Error + Send + Sync>>) -> String {
+    source.as_ref().map(|s| format!(": {s}")).unwrap_or_default()
 }
 
 impl DeviceError {

@@ -149,7 +149,10 @@ impl Played {
             Played::Uri(u) => u.clone(),
             Played::File(p) => p.display().to_string(),
             Played::Csi(id) => format!("csi sensor {id}"),
-            Played::Pipeline(_) => "pipeline".into(),
+            Played::Pipeline(p) => {
+                let short: String = p.chars().take(60).collect();
+                format!("\"{short}{}\"", if short.len() < p.len() { "..." } else { "" })
+            }
         }
     }
 }

@@ -266,10 +266,15 @@ fn rtsp_server_lost_and_back_20_times() {
     let mut base = None;
     for cycle in 0..20 {
         let (seq_before, _) = run.latest().unwrap();
-        run.wait_for("frames flowing", Duration::from_secs(30), || run.latest().is_some_and(|(s, _)| s > seq_before));
+        run.wait_for("frames flowing, health ok", Duration::from_secs(30), || {
+            run.latest().is_some_and(|(s, _)| s > seq_before) && run.health().0 == 200
+        });
         server.kill();
         let t = Instant::now();
-        run.wait_for("health down after the server was killed", Duration::from_secs(30), || run.health().0 == 503);
+        run.wait_for("health down after the server was killed", Duration::from_secs(30), || {
+            let (code, why) = run.health();
+            code == 503 && why.contains("stream down")
+        });
         downs.push(t.elapsed().as_secs_f64());
         let (_, why) = run.health();
         assert!(why.contains("stream down") && why.contains(&format!("127.0.0.1:{port}")), "cycle {cycle}: {why}");
@@ -439,9 +444,9 @@ fn an_absent_server_is_down_and_retried_not_an_error() {
     let port = free_port();
     let url = format!("rtsp://127.0.0.1:{port}/bikes");
     let run = Run::start(dir.path(), &tiny_model(), &rtsp_body(&url));
-    run.wait_for("health down", Duration::from_secs(30), || run.health().0 == 503);
-    let (_, why) = run.health();
-    assert!(why.contains("stream down") && why.contains(&url), "{why}");
+    run.wait_for("health down", Duration::from_secs(30), || run.health().1.contains("stream down"));
+    let (code, why) = run.health();
+    assert!(code == 503 && why.contains(&url), "{code} {why}");
     // It keeps retrying; once the server appears, frames flow.
     let _server = RtspServer::start(port, &[("bikes", clip("bikes.mp4").as_path())], dir.path());
     run.wait_for("frames once the server is up", Duration::from_secs(60), || run.latest().is_some());
@@ -484,7 +489,7 @@ fn two_rtsp_streams_and_a_file_in_one_process() {
     };
     let both = fps(5.0);
     b.kill();
-    run.wait_for("stream b down", Duration::from_secs(30), || run.health().0 == 503);
+    run.wait_for("stream b down", Duration::from_secs(30), || run.health().1.contains("stream b:"));
     let (_, why) = run.health();
     assert!(why.contains("stream b:") && !why.contains("stream a:"), "{why}");
     let one = fps(5.0);
