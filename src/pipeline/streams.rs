@@ -196,3 +196,65 @@ impl Drop for Streams {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame every `every`, forever (or never, for a dead camera).
+    struct Ticker {
+        every: Option<Duration>,
+        seq: u64,
+        stop: Arc<AtomicBool>,
+    }
+
+    impl FrameSource for Ticker {
+        fn name(&self) -> &str {
+            "ticker"
+        }
+        fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+            loop {
+                if self.stop.load(Relaxed) {
+                    return Ok(None);
+                }
+                match self.every {
+                    Some(d) => {
+                        std::thread::sleep(d);
+                        self.seq += 1;
+                        return Ok(Some(Frame::new(self.seq, 2, 2)));
+                    }
+                    None => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fresh_streams_take_turns_and_a_dead_one_is_skipped() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tick = |every| Box::new(Ticker { every, seq: 0, stop: stop.clone() }) as Box<dyn FrameSource>;
+        let sources = vec![
+            ("fast".to_string(), tick(Some(Duration::from_millis(1)))),
+            ("dead".to_string(), tick(None)),
+            ("slow".to_string(), tick(Some(Duration::from_millis(4)))),
+        ];
+        let mut s = Streams::start(sources, stop.clone()).unwrap();
+        let mut order = Vec::new();
+        for _ in 0..40 {
+            let f = s.next_frame().unwrap().unwrap();
+            assert_eq!(&*f.stream, ["fast", "dead", "slow"][f.stream_index]);
+            order.push(f.stream_index);
+            // A consumer slower than both sources: each has a fresh frame at every turn.
+            std::thread::sleep(Duration::from_millis(6));
+        }
+        assert!(!order.contains(&1), "the dead camera never delivers: {order:?}");
+        // The reference: strict alternation between the two live streams.
+        let alternations = order.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(alternations >= 36, "turns not taken in order: {order:?}");
+        let info = s.info();
+        assert_eq!(info.len(), 3);
+        assert!(info[0].counters.dropped.load(Relaxed) > 0, "the fast stream's unused frames are counted");
+        stop.store(true, Relaxed);
+        assert!(s.next_frame().unwrap().is_none());
+    }
+}

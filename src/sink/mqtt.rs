@@ -46,7 +46,9 @@ use crate::status::{Health, StatusProvider};
 
 mod conn;
 mod regions;
+mod topics;
 use conn::{EventLoop, Replier};
+pub use topics::Topics;
 pub use regions::{rle_encode, ClassStat, Labeler, Region};
 
 crate::choice_enum! {
@@ -151,30 +153,6 @@ impl MqttConfig {
 pub fn hostname() -> String {
     let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().or_else(|| std::env::var("HOSTNAME").ok());
     h.map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).unwrap_or_else(|| "ailurus".into())
-}
-
-/// The topics of one device (`prefix` resolved) and its stream.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Topics {
-    pub stream: String,
-    pub meta: String,
-    pub mask: String,
-    pub status: String,
-    pub set: String,
-    pub set_result: String,
-}
-
-impl Topics {
-    pub fn new(prefix: &str, stream: &str) -> Topics {
-        Topics {
-            stream: stream.into(),
-            meta: format!("{prefix}/{stream}/meta"),
-            mask: format!("{prefix}/{stream}/mask"),
-            status: format!("{prefix}/status"),
-            set: format!("{prefix}/set"),
-            set_result: format!("{prefix}/set/result"),
-        }
-    }
 }
 
 /// Counters and the connection state, for `/metrics` (through the status board).
@@ -505,19 +483,8 @@ impl Sink for MqttSink {
             serde_json::to_vec(&meta).map_err(|e| SinkError::Other { sink: "mqtt", msg: format!("meta JSON: {e}") })?;
         let payload = if with_mask { Some(self.encode_mask(out)?) } else { None };
         // A named stream publishes under `<prefix>/<NAME>/`, the one `[source]` under `main`.
-        let stream = &*out.frame.stream;
-        let topics = if stream.is_empty() {
-            &self.topics
-        } else {
-            let i = match self.named.iter().position(|t| t.stream == stream) {
-                Some(i) => i,
-                None => {
-                    self.named.push(Topics::new(&self.prefix, stream));
-                    self.named.len() - 1
-                }
-            };
-            &self.named[i]
-        };
+        let named = Topics::named_index(&mut self.named, &self.prefix, &out.frame.stream);
+        let topics = named.map_or(&self.topics, |i| &self.named[i]);
         self.send(&topics.meta, json);
         if let Some(payload) = payload {
             self.send(&topics.mask, payload);

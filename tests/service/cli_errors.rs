@@ -27,7 +27,8 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 
 #[test]
 fn check_config_accepts_the_shipped_configs() {
-    for f in std::fs::read_dir(common::root().join("configs")).unwrap() {
+    let dirs = [common::root().join("configs"), common::root().join("configs/examples")];
+    for f in dirs.iter().flat_map(|d| std::fs::read_dir(d).unwrap()) {
         let p = f.unwrap().path();
         if p.extension().is_some_and(|e| e == "toml") {
             let (code, out, err) = ailurus(&["check-config", p.to_str().unwrap()]);
