@@ -153,12 +153,12 @@ pub fn start(
     Ok((Pipeline::start(parts, stop)?, running))
 }
 
+/// The source the pipeline reads, how, and the named streams behind it (if any).
+type BuiltSources = (Box<dyn source::FrameSource>, SourceMode, Vec<StreamInfo>);
+
 /// The one `[source]` (pulled on demand for an unpaced folder, else on its own thread), or the
 /// `[streams.*]` sources behind the round-robin `Streams` (pulled on demand: fair turns).
-fn build_sources(
-    cfg: &Config,
-    stop: &Arc<AtomicBool>,
-) -> Result<(Box<dyn source::FrameSource>, SourceMode, Vec<StreamInfo>), StartError> {
+fn build_sources(cfg: &Config, stop: &Arc<AtomicBool>) -> Result<BuiltSources, StartError> {
     if cfg.streams.is_empty() {
         let src = source::build_with_stop(&cfg.source, &cfg.base_dir, stop.clone())?;
         let pull = cfg.source.kind.get() == SourceKind::Folder && cfg.source.fps == 0.0;
@@ -267,7 +267,9 @@ impl StatusProvider for StatusHub {
 fn streams_prometheus(streams: &[StreamInfo]) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let mut s = String::new();
-    let series: [(&str, &str, &str, fn(&StreamInfo) -> String); 6] = [
+    /// (name, type, help, value of one stream)
+    type Series = (&'static str, &'static str, &'static str, fn(&StreamInfo) -> String);
+    let series: [Series; 6] = [
         ("ailurus_camera_up", "gauge", "Whether the stream's source is delivering.", |i| {
             (i.health.as_ref().is_none_or(|h| h.is_up()) as u8).to_string()
         }),

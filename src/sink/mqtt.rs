@@ -48,8 +48,8 @@ mod conn;
 mod regions;
 mod topics;
 use conn::{EventLoop, Replier};
-pub use topics::Topics;
 pub use regions::{rle_encode, ClassStat, Labeler, Region};
+pub use topics::Topics;
 
 crate::choice_enum! {
     /// `[sink.mqtt] masks`: how the `mask` topic carries the mask.

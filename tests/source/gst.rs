@@ -351,7 +351,11 @@ fn latency_does_not_build_up_behind_a_slow_model() {
         .map(|st| {
             let sum = run.metric(&format!("ailurus_stage_latency_seconds_sum{{stage=\"{st}\"}}"));
             let n = run.metric(&format!("ailurus_stage_latency_seconds_count{{stage=\"{st}\"}}"));
-            if n > 0.0 { sum / n } else { 0.0 }
+            if n > 0.0 {
+                sum / n
+            } else {
+                0.0
+            }
         })
         .sum();
     let quarter = |q: usize| {
@@ -383,7 +387,11 @@ fn latency_does_not_build_up_behind_a_slow_model() {
     // Within about one frame's work plus one frame of age (twice that, for a shared machine's
     // noise): a queue anywhere would be seconds.
     let median_all = all[all.len() / 2];
-    assert!(median_all <= 2.0 * (work_s * 1e3 + 40.0) + 100.0, "median {median_all:.0} ms vs work {:.0} ms", work_s * 1e3);
+    assert!(
+        median_all <= 2.0 * (work_s * 1e3 + 40.0) + 100.0,
+        "median {median_all:.0} ms vs work {:.0} ms",
+        work_s * 1e3
+    );
     let (code, log) = run.stop();
     assert_eq!(code, Some(0), "{log}");
 }
