@@ -162,10 +162,13 @@ impl FrameSource for Streams {
     /// on stop.
     fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
         loop {
+            if self.stop.load(Relaxed) {
+                return Ok(None);
+            }
             if let Some(f) = self.take_fresh() {
                 return Ok(Some(f));
             }
-            if self.stop.load(Relaxed) || self.lanes.iter().all(|l| l.ended) {
+            if self.lanes.iter().all(|l| l.ended) {
                 return Ok(None);
             }
             let mut sel = crossbeam_channel::Select::new();
