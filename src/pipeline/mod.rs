@@ -26,6 +26,10 @@
 //! before an older one still running, so frames are published in order, and a frame older
 //! than one already published is dropped and counted (`out_of_order`), never published.
 //!
+//! Several named sources (`[streams.NAME]`): `streams::Streams` runs each on its own thread
+//! and is the pipeline's source, pulled on demand, taking the next fresh frame round-robin
+//! over the streams; postprocess counts each stream's masks (`Parts::streams`).
+//!
 //! Preprocessing (resize + normalise) and postprocessing (upsample + threshold/argmax) are
 //! stages of their own, run with the model's `FrameIo`; the engine only infers.
 //!

@@ -1,4 +1,5 @@
-//! Frame sources: where frames come from (camera, image folder, recorded stream, synthetic).
+//! Frame sources: where frames come from (camera, image folder, recorded stream, synthetic,
+//! GStreamer: RTSP, video files, Jetson CSI cameras, launch pipelines).
 //!
 //! Owns the `FrameSource` trait, the `[source]` config (with its `[source.v4l]` and
 //! `[source.synthetic]` sub-tables), the source errors and `build`, which turns the config into
@@ -6,7 +7,9 @@
 //!
 //! Layers of the camera path, top down: `reconnect` (retry, health, RGB frames) over `device`
 //! (traits, negotiation) over `v4l` (the only code that issues ioctls, untested here), with
-//! `decode` for the pixel formats and `stream`/`record` for recorded files.
+//! `decode` for the pixel formats and `stream`/`record` for recorded files. The GStreamer
+//! source (`gstreamer` config and launch lines, `gst` the pipeline, feature `gstreamer`) is
+//! another `Opener`/`Capture` under `reconnect`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;

@@ -264,7 +264,9 @@ fn rtsp_server_lost_and_back_20_times() {
     run.wait_for("the first mask", Duration::from_secs(60), || run.latest().is_some());
     let (mut downs, mut backs) = (Vec::new(), Vec::new());
     let mut base = None;
-    for cycle in 0..20 {
+    // AILURUS_RTSP_CYCLES: more cycles, to tell a leak (grows per cycle) from warm-up.
+    let cycles: usize = std::env::var("AILURUS_RTSP_CYCLES").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    for cycle in 0..cycles {
         let (seq_before, _) = run.latest().unwrap();
         run.wait_for("frames flowing, health ok", Duration::from_secs(30), || {
             run.latest().is_some_and(|(s, _)| s > seq_before) && run.health().0 == 200
@@ -288,13 +290,17 @@ fn rtsp_server_lost_and_back_20_times() {
         if cycle == 1 {
             base = Some(usage(run.pid()));
         }
+        if cycle % 10 == 9 {
+            let (fds, threads, rss) = usage(run.pid());
+            println!("cycle {}: fds {fds}, threads {threads}, RSS {} MB", cycle + 1, rss / 1024);
+        }
     }
     let (fds0, threads0, rss0) = base.unwrap();
     let (fds, threads, rss) = usage(run.pid());
     let reconnects = run.metric("ailurus_source_reconnects_total");
     let log = run.log();
     println!(
-        "rtsp 20 restarts: down detected after {:.2} s median ({:.2} max), frames back {:.2} s median ({:.2} max) \
+        "rtsp {cycles} restarts: down detected after {:.2} s median ({:.2} max), frames back {:.2} s median ({:.2} max) \
          after the server restarted; fds {fds0} -> {fds}, threads {threads0} -> {threads}, RSS {} -> {} MB",
         median(&mut downs.clone()),
         downs.iter().cloned().fold(0.0, f64::max),

@@ -54,6 +54,8 @@ fn missing_camera_is_waited_for_then_lost_and_found_again() {
     for i in 0..4 {
         let frame = src.next_frame().unwrap().unwrap_or_else(|| panic!("frame {i}"));
         assert_eq!((frame.width, frame.height, frame.seq), (w, h, i));
+        // Two frames, the unplug, two frames: the reopened camera's frames are a new epoch.
+        assert_eq!(frame.epoch, if i < 2 { 0 } else { 1 }, "frame {i}");
         assert!(health.is_up());
     }
     // start() tried once without waiting; then Missing, Busy: 5, 10 ms; open; frames; unplug:
