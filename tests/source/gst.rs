@@ -548,3 +548,35 @@ fn two_rtsp_streams_and_a_file_in_one_process() {
     let (code, log) = run.stop();
     assert_eq!(code, Some(0), "{log}");
 }
+
+#[test]
+fn a_looped_file_restarts_as_a_new_epoch_at_the_configured_size() {
+    if !can_run("a_looped_file_restarts_as_a_new_epoch_at_the_configured_size") {
+        return;
+    }
+    use ailurus::source::{build_with_stop, FrameSource, SourceConfig};
+    let text = "kind = \"gstreamer\"\nloop = true\n[gstreamer]\nuri = \".cache/video/carphone_pristine.mp4\"\n\
+                width = 64\nheight = 48\n";
+    let cfg: SourceConfig = toml::from_str(text).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut src = build_with_stop(&cfg, &root(), stop).unwrap();
+    let t = Instant::now();
+    let (mut frames, mut last_seq) = (0u64, None);
+    // carphone_pristine.mp4 is 4 s at 30 FPS, played at its own rate: the loop comes after ~4 s.
+    loop {
+        let f = src.next_frame().unwrap().expect("a looped file does not end");
+        assert_eq!((f.width, f.height, f.rgb.len()), (64, 48, 64 * 48 * 3));
+        assert!(last_seq.is_none_or(|s| f.seq > s), "sequence numbers go on across the loop");
+        last_seq = Some(f.seq);
+        frames += 1;
+        if f.epoch == 1 {
+            break;
+        }
+        assert_eq!(f.epoch, 0);
+        assert!(t.elapsed() < Duration::from_secs(30), "no loop after {frames} frames");
+        src.recycle(f);
+    }
+    println!("looped after {frames} frames, {:.1} s", t.elapsed().as_secs_f64());
+    assert!(frames > 60, "{frames} frames before the loop");
+    assert!(src.health().unwrap().is_up());
+}
