@@ -554,7 +554,7 @@ fn a_looped_file_restarts_as_a_new_epoch_at_the_configured_size() {
     if !can_run("a_looped_file_restarts_as_a_new_epoch_at_the_configured_size") {
         return;
     }
-    use ailurus::source::{build_with_stop, FrameSource, SourceConfig};
+    use ailurus::source::{build_with_stop, SourceConfig};
     let text = "kind = \"gstreamer\"\nloop = true\n[gstreamer]\nuri = \".cache/video/carphone_pristine.mp4\"\n\
                 width = 64\nheight = 48\n";
     let cfg: SourceConfig = toml::from_str(text).unwrap();
