@@ -7,8 +7,14 @@
 //! - `/overlay.jpg`  the latest frame with the mask blended over it
 //! - `/frame.jpg`    the latest frame
 //! - `/mask.png`     the latest mask, the same PNG as the `files` sink writes
+//! - `/clusters.png` the latest frame's token partition (`clusters.rs`); 404 with the reason
+//!   for a frame that ran unreduced
 //! - `/latest.json`  sequence number, size, M, input size, latency and capture time;
 //!   `?after=SEQ` waits (long poll, at most 2 s) until a frame other than SEQ is there
+//! - `/history.json` one point per published frame over the last `history_s` (latency, budget
+//!   target, M, N, input size, drops; `history.rs`); `?after=GEN` only the newer ones
+//! - `/streams.json` the streams this sink shows and their paths; every per-stream route is
+//!   also served under `/s/NAME/...` (one stream today, `default`)
 //! - `/metrics`      Prometheus text: the runtime's (from a [`StatusProvider`]) and this sink's
 //! - `/healthz`      200 `ok`, or 503 with the reason (`camera down`, `inference stuck: ...`)
 //!
@@ -25,12 +31,17 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use image::ImageEncoder;
 use serde::Deserialize;
 
+use super::history::History;
 use super::{Output, Sink, SinkError};
 use crate::problems::Problems;
 pub use crate::status::{Health, StatusProvider};
+use encode::{encode, Kind};
+use page::{streams_json, INDEX_HTML, PAGE_CSP};
+
+mod encode;
+mod page;
 
 /// `[sink.http]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -49,6 +60,8 @@ pub struct HttpConfig {
     pub jpeg_quality: u8,
     /// Without a status provider, `/healthz` reports 503 when no frame came for this long.
     pub stale_after_s: f64,
+    /// Seconds of per-frame points `/history.json` keeps (at most 60 a second).
+    pub history_s: f64,
 }
 
 impl Default for HttpConfig {
@@ -61,6 +74,7 @@ impl Default for HttpConfig {
             refresh_ms: 500,
             jpeg_quality: 80,
             stale_after_s: 10.0,
+            history_s: 300.0,
         }
     }
 }
@@ -80,6 +94,9 @@ impl HttpConfig {
         p.check(self.stale_after_s > 0.0 && self.stale_after_s.is_finite(), s, "stale_after_s", || {
             format!("{} must be > 0", self.stale_after_s)
         });
+        p.check(self.history_s > 0.0 && self.history_s <= 3600.0, s, "history_s", || {
+            format!("{} is not in (0, 3600]", self.history_s)
+        });
     }
 
     /// The socket address to bind (after `validate`).
@@ -95,36 +112,54 @@ enum Route {
     Overlay,
     Frame,
     Mask,
+    Clusters,
     Latest,
+    History,
+    Streams,
     Metrics,
     Healthz,
     Other,
 }
 
-const ROUTES: [(Route, &str); 8] = [
+const ROUTES: [(Route, &str); 11] = [
     (Route::Index, "/"),
     (Route::Overlay, "/overlay.jpg"),
     (Route::Frame, "/frame.jpg"),
     (Route::Mask, "/mask.png"),
+    (Route::Clusters, "/clusters.png"),
     (Route::Latest, "/latest.json"),
+    (Route::History, "/history.json"),
+    (Route::Streams, "/streams.json"),
     (Route::Metrics, "/metrics"),
     (Route::Healthz, "/healthz"),
     (Route::Other, "other"),
 ];
 
-impl Route {
-    fn parse(url: &str) -> Route {
-        let path = url.split(['?', '#']).next().unwrap_or("");
-        ROUTES.iter().find(|(r, p)| *r != Route::Other && *p == path).map_or(Route::Other, |(r, _)| *r)
-    }
-}
+/// The routes served per stream, also under `/s/NAME/` (the others are the process's).
+const PER_STREAM: [Route; 7] =
+    [Route::Overlay, Route::Frame, Route::Mask, Route::Clusters, Route::Latest, Route::History, Route::Index];
 
-/// The encoded images, cached per kind for the frame they were made from.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Frame = 0,
-    Overlay = 1,
-    Mask = 2,
+/// The one stream this sink shows today (several named cameras come with #16): the
+/// unprefixed routes and `/s/default/...` serve it.
+pub const STREAM: &str = "default";
+
+impl Route {
+    /// The route of `url`, and the stream its `/s/NAME` prefix names (None: unprefixed).
+    fn parse(url: &str) -> (Route, Option<&str>) {
+        let path = url.split(['?', '#']).next().unwrap_or("");
+        let (stream, path) = match path.strip_prefix("/s/") {
+            Some(rest) => {
+                let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
+                (Some(name), if tail.is_empty() { "/".to_string() } else { format!("/{tail}") })
+            }
+            None => (None, path.to_string()),
+        };
+        let route = ROUTES.iter().find(|(r, p)| *r != Route::Other && *p == path).map_or(Route::Other, |(r, _)| *r);
+        match stream {
+            Some(_) if !PER_STREAM.contains(&route) => (Route::Other, stream),
+            _ => (route, stream),
+        }
+    }
 }
 
 type Cached = Option<(u64, Arc<Vec<u8>>)>;
@@ -140,7 +175,8 @@ struct Shared {
     closing: AtomicBool,
     last_publish: Mutex<Option<Instant>>,
     published: AtomicU64,
-    cache: [Mutex<Cached>; 3],
+    cache: [Mutex<Cached>; 4],
+    history: Mutex<History>,
     encode_errors: AtomicU64,
     requests: [AtomicU64; ROUTES.len()],
     status: Option<Arc<dyn StatusProvider>>,
@@ -200,6 +236,10 @@ impl HttpSink {
             last_publish: Mutex::new(None),
             published: AtomicU64::new(0),
             cache: Default::default(),
+            history: Mutex::new(History::new(
+                Duration::from_secs_f64(cfg.history_s),
+                (cfg.history_s * 60.0).ceil() as usize,
+            )),
             encode_errors: AtomicU64::new(0),
             requests: Default::default(),
             status,
@@ -256,7 +296,11 @@ fn header(name: &str, value: &str) -> tiny_http::Header {
 
 fn reply(rq: tiny_http::Request, code: u16, content_type: &str, body: Arc<Vec<u8>>) {
     let len = body.len();
-    let headers = vec![header("Content-Type", content_type), header("Cache-Control", "no-store")];
+    let mut headers = vec![header("Content-Type", content_type), header("Cache-Control", "no-store")];
+    if content_type.starts_with("text/html") {
+        // The page works offline: it may load nothing from anywhere but this server.
+        headers.push(header("Content-Security-Policy", PAGE_CSP));
+    }
     // A known length is always sent as Content-Length (tiny_http would chunk bodies >= 32 KiB).
     let resp = tiny_http::Response::new(code.into(), headers, Cursor::new(Bytes(body)), Some(len), None)
         .with_chunked_threshold(usize::MAX);
@@ -270,17 +314,27 @@ fn text(rq: tiny_http::Request, code: u16, body: String) {
 }
 
 fn handle(shared: &Shared, rq: tiny_http::Request) {
-    let route = Route::parse(rq.url());
+    let (route, stream) = Route::parse(rq.url());
+    let stream = stream.map(str::to_string);
     let idx = ROUTES.iter().position(|(r, _)| *r == route).unwrap_or(ROUTES.len() - 1);
     shared.requests[idx].fetch_add(1, Ordering::Relaxed);
     if !matches!(rq.method(), tiny_http::Method::Get | tiny_http::Method::Head) {
         return text(rq, 405, "only GET and HEAD\n".into());
+    }
+    if let Some(name) = stream.filter(|n| n != STREAM) {
+        return text(rq, 404, format!("no stream {name:?}; the streams are listed at /streams.json\n"));
     }
     match route {
         Route::Index => reply(rq, 200, "text/html; charset=utf-8", Arc::new(shared.page.clone().into_bytes())),
         Route::Overlay => image(shared, rq, Kind::Overlay),
         Route::Frame => image(shared, rq, Kind::Frame),
         Route::Mask => image(shared, rq, Kind::Mask),
+        Route::Clusters => clusters(shared, rq),
+        Route::History => {
+            let j = lock(&shared.history).json(STREAM, after(rq.url()));
+            reply(rq, 200, "application/json", Arc::new(j.into_bytes()))
+        }
+        Route::Streams => reply(rq, 200, "application/json", Arc::new(streams_json().into_bytes())),
         Route::Latest => match latest_json(shared, after(rq.url())) {
             Some(j) => reply(rq, 200, "application/json", Arc::new(j.into_bytes())),
             None => text(rq, 503, "no frame yet\n".into()),
@@ -292,14 +346,34 @@ fn handle(shared: &Shared, rq: tiny_http::Request) {
             Health::Ok => text(rq, 200, "ok\n".into()),
             Health::Unavailable(reason) => text(rq, 503, format!("{reason}\n")),
         },
-        Route::Other => {
-            text(rq, 404, "not found; try / /overlay.jpg /frame.jpg /mask.png /latest.json /metrics /healthz\n".into())
-        }
+        Route::Other => text(
+            rq,
+            404,
+            "not found; try / /overlay.jpg /frame.jpg /mask.png /clusters.png /latest.json /history.json \
+             /streams.json /metrics /healthz (per stream also /s/NAME/...)\n"
+                .into(),
+        ),
+    }
+}
+
+/// `/clusters.png`: the partition of the latest frame, or 404 saying it ran unreduced.
+fn clusters(shared: &Shared, rq: tiny_http::Request) {
+    let latest = lock(&shared.latest).as_ref().map(|(_, o)| (o.frame.seq, o.m, o.input_size, o.partition.is_some()));
+    match latest {
+        Some((seq, m, size, false)) => text(
+            rq,
+            404,
+            format!(
+                "frame {seq} ran unreduced (M = N = {m} tokens at {size}px): no clusters to draw; \
+                 the cluster view exists for reduced frames only\n"
+            ),
+        ),
+        _ => image(shared, rq, Kind::Clusters),
     }
 }
 
 fn image(shared: &Shared, rq: tiny_http::Request, kind: Kind) {
-    let content_type = if matches!(kind, Kind::Mask) { "image/png" } else { "image/jpeg" };
+    let content_type = if matches!(kind, Kind::Mask | Kind::Clusters) { "image/png" } else { "image/jpeg" };
     match encoded(shared, kind) {
         Ok(Some(bytes)) => reply(rq, 200, content_type, bytes),
         Ok(None) => text(rq, 503, "no frame yet\n".into()),
@@ -326,38 +400,6 @@ fn encoded(shared: &Shared, kind: Kind) -> Result<Option<Arc<Vec<u8>>>, SinkErro
     let bytes = Arc::new(encode(&out, kind, shared.jpeg_quality)?);
     *slot = Some((generation, bytes.clone()));
     Ok(Some(bytes))
-}
-
-/// Encode one image of `out`: JPEG for the frame and the overlay, PNG for the mask.
-fn encode(out: &Output, kind: Kind, quality: u8) -> Result<Vec<u8>, SinkError> {
-    let mut buf = Vec::new();
-    let f = &out.frame;
-    let jpeg = |buf: &mut Vec<u8>, rgb: &[u8], w, h| {
-        image::codecs::jpeg::JpegEncoder::new_with_quality(buf, quality).encode(
-            rgb,
-            w,
-            h,
-            image::ExtendedColorType::Rgb8,
-        )
-    };
-    let res = match kind {
-        Kind::Frame => jpeg(&mut buf, &f.rgb, f.width, f.height),
-        Kind::Overlay => {
-            let img = crate::sink::render::overlay(f, &out.mask);
-            jpeg(&mut buf, img.as_raw(), img.width(), img.height())
-        }
-        Kind::Mask => {
-            let png = crate::sink::render::mask_to_png(&out.mask);
-            image::codecs::png::PngEncoder::new(&mut buf).write_image(
-                png.as_raw(),
-                png.width(),
-                png.height(),
-                image::ExtendedColorType::L8,
-            )
-        }
-    };
-    res.map_err(|source| SinkError::Encode { sink: "http", path: format!("{kind:?} of frame {}", f.seq), source })?;
-    Ok(buf)
 }
 
 /// `?after=N` of a URL.
@@ -392,17 +434,21 @@ fn latest_json(shared: &Shared, after: Option<u64>) -> Option<String> {
     if let Some(seen) = after {
         wait_for_new(shared, seen);
     }
-    let (_, out) = lock(&shared.latest).clone()?;
+    let (gen, out) = lock(&shared.latest).clone()?;
     let captured_ms = out.frame.captured_wall.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     Some(format!(
-        "{{\"seq\":{},\"width\":{},\"height\":{},\"num_classes\":{},\"m\":{},\"input_size\":{},\"latency_ms\":{:.1},\"captured_unix_ms\":{}}}\n",
+        "{{\"stream\":\"{STREAM}\",\"gen\":{gen},\"seq\":{},\"width\":{},\"height\":{},\"num_classes\":{},\"m\":{},\"n\":{},\
+         \"reduced\":{},\"input_size\":{},\"latency_ms\":{:.1},\"target_ms\":{:.1},\"captured_unix_ms\":{}}}\n",
         out.frame.seq,
         out.frame.width,
         out.frame.height,
         out.mask.num_classes,
         out.m,
+        out.partition.as_ref().map_or(out.m, |p| p.n()),
+        out.partition.is_some(),
         out.input_size,
         out.latency.as_secs_f64() * 1e3,
+        out.target_ms,
         captured_ms
     ))
 }
@@ -471,6 +517,7 @@ impl Sink for HttpSink {
 
     fn publish(&mut self, out: &Output) -> Result<(), SinkError> {
         let generation = self.shared.published.fetch_add(1, Ordering::Relaxed) + 1;
+        lock(&self.shared.history).push(generation, out, std::time::SystemTime::now());
         let old = lock(&self.shared.latest).replace((generation, out.clone()));
         self.shared.changed.notify_all();
         *lock(&self.shared.last_publish) = Some(Instant::now());
@@ -521,35 +568,5 @@ fn wait_port_closed(addr: SocketAddr, deadline: Instant) {
     }
 }
 
-/// The preview page (`{REFRESH_MS}` is replaced at build time).
-const INDEX_HTML: &str = include_str!("preview.html");
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_ignore_the_query() {
-        assert_eq!(Route::parse("/"), Route::Index);
-        assert_eq!(Route::parse("/overlay.jpg?seq=12"), Route::Overlay);
-        assert_eq!(Route::parse("/mask.png"), Route::Mask);
-        assert_eq!(Route::parse("/metrics"), Route::Metrics);
-        assert_eq!(Route::parse("/healthz?x"), Route::Healthz);
-        assert_eq!(Route::parse("other"), Route::Other);
-        assert_eq!(Route::parse("/nope"), Route::Other);
-    }
-
-    #[test]
-    fn config_problems_name_the_key() {
-        let cfg =
-            HttpConfig { address: "localhost".into(), port: 80000, threads: 0, jpeg_quality: 0, ..Default::default() };
-        let mut p = Problems::default();
-        cfg.validate(&mut p);
-        let keys: Vec<_> = p.0.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            ["[sink.http] address", "[sink.http] port", "[sink.http] threads", "[sink.http] jpeg_quality"]
-        );
-        assert_eq!(p.0[1].msg, "80000 is not a port");
-    }
-}
+mod tests;

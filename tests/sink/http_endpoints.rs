@@ -86,6 +86,8 @@ fn output(seq: u64, w: u32, h: u32) -> Output {
         m: 256,
         input_size: 448,
         latency: Duration::from_millis(40),
+        partition: None,
+        target_ms: 0.0,
     }
 }
 
