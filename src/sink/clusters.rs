@@ -3,9 +3,11 @@
 //!
 //! Every patch token's pixels are filled with its cluster's colour (distinct for every cluster
 //! id), cluster borders are black, each centre token is marked by a white square with a black
-//! outline, and the top-left corner says `M=64 N=256 224px`. The image has the frame's size
-//! (scaled up for a frame too small to show the grid), so it lines up with the frame, the mask
-//! and the overlay. Drawn only on request, never per frame.
+//! outline, and a strip below the picture says `M=64 N=256 224px` in its left corner (below,
+//! not over it: a label over the picture would hide the clusters under it). The picture has the
+//! frame's size (scaled up for a frame too small to show the grid), so it lines up with the
+//! frame, the mask and the overlay (the page clips the strip). Drawn only on request, never per
+//! frame.
 //!
 //! Must not: compute a partition (`reduce`), or know about HTTP (`http.rs`).
 
@@ -46,8 +48,9 @@ pub fn token_of(x: u32, w: u32, g: usize) -> usize {
     (((2 * x as u64 + 1) * g as u64) / (2 * w as u64)).min(g as u64 - 1) as usize
 }
 
-/// Draw `p` at `width x height` (see [`view_size`]); the problem when `p` fails
-/// [`Partition::check`] or the image is smaller than the grid.
+/// Draw `p` at `width x height` (see [`view_size`]), plus the label strip below (the image is
+/// `label_rect(..).3` taller); the problem when `p` fails [`Partition::check`] or the picture
+/// is smaller than the grid.
 pub fn draw(p: &Partition, width: u32, height: u32) -> Result<image::RgbImage, String> {
     p.check()?;
     let (gh, gw) = p.grid;
@@ -59,7 +62,9 @@ pub fn draw(p: &Partition, width: u32, height: u32) -> Result<image::RgbImage, S
     let rows: Vec<usize> = (0..height).map(|y| token_of(y, height, gh)).collect();
     let cluster = |ty: usize, tx: usize| p.assign[ty * gw + tx];
     let colours: Vec<[u8; 3]> = (0..p.m as u32).map(cluster_colour).collect();
-    let mut img = image::RgbImage::new(width, height);
+    let text = format!("M={} N={} {}px", p.m, p.n(), p.input_size);
+    let (_, strip) = label_size(&text, width, height);
+    let mut img = image::RgbImage::new(width, height + strip);
     let buf: &mut [u8] = &mut img;
     for (y, &ty) in rows.iter().enumerate() {
         let below = rows.get(y + 1).copied();
@@ -75,7 +80,7 @@ pub fn draw(p: &Partition, width: u32, height: u32) -> Result<image::RgbImage, S
         let (ty, tx) = (t as usize / gw, t as usize % gw);
         mark(&mut img, span(&cols, tx), span(&rows, ty));
     }
-    label(&mut img, &format!("M={} N={} {}px", p.m, p.n(), p.input_size));
+    label(&mut img, &text, width, height);
     Ok(img)
 }
 
@@ -96,10 +101,11 @@ fn mark(img: &mut image::RgbImage, (x0, x1): (usize, usize), (y0, y1): (usize, u
         return;
     }
     let (cx, cy, r) = ((x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2, mark_radius(x1 - x0, y1 - y0) as i64);
+    let (w, h) = (img.width() as i64, (img.height() - img.height().min(label_height(img.width()))) as i64);
     for dy in -(r + 1)..=r + 1 {
         for dx in -(r + 1)..=r + 1 {
             let (x, y) = (cx as i64 + dx, cy as i64 + dy);
-            if x < 0 || y < 0 || x >= img.width() as i64 || y >= img.height() as i64 {
+            if x < 0 || y < 0 || x >= w || y >= h {
                 continue;
             }
             let ring = dx.abs() == r + 1 || dy.abs() == r + 1;
@@ -131,18 +137,32 @@ fn glyph(ch: char) -> [u8; 7] {
     }
 }
 
-/// Where the label of `text` goes on a `width x height` image: `(x, y, w, h)` from the top-left
-/// corner, and the pixel scale of its glyphs; clipped to the image.
-pub fn label_rect(text: &str, width: u32, height: u32) -> ((u32, u32, u32, u32), u32) {
-    let s = (width.min(height) / 200).max(1);
-    let (w, h) = ((text.chars().count() as u32 * 6 + 3) * s, 11 * s);
-    ((0, 0, w.min(width), h.min(height)), s)
+/// The pixel scale of the label's glyphs on a picture `width` wide.
+fn label_scale(width: u32) -> u32 {
+    (width / 320).max(1)
 }
 
-/// `text` in white on a black box in the top-left corner.
-fn label(img: &mut image::RgbImage, text: &str) {
-    let ((_, _, w, h), s) = label_rect(text, img.width(), img.height());
-    for y in 0..h {
+/// The height of the label strip below a picture `width` wide.
+fn label_height(width: u32) -> u32 {
+    11 * label_scale(width)
+}
+
+fn label_size(text: &str, width: u32, _height: u32) -> (u32, u32) {
+    let s = label_scale(width);
+    (((text.chars().count() as u32 * 6 + 3) * s).min(width), label_height(width))
+}
+
+/// Where the label of `text` goes under a `width x height` picture: `(x, y, w, h)`, the
+/// whole strip below the picture (black, the text white in its left corner).
+pub fn label_rect(text: &str, width: u32, height: u32) -> (u32, u32, u32, u32) {
+    (0, height, width, label_size(text, width, height).1)
+}
+
+/// `text` in white on the black strip below the `width x height` picture.
+fn label(img: &mut image::RgbImage, text: &str, width: u32, height: u32) {
+    let (_, y0, w, h) = label_rect(text, width, height);
+    let s = label_scale(width);
+    for y in y0..y0 + h {
         for x in 0..w {
             img.put_pixel(x, y, image::Rgb(INK));
         }
@@ -153,9 +173,9 @@ fn label(img: &mut image::RgbImage, text: &str) {
                 if bits & (0x10 >> col) == 0 {
                     continue;
                 }
-                let (x0, y0) = ((2 + i as u32 * 6 + col) * s, (2 + row as u32) * s);
-                for (x, y) in (0..s * s).map(|k| (x0 + k % s, y0 + k / s)) {
-                    if x < w && y < h {
+                let (gx, gy) = ((2 + i as u32 * 6 + col) * s, y0 + (2 + row as u32) * s);
+                for (x, y) in (0..s * s).map(|k| (gx + k % s, gy + k / s)) {
+                    if x < w && y < y0 + h {
                         img.put_pixel(x, y, image::Rgb(PAPER));
                     }
                 }

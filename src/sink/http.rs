@@ -437,19 +437,19 @@ fn latest_json(shared: &Shared, after: Option<u64>) -> Option<String> {
     let (gen, out) = lock(&shared.latest).clone()?;
     let captured_ms = out.frame.captured_wall.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     Some(format!(
-        "{{\"stream\":\"{STREAM}\",\"gen\":{gen},\"seq\":{},\"width\":{},\"height\":{},\"num_classes\":{},\"m\":{},\"n\":{},\
-         \"reduced\":{},\"input_size\":{},\"latency_ms\":{:.1},\"target_ms\":{:.1},\"captured_unix_ms\":{}}}\n",
+        "{{\"seq\":{},\"width\":{},\"height\":{},\"num_classes\":{},\"m\":{},\"input_size\":{},\"latency_ms\":{:.1},\
+         \"captured_unix_ms\":{},\"n\":{},\"reduced\":{},\"target_ms\":{:.1},\"gen\":{gen},\"stream\":\"{STREAM}\"}}\n",
         out.frame.seq,
         out.frame.width,
         out.frame.height,
         out.mask.num_classes,
         out.m,
-        out.partition.as_ref().map_or(out.m, |p| p.n()),
-        out.partition.is_some(),
         out.input_size,
         out.latency.as_secs_f64() * 1e3,
+        captured_ms,
+        out.partition.as_ref().map_or(out.m, |p| p.n()),
+        out.partition.is_some(),
         out.target_ms,
-        captured_ms
     ))
 }
 

@@ -363,3 +363,67 @@ fn a_client_that_stops_reading_neither_stalls_publish_nor_the_port() {
     assert_eq!(check_mask(&get(addr, "/mask.png").body, 8, 8), 77);
     drop(stalled);
 }
+
+/// `/clusters.png` draws the latest frame's partition (the same picture as
+/// `sink::clusters::draw`), says why not for an unreduced frame; `/history.json` has one point
+/// per published frame; `/streams.json` lists the one stream, whose routes are also under
+/// `/s/default/`; the page is served with a same-origin-only CSP and names no outside URL.
+#[test]
+fn clusters_history_streams_and_the_page_policy() {
+    use ailurus::sink::clusters::{draw, view_size, INK, PAPER};
+    let (mut s, addr) = sink(2, 3600.0, None);
+    assert_eq!(get(addr, "/clusters.png").status, 503, "no frame yet");
+    let j: serde_json::Value = serde_json::from_slice(&get(addr, "/history.json").body).unwrap();
+    assert_eq!(j["rows"].as_array().unwrap().len(), 0);
+
+    s.publish(&output(1, 64, 48)).unwrap();
+    let r = get(addr, "/clusters.png");
+    assert_eq!(r.status, 404);
+    assert!(r.header("Content-Type").unwrap().starts_with("text/plain"));
+    assert!(r.text().starts_with("frame 1 ran unreduced (M = N = 256 tokens at 448px)"), "{}", r.text());
+
+    let p = crate::clusters::random_partition(&mut crate::clusters::Rng(9), (16, 16), 64, 224);
+    let with = |seq| Output { partition: Some(Arc::new(p.clone())), m: 64, input_size: 224, ..output(seq, 200, 150) };
+    s.publish(&with(2)).unwrap();
+    let r = get(addr, "/clusters.png?seq=2");
+    assert_eq!((r.status, r.header("Content-Type")), (200, Some("image/png")));
+    let got = image::load_from_memory_with_format(&r.body, image::ImageFormat::Png).unwrap().to_rgb8();
+    let (w, h) = view_size(&p, 200, 150);
+    assert_eq!(got, draw(&p, w, h).unwrap(), "the served image is the drawing of the published partition");
+    let fills: std::collections::HashSet<[u8; 3]> =
+        got.pixels().map(|px| px.0).filter(|&c| c != INK && c != PAPER).collect();
+    assert_eq!(fills.len(), 64);
+    assert_eq!(get(addr, "/s/default/clusters.png").body, r.body);
+    let r = get(addr, "/s/nope/clusters.png");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("/streams.json"), "{}", r.text());
+    let l: serde_json::Value = serde_json::from_slice(&get(addr, "/s/default/latest.json").body).unwrap();
+    assert_eq!((l["seq"].as_u64(), l["reduced"].as_bool(), l["n"].as_u64()), (Some(2), Some(true), Some(256)));
+
+    // Sequence numbers 3..=9, then 12: two frames the sink never saw.
+    for seq in (3..=9).chain([12]) {
+        s.publish(&with(seq)).unwrap();
+    }
+    let j: serde_json::Value = serde_json::from_slice(&get(addr, "/history.json").body).unwrap();
+    let cols: Vec<&str> = j["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    let col = |name| cols.iter().position(|&c| c == name).unwrap();
+    let rows = j["rows"].as_array().unwrap();
+    let of = |name| rows.iter().map(|r| r[col(name)].as_f64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(of("gen"), (1..=10).map(f64::from).collect::<Vec<_>>(), "one point per published frame");
+    assert_eq!(of("seq"), [1., 2., 3., 4., 5., 6., 7., 8., 9., 12.]);
+    assert_eq!(of("dropped").iter().sum::<f64>(), 2.0);
+    assert_eq!((of("m")[0], of("m")[9], of("n")[9], of("input_size")[9]), (256., 64., 256., 224.));
+    let j: serde_json::Value = serde_json::from_slice(&get(addr, "/s/default/history.json?after=7").body).unwrap();
+    assert_eq!(j["rows"].as_array().unwrap().len(), 3);
+    let st: serde_json::Value = serde_json::from_slice(&get(addr, "/streams.json").body).unwrap();
+    assert_eq!(st["streams"], serde_json::json!([{"name": "default", "prefix": "/s/default"}]));
+
+    let page = get(addr, "/");
+    let csp = page.header("Content-Security-Policy").expect("the page has a CSP");
+    assert!(csp.starts_with("default-src 'self';") && !csp.contains("http"), "{csp}");
+    let html = page.text();
+    for outside in ["http:", "https:", "//cdn", "src=\"//", "href=\"//", "ws:"] {
+        assert!(!html.contains(outside), "the page names an outside URL ({outside})");
+    }
+    assert_eq!(get(addr, "/s/default/").text(), html);
+}

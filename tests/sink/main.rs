@@ -1,5 +1,6 @@
 //! Sinks: files, the socket (and its documented Python client), and the http endpoints.
 
+mod clusters;
 mod files;
 mod http_endpoints;
 mod python_client;
