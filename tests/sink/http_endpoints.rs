@@ -15,7 +15,7 @@ use ailurus::status::{Health, StatusProvider};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-struct Resp {
+pub struct Resp {
     status: u16,
     head: String,
     body: Vec<u8>,
@@ -28,7 +28,7 @@ impl Resp {
             k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
         })
     }
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
@@ -68,13 +68,13 @@ fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<Resp> 
     Ok(resp)
 }
 
-fn get(addr: SocketAddr, path: &str) -> Resp {
+pub fn get(addr: SocketAddr, path: &str) -> Resp {
     request(addr, "GET", path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
 /// A frame whose mask encodes its sequence number: the first 16 pixels are the bits of `seq`,
 /// the rest a pattern derived from it. A torn or mixed-up image cannot pass `check_mask`.
-fn output(seq: u64, w: u32, h: u32) -> Output {
+pub fn output(seq: u64, w: u32, h: u32) -> Output {
     let mut f = Frame::new(seq, w, h);
     for (i, px) in f.rgb.chunks_exact_mut(3).enumerate() {
         let (x, y) = ((i as u32 % w) as u8, (i as u32 / w) as u8);

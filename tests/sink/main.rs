@@ -2,6 +2,7 @@
 
 mod clusters;
 mod files;
+mod grafana;
 mod http_endpoints;
 mod python_client;
 mod socket;
