@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::frame::{Frame, Mask};
 use crate::pre::Resampler;
-use crate::reduce::ReduceConfig;
+use crate::reduce::{Partition, ReduceConfig};
 
 /// One point the budget controller can choose: the model input side and the cluster count M
 /// (M = N means no reduction at that size).
@@ -66,6 +66,12 @@ pub trait Engine: Send {
     /// frame on. Engines without a reducer ignore it.
     fn reconfigure(&mut self, _reduce: &ReduceConfig) -> Result<(), EngineError> {
         Ok(())
+    }
+    /// The token partition of the last `infer` into `out` (its buffers reused: no allocation
+    /// once warm). False, and `out` untouched, when that frame ran unreduced (M = N) or the
+    /// engine keeps no partition.
+    fn partition(&self, _out: &mut Partition) -> bool {
+        false
     }
 }
 

@@ -362,6 +362,11 @@ impl Metrics {
         self.target_ms.store(ms.to_bits(), Relaxed);
     }
 
+    /// The latency budget target, ms (0: none set).
+    pub fn target_ms(&self) -> f64 {
+        f64::from_bits(self.target_ms.load(Relaxed))
+    }
+
     /// Controller state: whether even the cheapest setting misses, and the load factor
     /// (measured cost / calibrated cost).
     pub fn set_controller(&self, unreachable: bool, load: f64) {

@@ -559,6 +559,8 @@ fn sink_throughput_at_224_is_printed() {
                 m: 128,
                 input_size: 224,
                 latency: Duration::from_millis(5),
+                partition: None,
+                target_ms: 0.0,
             };
             sink.publish(&out).unwrap();
             frames += 1;

@@ -63,6 +63,8 @@ if [ $deploy = 1 ]; then
 fi
 { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null || need_apt+=(mosquitto)
 command -v openssl >/dev/null || need_apt+=(openssl)   # test certificates for the MQTT TLS test
+command -v chromium >/dev/null || need_apt+=(chromium)  # tools/preview_check.sh (headless)
+command -v curl >/dev/null || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} (Debian packages)"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -17,7 +17,7 @@ use super::device::Part;
 use super::segmenter::{middle_tokens, Segmenter, SizePlans, PAD_BIAS};
 use super::ModelError;
 use crate::engine::{Engine, EngineError, Setting, SizeInfo, StageTimes};
-use crate::reduce::{self, ReduceConfig, Reducer, Reduction};
+use crate::reduce::{self, Partition, ReduceConfig, Reducer, Reduction};
 
 /// One input size's states.
 struct SizeStates {
@@ -32,6 +32,9 @@ struct Scratch {
     reduction: Reduction,
     /// This frame ran the reducer (the setting asked for M < N; the reducer may still give N).
     reduced: bool,
+    /// The token grid and input size of this frame (for `Engine::partition`).
+    grid: (usize, usize),
+    input_size: u32,
     middle_in: Vec<f32>,
     bias: Vec<f32>,
     full_tokens: Vec<f32>,
@@ -126,6 +129,7 @@ impl LaneState {
     fn reduce(&mut self, seg: &Segmenter, plans: &SizePlans, stem: &Stem, m: usize) -> TractResult<usize> {
         let (c, prefix, n) = (seg.manifest.tokens.width, seg.manifest.tokens.prefix, plans.info.n_tokens);
         self.scratch.reduced = m < n;
+        (self.scratch.grid, self.scratch.input_size) = (plans.grid, plans.info.input_size);
         if !self.scratch.reduced {
             return Ok(n);
         }
@@ -269,6 +273,15 @@ impl Engine for SegmenterLane {
         self.set_reducer(reduce::build_on_device(reduce).map_err(EngineError::Reconfigure)?);
         self.set_key_bias(reduce.proportional_attention);
         Ok(())
+    }
+
+    // --- #21 cluster view: expose the last frame's partition (a copy; nothing drawn here).
+    fn partition(&self, out: &mut Partition) -> bool {
+        let sc = &self.st.scratch;
+        if sc.reduced {
+            out.copy_from(&sc.reduction, sc.grid, sc.input_size);
+        }
+        sc.reduced
     }
 }
 

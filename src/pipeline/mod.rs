@@ -360,6 +360,9 @@ impl Pipeline {
         let (input_pool_tx, input_pool_rx) = crossbeam_channel::bounded(3 + lanes);
         let (raw_pool_tx, raw_pool_rx) = crossbeam_channel::bounded(3 + lanes);
         let (frame_back_tx, frame_back_rx) = crossbeam_channel::bounded(8);
+        // Partition copies (cluster view) go back from postprocess to the lanes once no sink
+        // holds them any more.
+        let (parts_tx, parts_rx) = crossbeam_channel::bounded(stages::POOL + 3 + lanes);
         let (finished_tx, finished_rx) = crossbeam_channel::bounded::<()>(1);
         let mut threads = Vec::new();
         let mut source_thread = None;
@@ -393,19 +396,19 @@ impl Pipeline {
                 (pre_rx.clone(), post_tx.clone(), input_pool_tx.clone(), raw_pool_rx.clone());
             let (reconf_tx, reconf_rx) = crossbeam_channel::unbounded();
             reconfigure.push(reconf_tx);
-            let lane = stages::Lane { index: lane, engine, reconfigure: reconf_rx };
+            let lane = stages::Lane { index: lane, engine, reconfigure: reconf_rx, parts: parts_rx.clone() };
             let h = std::thread::Builder::new()
                 .name(if lanes == 1 { "infer".into() } else { format!("infer-{}", lane.index) })
                 .spawn(move || stages::infer_loop(&sh, lane, &rx, &tx, pool_tx, pool_rx))
                 .map_err(spawn_err("infer"))?;
             threads.push(("infer", h));
         }
-        drop((pre_rx, post_tx, input_pool_tx, raw_pool_rx));
+        drop((pre_rx, post_tx, input_pool_tx, raw_pool_rx, parts_rx));
         let sh = shared.clone();
         let h = std::thread::Builder::new()
             .name("postprocess".into())
             .spawn(move || {
-                stages::post_loop(&sh, post_rx, &runners, raw_pool_tx, frame_back_tx);
+                stages::post_loop(&sh, post_rx, &runners, raw_pool_tx, frame_back_tx, parts_tx);
                 let drain = Duration::from_secs_f64(sh.config.drain_timeout_s);
                 for r in runners {
                     r.shutdown(drain);

@@ -21,6 +21,7 @@ use crate::engine::{Engine, Setting, StageTimes};
 use crate::frame::{Frame, Mask};
 use crate::metrics::Stage;
 use crate::pre::Resampler;
+use crate::reduce::Partition;
 use crate::sink::Output;
 use crate::source::{FrameSource, SourceError};
 
@@ -42,6 +43,8 @@ pub(super) struct Done {
     setting: Setting,
     raw: Vec<f32>,
     times: StageTimes,
+    /// The token partition at the cut (None: unreduced).
+    partition: Option<Arc<Partition>>,
 }
 
 /// Where preprocess gets frames from.
@@ -190,6 +193,8 @@ pub(super) struct Lane {
     pub(super) engine: Box<dyn Engine>,
     /// Reloaded `[reduce]` configs (`Pipeline::update_reduce`).
     pub(super) reconfigure: Receiver<crate::reduce::ReduceConfig>,
+    /// Partition buffers coming back from postprocess (no sink holds them any more).
+    pub(super) parts: Receiver<Arc<Partition>>,
 }
 
 /// One inference lane: takes prepared inputs (shared with the other lanes) and runs them on
@@ -202,8 +207,9 @@ pub(super) fn infer_loop(
     input_pool: Sender<Vec<f32>>,
     raw_pool: Receiver<Vec<f32>>,
 ) {
-    let Lane { index: lane, mut engine, reconfigure } = own;
+    let Lane { index: lane, mut engine, reconfigure, parts } = own;
     let mut log = RateLimited::new(Duration::from_secs(10));
+    let mut spare = None;
     while let Some(job) = rx.recv() {
         while let Ok(cfg) = reconfigure.try_recv() {
             match engine.reconfigure(&cfg) {
@@ -247,10 +253,11 @@ pub(super) fn infer_loop(
         ] {
             sh.metrics.record(stage, d);
         }
+        let partition = take_partition(engine.as_ref(), &parts, &mut spare);
         // At most `lanes + 1` frames are in flight and postprocess takes results as they come
         // (holding them itself when out of order), so it takes the previous result within one
         // postprocess; waiting that long loses nothing and builds no latency.
-        let put = tx.put_within(Done { ticket, frame, setting, raw, times }, POST_PATIENCE);
+        let put = tx.put_within(Done { ticket, frame, setting, raw, times, partition }, POST_PATIENCE);
         sh.gate.update(|g| g.running[lane] = None);
         match put {
             Ok(None) => {}
@@ -263,11 +270,27 @@ pub(super) fn infer_loop(
     }
 }
 
+/// A copy of the engine's partition of the frame it just ran, in a recycled buffer (a fresh
+/// one only while the pool warms up or sinks hold all of them); None for an unreduced frame.
+/// `spare` keeps the buffer an unreduced frame did not use.
+fn take_partition(
+    engine: &dyn Engine,
+    pool: &Receiver<Arc<Partition>>,
+    spare: &mut Option<Arc<Partition>>,
+) -> Option<Arc<Partition>> {
+    let mut p = spare.take().or_else(|| pool.try_iter().find(|p| Arc::strong_count(p) == 1)).unwrap_or_default();
+    if Arc::get_mut(&mut p).is_some_and(|buf| engine.partition(buf)) {
+        return Some(p);
+    }
+    *spare = Some(p).filter(|p| Arc::strong_count(p) == 1);
+    None
+}
+
 /// How long inference waits for postprocess to take the previous result before replacing it.
 const POST_PATIENCE: Duration = Duration::from_millis(100);
 
 /// Masks and frames kept until every sink has let go of them (then reused).
-const POOL: usize = 8;
+pub(super) const POOL: usize = 8;
 
 /// A frame that finished while an older one is still being inferred on another lane is held
 /// for at most `max(REORDER_MIN, its own inference time / 2)`: lanes finish close together
@@ -307,10 +330,12 @@ pub(super) fn post_loop(
     sinks: &[SinkRunner],
     raw_pool: Sender<Vec<f32>>,
     frame_back: Sender<Frame>,
+    parts_back: Sender<Arc<Partition>>,
 ) {
     let mut rs = Resampler::default();
     let mut masks: VecDeque<Arc<Mask>> = VecDeque::with_capacity(POOL + 1);
     let mut frames: VecDeque<Arc<Frame>> = VecDeque::with_capacity(POOL + 1);
+    let mut parts: VecDeque<Arc<Partition>> = VecDeque::with_capacity(POOL + 1);
     let max = sh.config.max_frames;
     let mut order = Reorder { held: Vec::with_capacity(sh.lanes + 2), last: 0 };
     let mut closed = false;
@@ -330,7 +355,7 @@ pub(super) fn post_loop(
                 continue;
             }
         };
-        let Done { ticket, frame, setting, raw, mut times } = done;
+        let Done { ticket, frame, setting, raw, mut times, partition } = done;
         if ticket <= order.last {
             // A newer frame was already published: this one would go back in time.
             sh.metrics.out_of_order.fetch_add(1, Relaxed);
@@ -360,6 +385,8 @@ pub(super) fn post_loop(
             m: setting.m,
             input_size: setting.input_size,
             latency,
+            partition,
+            target_ms: sh.metrics.target_ms(),
         };
         for s in sinks {
             s.offer(&out);
@@ -380,6 +407,14 @@ pub(super) fn post_loop(
         masks.push_back(mask);
         if masks.len() > POOL {
             masks.pop_front();
+        }
+        if let Some(p) = out.partition {
+            parts.push_back(p);
+            if parts.len() > POOL {
+                if let Some(p) = parts.pop_front().filter(|p| Arc::strong_count(p) == 1) {
+                    let _ = parts_back.try_send(p);
+                }
+            }
         }
         frames.push_back(out.frame);
         if frames.len() > POOL {

@@ -12,7 +12,10 @@ pub mod cuda;
 pub mod dot;
 pub mod grid;
 pub mod none;
+pub mod partition;
 pub mod tome;
+
+pub use partition::Partition;
 
 /// Reused output buffers of one reduction.
 #[derive(Debug, Default, Clone)]

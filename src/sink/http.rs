@@ -7,12 +7,18 @@
 //! - `/overlay.jpg`  the latest frame with the mask blended over it
 //! - `/frame.jpg`    the latest frame
 //! - `/mask.png`     the latest mask, the same PNG as the `files` sink writes
+//! - `/clusters.png` the latest frame's token partition (`clusters.rs`); 404 with the reason
+//!   for a frame that ran unreduced
 //! - `/latest.json`  sequence number, size, M, input size, latency and capture time;
 //!   `?after=SEQ` waits (long poll, at most 2 s) until a frame other than SEQ is there
+//! - `/history.json` one point per published frame over the last `history_s` (latency, budget
+//!   target, M, N, input size, drops; `history.rs`); `?after=GEN` only the newer ones
+//! - `/streams.json` the streams that have published and their paths: every per-stream route
+//!   (`/`, the images, `latest.json`, `history.json`) is also served under `/streams/NAME/...`
+//!   (`/s/NAME/...` for short) for one named stream (`[streams.NAME]`; a single `[source]` is
+//!   `default`); the unprefixed routes show the latest frame of any stream
 //! - `/metrics`      Prometheus text: the runtime's (from a [`StatusProvider`]) and this sink's
 //! - `/healthz`      200 `ok`, or 503 with the reason (`camera down`, `inference stuck: ...`)
-//! - `/streams/NAME/latest.json`, `.../frame.jpg`, `.../overlay.jpg`, `.../mask.png`: the
-//!   latest of one named stream (`[streams.NAME]`; the routes above show the latest of any)
 //!
 //! The server runs on its own threads (`threads` request workers plus tiny_http's connection
 //! threads). `publish` only swaps in the latest `Output` (a few `Arc` clones); images are
@@ -27,12 +33,17 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use image::ImageEncoder;
 use serde::Deserialize;
 
+use super::history::History;
 use super::{Output, Sink, SinkError};
 use crate::problems::Problems;
 pub use crate::status::{Health, StatusProvider};
+use encode::{encode, Kind};
+use page::{streams_json, INDEX_HTML, PAGE_CSP};
+
+mod encode;
+mod page;
 
 /// `[sink.http]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -51,6 +62,8 @@ pub struct HttpConfig {
     pub jpeg_quality: u8,
     /// Without a status provider, `/healthz` reports 503 when no frame came for this long.
     pub stale_after_s: f64,
+    /// Seconds of per-frame points `/history.json` keeps (at most 60 a second).
+    pub history_s: f64,
 }
 
 impl Default for HttpConfig {
@@ -63,6 +76,7 @@ impl Default for HttpConfig {
             refresh_ms: 500,
             jpeg_quality: 80,
             stale_after_s: 10.0,
+            history_s: 300.0,
         }
     }
 }
@@ -82,6 +96,9 @@ impl HttpConfig {
         p.check(self.stale_after_s > 0.0 && self.stale_after_s.is_finite(), s, "stale_after_s", || {
             format!("{} must be > 0", self.stale_after_s)
         });
+        p.check(self.history_s > 0.0 && self.history_s <= 3600.0, s, "history_s", || {
+            format!("{} is not in (0, 3600]", self.history_s)
+        });
     }
 
     /// The socket address to bind (after `validate`).
@@ -97,45 +114,76 @@ enum Route {
     Overlay,
     Frame,
     Mask,
+    Clusters,
     Latest,
+    History,
+    Streams,
     Metrics,
     Healthz,
     Other,
 }
 
-const ROUTES: [(Route, &str); 8] = [
+const ROUTES: [(Route, &str); 11] = [
     (Route::Index, "/"),
     (Route::Overlay, "/overlay.jpg"),
     (Route::Frame, "/frame.jpg"),
     (Route::Mask, "/mask.png"),
+    (Route::Clusters, "/clusters.png"),
     (Route::Latest, "/latest.json"),
+    (Route::History, "/history.json"),
+    (Route::Streams, "/streams.json"),
     (Route::Metrics, "/metrics"),
     (Route::Healthz, "/healthz"),
     (Route::Other, "other"),
 ];
 
-impl Route {
-    fn parse(url: &str) -> Route {
-        let path = url.split(['?', '#']).next().unwrap_or("");
-        ROUTES.iter().find(|(r, p)| *r != Route::Other && *p == path).map_or(Route::Other, |(r, _)| *r)
+/// The routes served per stream, also under `/s/NAME/` (the others are the process's).
+const PER_STREAM: [Route; 7] =
+    [Route::Overlay, Route::Frame, Route::Mask, Route::Clusters, Route::Latest, Route::History, Route::Index];
+
+/// The name a single `[source]`'s frames are shown under (`/streams/default/...`).
+pub const STREAM: &str = "default";
+
+/// The name the routes show `stream` under (a frame of a single `[source]` has none).
+fn shown_name(stream: &str) -> &str {
+    if stream.is_empty() {
+        STREAM
+    } else {
+        stream
     }
 }
 
-/// The encoded images, cached per kind for the frame they were made from.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Frame = 0,
-    Overlay = 1,
-    Mask = 2,
+impl Route {
+    /// The route of `url`, and the stream its `/streams/NAME` or `/s/NAME` prefix names (None:
+    /// unprefixed).
+    fn parse(url: &str) -> (Route, Option<&str>) {
+        let path = url.split(['?', '#']).next().unwrap_or("");
+        let (stream, path) = match path.strip_prefix("/streams/").or_else(|| path.strip_prefix("/s/")) {
+            Some(rest) => {
+                let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
+                (Some(name), if tail.is_empty() { "/".to_string() } else { format!("/{tail}") })
+            }
+            None => (None, path.to_string()),
+        };
+        let route = ROUTES.iter().find(|(r, p)| *r != Route::Other && *p == path).map_or(Route::Other, |(r, _)| *r);
+        match stream {
+            Some(_) if !PER_STREAM.contains(&route) => (Route::Other, stream),
+            _ => (route, stream),
+        }
+    }
 }
 
 type Cached = Option<(u64, Arc<Vec<u8>>)>;
 
+struct PerStream {
+    name: Arc<str>,
+    latest: (u64, Output),
+    history: History,
+}
+
 struct Shared {
     /// The latest output and its publish count (the cache key: sequence numbers may restart).
     latest: Mutex<Option<(u64, Output)>>,
-    /// The latest output of each named stream (`[streams.NAME]`), for `/streams/NAME/...`.
-    by_stream: Mutex<Vec<Output>>,
     /// Signalled on every publish (and on close), for long polls.
     changed: Condvar,
     /// Long polls waiting now, and how many may (one worker always stays free).
@@ -144,7 +192,12 @@ struct Shared {
     closing: AtomicBool,
     last_publish: Mutex<Option<Instant>>,
     published: AtomicU64,
-    cache: [Mutex<Cached>; 3],
+    cache: [Mutex<Cached>; 4],
+    history: Mutex<History>,
+    /// Per stream, in order of first publish: its latest output (with its publish count) and
+    /// its history. Locked after `latest` where both are held.
+    streams: Mutex<Vec<PerStream>>,
+    history_window: (Duration, usize),
     encode_errors: AtomicU64,
     requests: [AtomicU64; ROUTES.len()],
     status: Option<Arc<dyn StatusProvider>>,
@@ -195,9 +248,9 @@ impl HttpSink {
             source,
         })?;
         let server = Arc::new(server);
+        let history_window = (Duration::from_secs_f64(cfg.history_s), (cfg.history_s * 60.0).ceil() as usize);
         let shared = Arc::new(Shared {
             latest: Mutex::new(None),
-            by_stream: Mutex::new(Vec::new()),
             changed: Condvar::new(),
             waiting: AtomicUsize::new(0),
             max_waiting: cfg.threads - 1,
@@ -205,6 +258,9 @@ impl HttpSink {
             last_publish: Mutex::new(None),
             published: AtomicU64::new(0),
             cache: Default::default(),
+            history: Mutex::new(History::new(history_window.0, history_window.1)),
+            streams: Mutex::new(Vec::new()),
+            history_window,
             encode_errors: AtomicU64::new(0),
             requests: Default::default(),
             status,
@@ -261,7 +317,11 @@ fn header(name: &str, value: &str) -> tiny_http::Header {
 
 fn reply(rq: tiny_http::Request, code: u16, content_type: &str, body: Arc<Vec<u8>>) {
     let len = body.len();
-    let headers = vec![header("Content-Type", content_type), header("Cache-Control", "no-store")];
+    let mut headers = vec![header("Content-Type", content_type), header("Cache-Control", "no-store")];
+    if content_type.starts_with("text/html") {
+        // The page works offline: it may load nothing from anywhere but this server.
+        headers.push(header("Content-Security-Policy", PAGE_CSP));
+    }
     // A known length is always sent as Content-Length (tiny_http would chunk bodies >= 32 KiB).
     let resp = tiny_http::Response::new(code.into(), headers, Cursor::new(Bytes(body)), Some(len), None)
         .with_chunked_threshold(usize::MAX);
@@ -274,43 +334,48 @@ fn text(rq: tiny_http::Request, code: u16, body: String) {
     reply(rq, code, "text/plain; charset=utf-8", Arc::new(body.into_bytes()));
 }
 
-/// `/streams/NAME/ROUTE`: the latest output of one named stream (encoded per request).
-fn stream_request(shared: &Shared, rq: tiny_http::Request, name: &str, route: &str) {
-    let out = lock(&shared.by_stream).iter().find(|o| &*o.frame.stream == name).cloned();
-    let Some(out) = out else {
-        let names: Vec<String> = lock(&shared.by_stream).iter().map(|o| o.frame.stream.to_string()).collect();
-        return text(rq, 404, format!("no stream {name:?} has published; streams: {}\n", names.join(" ")));
-    };
-    let kind = match route.split(['?', '#']).next().unwrap_or("") {
-        "latest.json" => return reply(rq, 200, "application/json", Arc::new(output_json(&out).into_bytes())),
-        "frame.jpg" => Kind::Frame,
-        "overlay.jpg" => Kind::Overlay,
-        "mask.png" => Kind::Mask,
-        _ => return text(rq, 404, "not found; try latest.json frame.jpg overlay.jpg mask.png\n".into()),
-    };
-    match encode(&out, kind, shared.jpeg_quality) {
-        Ok(b) => reply(rq, 200, if matches!(kind, Kind::Mask) { "image/png" } else { "image/jpeg" }, Arc::new(b)),
-        Err(e) => text(rq, 500, format!("{e}\n")),
-    }
-}
-
 fn handle(shared: &Shared, rq: tiny_http::Request) {
-    if let Some((name, route)) = rq.url().strip_prefix("/streams/").and_then(|r| r.split_once('/')) {
-        let (name, route) = (name.to_string(), route.to_string());
-        return stream_request(shared, rq, &name, &route);
-    }
-    let route = Route::parse(rq.url());
+    let (route, stream) = Route::parse(rq.url());
+    let stream = stream.map(str::to_string);
     let idx = ROUTES.iter().position(|(r, _)| *r == route).unwrap_or(ROUTES.len() - 1);
     shared.requests[idx].fetch_add(1, Ordering::Relaxed);
     if !matches!(rq.method(), tiny_http::Method::Get | tiny_http::Method::Head) {
         return text(rq, 405, "only GET and HEAD\n".into());
     }
+    let stream = stream.as_deref();
+    if let Some(name) = stream {
+        let names: Vec<Arc<str>> = lock(&shared.streams).iter().map(|p| p.name.clone()).collect();
+        if !names.iter().any(|n| &**n == name) {
+            let names = names.iter().map(|n| &**n).collect::<Vec<_>>().join(" ");
+            return text(
+                rq,
+                404,
+                format!("no stream {name:?} has published; streams: {names} (listed at /streams.json)\n"),
+            );
+        }
+    }
     match route {
         Route::Index => reply(rq, 200, "text/html; charset=utf-8", Arc::new(shared.page.clone().into_bytes())),
-        Route::Overlay => image(shared, rq, Kind::Overlay),
-        Route::Frame => image(shared, rq, Kind::Frame),
-        Route::Mask => image(shared, rq, Kind::Mask),
-        Route::Latest => match latest_json(shared, after(rq.url())) {
+        Route::Overlay => image(shared, rq, Kind::Overlay, stream),
+        Route::Frame => image(shared, rq, Kind::Frame, stream),
+        Route::Mask => image(shared, rq, Kind::Mask, stream),
+        Route::Clusters => clusters(shared, rq, stream),
+        Route::History => {
+            let j = match stream {
+                Some(name) => lock(&shared.streams)
+                    .iter()
+                    .find(|p| &*p.name == name)
+                    .map(|p| p.history.json(name, after(rq.url())))
+                    .unwrap_or_default(),
+                None => lock(&shared.history).json("", after(rq.url())),
+            };
+            reply(rq, 200, "application/json", Arc::new(j.into_bytes()))
+        }
+        Route::Streams => {
+            let names: Vec<Arc<str>> = lock(&shared.streams).iter().map(|p| p.name.clone()).collect();
+            reply(rq, 200, "application/json", Arc::new(streams_json(&names).into_bytes()))
+        }
+        Route::Latest => match latest_json(shared, after(rq.url()), stream) {
             Some(j) => reply(rq, 200, "application/json", Arc::new(j.into_bytes())),
             None => text(rq, 503, "no frame yet\n".into()),
         },
@@ -321,15 +386,43 @@ fn handle(shared: &Shared, rq: tiny_http::Request) {
             Health::Ok => text(rq, 200, "ok\n".into()),
             Health::Unavailable(reason) => text(rq, 503, format!("{reason}\n")),
         },
-        Route::Other => {
-            text(rq, 404, "not found; try / /overlay.jpg /frame.jpg /mask.png /latest.json /metrics /healthz\n".into())
-        }
+        Route::Other => text(
+            rq,
+            404,
+            "not found; try / /overlay.jpg /frame.jpg /mask.png /clusters.png /latest.json /history.json \
+             /streams.json /metrics /healthz (per stream also /streams/NAME/...)\n"
+                .into(),
+        ),
     }
 }
 
-fn image(shared: &Shared, rq: tiny_http::Request, kind: Kind) {
-    let content_type = if matches!(kind, Kind::Mask) { "image/png" } else { "image/jpeg" };
-    match encoded(shared, kind) {
+/// `/clusters.png`: the partition of the latest frame, or 404 saying it ran unreduced.
+fn clusters(shared: &Shared, rq: tiny_http::Request, stream: Option<&str>) {
+    let latest = latest_of(shared, stream).map(|(_, o)| (o.frame.seq, o.m, o.input_size, o.partition.is_some()));
+    match latest {
+        Some((seq, m, size, false)) => text(
+            rq,
+            404,
+            format!(
+                "frame {seq} ran unreduced (M = N = {m} tokens at {size}px): no clusters to draw; \
+                 the cluster view exists for reduced frames only\n"
+            ),
+        ),
+        _ => image(shared, rq, Kind::Clusters, stream),
+    }
+}
+
+/// The latest output (with its publish count) of `stream`, or of any stream.
+fn latest_of(shared: &Shared, stream: Option<&str>) -> Option<(u64, Output)> {
+    match stream {
+        None => lock(&shared.latest).clone(),
+        Some(name) => lock(&shared.streams).iter().find(|p| &*p.name == name).map(|p| p.latest.clone()),
+    }
+}
+
+fn image(shared: &Shared, rq: tiny_http::Request, kind: Kind, stream: Option<&str>) {
+    let content_type = if matches!(kind, Kind::Mask | Kind::Clusters) { "image/png" } else { "image/jpeg" };
+    match encoded(shared, kind, stream) {
         Ok(Some(bytes)) => reply(rq, 200, content_type, bytes),
         Ok(None) => text(rq, 503, "no frame yet\n".into()),
         Err(e) => {
@@ -340,9 +433,11 @@ fn image(shared: &Shared, rq: tiny_http::Request, kind: Kind) {
     }
 }
 
-/// The latest image of `kind`, encoded at most once per published frame.
-fn encoded(shared: &Shared, kind: Kind) -> Result<Option<Arc<Vec<u8>>>, SinkError> {
-    let Some((generation, out)) = lock(&shared.latest).clone() else {
+/// The latest image of `kind` (of `stream`, or of any), encoded at most once per published
+/// frame while one stream is watched (the cache holds one frame per kind; the publish count
+/// is its key, unique across streams).
+fn encoded(shared: &Shared, kind: Kind, stream: Option<&str>) -> Result<Option<Arc<Vec<u8>>>, SinkError> {
+    let Some((generation, out)) = latest_of(shared, stream) else {
         return Ok(None);
     };
     // Holding the slot while encoding makes concurrent requests wait for one encode.
@@ -357,54 +452,26 @@ fn encoded(shared: &Shared, kind: Kind) -> Result<Option<Arc<Vec<u8>>>, SinkErro
     Ok(Some(bytes))
 }
 
-/// Encode one image of `out`: JPEG for the frame and the overlay, PNG for the mask.
-fn encode(out: &Output, kind: Kind, quality: u8) -> Result<Vec<u8>, SinkError> {
-    let mut buf = Vec::new();
-    let f = &out.frame;
-    let jpeg = |buf: &mut Vec<u8>, rgb: &[u8], w, h| {
-        image::codecs::jpeg::JpegEncoder::new_with_quality(buf, quality).encode(
-            rgb,
-            w,
-            h,
-            image::ExtendedColorType::Rgb8,
-        )
-    };
-    let res = match kind {
-        Kind::Frame => jpeg(&mut buf, &f.rgb, f.width, f.height),
-        Kind::Overlay => {
-            let img = crate::sink::render::overlay(f, &out.mask);
-            jpeg(&mut buf, img.as_raw(), img.width(), img.height())
-        }
-        Kind::Mask => {
-            let png = crate::sink::render::mask_to_png(&out.mask);
-            image::codecs::png::PngEncoder::new(&mut buf).write_image(
-                png.as_raw(),
-                png.width(),
-                png.height(),
-                image::ExtendedColorType::L8,
-            )
-        }
-    };
-    res.map_err(|source| SinkError::Encode { sink: "http", path: format!("{kind:?} of frame {}", f.seq), source })?;
-    Ok(buf)
-}
-
 /// `?after=N` of a URL.
 fn after(url: &str) -> Option<u64> {
     let query = url.split_once('?')?.1;
     query.split('&').find_map(|kv| kv.strip_prefix("after=")?.parse().ok())
 }
 
-/// Long poll: wait (at most `LONG_POLL`) until the latest frame is not `seen`. At most
-/// `max_waiting` requests wait at once; the others are answered at once.
-fn wait_for_new(shared: &Shared, seen: u64) {
+/// Long poll: wait (at most `LONG_POLL`) until the latest frame (of `stream`, or of any) is not
+/// `seen`. At most `max_waiting` requests wait at once; the others are answered at once.
+fn wait_for_new(shared: &Shared, seen: u64, stream: Option<&str>) {
     if shared.waiting.fetch_add(1, Ordering::AcqRel) >= shared.max_waiting {
         shared.waiting.fetch_sub(1, Ordering::AcqRel);
         return;
     }
     let deadline = Instant::now() + LONG_POLL;
     let mut latest = lock(&shared.latest);
-    while latest.as_ref().is_none_or(|(_, o)| o.frame.seq == seen) && !shared.closing.load(Ordering::Acquire) {
+    let is_seen = |latest: &Option<(u64, Output)>| match stream {
+        None => latest.as_ref().is_none_or(|(_, o)| o.frame.seq == seen),
+        Some(name) => lock(&shared.streams).iter().find(|p| &*p.name == name).is_none_or(|p| p.latest.1.frame.seq == seen),
+    };
+    while is_seen(&latest) && !shared.closing.load(Ordering::Acquire) {
         let now = Instant::now();
         if now >= deadline {
             break;
@@ -417,21 +484,16 @@ fn wait_for_new(shared: &Shared, seen: u64) {
 
 const LONG_POLL: Duration = Duration::from_secs(2);
 
-fn latest_json(shared: &Shared, after: Option<u64>) -> Option<String> {
+fn latest_json(shared: &Shared, after: Option<u64>, stream: Option<&str>) -> Option<String> {
     if let Some(seen) = after {
-        wait_for_new(shared, seen);
+        wait_for_new(shared, seen, stream);
     }
-    let (_, out) = lock(&shared.latest).clone()?;
-    Some(output_json(&out))
-}
-
-/// One output's `latest.json` (with `"stream"` for a named stream).
-fn output_json(out: &Output) -> String {
-    let stream =
-        if out.frame.stream.is_empty() { String::new() } else { format!(",\"stream\":{:?}", &*out.frame.stream) };
+    let (gen, out) = latest_of(shared, stream)?;
+    let name = serde_json::Value::from(shown_name(&out.frame.stream));
     let captured_ms = out.frame.captured_wall.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    format!(
-        "{{\"seq\":{},\"width\":{},\"height\":{},\"num_classes\":{},\"m\":{},\"input_size\":{},\"latency_ms\":{:.1},\"captured_unix_ms\":{}{stream}}}\n",
+    Some(format!(
+        "{{\"seq\":{},\"width\":{},\"height\":{},\"num_classes\":{},\"m\":{},\"input_size\":{},\"latency_ms\":{:.1},\
+         \"captured_unix_ms\":{},\"n\":{},\"reduced\":{},\"target_ms\":{:.1},\"gen\":{gen},\"stream\":{name}}}\n",
         out.frame.seq,
         out.frame.width,
         out.frame.height,
@@ -439,8 +501,11 @@ fn output_json(out: &Output) -> String {
         out.m,
         out.input_size,
         out.latency.as_secs_f64() * 1e3,
-        captured_ms
-    )
+        captured_ms,
+        out.partition.as_ref().map_or(out.m, |p| p.n()),
+        out.partition.is_some(),
+        out.target_ms,
+    ))
 }
 
 fn health(shared: &Shared) -> Health {
@@ -507,17 +572,27 @@ impl Sink for HttpSink {
 
     fn publish(&mut self, out: &Output) -> Result<(), SinkError> {
         let generation = self.shared.published.fetch_add(1, Ordering::Relaxed) + 1;
-        let old = lock(&self.shared.latest).replace((generation, out.clone()));
-        if !out.frame.stream.is_empty() {
-            let mut by = lock(&self.shared.by_stream);
-            match by
-                .iter_mut()
-                .find(|o| Arc::ptr_eq(&o.frame.stream, &out.frame.stream) || o.frame.stream == out.frame.stream)
-            {
-                Some(o) => drop(std::mem::replace(o, out.clone())),
-                None => by.push(out.clone()),
+        let now = std::time::SystemTime::now();
+        lock(&self.shared.history).push(generation, out, now);
+        let old_of_stream = {
+            let mut streams = lock(&self.shared.streams);
+            let name = shown_name(&out.frame.stream);
+            match streams.iter_mut().find(|p| &*p.name == name) {
+                Some(p) => {
+                    p.history.push(generation, out, now);
+                    Some(std::mem::replace(&mut p.latest, (generation, out.clone())))
+                }
+                None => {
+                    let (window, capacity) = self.shared.history_window;
+                    let mut history = History::new(window, capacity);
+                    history.push(generation, out, now);
+                    streams.push(PerStream { name: name.into(), latest: (generation, out.clone()), history });
+                    None
+                }
             }
-        }
+        };
+        drop(old_of_stream);
+        let old = lock(&self.shared.latest).replace((generation, out.clone()));
         self.shared.changed.notify_all();
         *lock(&self.shared.last_publish) = Some(Instant::now());
         drop(old); // outside the lock: may free the previous frame's buffers
@@ -567,35 +642,5 @@ fn wait_port_closed(addr: SocketAddr, deadline: Instant) {
     }
 }
 
-/// The preview page (`{REFRESH_MS}` is replaced at build time).
-const INDEX_HTML: &str = include_str!("preview.html");
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_ignore_the_query() {
-        assert_eq!(Route::parse("/"), Route::Index);
-        assert_eq!(Route::parse("/overlay.jpg?seq=12"), Route::Overlay);
-        assert_eq!(Route::parse("/mask.png"), Route::Mask);
-        assert_eq!(Route::parse("/metrics"), Route::Metrics);
-        assert_eq!(Route::parse("/healthz?x"), Route::Healthz);
-        assert_eq!(Route::parse("other"), Route::Other);
-        assert_eq!(Route::parse("/nope"), Route::Other);
-    }
-
-    #[test]
-    fn config_problems_name_the_key() {
-        let cfg =
-            HttpConfig { address: "localhost".into(), port: 80000, threads: 0, jpeg_quality: 0, ..Default::default() };
-        let mut p = Problems::default();
-        cfg.validate(&mut p);
-        let keys: Vec<_> = p.0.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            ["[sink.http] address", "[sink.http] port", "[sink.http] threads", "[sink.http] jpeg_quality"]
-        );
-        assert_eq!(p.0[1].msg, "80000 is not a port");
-    }
-}
+mod tests;

@@ -17,9 +17,12 @@ use serde::Deserialize;
 
 use crate::frame::{Frame, Mask};
 use crate::problems::{Problem, Problems};
+use crate::reduce::Partition;
 use crate::status::{Board, StatusProvider};
 
+pub mod clusters;
 pub mod files;
+pub mod history;
 pub mod http;
 pub mod mqtt;
 pub mod render;
@@ -36,6 +39,11 @@ pub struct Output {
     pub input_size: u32,
     /// Capture-to-mask latency.
     pub latency: std::time::Duration,
+    /// The token partition at the cut (for the cluster view), or None when the frame ran
+    /// unreduced (M = N) or the engine keeps none.
+    pub partition: Option<Arc<Partition>>,
+    /// The latency budget target when the frame was published, in ms (0: no budget).
+    pub target_ms: f64,
 }
 
 #[derive(Debug, thiserror::Error)]

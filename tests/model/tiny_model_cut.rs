@@ -209,3 +209,32 @@ fn baked_token_count_fails_cleanly_on_fewer_tokens() {
         Err(e) => eprintln!("baked model refused at run time: {e}"),
     }
 }
+
+/// The lane exposes the partition of the frame it just ran (#21, the cluster view): the
+/// reducer's assignment and centres for a reduced frame, reusing the caller's buffers; nothing
+/// for an unreduced one.
+#[test]
+fn the_lane_exposes_the_partition_of_its_last_reduced_frame() {
+    use ailurus::engine::Engine;
+    use ailurus::reduce::Partition;
+    let mut lane = SegmenterLane::load(&data("tiny_vit.toml"), &options(&[56], 2, true)).unwrap();
+    let x = image(56, 3);
+    let n = 16; // 56 px / 14 px patches = 4 x 4
+    let (mut times, mut out, mut p) = (StageTimes::default(), Vec::new(), Partition::default());
+    let m = lane.run_parts(&x, Setting { input_size: 56, m: 5 }, &mut times, &mut out).unwrap();
+    assert!(lane.partition(&mut p), "a reduced frame has a partition");
+    assert_eq!((p.m, p.grid, p.input_size, p.n()), (m, (4, 4), 56, n));
+    assert_eq!(p.check(), Ok(()));
+    assert_eq!(p.sizes.iter().sum::<u32>() as usize, n);
+    for (c, &t) in p.centers.iter().enumerate() {
+        assert_eq!(p.assign[t as usize] as usize, c, "centre {t} belongs to its own cluster");
+    }
+    let ptr = p.assign.as_ptr();
+    lane.run_parts(&x, Setting { input_size: 56, m: 6 }, &mut times, &mut out).unwrap();
+    assert!(lane.partition(&mut p));
+    assert_eq!(p.assign.as_ptr(), ptr, "the copy reuses the buffer");
+    lane.run_parts(&x, Setting { input_size: 56, m: n }, &mut times, &mut out).unwrap();
+    let before = p.clone();
+    assert!(!lane.partition(&mut p), "an unreduced frame has none");
+    assert_eq!(p, before, "and leaves the buffer alone");
+}

@@ -27,6 +27,8 @@ fn output(seq: u64, w: u32, h: u32, classes: u32, rng: &mut u64) -> Output {
         m: 64,
         input_size: 224,
         latency: Duration::from_millis(5),
+        partition: None,
+        target_ms: 0.0,
     }
 }
 

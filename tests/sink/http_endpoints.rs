@@ -15,7 +15,7 @@ use ailurus::status::{Health, StatusProvider};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-struct Resp {
+pub struct Resp {
     status: u16,
     head: String,
     body: Vec<u8>,
@@ -28,7 +28,7 @@ impl Resp {
             k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
         })
     }
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
@@ -68,13 +68,13 @@ fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<Resp> 
     Ok(resp)
 }
 
-fn get(addr: SocketAddr, path: &str) -> Resp {
+pub fn get(addr: SocketAddr, path: &str) -> Resp {
     request(addr, "GET", path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
 /// A frame whose mask encodes its sequence number: the first 16 pixels are the bits of `seq`,
 /// the rest a pattern derived from it. A torn or mixed-up image cannot pass `check_mask`.
-fn output(seq: u64, w: u32, h: u32) -> Output {
+pub fn output(seq: u64, w: u32, h: u32) -> Output {
     let mut f = Frame::new(seq, w, h);
     for (i, px) in f.rgb.chunks_exact_mut(3).enumerate() {
         let (x, y) = ((i as u32 % w) as u8, (i as u32 / w) as u8);
@@ -86,6 +86,8 @@ fn output(seq: u64, w: u32, h: u32) -> Output {
         m: 256,
         input_size: 448,
         latency: Duration::from_millis(40),
+        partition: None,
+        target_ms: 0.0,
     }
 }
 
@@ -360,4 +362,105 @@ fn a_client_that_stops_reading_neither_stalls_publish_nor_the_port() {
     again.publish(&output(77, 8, 8)).unwrap();
     assert_eq!(check_mask(&get(addr, "/mask.png").body, 8, 8), 77);
     drop(stalled);
+}
+
+/// `/clusters.png` draws the latest frame's partition (the same picture as
+/// `sink::clusters::draw`), says why not for an unreduced frame; `/history.json` has one point
+/// per published frame; `/streams.json` lists the one stream, whose routes are also under
+/// `/streams/default/` (`/s/default/`); the page is served with a same-origin-only CSP and names no outside URL.
+#[test]
+fn clusters_history_streams_and_the_page_policy() {
+    use ailurus::sink::clusters::{draw, view_size, INK, PAPER};
+    let (mut s, addr) = sink(2, 3600.0, None);
+    assert_eq!(get(addr, "/clusters.png").status, 503, "no frame yet");
+    let j: serde_json::Value = serde_json::from_slice(&get(addr, "/history.json").body).unwrap();
+    assert_eq!(j["rows"].as_array().unwrap().len(), 0);
+
+    s.publish(&output(1, 64, 48)).unwrap();
+    let r = get(addr, "/clusters.png");
+    assert_eq!(r.status, 404);
+    assert!(r.header("Content-Type").unwrap().starts_with("text/plain"));
+    assert!(r.text().starts_with("frame 1 ran unreduced (M = N = 256 tokens at 448px)"), "{}", r.text());
+
+    let p = crate::clusters::random_partition(&mut crate::clusters::Rng(9), (16, 16), 64, 224);
+    let with = |seq| Output { partition: Some(Arc::new(p.clone())), m: 64, input_size: 224, ..output(seq, 200, 150) };
+    s.publish(&with(2)).unwrap();
+    let r = get(addr, "/clusters.png?seq=2");
+    assert_eq!((r.status, r.header("Content-Type")), (200, Some("image/png")));
+    let got = image::load_from_memory_with_format(&r.body, image::ImageFormat::Png).unwrap().to_rgb8();
+    let (w, h) = view_size(&p, 200, 150);
+    assert_eq!(got, draw(&p, w, h).unwrap(), "the served image is the drawing of the published partition");
+    let fills: std::collections::HashSet<[u8; 3]> =
+        got.pixels().map(|px| px.0).filter(|&c| c != INK && c != PAPER).collect();
+    assert_eq!(fills.len(), 64);
+    assert_eq!(get(addr, "/s/default/clusters.png").body, r.body);
+    let r = get(addr, "/s/nope/clusters.png");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("/streams.json"), "{}", r.text());
+    let l: serde_json::Value = serde_json::from_slice(&get(addr, "/s/default/latest.json").body).unwrap();
+    assert_eq!((l["seq"].as_u64(), l["reduced"].as_bool(), l["n"].as_u64()), (Some(2), Some(true), Some(256)));
+
+    // Sequence numbers 3..=9, then 12: two frames the sink never saw.
+    for seq in (3..=9).chain([12]) {
+        s.publish(&with(seq)).unwrap();
+    }
+    let j: serde_json::Value = serde_json::from_slice(&get(addr, "/history.json").body).unwrap();
+    let cols: Vec<&str> = j["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    let col = |name| cols.iter().position(|&c| c == name).unwrap();
+    let rows = j["rows"].as_array().unwrap();
+    let of = |name| rows.iter().map(|r| r[col(name)].as_f64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(of("gen"), (1..=10).map(f64::from).collect::<Vec<_>>(), "one point per published frame");
+    assert_eq!(of("seq"), [1., 2., 3., 4., 5., 6., 7., 8., 9., 12.]);
+    assert_eq!(of("dropped").iter().sum::<f64>(), 2.0);
+    assert_eq!((of("m")[0], of("m")[9], of("n")[9], of("input_size")[9]), (256., 64., 256., 224.));
+    let j: serde_json::Value = serde_json::from_slice(&get(addr, "/s/default/history.json?after=7").body).unwrap();
+    assert_eq!(j["rows"].as_array().unwrap().len(), 3);
+    let st: serde_json::Value = serde_json::from_slice(&get(addr, "/streams.json").body).unwrap();
+    assert_eq!(st["streams"], serde_json::json!([{"name": "default", "prefix": "/streams/default"}]));
+    assert_eq!(get(addr, "/streams/default/clusters.png").body, get(addr, "/clusters.png").body);
+
+    let page = get(addr, "/");
+    let csp = page.header("Content-Security-Policy").expect("the page has a CSP");
+    assert!(csp.starts_with("default-src 'self';") && !csp.contains("http"), "{csp}");
+    let html = page.text();
+    for outside in ["http:", "https:", "//cdn", "src=\"//", "href=\"//", "ws:"] {
+        assert!(!html.contains(outside), "the page names an outside URL ({outside})");
+    }
+    assert_eq!(get(addr, "/s/default/").text(), html);
+}
+
+/// Two named streams: each has its own latest frame, images, history and page under
+/// `/streams/NAME/`; `/streams.json` lists both in order of first frame; the unprefixed routes
+/// show the latest of either; an unknown name is a 404 that lists the real ones.
+#[test]
+fn named_streams_have_their_own_routes() {
+    let (mut s, addr) = sink(2, 3600.0, None);
+    let named = |seq, name: &str, w, h| {
+        let mut o = output(seq, w, h);
+        let mut f = (*o.frame).clone();
+        f.stream = name.into();
+        o.frame = Arc::new(f);
+        o
+    };
+    s.publish(&named(1, "door", 64, 48)).unwrap();
+    s.publish(&named(1, "yard", 80, 60)).unwrap();
+    s.publish(&named(2, "door", 64, 48)).unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&get(addr, "/streams.json").body).unwrap();
+    assert_eq!(
+        st["streams"],
+        serde_json::json!([{"name": "door", "prefix": "/streams/door"}, {"name": "yard", "prefix": "/streams/yard"}])
+    );
+    let latest = |path| serde_json::from_slice::<serde_json::Value>(&get(addr, path).body).unwrap();
+    let (d, y, any) = (latest("/streams/door/latest.json"), latest("/s/yard/latest.json"), latest("/latest.json"));
+    assert_eq!((d["seq"].as_u64(), d["stream"].as_str(), d["width"].as_u64()), (Some(2), Some("door"), Some(64)));
+    assert_eq!((y["seq"].as_u64(), y["stream"].as_str(), y["width"].as_u64()), (Some(1), Some("yard"), Some(80)));
+    assert_eq!(any["stream"].as_str(), Some("door"), "the unprefixed routes show the latest of any");
+    assert_eq!(check_mask(&get(addr, "/streams/yard/mask.png").body, 80, 60), 1);
+    assert_eq!(check_mask(&get(addr, "/streams/door/mask.png").body, 64, 48), 2);
+    let rows = |path| latest(path)["rows"].as_array().unwrap().len();
+    assert_eq!((rows("/streams/door/history.json"), rows("/streams/yard/history.json"), rows("/history.json")), (2, 1, 3));
+    assert_eq!(get(addr, "/streams/yard/").status, 200);
+    let r = get(addr, "/streams/gate/latest.json");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("door yard"), "{}", r.text());
 }

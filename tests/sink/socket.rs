@@ -29,6 +29,8 @@ fn output(seq: u64, w: u32, h: u32, classes: u32, rng: &mut u64) -> Output {
         m: 100 + seq as usize,
         input_size: 448,
         latency: Duration::from_micros(2_000 + seq),
+        partition: None,
+        target_ms: 0.0,
     }
 }
 
