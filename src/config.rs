@@ -23,6 +23,8 @@ pub struct Config {
     #[serde(default)]
     pub reduce: crate::reduce::ReduceConfig,
     #[serde(default)]
+    pub reuse: crate::reuse::ReuseConfig,
+    #[serde(default)]
     pub source: crate::source::SourceConfig,
     #[serde(default)]
     pub sink: crate::sink::SinksConfig,
@@ -101,6 +103,7 @@ impl Config {
         let mut p = Problems::default();
         self.model.validate(&mut p);
         self.reduce.validate(&mut p);
+        self.reuse.validate(&mut p);
         self.source.validate(&mut p);
         self.sink.validate(&mut p);
         self.budget.validate(&mut p);

@@ -67,6 +67,8 @@ pub struct EncoderStats {
     pub full_macs: f64,
     /// The rows block 0 recomputed (sorted).
     pub first_rows: Vec<usize>,
+    /// Time spent in the gates (scores, selection) of all blocks.
+    pub gate_time: std::time::Duration,
 }
 
 impl EncoderStats {
@@ -155,8 +157,11 @@ impl ReuseEncoder {
         let mut x_cur = std::mem::take(&mut self.s.x);
         x_cur.clear();
         x_cur.extend_from_slice(x);
+        stats.gate_time = std::time::Duration::ZERO;
         for b in 0..self.w.blocks.len() {
+            let g0 = std::time::Instant::now();
             let a = self.select(b, &x_cur, t, gate, refresh);
+            stats.gate_time += g0.elapsed();
             stats.active.push(a);
             if b == 0 {
                 stats.first_rows.clear();

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tract_onnx::prelude::*;
 
-use crate::engine::{EngineError, StageTimes};
+use crate::engine::{Engine, EngineError, Setting, SizeInfo, StageTimes};
 use crate::model::device::{Part, Plan};
 use crate::model::{cut, f32s, ModelError, Segmenter};
 use crate::problems::Problems;
@@ -97,7 +97,8 @@ pub struct FrameReport {
     pub encoder: EncoderStats,
     /// The head ran (else its cached output was reused: no token changed).
     pub head_ran: bool,
-    /// Time of the per-frame decision (block 0 scores and the refresh rules).
+    /// Time of the per-frame decision: block 0's scores and the refresh rules, plus every
+    /// block's gate (`encoder.gate_time`).
     pub decision: Duration,
 }
 
@@ -157,6 +158,7 @@ impl ReuseModel {
             since_refresh: 0,
             tokens: Vec::new(),
             head_out: Vec::new(),
+            last: FrameReport::default(),
         })
     }
 }
@@ -172,6 +174,8 @@ pub struct ReuseLane {
     since_refresh: u32,
     tokens: Vec<f32>,
     head_out: Vec<f32>,
+    /// The last frame's report (for the bench and metrics).
+    last: FrameReport,
 }
 
 impl ReuseLane {
@@ -195,6 +199,11 @@ impl ReuseLane {
         &self.model
     }
 
+    /// What the last frame did.
+    pub fn last_report(&self) -> &FrameReport {
+        &self.last
+    }
+
     /// One frame: model input (`[1,3,s,s]` normalised) -> raw output into `out`.
     pub fn infer(
         &mut self,
@@ -202,7 +211,7 @@ impl ReuseLane {
         size: u32,
         times: &mut StageTimes,
         out: &mut Vec<f32>,
-    ) -> Result<FrameReport, EngineError> {
+    ) -> Result<&FrameReport, EngineError> {
         let i = self.sizes.iter().position(|(s, ..)| *s == size).ok_or(EngineError::NoPlan(size))?;
         let err = |source| EngineError::Infer { input_size: size, m: 0, source };
         if size != self.last_size {
@@ -223,11 +232,17 @@ impl ReuseLane {
             cap: ((self.cfg.max_active as f64 * n_max as f64).ceil() as usize).max(1),
             refresh: refresh.is_some(),
         };
-        let mut report = FrameReport { refresh, decision: t2 - t1, ..FrameReport::default() };
+        let mut report = std::mem::take(&mut self.last);
+        report.refresh = refresh;
+        report.decision = t2 - t1;
+        report.head_ran = false;
         let mut tokens = std::mem::take(&mut self.tokens);
         let ran = self.enc.run(emb, gate, &mut tokens, &mut report.encoder);
         self.tokens = tokens;
+        self.last = report;
         ran.map_err(err)?;
+        let report = &mut self.last;
+        report.decision += report.encoder.gate_time;
         let t3 = Instant::now();
         let unchanged = report.encoder.active.iter().all(|&a| a == 0) && !self.head_out.is_empty();
         if !unchanged {
@@ -245,7 +260,7 @@ impl ReuseLane {
         times.reduce = Duration::ZERO;
         times.middle = t3 - t2;
         times.head = t3.elapsed();
-        Ok(report)
+        Ok(&self.last)
     }
 
     /// The refresh rules (module doc), from block 0's scores.
@@ -270,5 +285,24 @@ impl ReuseLane {
             return Some(Refresh::TooActive);
         }
         None
+    }
+}
+
+/// The reuse lane as the pipeline drives an engine: `setting.m` is ignored (no token reduction on
+/// this path yet); it returns the patch-token count.
+impl Engine for ReuseLane {
+    fn sizes(&self) -> &[SizeInfo] {
+        self.model.seg.sizes()
+    }
+
+    fn infer(
+        &mut self,
+        input: &[f32],
+        setting: Setting,
+        times: &mut StageTimes,
+        out: &mut Vec<f32>,
+    ) -> Result<usize, EngineError> {
+        let r = ReuseLane::infer(self, input, setting.input_size, times, out)?;
+        Ok(r.encoder.tokens - self.model.seg.manifest().tokens.prefix)
     }
 }

@@ -43,7 +43,7 @@ fn gates_only(threshold: f32) -> ReuseConfig {
 
 fn run(lane: &mut ReuseLane, x: &[f32], s: u32) -> (Vec<f32>, FrameReport) {
     let mut out = Vec::new();
-    let r = lane.infer(x, s, &mut StageTimes::default(), &mut out).unwrap();
+    let r = lane.infer(x, s, &mut StageTimes::default(), &mut out).unwrap().clone();
     (out, r)
 }
 
