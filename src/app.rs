@@ -89,8 +89,11 @@ pub fn start(
     let seg = Arc::new(segmenter(cfg, &sizes)?);
     let lanes = cfg.pipeline.lanes.max(1);
     warn_lanes_beyond_cores(lanes);
-    let engines =
-        (0..lanes).map(|_| seg.lane().map(|l| Box::new(l) as Box<dyn Engine>)).collect::<Result<Vec<_>, _>>()?;
+    let engines = if cfg.reuse.enabled {
+        reuse_engines(cfg, &seg, lanes)?
+    } else {
+        (0..lanes).map(|_| seg.lane().map(|l| Box::new(l) as Box<dyn Engine>)).collect::<Result<Vec<_>, _>>()?
+    };
     log::info!("model plans built once in {:.1}s, shared by {lanes} lane(s)", t.elapsed().as_secs_f64());
     let fixed = setting_for(cfg, seg.sizes(), cfg.model.input_size);
     let table = calibration_table(cfg)?;
@@ -123,6 +126,18 @@ pub fn start(
     let running = Running { segmenter: seg, metrics: metrics.clone(), source_health };
     let parts = Parts { engines, io, source: src, mode, sinks, controller, metrics, config: cfg.pipeline.clone() };
     Ok((Pipeline::start(parts, stop)?, running))
+}
+
+/// `[reuse] enabled`: every lane runs the reuse path over the shared plans (issue #19).
+fn reuse_engines(cfg: &Config, seg: &Arc<Segmenter>, lanes: usize) -> Result<Vec<Box<dyn Engine>>, StartError> {
+    if lanes > 1 {
+        log::warn!("[reuse] with {lanes} lanes: consecutive frames go to different lanes, so each reuses less");
+    }
+    if cfg.reduce.strategy.get() != Strategy::None {
+        log::info!("[reuse] on: token reduction is not combined with reuse yet; the reuse path runs unreduced");
+    }
+    let model = Arc::new(crate::reuse::ReuseModel::new(seg.clone())?);
+    (0..lanes).map(|_| Ok(Box::new(model.lane(cfg.reuse.clone())?) as Box<dyn Engine>)).collect()
 }
 
 fn warn_lanes_beyond_cores(lanes: usize) {

@@ -67,6 +67,10 @@ pub trait Engine: Send {
     fn reconfigure(&mut self, _reduce: &ReduceConfig) -> Result<(), EngineError> {
         Ok(())
     }
+    /// The frames stop being one continuous stream (a new frame size, a source restart; the
+    /// pipeline calls it): engines that carry state from frame to frame (temporal reuse, issue
+    /// #19) drop it. Stateless engines ignore it.
+    fn stream_break(&mut self) {}
 }
 
 /// The pre- and postprocessing stages' work: frame -> model input, raw output -> mask. The real

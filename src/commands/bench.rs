@@ -558,6 +558,9 @@ pub struct Args {
     /// --video: reuse thresholds to sweep (`[reuse] threshold`; the other [reuse] keys apply).
     #[arg(long, value_delimiter = ',', default_value = "0.05,0.1,0.2")]
     thresholds: Vec<f32>,
+    /// --video: `[reuse] min_active` values, each with every threshold.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    min_active: Vec<f32>,
     /// --video: M of the per-frame reduced row (at `[reduce] cut`; 0 for none).
     #[arg(long, default_value_t = 768)]
     reduced_m: usize,
@@ -603,6 +606,7 @@ pub fn command(b: Args) -> Result<()> {
             size: b.size,
             max_frames: b.max_frames,
             thresholds: b.thresholds,
+            min_active: b.min_active,
             reduced_m: b.reduced_m,
         };
         let rows = super::video::run(&cfg, &o)?;

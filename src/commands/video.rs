@@ -28,6 +28,8 @@ pub struct VideoOptions {
     pub size: u32,
     pub max_frames: usize,
     pub thresholds: Vec<f32>,
+    /// `[reuse] min_active` values to sweep with every threshold.
+    pub min_active: Vec<f32>,
     /// M of the per-frame reduced row (0: none).
     pub reduced_m: usize,
 }
@@ -120,6 +122,7 @@ fn row(clip: &str, setting: String, p: &Pass, reference: Option<(&[Mask], f64)>)
             ious.push(ailurus::eval::iou(&a.classes, &b.classes));
             maes.push(ailurus::eval::mae(&a.scores, &b.scores));
         }
+        log::debug!("{clip} {setting}: per-frame IoU {ious:.3?} MAE {maes:.3?}");
     }
     let mean = |v: &[f64]| if v.is_empty() { 1.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
     VideoRow {
@@ -157,6 +160,8 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
         log::info!("bench --video: {clip}, {} frames at {} px", frames.len(), o.size);
         let full = pass(&io, &mut lane, &frames, Setting { input_size: o.size, m: usize::MAX }, |_| (), |_, p| p.active += 1.0)?;
         let full_row = row(&clip, "full".into(), &full, None);
+        let steps: Vec<f64> = full.masks.windows(2).map(|w| ailurus::eval::mae(&w[0].scores, &w[1].scores)).collect();
+        log::debug!("{clip} full: MAE between consecutive frames {steps:.3?}");
         let reference = Some((full.masks.as_slice(), full_row.ms));
         rows.push(row(&clip, "full".into(), &full, reference));
         if m > 0 && m < n {
@@ -164,17 +169,18 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
             let p = pass(&io, &mut lane, &frames, st, |_| (), |_, p| p.active += m as f64 / n as f64)?;
             rows.push(row(&clip, format!("reduced M={m}"), &p, reference));
         }
-        for &t in &o.thresholds {
-            reuse.set_config(ReuseConfig { enabled: true, threshold: t, ..cfg.reuse.clone() });
+        for (&t, &floor) in o.thresholds.iter().flat_map(|t| o.min_active.iter().map(move |f| (t, f))) {
+            reuse.set_config(ReuseConfig { enabled: true, threshold: t, min_active: floor, ..cfg.reuse.clone() });
             let p = pass(&io, &mut reuse, &frames, Setting { input_size: o.size, m: n }, ReuseLane::reset, |e, p| {
                 let r = e.last_report();
-                log::debug!("{clip} t={t}: refresh {:?}, active per block {:?}", r.refresh, r.encoder.active);
+                log::debug!("{clip} t={t} min={floor}: refresh {:?}, active per block {:?}", r.refresh, r.encoder.active);
                 p.active += r.encoder.active_fraction();
                 p.refreshes += r.refresh.is_some() as usize;
                 p.head_skipped += !r.head_ran as usize;
                 p.decision += r.decision;
             })?;
-            rows.push(row(&clip, format!("reuse t={t}"), &p, reference));
+            let name = if floor > 0.0 { format!("reuse t={t} min={floor}") } else { format!("reuse t={t}") };
+            rows.push(row(&clip, name, &p, reference));
         }
     }
     Ok(rows)
@@ -183,12 +189,12 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
 pub fn format_table(rows: &[VideoRow], cpu: &str) -> String {
     let mut s = format!("temporal reuse, same run, {cpu}\n");
     s += &format!(
-        "{:<18} {:<14} {:>6} {:>9} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>5} {:>5} {:>8}\n",
+        "{:<18} {:<20} {:>6} {:>9} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>5} {:>5} {:>8}\n",
         "clip", "setting", "frames", "ms/frame", "speedup", "active", "iou_mean", "iou_min", "mae", "flicker", "refr", "hskip", "decision"
     );
     for r in rows {
         s += &format!(
-            "{:<18} {:<14} {:>6} {:>9.1} {:>6.2}x {:>7.3} {:>8.4} {:>7.4} {:>7.4} {:>7.4} {:>5} {:>5} {:>5.2} ms\n",
+            "{:<18} {:<20} {:>6} {:>9.1} {:>6.2}x {:>7.3} {:>8.4} {:>7.4} {:>7.4} {:>7.4} {:>5} {:>5} {:>5.2} ms\n",
             r.clip,
             r.setting,
             r.frames,

@@ -204,7 +204,16 @@ pub(super) fn infer_loop(
 ) {
     let Lane { index: lane, mut engine, reconfigure } = own;
     let mut log = RateLimited::new(Duration::from_secs(10));
+    // Temporal reuse (issue #19): the last frame's (seq, size) on this lane, to tell engines that
+    // keep state across frames when the stream breaks. TODO(#16): also on a source's reconnect
+    // epoch once frames carry it.
+    let mut last: Option<(u64, u32, u32)> = None;
     while let Some(job) = rx.recv() {
+        let this = (job.frame.seq, job.frame.width, job.frame.height);
+        if last.is_some_and(|(seq, w, h)| this.0 <= seq || (this.1, this.2) != (w, h)) {
+            engine.stream_break();
+        }
+        last = Some(this);
         while let Ok(cfg) = reconfigure.try_recv() {
             match engine.reconfigure(&cfg) {
                 Ok(()) => log::info!("lane {lane}: reducer now {} (reload)", cfg.strategy),

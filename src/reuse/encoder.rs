@@ -86,6 +86,9 @@ pub struct Gate {
     pub threshold: f32,
     /// At most this many active tokens per block (the prefix included).
     pub cap: usize,
+    /// At least this many (the largest changes, if they changed at all), so that changes below
+    /// the threshold are worked off over the frames instead of piling up.
+    pub floor: usize,
     /// Recompute every token (and reset every reference).
     pub refresh: bool,
 }
@@ -193,6 +196,16 @@ impl ReuseEncoder {
         let p = self.prefix;
         s.order.clear();
         s.order.extend((p..t).filter(|&i| s.scores[i] >= gate.threshold));
+        let floor = gate.floor.saturating_sub(p).min(t - p);
+        if s.order.len() < floor {
+            s.order.clear();
+            s.order.extend((p..t).filter(|&i| s.scores[i] > 0.0));
+            if s.order.len() > floor {
+                let sc = &s.scores;
+                s.order.select_nth_unstable_by(floor - 1, |&i, &j| sc[j].total_cmp(&sc[i]));
+                s.order.truncate(floor);
+            }
+        }
         let cap = gate.cap.saturating_sub(p).max(1);
         if s.order.len() > cap {
             let sc = &s.scores;

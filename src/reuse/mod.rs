@@ -43,6 +43,9 @@ pub struct ReuseConfig {
     pub threshold: f32,
     /// At most this fraction of the tokens is recomputed per block (the highest changes first).
     pub max_active: f32,
+    /// At least this fraction of the tokens is recomputed per block (the highest changes first,
+    /// if they changed at all): slow drift below the threshold is worked off over the frames.
+    pub min_active: f32,
     /// A full recompute every this many frames (0: never on a schedule).
     pub refresh_every: u32,
     /// A full recompute when more than this fraction of the patches changed at block 0.
@@ -57,6 +60,7 @@ impl Default for ReuseConfig {
             enabled: false,
             threshold: 0.1,
             max_active: 1.0,
+            min_active: 0.0,
             refresh_every: 30,
             refresh_above: 0.5,
             scene_cut: 0.5,
@@ -72,6 +76,9 @@ impl ReuseConfig {
         });
         p.check(unit(self.max_active) && self.max_active > 0.0, "reuse", "max_active", || {
             format!("{} is not in (0, 1]", self.max_active)
+        });
+        p.check(unit(self.min_active) && self.min_active <= self.max_active, "reuse", "min_active", || {
+            format!("{} is not in 0..=max_active", self.min_active)
         });
         p.check(unit(self.refresh_above), "reuse", "refresh_above", || format!("{} is not in 0..=1", self.refresh_above));
         p.check(self.scene_cut > 0.0 && self.scene_cut.is_finite(), "reuse", "scene_cut", || {
@@ -230,6 +237,7 @@ impl ReuseLane {
         let gate = Gate {
             threshold: self.cfg.threshold,
             cap: ((self.cfg.max_active as f64 * n_max as f64).ceil() as usize).max(1),
+            floor: (self.cfg.min_active as f64 * n_max as f64).ceil() as usize,
             refresh: refresh.is_some(),
         };
         let mut report = std::mem::take(&mut self.last);
@@ -304,5 +312,9 @@ impl Engine for ReuseLane {
     ) -> Result<usize, EngineError> {
         let r = ReuseLane::infer(self, input, setting.input_size, times, out)?;
         Ok(r.encoder.tokens - self.model.seg.manifest().tokens.prefix)
+    }
+
+    fn stream_break(&mut self) {
+        self.reset();
     }
 }
