@@ -173,7 +173,13 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
             reuse.set_config(ReuseConfig { enabled: true, threshold: t, min_active: floor, ..cfg.reuse.clone() });
             let p = pass(&io, &mut reuse, &frames, Setting { input_size: o.size, m: n }, ReuseLane::reset, |e, p| {
                 let r = e.last_report();
-                log::debug!("{clip} t={t} min={floor}: refresh {:?}, active per block {:?}", r.refresh, r.encoder.active);
+                log::debug!(
+                    "{clip} t={t} min={floor}: refresh {:?} (agreement {:?}, period {}), active per block {:?}",
+                    r.refresh,
+                    r.agreement,
+                    e.refresh_period(),
+                    r.encoder.active
+                );
                 p.active += r.encoder.active_fraction();
                 p.refreshes += r.refresh.is_some() as usize;
                 p.head_skipped += !r.head_ran as usize;

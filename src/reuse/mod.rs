@@ -46,8 +46,13 @@ pub struct ReuseConfig {
     /// At least this fraction of the tokens is recomputed per block (the highest changes first,
     /// if they changed at all): slow drift below the threshold is worked off over the frames.
     pub min_active: f32,
-    /// A full recompute every this many frames (0: never on a schedule).
+    /// A full recompute at least every this many frames (0: never on a schedule).
     pub refresh_every: u32,
+    /// Adaptive schedule: after each scheduled refresh, the fresh mask is compared with the
+    /// reused mask of the frame before; below this agreement (mask IoU, or the share of equal
+    /// class ids) the period halves (down to 2 frames), at or above it doubles (up to
+    /// `refresh_every`). The period starts at 4. 0 turns it off (a fixed `refresh_every`).
+    pub refresh_iou: f32,
     /// A full recompute when more than this fraction of the patches changed at block 0.
     pub refresh_above: f32,
     /// A full recompute (scene cut) when the mean relative embedding change reaches this.
@@ -62,6 +67,7 @@ impl Default for ReuseConfig {
             max_active: 1.0,
             min_active: 0.0,
             refresh_every: 30,
+            refresh_iou: 0.9,
             refresh_above: 0.5,
             scene_cut: 0.5,
         }
@@ -80,6 +86,7 @@ impl ReuseConfig {
         p.check(unit(self.min_active) && self.min_active <= self.max_active, "reuse", "min_active", || {
             format!("{} is not in 0..=max_active", self.min_active)
         });
+        p.check(unit(self.refresh_iou), "reuse", "refresh_iou", || format!("{} is not in 0..=1", self.refresh_iou));
         p.check(unit(self.refresh_above), "reuse", "refresh_above", || format!("{} is not in 0..=1", self.refresh_above));
         p.check(self.scene_cut > 0.0 && self.scene_cut.is_finite(), "reuse", "scene_cut", || {
             format!("{} is not a change > 0", self.scene_cut)
@@ -104,6 +111,8 @@ pub struct FrameReport {
     pub encoder: EncoderStats,
     /// The head ran (else its cached output was reused: no token changed).
     pub head_ran: bool,
+    /// On a scheduled refresh: agreement of the fresh mask with the previous (reused) one.
+    pub agreement: Option<f32>,
     /// Time of the per-frame decision: block 0's scores and the refresh rules, plus every
     /// block's gate (`encoder.gate_time`).
     pub decision: Duration,
@@ -163,6 +172,8 @@ impl ReuseModel {
             enc,
             last_size: 0,
             since_refresh: 0,
+            period: 0,
+            threshold_out: self.seg.manifest().output.threshold,
             tokens: Vec::new(),
             head_out: Vec::new(),
             last: FrameReport::default(),
@@ -179,6 +190,10 @@ pub struct ReuseLane {
     enc: ReuseEncoder,
     last_size: u32,
     since_refresh: u32,
+    /// The current scheduled-refresh period (adaptive, see `refresh_iou`; 0: not started).
+    period: u32,
+    /// The saliency threshold of the model's output (for the agreement check).
+    threshold_out: f32,
     tokens: Vec<f32>,
     head_out: Vec<f32>,
     /// The last frame's report (for the bench and metrics).
@@ -191,6 +206,12 @@ impl ReuseLane {
     pub fn reset(&mut self) {
         self.enc.reset();
         self.head_out.clear();
+        self.period = 0;
+    }
+
+    /// The current scheduled-refresh period in frames.
+    pub fn refresh_period(&self) -> u32 {
+        self.period
     }
 
     /// New knobs from the next frame on (the caches stay valid).
@@ -244,6 +265,7 @@ impl ReuseLane {
         report.refresh = refresh;
         report.decision = t2 - t1;
         report.head_ran = false;
+        report.agreement = None;
         let mut tokens = std::mem::take(&mut self.tokens);
         let ran = self.enc.run(emb, gate, &mut tokens, &mut report.encoder);
         self.tokens = tokens;
@@ -257,8 +279,16 @@ impl ReuseLane {
             let c = self.model.weights.width;
             let x = Tensor::from_shape(&[1, self.tokens.len() / c, c], &self.tokens).map_err(err)?;
             let y = self.sizes[i].2.run(tvec!(x.into())).map_err(err)?;
+            let fresh = f32s(&y[0]).map_err(err)?;
+            if refresh == Some(Refresh::Periodic) && self.cfg.refresh_iou > 0.0 && fresh.len() == self.head_out.len() {
+                // How far the reused frames had drifted: adapt the schedule.
+                let agree = agreement(fresh, &self.head_out, s * s, self.threshold_out);
+                report.agreement = Some(agree);
+                let max = self.cfg.refresh_every.max(2);
+                self.period = if agree < self.cfg.refresh_iou { (self.period / 2).max(2) } else { (self.period * 2).min(max) };
+            }
             self.head_out.clear();
-            self.head_out.extend_from_slice(f32s(&y[0]).map_err(err)?);
+            self.head_out.extend_from_slice(fresh);
             report.head_ran = true;
         }
         out.clear();
@@ -279,7 +309,10 @@ impl ReuseLane {
         if scores.is_empty() {
             return Some(Refresh::Reset);
         }
-        if cfg.refresh_every > 0 && self.since_refresh >= cfg.refresh_every {
+        if self.period == 0 {
+            self.period = if cfg.refresh_iou > 0.0 { cfg.refresh_every.min(4) } else { cfg.refresh_every };
+        }
+        if cfg.refresh_every > 0 && self.since_refresh >= self.period.min(cfg.refresh_every) {
             return Some(Refresh::Periodic);
         }
         let patches = &scores[prefix..];
@@ -294,6 +327,24 @@ impl ReuseLane {
         }
         None
     }
+}
+
+/// Agreement of two raw output maps of `plane` pixels each: mask IoU at `threshold` for one
+/// channel (saliency), else the share of pixels with the same arg-max class.
+fn agreement(a: &[f32], b: &[f32], plane: usize, threshold: f32) -> f32 {
+    let k = a.len() / plane.max(1);
+    if k <= 1 {
+        let (mut inter, mut union) = (0usize, 0usize);
+        for (x, y) in a.iter().zip(b) {
+            let (x, y) = (*x >= threshold, *y >= threshold);
+            inter += (x && y) as usize;
+            union += (x || y) as usize;
+        }
+        return if union == 0 { 1.0 } else { inter as f32 / union as f32 };
+    }
+    let argmax = |m: &[f32], p: usize| (0..k).max_by(|&i, &j| m[i * plane + p].total_cmp(&m[j * plane + p])).unwrap_or(0);
+    let same = (0..plane).filter(|&p| argmax(a, p) == argmax(b, p)).count();
+    same as f32 / plane.max(1) as f32
 }
 
 /// The reuse lane as the pipeline drives an engine: `setting.m` is ignored (no token reduction on

@@ -38,7 +38,7 @@ fn tiny() -> PathBuf {
 
 /// Rules that never refresh on their own: only the gates decide.
 fn gates_only(threshold: f32) -> ReuseConfig {
-    ReuseConfig { enabled: true, threshold, refresh_every: 0, refresh_above: 1.0, scene_cut: 1e9, max_active: 1.0, min_active: 0.0 }
+    ReuseConfig { enabled: true, threshold, refresh_every: 0, refresh_iou: 0.0, refresh_above: 1.0, scene_cut: 1e9, max_active: 1.0, min_active: 0.0 }
 }
 
 fn run(lane: &mut ReuseLane, x: &[f32], s: u32) -> (Vec<f32>, FrameReport) {
@@ -169,4 +169,42 @@ fn real_model_threshold_zero_equals_the_full_model() {
         eprintln!("real model at {s}: max |full - reuse(threshold 0)| = {d:.2e}");
         assert!(d <= 1e-5, "real model at {s}: {d}");
     }
+}
+
+/// `ailurus bench --video` end to end on 3 frames of the decoded carphone clip at 224 px: the
+/// table and the CSV with the columns, `full` as its own reference.
+#[test]
+fn bench_video_smoke_on_a_decoded_clip() {
+    if common::real_manifest().is_none() {
+        return;
+    }
+    let clip = common::cache().join("video/frames/carphone_pristine");
+    assert!(clip.is_dir(), "{} is missing: run tools/decode_clips.sh (tools/setup.sh does)", clip.display());
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("video.csv");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ailurus"))
+        .current_dir(common::root())
+        .args(["bench", "--video"])
+        .arg(&clip)
+        .args(["--size", "224", "--max-frames", "3", "--thresholds", "0,0.3", "--reduced-m", "128", "--csv"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    assert!(header.starts_with("clip,setting,ms_per_frame,speedup,active_fraction,iou_mean,iou_min,mae_mean,flicker"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let settings: Vec<&str> = rows.iter().map(|r| r[1]).collect();
+    assert_eq!(settings, ["full", "reduced M=128", "reuse t=0", "reuse t=0.3"], "{stdout}");
+    for r in &rows {
+        assert_eq!(r[0], "carphone_pristine");
+        let iou: f64 = r[5].parse().unwrap();
+        assert!((0.0..=1.0).contains(&iou), "{r:?}");
+    }
+    // Threshold 0 is per-frame computation: the same masks as `full`.
+    assert_eq!((rows[2][5], rows[2][6]), ("1.00000", "1.00000"), "{stdout}");
+    assert_eq!(rows[0][3], "1.0000");
 }
