@@ -547,23 +547,9 @@ pub struct Args {
     /// (`ailurus-ft`), scored against the stock model's reference on the same photos.
     #[arg(long)]
     finetuned: Option<PathBuf>,
-    /// Temporal reuse on video instead (issue #19): folders of numbered frames
-    /// (tools/decode_clips.sh writes .cache/video/frames/*), each against per-frame full
-    /// computation of the same frames at --size. Writes --csv.
-    #[arg(long, num_args = 1..)]
-    video: Vec<PathBuf>,
-    /// --video: at most this many frames per clip.
-    #[arg(long, default_value_t = 60)]
-    max_frames: usize,
-    /// --video: reuse thresholds to sweep (`[reuse] threshold`; the other [reuse] keys apply).
-    #[arg(long, value_delimiter = ',', default_value = "0.05,0.1,0.2")]
-    thresholds: Vec<f32>,
-    /// --video: `[reuse] min_active` values, each with every threshold.
-    #[arg(long, value_delimiter = ',', default_value = "0")]
-    min_active: Vec<f32>,
-    /// --video: M of the per-frame reduced row (at `[reduce] cut`; 0 for none).
-    #[arg(long, default_value_t = 768)]
-    reduced_m: usize,
+    /// `--video` and its knobs (commands/video.rs).
+    #[command(flatten)]
+    video: super::video::VideoArgs,
 }
 
 /// Up to `max` photos, round-robin over the folders (so a small budget still sees every kind
@@ -600,20 +586,8 @@ fn pick_photos(cfg: &Config, folders: &[PathBuf], max: usize) -> Result<Vec<Path
 /// `ailurus bench`: the table, its CSV and plot, and the peer table with `--peer`.
 pub fn command(b: Args) -> Result<()> {
     let cfg = b.config.load()?;
-    if !b.video.is_empty() {
-        let o = super::video::VideoOptions {
-            clips: b.video.iter().map(|d| cfg.resolve(d)).collect(),
-            size: b.size,
-            max_frames: b.max_frames,
-            thresholds: b.thresholds,
-            min_active: b.min_active,
-            reduced_m: b.reduced_m,
-        };
-        let rows = super::video::run(&cfg, &o)?;
-        print!("{}", super::video::format_table(&rows, &super::video::cpu_name()));
-        super::video::write_csv(&rows, &b.csv)?;
-        println!("table written to {}", b.csv.display());
-        return Ok(());
+    if !b.video.video.is_empty() {
+        return super::video::command(&cfg, &b.video, &b.csv, b.size);
     }
     let opts = BenchOptions {
         size: b.size,

@@ -22,6 +22,45 @@ use ailurus::model::io::{FrameRunner, Io};
 use ailurus::reduce::Strategy;
 use ailurus::reuse::{ReuseConfig, ReuseLane, ReuseModel};
 
+/// `ailurus bench --video` arguments.
+#[derive(clap::Args, Clone)]
+pub struct VideoArgs {
+    /// Temporal reuse on video instead (issue #19): folders of numbered frames
+    /// (tools/decode_clips.sh writes .cache/video/frames/*), each against per-frame full
+    /// computation of the same frames at --size. Writes --csv.
+    #[arg(long, num_args = 1..)]
+    pub video: Vec<PathBuf>,
+    /// --video: at most this many frames per clip.
+    #[arg(long, default_value_t = 60)]
+    pub max_frames: usize,
+    /// --video: reuse thresholds to sweep (`[reuse] threshold`; the other [reuse] keys apply).
+    #[arg(long, value_delimiter = ',', default_value = "0.2,0.3")]
+    pub thresholds: Vec<f32>,
+    /// --video: `[reuse] min_active` values, each with every threshold.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub min_active: Vec<f32>,
+    /// --video: M of the per-frame reduced row (at `[reduce] cut`; 0 for none).
+    #[arg(long, default_value_t = 768)]
+    pub reduced_m: usize,
+}
+
+/// `ailurus bench --video`: the table on stdout, the CSV at `csv`.
+pub fn command(cfg: &Config, a: &VideoArgs, csv: &Path, size: u32) -> Result<()> {
+    let o = VideoOptions {
+        clips: a.video.iter().map(|d| cfg.resolve(d)).collect(),
+        size,
+        max_frames: a.max_frames,
+        thresholds: a.thresholds.clone(),
+        min_active: a.min_active.clone(),
+        reduced_m: a.reduced_m,
+    };
+    let rows = run(cfg, &o)?;
+    print!("{}", format_table(&rows, &cpu_name()));
+    write_csv(&rows, csv)?;
+    println!("table written to {}", csv.display());
+    Ok(())
+}
+
 /// What `--video` measures.
 pub struct VideoOptions {
     pub clips: Vec<PathBuf>,
@@ -158,7 +197,14 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
         let clip = dir.file_name().map_or_else(|| dir.display().to_string(), |s| s.to_string_lossy().into_owned());
         let frames = frames_of(dir, o.max_frames)?;
         log::info!("bench --video: {clip}, {} frames at {} px", frames.len(), o.size);
-        let full = pass(&io, &mut lane, &frames, Setting { input_size: o.size, m: usize::MAX }, |_| (), |_, p| p.active += 1.0)?;
+        let full = pass(
+            &io,
+            &mut lane,
+            &frames,
+            Setting { input_size: o.size, m: usize::MAX },
+            |_| (),
+            |_, p| p.active += 1.0,
+        )?;
         let full_row = row(&clip, "full".into(), &full, None);
         let steps: Vec<f64> = full.masks.windows(2).map(|w| ailurus::eval::mae(&w[0].scores, &w[1].scores)).collect();
         log::debug!("{clip} full: MAE between consecutive frames {steps:.3?}");
@@ -196,7 +242,19 @@ pub fn format_table(rows: &[VideoRow], cpu: &str) -> String {
     let mut s = format!("temporal reuse, same run, {cpu}\n");
     s += &format!(
         "{:<18} {:<20} {:>6} {:>9} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>5} {:>5} {:>8}\n",
-        "clip", "setting", "frames", "ms/frame", "speedup", "active", "iou_mean", "iou_min", "mae", "flicker", "refr", "hskip", "decision"
+        "clip",
+        "setting",
+        "frames",
+        "ms/frame",
+        "speedup",
+        "active",
+        "iou_mean",
+        "iou_min",
+        "mae",
+        "flicker",
+        "refr",
+        "hskip",
+        "decision"
     );
     for r in rows {
         s += &format!(
@@ -251,6 +309,11 @@ pub fn write_csv(rows: &[VideoRow], path: &Path) -> Result<()> {
 pub fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }

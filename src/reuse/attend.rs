@@ -144,7 +144,8 @@ mod tests {
     #[test]
     fn rows_match_the_reference() {
         let (t, h, d) = (37, 3, 8);
-        let gen = |s: usize| (0..t * h * d).map(|i| (((i * 2654435761 + s) % 1000) as f32 / 500.0) - 1.0).collect::<Vec<_>>();
+        let gen =
+            |s: usize| (0..t * h * d).map(|i| (((i * 2654435761 + s) % 1000) as f32 / 500.0) - 1.0).collect::<Vec<_>>();
         let (q, k, v) = (gen(1), gen(2), gen(3));
         let full = crate::model::attention::reference(&q, &k, &v, None, t, h, d);
         let rows = [0usize, 5, 6, 30, 36];

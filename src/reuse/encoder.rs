@@ -3,7 +3,7 @@
 //!
 //! Per block, per frame:
 //! - gate: token i is active when its block input moved by `score_i = |x_i - ref_i| / |ref_i|`
-//!   >= the threshold since it was last computed there (`ref_i`: that input); at most `cap`
+//!   at or above the threshold since it was last computed there (`ref_i`: that input); at most `cap`
 //!   tokens (the highest scores) are active; the prefix (cls) tokens join whenever any token does
 //!   (they attend globally). A refresh makes every token active.
 //! - active rows only: LayerNorm, q/k/v, the output projection, the MLP (compacted rows on
@@ -141,7 +141,11 @@ impl ReuseEncoder {
     /// Blocks 0..L-1 and the final norm on `x` (`[T, C]`, block 0's input) into `out`.
     pub fn run(&mut self, x: &[f32], gate: Gate, out: &mut Vec<f32>, stats: &mut EncoderStats) -> TractResult<()> {
         let c = self.w.width;
-        ensure!(x.len() % c == 0 && x.len() / c > self.prefix, "reuse encoder: {} values for width {c}", x.len());
+        ensure!(
+            x.len().is_multiple_of(c) && x.len() / c > self.prefix,
+            "reuse encoder: {} values for width {c}",
+            x.len()
+        );
         let t = x.len() / c;
         let refresh = gate.refresh || !self.ready(t);
         if refresh {

@@ -87,7 +87,9 @@ impl ReuseConfig {
             format!("{} is not in 0..=max_active", self.min_active)
         });
         p.check(unit(self.refresh_iou), "reuse", "refresh_iou", || format!("{} is not in 0..=1", self.refresh_iou));
-        p.check(unit(self.refresh_above), "reuse", "refresh_above", || format!("{} is not in 0..=1", self.refresh_above));
+        p.check(unit(self.refresh_above), "reuse", "refresh_above", || {
+            format!("{} is not in 0..=1", self.refresh_above)
+        });
         p.check(self.scene_cut > 0.0 && self.scene_cut.is_finite(), "reuse", "scene_cut", || {
             format!("{} is not a change > 0", self.scene_cut)
         });
@@ -285,7 +287,8 @@ impl ReuseLane {
                 let agree = agreement(fresh, &self.head_out, s * s, self.threshold_out);
                 report.agreement = Some(agree);
                 let max = self.cfg.refresh_every.max(2);
-                self.period = if agree < self.cfg.refresh_iou { (self.period / 2).max(2) } else { (self.period * 2).min(max) };
+                self.period =
+                    if agree < self.cfg.refresh_iou { (self.period / 2).max(2) } else { (self.period * 2).min(max) };
             }
             self.head_out.clear();
             self.head_out.extend_from_slice(fresh);
@@ -342,7 +345,8 @@ fn agreement(a: &[f32], b: &[f32], plane: usize, threshold: f32) -> f32 {
         }
         return if union == 0 { 1.0 } else { inter as f32 / union as f32 };
     }
-    let argmax = |m: &[f32], p: usize| (0..k).max_by(|&i, &j| m[i * plane + p].total_cmp(&m[j * plane + p])).unwrap_or(0);
+    let argmax =
+        |m: &[f32], p: usize| (0..k).max_by(|&i, &j| m[i * plane + p].total_cmp(&m[j * plane + p])).unwrap_or(0);
     let same = (0..plane).filter(|&p| argmax(a, p) == argmax(b, p)).count();
     same as f32 / plane.max(1) as f32
 }
@@ -367,5 +371,19 @@ impl Engine for ReuseLane {
 
     fn stream_break(&mut self) {
         self.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::agreement;
+
+    #[test]
+    fn agreement_is_mask_iou_or_equal_argmax_share() {
+        // One channel: masks {0,1} and {1,2} at 0.5 -> IoU 1/3.
+        assert!((agreement(&[0.9, 0.8, 0.1, 0.0], &[0.1, 0.7, 0.6, 0.2], 4, 0.5) - 1.0 / 3.0).abs() < 1e-6);
+        assert_eq!(agreement(&[0.0; 4], &[0.1; 4], 4, 0.5), 1.0, "both empty agree");
+        // Two classes over 2 pixels: argmax (1, 0) vs (1, 1) -> 1/2.
+        assert_eq!(agreement(&[0.0, 1.0, 1.0, 0.0], &[0.0, 0.0, 1.0, 1.0], 2, 0.5), 0.5);
     }
 }

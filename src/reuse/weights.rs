@@ -151,7 +151,11 @@ impl EncoderWeights {
             let p = format!("/backbone/encoder/layer.{i}/");
             let get = |n: &str, len: Option<usize>| g.param(&format!("{p}{n}"), len);
             let norm = |n: &str| -> Result<(Vec<f32>, Vec<f32>, f32), String> {
-                Ok((get(&format!("{n}/Mul"), Some(c))?, get(&format!("{n}/Add_1"), Some(c))?, get(&format!("{n}/Add"), Some(1))?[0]))
+                Ok((
+                    get(&format!("{n}/Mul"), Some(c))?,
+                    get(&format!("{n}/Add_1"), Some(c))?,
+                    get(&format!("{n}/Add"), Some(1))?[0],
+                ))
             };
             let lin = |n: &str, k: usize| -> Result<(Vec<f32>, Vec<f32>), String> {
                 let b = get(&format!("{n}/Add"), None)?;

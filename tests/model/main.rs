@@ -20,7 +20,7 @@ mod inspect_models;
 mod layernorm_op;
 mod linear_op;
 mod post;
-mod reuse;
 mod real_model_cut;
+mod reuse;
 mod subpixel_deconv;
 mod tiny_model_cut;

@@ -38,7 +38,16 @@ fn tiny() -> PathBuf {
 
 /// Rules that never refresh on their own: only the gates decide.
 fn gates_only(threshold: f32) -> ReuseConfig {
-    ReuseConfig { enabled: true, threshold, refresh_every: 0, refresh_iou: 0.0, refresh_above: 1.0, scene_cut: 1e9, max_active: 1.0, min_active: 0.0 }
+    ReuseConfig {
+        enabled: true,
+        threshold,
+        refresh_every: 0,
+        refresh_iou: 0.0,
+        refresh_above: 1.0,
+        scene_cut: 1e9,
+        max_active: 1.0,
+        min_active: 0.0,
+    }
 }
 
 fn run(lane: &mut ReuseLane, x: &[f32], s: u32) -> (Vec<f32>, FrameReport) {
