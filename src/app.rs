@@ -108,8 +108,11 @@ pub fn start(
     let seg = Arc::new(segmenter(cfg, &sizes)?);
     let lanes = cfg.pipeline.lanes.max(1);
     warn_lanes_beyond_cores(lanes);
-    let engines =
-        (0..lanes).map(|_| seg.lane().map(|l| Box::new(l) as Box<dyn Engine>)).collect::<Result<Vec<_>, _>>()?;
+    let engines = if cfg.reuse.enabled {
+        reuse_engines(cfg, &seg, lanes)?
+    } else {
+        (0..lanes).map(|_| seg.lane().map(|l| Box::new(l) as Box<dyn Engine>)).collect::<Result<Vec<_>, _>>()?
+    };
     log::info!("model plans built once in {:.1}s, shared by {lanes} lane(s)", t.elapsed().as_secs_f64());
     let fixed = setting_for(cfg, seg.sizes(), cfg.model.input_size);
     let table = calibration_table(cfg)?;
@@ -174,6 +177,25 @@ fn build_sources(cfg: &Config, stop: &Arc<AtomicBool>) -> Result<BuiltSources, S
         Streams::start(built, stop.clone()).map_err(|source| PipelineError::Spawn { stage: "source", source })?;
     let info = streams.info();
     Ok((Box::new(streams), SourceMode::Pull, info))
+}
+
+/// `[reuse] enabled`: every lane runs the reuse path over the shared plans (issue #19).
+fn reuse_engines(cfg: &Config, seg: &Arc<Segmenter>, lanes: usize) -> Result<Vec<Box<dyn Engine>>, StartError> {
+    if lanes > 1 {
+        log::warn!("[reuse] with {lanes} lanes: consecutive frames go to different lanes, so each reuses less");
+    }
+    if cfg.streams.len() > 1 {
+        log::warn!(
+            "[reuse] with {} streams: a lane keeps one stream's tokens, so a frame of another stream starts \
+             afresh (the streams take turns: little is reused); reuse pays off with one stream per process",
+            cfg.streams.len()
+        );
+    }
+    if cfg.reduce.strategy.get() != Strategy::None {
+        log::info!("[reuse] on: token reduction is not combined with reuse yet; the reuse path runs unreduced");
+    }
+    let model = Arc::new(crate::reuse::ReuseModel::new(seg.clone())?);
+    (0..lanes).map(|_| Ok(Box::new(model.lane(cfg.reuse.clone())?) as Box<dyn Engine>)).collect()
 }
 
 fn warn_lanes_beyond_cores(lanes: usize) {

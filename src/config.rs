@@ -23,6 +23,8 @@ pub struct Config {
     #[serde(default)]
     pub reduce: crate::reduce::ReduceConfig,
     #[serde(default)]
+    pub reuse: crate::reuse::ReuseConfig,
+    #[serde(default)]
     pub source: crate::source::SourceConfig,
     /// `[streams.NAME]`: several named sources in one process (each table is a whole
     /// `[source]`); empty: the one `[source]`.
@@ -105,6 +107,7 @@ impl Config {
         let mut p = Problems::default();
         self.model.validate(&mut p);
         self.reduce.validate(&mut p);
+        self.reuse.validate(&mut p);
         self.source.validate(&mut p);
         self.validate_streams(&mut p);
         self.sink.validate(&mut p);

@@ -73,6 +73,10 @@ pub trait Engine: Send {
     fn partition(&self, _out: &mut Partition) -> bool {
         false
     }
+    /// The frames stop being one continuous stream (a new frame size, a source restart; the
+    /// pipeline calls it): engines that carry state from frame to frame (temporal reuse, issue
+    /// #19) drop it. Stateless engines ignore it.
+    fn stream_break(&mut self) {}
 }
 
 /// The pre- and postprocessing stages' work: frame -> model input, raw output -> mask. The real

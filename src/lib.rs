@@ -9,6 +9,7 @@
 //! - leaves: [`problems`], [`choice`], [`frame`], [`status`], [`eval`], [`pre`]
 //! - [`reduce`], then [`engine`] (shared types: setting, stage times, the `Engine` trait)
 //! - [`model`], [`source`], [`sink`], [`metrics`], [`budget`]
+//! - [`reuse`] (temporal reuse across video frames, over the model's plans and ops)
 //! - [`pipeline`], then [`config`] (composes the stage configs), [`service`], [`control`]
 //!   (remote `set` requests onto the config), [`app`]
 
@@ -26,6 +27,7 @@ pub mod pipeline;
 pub mod pre;
 pub mod problems;
 pub mod reduce;
+pub mod reuse;
 pub mod service;
 pub mod sink;
 pub mod source;

@@ -8,7 +8,8 @@
 #     separate process, so a test can SIGKILL it like a lost camera; no extra Rust crate)
 #   - mosquitto (broker + mosquitto_passwd): tests/sink_mqtt.rs starts its own on 127.0.0.1
 #     (the package's system service is not needed; the tests never use it)
-#   - the real model and photos (tools/fetch_assets.sh, checksum-verified)
+#   - the real model and photos (tools/fetch_assets.sh, checksum-verified), and the clips decoded
+#     to frame folders with GStreamer (gstreamer1.0-tools/-libav/-plugins-good; tools/decode_clips.sh)
 #   - a pinned Python venv in .cache/venv (numpy, onnx, onnxruntime, pillow, paho-mqtt,
 #     jsonschema) for the ONNX Runtime peer bench, the socket client test and the MQTT
 #     consumer/schema checks (tools/setup_python.sh)
@@ -65,6 +66,11 @@ fi
 command -v openssl >/dev/null || need_apt+=(openssl)   # test certificates for the MQTT TLS test
 command -v chromium >/dev/null || need_apt+=(chromium)  # tools/preview_check.sh (headless)
 command -v curl >/dev/null || need_apt+=(curl)
+# Decoding the real clips into frame folders (tools/decode_clips.sh, issue #19).
+command -v gst-launch-1.0 >/dev/null || need_apt+=(gstreamer1.0-tools)
+gst-inspect-1.0 avdec_h264 >/dev/null 2>&1 || need_apt+=(gstreamer1.0-libav)
+gst-inspect-1.0 qtdemux >/dev/null 2>&1 || need_apt+=(gstreamer1.0-plugins-good)
+gst-inspect-1.0 pngenc >/dev/null 2>&1 || need_apt+=(gstreamer1.0-plugins-good)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} (Debian packages)"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -101,4 +107,5 @@ EOF
 }
 if [ $deploy = 1 ]; then arm64_gst_shim; fi
 "$root/tools/fetch_assets.sh"
+"$root/tools/decode_clips.sh"
 "$root/tools/setup_python.sh"

@@ -547,6 +547,9 @@ pub struct Args {
     /// (`ailurus-ft`), scored against the stock model's reference on the same photos.
     #[arg(long)]
     finetuned: Option<PathBuf>,
+    /// `--video` and its knobs (commands/video.rs).
+    #[command(flatten)]
+    video: super::video::VideoArgs,
 }
 
 /// Up to `max` photos, round-robin over the folders (so a small budget still sees every kind
@@ -583,6 +586,9 @@ fn pick_photos(cfg: &Config, folders: &[PathBuf], max: usize) -> Result<Vec<Path
 /// `ailurus bench`: the table, its CSV and plot, and the peer table with `--peer`.
 pub fn command(b: Args) -> Result<()> {
     let cfg = b.config.load()?;
+    if !b.video.video.is_empty() {
+        return super::video::command(&cfg, &b.video, &b.csv, b.size);
+    }
     let opts = BenchOptions {
         size: b.size,
         photos: pick_photos(&cfg, &b.photos, b.max_photos)?,

@@ -10,6 +10,7 @@ mod plot;
 pub mod profile;
 pub mod run;
 pub mod segment;
+mod video;
 
 use std::path::PathBuf;
 

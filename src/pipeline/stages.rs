@@ -210,7 +210,20 @@ pub(super) fn infer_loop(
     let Lane { index: lane, mut engine, reconfigure, parts } = own;
     let mut log = RateLimited::new(Duration::from_secs(10));
     let mut spare = None;
+    // Temporal reuse (issue #19): the last frame on this lane (stream, epoch, seq, size), to
+    // tell engines that keep state across frames when the stream breaks: another stream's
+    // frame, a source reconnect or looped file restart (a new epoch), a sequence number going
+    // back, a new size.
+    let mut last: Option<(usize, u64, u64, u32, u32)> = None;
     while let Some(job) = rx.recv() {
+        let f = &job.frame;
+        let this = (f.stream_index, f.epoch, f.seq, f.width, f.height);
+        if last.is_some_and(|(stream, epoch, seq, w, h)| {
+            (this.0, this.1, this.3, this.4) != (stream, epoch, w, h) || this.2 <= seq
+        }) {
+            engine.stream_break();
+        }
+        last = Some(this);
         while let Ok(cfg) = reconfigure.try_recv() {
             match engine.reconfigure(&cfg) {
                 Ok(()) => log::info!("lane {lane}: reducer now {} (reload)", cfg.strategy),

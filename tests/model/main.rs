@@ -21,5 +21,6 @@ mod layernorm_op;
 mod linear_op;
 mod post;
 mod real_model_cut;
+mod reuse;
 mod subpixel_deconv;
 mod tiny_model_cut;

@@ -1,0 +1,319 @@
+//! `ailurus bench --video DIR...`: temporal reuse on real clips (issue #19). For each clip (a
+//! folder of numbered frames, e.g. from tools/decode_clips.sh) and setting it runs every frame in
+//! order, in one process, and compares with per-frame full computation of the same frames:
+//! `clip,setting,ms_per_frame,speedup,active_fraction,iou_mean,iou_min,mae_mean,flicker,...`.
+//!
+//! Settings: `full` (the reference: the unreduced cut model per frame), `reduced M=..` (per-frame
+//! AiluRus at `[reduce] cut`), `reuse t=..` at each threshold (`[reuse]`'s refresh rules).
+//! Reuse combined with reduction is not built yet, so it has no row.
+//!
+//! Owns the sweep and its table; it drives the lanes through the same `FrameRunner` as `run`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use ailurus::config::Config;
+use ailurus::engine::{Engine, Setting};
+use ailurus::frame::{Frame, Mask};
+use ailurus::model::io::{FrameRunner, Io};
+use ailurus::reduce::Strategy;
+use ailurus::reuse::{ReuseConfig, ReuseLane, ReuseModel};
+
+/// `ailurus bench --video` arguments.
+#[derive(clap::Args, Clone)]
+pub struct VideoArgs {
+    /// Temporal reuse on video instead (issue #19): folders of numbered frames
+    /// (tools/decode_clips.sh writes .cache/video/frames/*), each against per-frame full
+    /// computation of the same frames at --size. Writes --csv.
+    #[arg(long, num_args = 1..)]
+    pub video: Vec<PathBuf>,
+    /// --video: at most this many frames per clip.
+    #[arg(long, default_value_t = 60)]
+    pub max_frames: usize,
+    /// --video: reuse thresholds to sweep (`[reuse] threshold`; the other [reuse] keys apply).
+    #[arg(long, value_delimiter = ',', default_value = "0.2,0.3")]
+    pub thresholds: Vec<f32>,
+    /// --video: `[reuse] min_active` values, each with every threshold.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub min_active: Vec<f32>,
+    /// --video: M of the per-frame reduced row (at `[reduce] cut`; 0 for none).
+    #[arg(long, default_value_t = 768)]
+    pub reduced_m: usize,
+}
+
+/// `ailurus bench --video`: the table on stdout, the CSV at `csv`.
+pub fn command(cfg: &Config, a: &VideoArgs, csv: &Path, size: u32) -> Result<()> {
+    let o = VideoOptions {
+        clips: a.video.iter().map(|d| cfg.resolve(d)).collect(),
+        size,
+        max_frames: a.max_frames,
+        thresholds: a.thresholds.clone(),
+        min_active: a.min_active.clone(),
+        reduced_m: a.reduced_m,
+    };
+    let rows = run(cfg, &o)?;
+    print!("{}", format_table(&rows, &cpu_name()));
+    write_csv(&rows, csv)?;
+    println!("table written to {}", csv.display());
+    Ok(())
+}
+
+/// What `--video` measures.
+pub struct VideoOptions {
+    pub clips: Vec<PathBuf>,
+    pub size: u32,
+    pub max_frames: usize,
+    pub thresholds: Vec<f32>,
+    /// `[reuse] min_active` values to sweep with every threshold.
+    pub min_active: Vec<f32>,
+    /// M of the per-frame reduced row (0: none).
+    pub reduced_m: usize,
+}
+
+/// One row.
+#[derive(Debug, Clone, Default)]
+pub struct VideoRow {
+    pub clip: String,
+    pub setting: String,
+    pub frames: usize,
+    pub ms: f64,
+    pub speedup: f64,
+    pub active: f64,
+    pub iou_mean: f64,
+    pub iou_min: f64,
+    pub mae: f64,
+    /// Mean fraction of mask pixels that change between consecutive frames.
+    pub flicker: f64,
+    pub refreshes: usize,
+    pub head_skipped: usize,
+    /// Per-frame decision (scores, gates, refresh rules), ms and share of the frame.
+    pub decision_ms: f64,
+}
+
+fn frames_of(dir: &Path, max: usize) -> Result<Vec<Frame>> {
+    let list = ailurus::source::folder::list_images(dir).with_context(|| format!("video folder {}", dir.display()))?;
+    anyhow::ensure!(list.len() >= 2, "video folder {}: fewer than 2 frames", dir.display());
+    list.iter().take(max).enumerate().map(|(i, p)| Ok(ailurus::source::folder::load_frame(p, i as u64)?)).collect()
+}
+
+/// Per-frame work of one setting: the masks, the time, and what the engine reports per frame.
+struct Pass {
+    masks: Vec<Mask>,
+    total: Duration,
+    active: f64,
+    refreshes: usize,
+    head_skipped: usize,
+    decision: Duration,
+}
+
+/// Run every frame through `engine` in order; `after` reads the engine's per-frame stats.
+fn pass<E: Engine>(
+    io: &Io,
+    engine: &mut E,
+    frames: &[Frame],
+    setting: Setting,
+    after_warm_up: impl FnOnce(&mut E),
+    mut after: impl FnMut(&E, &mut Pass),
+) -> Result<Pass> {
+    let mut fr = FrameRunner::default();
+    let mut p = Pass {
+        masks: Vec::new(),
+        total: Duration::ZERO,
+        active: 0.0,
+        refreshes: 0,
+        head_skipped: 0,
+        decision: Duration::ZERO,
+    };
+    // One untimed warm-up frame (first-run costs of the plans), then the caller resets.
+    fr.run(io, engine, &frames[0], setting, &mut Mask::default())?;
+    after_warm_up(engine);
+    for f in frames {
+        let mut mask = Mask::default();
+        let t0 = Instant::now();
+        fr.run(io, engine, f, setting, &mut mask)?;
+        p.total += t0.elapsed();
+        after(engine, &mut p);
+        p.masks.push(mask);
+    }
+    Ok(p)
+}
+
+fn flicker(masks: &[Mask]) -> f64 {
+    let pairs: Vec<f64> = masks
+        .windows(2)
+        .map(|w| {
+            let changed = w[0].classes.iter().zip(&w[1].classes).filter(|(a, b)| a != b).count();
+            changed as f64 / w[0].classes.len().max(1) as f64
+        })
+        .collect();
+    pairs.iter().sum::<f64>() / pairs.len().max(1) as f64
+}
+
+fn row(clip: &str, setting: String, p: &Pass, reference: Option<(&[Mask], f64)>) -> VideoRow {
+    let n = p.masks.len().max(1) as f64;
+    let ms = p.total.as_secs_f64() * 1e3 / n;
+    let (mut ious, mut maes) = (Vec::new(), Vec::new());
+    if let Some((r, _)) = reference {
+        for (a, b) in p.masks.iter().zip(r) {
+            ious.push(ailurus::eval::iou(&a.classes, &b.classes));
+            maes.push(ailurus::eval::mae(&a.scores, &b.scores));
+        }
+        log::debug!("{clip} {setting}: per-frame IoU {ious:.3?} MAE {maes:.3?}");
+    }
+    let mean = |v: &[f64]| if v.is_empty() { 1.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+    VideoRow {
+        clip: clip.into(),
+        setting,
+        frames: p.masks.len(),
+        ms,
+        speedup: reference.map_or(1.0, |(_, full_ms)| full_ms / ms),
+        active: p.active / n,
+        iou_mean: mean(&ious),
+        iou_min: ious.iter().copied().fold(1.0, f64::min),
+        mae: if maes.is_empty() { 0.0 } else { mean(&maes) },
+        flicker: flicker(&p.masks),
+        refreshes: p.refreshes,
+        head_skipped: p.head_skipped,
+        decision_ms: p.decision.as_secs_f64() * 1e3 / n,
+    }
+}
+
+/// The sweep over every clip.
+pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
+    ailurus::model::configure_cpu(&cfg.model);
+    let m = o.reduced_m;
+    let fixed: Vec<usize> = if m > 0 { vec![m] } else { Vec::new() };
+    let mut lane = super::bench::build(cfg, &[o.size], cfg.reduce.cut, true, &fixed)?;
+    super::bench::with_strategy(&mut lane, cfg, Strategy::Ailurus);
+    let io = Io::of(lane.segmenter().manifest());
+    let n = lane.segmenter().sizes()[0].n_tokens;
+    let model = Arc::new(ReuseModel::new(lane.segmenter().clone())?);
+    let mut reuse: ReuseLane = model.lane(cfg.reuse.clone())?;
+    let mut rows = Vec::new();
+    for dir in &o.clips {
+        let clip = dir.file_name().map_or_else(|| dir.display().to_string(), |s| s.to_string_lossy().into_owned());
+        let frames = frames_of(dir, o.max_frames)?;
+        log::info!("bench --video: {clip}, {} frames at {} px", frames.len(), o.size);
+        let full = pass(
+            &io,
+            &mut lane,
+            &frames,
+            Setting { input_size: o.size, m: usize::MAX },
+            |_| (),
+            |_, p| p.active += 1.0,
+        )?;
+        let full_row = row(&clip, "full".into(), &full, None);
+        let steps: Vec<f64> = full.masks.windows(2).map(|w| ailurus::eval::mae(&w[0].scores, &w[1].scores)).collect();
+        log::debug!("{clip} full: MAE between consecutive frames {steps:.3?}");
+        let reference = Some((full.masks.as_slice(), full_row.ms));
+        rows.push(row(&clip, "full".into(), &full, reference));
+        if m > 0 && m < n {
+            let st = Setting { input_size: o.size, m };
+            let p = pass(&io, &mut lane, &frames, st, |_| (), |_, p| p.active += m as f64 / n as f64)?;
+            rows.push(row(&clip, format!("reduced M={m}"), &p, reference));
+        }
+        for (&t, &floor) in o.thresholds.iter().flat_map(|t| o.min_active.iter().map(move |f| (t, f))) {
+            reuse.set_config(ReuseConfig { enabled: true, threshold: t, min_active: floor, ..cfg.reuse.clone() });
+            let p = pass(&io, &mut reuse, &frames, Setting { input_size: o.size, m: n }, ReuseLane::reset, |e, p| {
+                let r = e.last_report();
+                log::debug!(
+                    "{clip} t={t} min={floor}: refresh {:?} (agreement {:?}, period {}), active per block {:?}",
+                    r.refresh,
+                    r.agreement,
+                    e.refresh_period(),
+                    r.encoder.active
+                );
+                p.active += r.encoder.active_fraction();
+                p.refreshes += r.refresh.is_some() as usize;
+                p.head_skipped += !r.head_ran as usize;
+                p.decision += r.decision;
+            })?;
+            let name = if floor > 0.0 { format!("reuse t={t} min={floor}") } else { format!("reuse t={t}") };
+            rows.push(row(&clip, name, &p, reference));
+        }
+    }
+    Ok(rows)
+}
+
+pub fn format_table(rows: &[VideoRow], cpu: &str) -> String {
+    let mut s = format!("temporal reuse, same run, {cpu}\n");
+    s += &format!(
+        "{:<18} {:<20} {:>6} {:>9} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>5} {:>5} {:>8}\n",
+        "clip",
+        "setting",
+        "frames",
+        "ms/frame",
+        "speedup",
+        "active",
+        "iou_mean",
+        "iou_min",
+        "mae",
+        "flicker",
+        "refr",
+        "hskip",
+        "decision"
+    );
+    for r in rows {
+        s += &format!(
+            "{:<18} {:<20} {:>6} {:>9.1} {:>6.2}x {:>7.3} {:>8.4} {:>7.4} {:>7.4} {:>7.4} {:>5} {:>5} {:>5.2} ms\n",
+            r.clip,
+            r.setting,
+            r.frames,
+            r.ms,
+            r.speedup,
+            r.active,
+            r.iou_mean,
+            r.iou_min,
+            r.mae,
+            r.flicker,
+            r.refreshes,
+            r.head_skipped,
+            r.decision_ms
+        );
+    }
+    s
+}
+
+pub fn write_csv(rows: &[VideoRow], path: &Path) -> Result<()> {
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let mut s = String::from(
+        "clip,setting,ms_per_frame,speedup,active_fraction,iou_mean,iou_min,mae_mean,flicker,frames,refreshes,head_skipped,decision_ms\n",
+    );
+    for r in rows {
+        s += &format!(
+            "{},{},{:.2},{:.4},{:.4},{:.5},{:.5},{:.5},{:.5},{},{},{},{:.3}\n",
+            r.clip,
+            r.setting,
+            r.ms,
+            r.speedup,
+            r.active,
+            r.iou_mean,
+            r.iou_min,
+            r.mae,
+            r.flicker,
+            r.frames,
+            r.refreshes,
+            r.head_skipped,
+            r.decision_ms
+        );
+    }
+    std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The CPU model name (for the table's title line).
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}

@@ -1,0 +1,315 @@
+//! The reuse executor: the encoder's blocks run block by block on the tokens that changed
+//! (Eventful Transformers' token gates), with per-block caches for the others.
+//!
+//! Per block, per frame:
+//! - gate: token i is active when its block input moved by `score_i = |x_i - ref_i| / |ref_i|`
+//!   at or above the threshold since it was last computed there (`ref_i`: that input); at most `cap`
+//!   tokens (the highest scores) are active; the prefix (cls) tokens join whenever any token does
+//!   (they attend globally). A refresh makes every token active.
+//! - active rows only: LayerNorm, q/k/v, the output projection, the MLP (compacted rows on
+//!   [`linear::linear`], [`layernorm::layer_norm`]); their keys and values replace the cached
+//!   ones; attention runs the active queries against all keys (cached for the others);
+//! - every token's output is `(x + r1) + r2` with its attention and MLP branches `r1`, `r2`:
+//!   recomputed for active tokens, cached for the others, so an inactive token still carries its
+//!   (sub-threshold) input change down the residual stream.
+//!
+//! With every token active this is exactly the model's computation on our own ops (checked
+//! against the tract plans in tests/model/reuse.rs). Costs are counted in multiply-adds, so tests
+//! can check them without timing anything.
+//!
+//! Must not: decide refreshes (that is the lane's policy) or run the head.
+
+use tract_core::internal::*;
+
+use super::attend::attend_rows;
+use super::weights::EncoderWeights;
+use crate::model::{attention, layernorm, linear};
+
+/// One block's cache, `[T, C]` each.
+#[derive(Default)]
+struct BlockCache {
+    reference: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    r1: Vec<f32>,
+    r2: Vec<f32>,
+}
+
+/// Reused per-frame buffers (sized for the largest T seen; no allocation once warm).
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    next: Vec<f32>,
+    scores: Vec<f32>,
+    order: Vec<usize>,
+    active: Vec<usize>,
+    xa: Vec<f32>,
+    ln: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    o: Vec<f32>,
+    y: Vec<f32>,
+    h1: Vec<f32>,
+    g: Vec<f32>,
+}
+
+/// What one frame computed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EncoderStats {
+    /// Active tokens per block.
+    pub active: Vec<usize>,
+    /// Tokens per block (prefix + patches).
+    pub tokens: usize,
+    /// Multiply-adds run / those of a full pass.
+    pub macs: f64,
+    pub full_macs: f64,
+    /// The rows block 0 recomputed (sorted).
+    pub first_rows: Vec<usize>,
+    /// Time spent in the gates (scores, selection) of all blocks.
+    pub gate_time: std::time::Duration,
+}
+
+impl EncoderStats {
+    /// Active (token, block) pairs over all of them.
+    pub fn active_fraction(&self) -> f64 {
+        let all = (self.tokens * self.active.len()).max(1);
+        self.active.iter().sum::<usize>() as f64 / all as f64
+    }
+}
+
+/// How the gates run this frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Gate {
+    /// Relative change at or above which a token is recomputed (0: all of them).
+    pub threshold: f32,
+    /// At most this many active tokens per block (the prefix included).
+    pub cap: usize,
+    /// At least this many (the largest changes, if they changed at all), so that changes below
+    /// the threshold are worked off over the frames instead of piling up.
+    pub floor: usize,
+    /// Recompute every token (and reset every reference).
+    pub refresh: bool,
+}
+
+/// The executor with its caches (one per lane).
+pub struct ReuseEncoder {
+    w: std::sync::Arc<EncoderWeights>,
+    prefix: usize,
+    /// Token count the caches hold (0: empty; the next frame must refresh).
+    t: usize,
+    caches: Vec<BlockCache>,
+    s: Scratch,
+    erf: Box<dyn tract_linalg::element_wise::ElementWise<f32>>,
+}
+
+/// Multiply-adds of one token row through one block, outside attention, and per key in attention.
+fn row_macs(c: usize, f: usize) -> (f64, f64) {
+    ((4 * c * c + 2 * c * f) as f64, (2 * c) as f64)
+}
+
+impl ReuseEncoder {
+    pub fn new(w: std::sync::Arc<EncoderWeights>, prefix: usize) -> TractResult<ReuseEncoder> {
+        use tract_linalg::routines::Func;
+        let caches = w.blocks.iter().map(|_| BlockCache::default()).collect();
+        Ok(ReuseEncoder { w, prefix, t: 0, caches, s: Scratch::default(), erf: Func::Erf.ew_f32()? })
+    }
+
+    /// Drop the caches: the next frame must be a refresh.
+    pub fn reset(&mut self) {
+        self.t = 0;
+    }
+
+    /// Whether the caches hold `t` tokens (else the next frame must refresh).
+    pub fn ready(&self, t: usize) -> bool {
+        self.t == t && t > 0
+    }
+
+    /// Relative change of each of block 0's input rows (the embedding) against its reference:
+    /// the scene-level signal the lane's refresh rules read. Empty when not [`Self::ready`].
+    pub fn embedding_scores(&mut self, x: &[f32]) -> &[f32] {
+        let c = self.w.width;
+        let t = x.len() / c;
+        self.s.scores.clear();
+        if self.ready(t) {
+            scores(x, &self.caches[0].reference, c, &mut self.s.scores);
+        }
+        &self.s.scores
+    }
+
+    /// Blocks 0..L-1 and the final norm on `x` (`[T, C]`, block 0's input) into `out`.
+    pub fn run(&mut self, x: &[f32], gate: Gate, out: &mut Vec<f32>, stats: &mut EncoderStats) -> TractResult<()> {
+        let c = self.w.width;
+        ensure!(
+            x.len().is_multiple_of(c) && x.len() / c > self.prefix,
+            "reuse encoder: {} values for width {c}",
+            x.len()
+        );
+        let t = x.len() / c;
+        let refresh = gate.refresh || !self.ready(t);
+        if refresh {
+            for cache in &mut self.caches {
+                for buf in [&mut cache.reference, &mut cache.k, &mut cache.v, &mut cache.r1, &mut cache.r2] {
+                    buf.clear();
+                    buf.resize(t * c, 0.0);
+                }
+            }
+        }
+        let (row, key) = row_macs(c, self.w.mlp);
+        stats.active.clear();
+        stats.tokens = t;
+        stats.macs = 0.0;
+        stats.full_macs = self.w.blocks.len() as f64 * t as f64 * (row + key * t as f64);
+        let mut x_cur = std::mem::take(&mut self.s.x);
+        x_cur.clear();
+        x_cur.extend_from_slice(x);
+        stats.gate_time = std::time::Duration::ZERO;
+        for b in 0..self.w.blocks.len() {
+            let g0 = std::time::Instant::now();
+            let a = self.select(b, &x_cur, t, gate, refresh);
+            stats.gate_time += g0.elapsed();
+            stats.active.push(a);
+            if b == 0 {
+                stats.first_rows.clear();
+                stats.first_rows.extend_from_slice(&self.s.active);
+            }
+            stats.macs += a as f64 * (row + key * t as f64);
+            self.block(b, &x_cur, t, a)?;
+            std::mem::swap(&mut x_cur, &mut self.s.next);
+        }
+        let (g, be, eps) = &self.w.final_norm;
+        out.clear();
+        out.resize(t * c, 0.0);
+        layernorm::layer_norm(&x_cur, g, be, c, *eps, out)?;
+        self.s.x = x_cur;
+        self.t = t;
+        Ok(())
+    }
+
+    /// The active rows of block `b` into `s.active` (sorted); returns their count.
+    fn select(&mut self, b: usize, x: &[f32], t: usize, gate: Gate, refresh: bool) -> usize {
+        let c = self.w.width;
+        let s = &mut self.s;
+        s.active.clear();
+        if refresh || gate.threshold <= 0.0 {
+            s.active.extend(0..t);
+            return t;
+        }
+        scores(x, &self.caches[b].reference, c, &mut s.scores);
+        let p = self.prefix;
+        s.order.clear();
+        s.order.extend((p..t).filter(|&i| s.scores[i] >= gate.threshold));
+        let floor = gate.floor.saturating_sub(p).min(t - p);
+        if s.order.len() < floor {
+            s.order.clear();
+            s.order.extend((p..t).filter(|&i| s.scores[i] > 0.0));
+            if s.order.len() > floor {
+                let sc = &s.scores;
+                s.order.select_nth_unstable_by(floor - 1, |&i, &j| sc[j].total_cmp(&sc[i]));
+                s.order.truncate(floor);
+            }
+        }
+        let cap = gate.cap.saturating_sub(p).max(1);
+        if s.order.len() > cap {
+            let sc = &s.scores;
+            s.order.select_nth_unstable_by(cap - 1, |&i, &j| sc[j].total_cmp(&sc[i]));
+            s.order.truncate(cap);
+        }
+        if s.order.is_empty() && (0..p).all(|i| s.scores[i] < gate.threshold) {
+            return 0;
+        }
+        s.order.sort_unstable();
+        s.active.extend(0..p);
+        s.active.extend_from_slice(&s.order);
+        s.active.len()
+    }
+
+    /// Block `b` on the `a` active rows of `x`; every row's output into `s.next`.
+    fn block(&mut self, b: usize, x: &[f32], t: usize, a: usize) -> TractResult<()> {
+        let (c, f, h) = (self.w.width, self.w.mlp, self.w.heads);
+        let w = &self.w.blocks[b];
+        let cache = &mut self.caches[b];
+        let s = &mut self.s;
+        if a > 0 {
+            let all = a == t;
+            for buf in [&mut s.xa, &mut s.ln, &mut s.q, &mut s.k, &mut s.v, &mut s.att, &mut s.o, &mut s.y] {
+                buf.resize(a * c, 0.0);
+            }
+            for (r, &i) in s.active.iter().enumerate() {
+                s.xa[r * c..(r + 1) * c].copy_from_slice(&x[i * c..(i + 1) * c]);
+            }
+            layernorm::layer_norm(&s.xa, &w.ln1.0, &w.ln1.1, c, w.ln1.2, &mut s.ln)?;
+            linear::linear(&s.ln, &w.wq, Some(&w.bq), a, c, c, &mut s.q)?;
+            if all {
+                linear::linear(&s.ln, &w.wk, Some(&w.bk), a, c, c, &mut cache.k)?;
+                linear::linear(&s.ln, &w.wv, Some(&w.bv), a, c, c, &mut cache.v)?;
+                attention::attend(&s.q, &cache.k, &cache.v, None, t, h, c / h, &mut s.att)?;
+            } else {
+                linear::linear(&s.ln, &w.wk, Some(&w.bk), a, c, c, &mut s.k)?;
+                linear::linear(&s.ln, &w.wv, Some(&w.bv), a, c, c, &mut s.v)?;
+                for (r, &i) in s.active.iter().enumerate() {
+                    cache.k[i * c..(i + 1) * c].copy_from_slice(&s.k[r * c..(r + 1) * c]);
+                    cache.v[i * c..(i + 1) * c].copy_from_slice(&s.v[r * c..(r + 1) * c]);
+                }
+                attend_rows(&s.q, &cache.k, &cache.v, a, t, h, c / h, &mut s.att)?;
+            }
+            linear::linear(&s.att, &w.wo, Some(&w.bo), a, c, c, &mut s.o)?;
+            scale_rows(&mut s.o, &w.ls1);
+            for ((y, xa), o) in s.y.iter_mut().zip(&s.xa).zip(&s.o) {
+                *y = xa + o;
+            }
+            layernorm::layer_norm(&s.y, &w.ln2.0, &w.ln2.1, c, w.ln2.2, &mut s.ln)?;
+            s.h1.resize(a * f, 0.0);
+            s.g.resize(a * f, 0.0);
+            linear::linear(&s.ln, &w.w1, Some(&w.b1), a, c, f, &mut s.h1)?;
+            gelu(&mut s.h1, &mut s.g, &*self.erf)?;
+            linear::linear(&s.h1, &w.w2, Some(&w.b2), a, f, c, &mut s.q)?;
+            scale_rows(&mut s.q, &w.ls2);
+            for (r, &i) in s.active.iter().enumerate() {
+                let (rs, cs) = (r * c..(r + 1) * c, i * c..(i + 1) * c);
+                cache.reference[cs.clone()].copy_from_slice(&s.xa[rs.clone()]);
+                cache.r1[cs.clone()].copy_from_slice(&s.o[rs.clone()]);
+                cache.r2[cs].copy_from_slice(&s.q[rs]);
+            }
+        }
+        s.next.resize(t * c, 0.0);
+        for (((n, xv), r1), r2) in s.next.iter_mut().zip(&x[..t * c]).zip(&cache.r1).zip(&cache.r2) {
+            *n = (xv + r1) + r2;
+        }
+        Ok(())
+    }
+}
+
+/// `scores[i] = |x_i - r_i| / |r_i|` per row of `c`.
+fn scores(x: &[f32], reference: &[f32], c: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(x.chunks_exact(c).zip(reference.chunks_exact(c)).map(|(xr, rr)| {
+        let (mut d2, mut r2) = (0f32, 0f32);
+        for (a, b) in xr.iter().zip(rr) {
+            d2 += (a - b) * (a - b);
+            r2 += b * b;
+        }
+        (d2 / r2.max(1e-12)).sqrt()
+    }));
+}
+
+fn scale_rows(x: &mut [f32], s: &[f32]) {
+    for row in x.chunks_exact_mut(s.len()) {
+        row.iter_mut().zip(s).for_each(|(v, k)| *v *= k);
+    }
+}
+
+/// Exact GELU, `x * 0.5 * (1 + erf(x / sqrt 2))`, in the export's op order, with tract's
+/// vectorised erf kernel (the one the plans use).
+fn gelu(x: &mut [f32], tmp: &mut [f32], erf: &dyn tract_linalg::element_wise::ElementWise<f32>) -> TractResult<()> {
+    let tmp = &mut tmp[..x.len()];
+    for (t, v) in tmp.iter_mut().zip(x.iter()) {
+        *t = v / std::f32::consts::SQRT_2;
+    }
+    erf.run(tmp)?;
+    for (v, e) in x.iter_mut().zip(tmp.iter()) {
+        *v = (*v * (e + 1.0)) * 0.5;
+    }
+    Ok(())
+}

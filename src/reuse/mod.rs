@@ -1,0 +1,389 @@
+//! Temporal reuse across video frames (issue #19): compute only the tokens that changed.
+//!
+//! A fixed camera sees mostly the same patches frame after frame. [`ReuseLane`] runs the model as
+//! embedding (a tract plan: patch embed + position) -> [`encoder::ReuseEncoder`] (every block,
+//! Eventful-Transformer token gates: active rows only, cached keys/values/branches for the rest)
+//! -> head (the segmenter's tract plan; skipped when no token changed, its cached output reused).
+//!
+//! Refresh rules (a full recompute that also resets every cache reference), checked per frame
+//! before the encoder runs, from block 0's gate scores:
+//! - `refresh_every` frames since the last refresh;
+//! - a scene cut: the mean relative embedding change is at or above `scene_cut`;
+//! - too much changed for reuse to pay: the active fraction at block 0 is above `refresh_above`;
+//! - a reset: the first frame, a new input size, or [`ReuseLane::reset`] (the pipeline's hook for
+//!   a source reconnect).
+//!
+//! Must not: pre/postprocess frames, or build the segmenter's plans (it shares them).
+
+pub mod attend;
+pub mod encoder;
+pub mod weights;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tract_onnx::prelude::*;
+
+use crate::engine::{Engine, EngineError, Setting, SizeInfo, StageTimes};
+use crate::model::device::{Part, Plan};
+use crate::model::{cut, f32s, ModelError, Segmenter};
+use crate::problems::Problems;
+use encoder::{EncoderStats, Gate, ReuseEncoder};
+use weights::EncoderWeights;
+
+/// `[reuse]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReuseConfig {
+    /// Reuse what did not change between consecutive frames of a stream.
+    pub enabled: bool,
+    /// A token is recomputed in a block when its input there moved by at least this relative L2
+    /// change since it was last computed (0: every token, i.e. per-frame computation).
+    pub threshold: f32,
+    /// At most this fraction of the tokens is recomputed per block (the highest changes first).
+    pub max_active: f32,
+    /// At least this fraction of the tokens is recomputed per block (the highest changes first,
+    /// if they changed at all): slow drift below the threshold is worked off over the frames.
+    pub min_active: f32,
+    /// A full recompute at least every this many frames (0: never on a schedule).
+    pub refresh_every: u32,
+    /// Adaptive schedule: after each scheduled refresh, the fresh mask is compared with the
+    /// reused mask of the frame before; below this agreement (mask IoU, or the share of equal
+    /// class ids) the period halves (down to 2 frames), at or above it doubles (up to
+    /// `refresh_every`). The period starts at 4. 0 turns it off (a fixed `refresh_every`).
+    pub refresh_iou: f32,
+    /// A full recompute when more than this fraction of the patches changed at block 0.
+    pub refresh_above: f32,
+    /// A full recompute (scene cut) when the mean relative embedding change reaches this.
+    pub scene_cut: f32,
+}
+
+impl Default for ReuseConfig {
+    fn default() -> Self {
+        ReuseConfig {
+            enabled: false,
+            threshold: 0.1,
+            max_active: 1.0,
+            min_active: 0.0,
+            refresh_every: 30,
+            refresh_iou: 0.9,
+            refresh_above: 0.5,
+            scene_cut: 0.5,
+        }
+    }
+}
+
+impl ReuseConfig {
+    pub fn validate(&self, p: &mut Problems) {
+        let unit = |v: f32| (0.0..=1.0).contains(&v);
+        p.check(self.threshold >= 0.0 && self.threshold.is_finite(), "reuse", "threshold", || {
+            format!("{} is not a change >= 0", self.threshold)
+        });
+        p.check(unit(self.max_active) && self.max_active > 0.0, "reuse", "max_active", || {
+            format!("{} is not in (0, 1]", self.max_active)
+        });
+        p.check(unit(self.min_active) && self.min_active <= self.max_active, "reuse", "min_active", || {
+            format!("{} is not in 0..=max_active", self.min_active)
+        });
+        p.check(unit(self.refresh_iou), "reuse", "refresh_iou", || format!("{} is not in 0..=1", self.refresh_iou));
+        p.check(unit(self.refresh_above), "reuse", "refresh_above", || {
+            format!("{} is not in 0..=1", self.refresh_above)
+        });
+        p.check(self.scene_cut > 0.0 && self.scene_cut.is_finite(), "reuse", "scene_cut", || {
+            format!("{} is not a change > 0", self.scene_cut)
+        });
+    }
+}
+
+/// Why a frame was computed in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// Empty caches: the first frame, a new input size, or a reset (reconnect).
+    Reset,
+    Periodic,
+    SceneCut,
+    TooActive,
+}
+
+/// What one frame did.
+#[derive(Debug, Clone, Default)]
+pub struct FrameReport {
+    pub refresh: Option<Refresh>,
+    pub encoder: EncoderStats,
+    /// The head ran (else its cached output was reused: no token changed).
+    pub head_ran: bool,
+    /// On a scheduled refresh: agreement of the fresh mask with the previous (reused) one.
+    pub agreement: Option<f32>,
+    /// Time of the per-frame decision: block 0's scores and the refresh rules, plus every
+    /// block's gate (`encoder.gate_time`).
+    pub decision: Duration,
+}
+
+/// What every lane shares: the segmenter (head plans), the encoder weights and the embedding
+/// plans, one per input size.
+pub struct ReuseModel {
+    seg: Arc<Segmenter>,
+    weights: Arc<EncoderWeights>,
+    embed: Vec<(u32, Plan)>,
+}
+
+impl ReuseModel {
+    /// Read the weights and build the embedding plans for every size `seg` has.
+    pub fn new(seg: Arc<Segmenter>) -> Result<ReuseModel, ModelError> {
+        let m = seg.manifest();
+        let weights = Arc::new(EncoderWeights::load(m)?);
+        let onnx = m.onnx_path();
+        let shown = onnx.display().to_string();
+        let base = cut::load_base_with(&onnx, m.load_delta()?.as_ref())?;
+        let mut embed = Vec::new();
+        for info in seg.sizes() {
+            let s = info.input_size as usize;
+            let plan = (|| -> TractResult<Plan> {
+                let g = base
+                    .clone()
+                    .with_input_fact(0, f32::fact([1, 3, s, s]).into())?
+                    .with_outputs_by_name([weights.embedding.as_str()])?;
+                let g = cut::optimize(g.into_typed()?.into_decluttered()?)?;
+                Ok(Plan::Plain(g.into_runnable()?))
+            })()
+            .map_err(|source| ModelError::Build { path: shown.clone(), source })?;
+            embed.push((info.input_size, plan));
+        }
+        Ok(ReuseModel { seg, weights, embed })
+    }
+
+    pub fn segmenter(&self) -> &Arc<Segmenter> {
+        &self.seg
+    }
+
+    /// A lane: its own states, caches and scratch.
+    pub fn lane(self: &Arc<Self>, cfg: ReuseConfig) -> Result<ReuseLane, ModelError> {
+        let shown = self.seg.manifest().onnx_path().display().to_string();
+        let build = |source: anyhow::Error| ModelError::Build { path: shown.clone(), source };
+        let mut sizes = Vec::new();
+        for (s, plan) in &self.embed {
+            let (_, p) = self.seg.plans(*s).expect("embedding plans follow the segmenter's sizes");
+            sizes.push((*s, plan.spawn().map_err(build)?, p.head.spawn().map_err(build)?));
+        }
+        let enc = ReuseEncoder::new(self.weights.clone(), self.seg.manifest().tokens.prefix).map_err(build)?;
+        Ok(ReuseLane {
+            model: self.clone(),
+            cfg,
+            sizes,
+            enc,
+            last_size: 0,
+            since_refresh: 0,
+            period: 0,
+            threshold_out: self.seg.manifest().output.threshold,
+            tokens: Vec::new(),
+            head_out: Vec::new(),
+            last: FrameReport::default(),
+        })
+    }
+}
+
+/// One lane of the reuse path (owned by its thread; see the module doc).
+pub struct ReuseLane {
+    model: Arc<ReuseModel>,
+    cfg: ReuseConfig,
+    /// (input size, embedding state, head state).
+    sizes: Vec<(u32, Part, Part)>,
+    enc: ReuseEncoder,
+    last_size: u32,
+    since_refresh: u32,
+    /// The current scheduled-refresh period (adaptive, see `refresh_iou`; 0: not started).
+    period: u32,
+    /// The saliency threshold of the model's output (for the agreement check).
+    threshold_out: f32,
+    tokens: Vec<f32>,
+    head_out: Vec<f32>,
+    /// The last frame's report (for the bench and metrics).
+    last: FrameReport,
+}
+
+impl ReuseLane {
+    /// Drop every cache: the next frame is computed in full. The pipeline calls it when a
+    /// stream's source reconnects (or anything else breaks the frame sequence).
+    pub fn reset(&mut self) {
+        self.enc.reset();
+        self.head_out.clear();
+        self.period = 0;
+    }
+
+    /// The current scheduled-refresh period in frames.
+    pub fn refresh_period(&self) -> u32 {
+        self.period
+    }
+
+    /// New knobs from the next frame on (the caches stay valid).
+    pub fn set_config(&mut self, cfg: ReuseConfig) {
+        self.cfg = cfg;
+    }
+
+    pub fn config(&self) -> &ReuseConfig {
+        &self.cfg
+    }
+
+    pub fn model(&self) -> &Arc<ReuseModel> {
+        &self.model
+    }
+
+    /// What the last frame did.
+    pub fn last_report(&self) -> &FrameReport {
+        &self.last
+    }
+
+    /// One frame: model input (`[1,3,s,s]` normalised) -> raw output into `out`.
+    pub fn infer(
+        &mut self,
+        input: &[f32],
+        size: u32,
+        times: &mut StageTimes,
+        out: &mut Vec<f32>,
+    ) -> Result<&FrameReport, EngineError> {
+        let i = self.sizes.iter().position(|(s, ..)| *s == size).ok_or(EngineError::NoPlan(size))?;
+        let err = |source| EngineError::Infer { input_size: size, m: 0, source };
+        if size != self.last_size {
+            self.reset();
+            self.last_size = size;
+        }
+        let t0 = Instant::now();
+        let s = size as usize;
+        let x = Tensor::from_shape(&[1, 3, s, s], input).map_err(err)?;
+        let emb = self.sizes[i].1.run(tvec!(x.into())).map_err(err)?;
+        let emb = f32s(&emb[0]).map_err(err)?;
+        let t1 = Instant::now();
+        let refresh = self.decide(emb);
+        let t2 = Instant::now();
+        let n_max = emb.len() / self.model.weights.width;
+        let gate = Gate {
+            threshold: self.cfg.threshold,
+            cap: ((self.cfg.max_active as f64 * n_max as f64).ceil() as usize).max(1),
+            floor: (self.cfg.min_active as f64 * n_max as f64).ceil() as usize,
+            refresh: refresh.is_some(),
+        };
+        let mut report = std::mem::take(&mut self.last);
+        report.refresh = refresh;
+        report.decision = t2 - t1;
+        report.head_ran = false;
+        report.agreement = None;
+        let mut tokens = std::mem::take(&mut self.tokens);
+        let ran = self.enc.run(emb, gate, &mut tokens, &mut report.encoder);
+        self.tokens = tokens;
+        self.last = report;
+        ran.map_err(err)?;
+        let report = &mut self.last;
+        report.decision += report.encoder.gate_time;
+        let t3 = Instant::now();
+        let unchanged = report.encoder.active.iter().all(|&a| a == 0) && !self.head_out.is_empty();
+        if !unchanged {
+            let c = self.model.weights.width;
+            let x = Tensor::from_shape(&[1, self.tokens.len() / c, c], &self.tokens).map_err(err)?;
+            let y = self.sizes[i].2.run(tvec!(x.into())).map_err(err)?;
+            let fresh = f32s(&y[0]).map_err(err)?;
+            if refresh == Some(Refresh::Periodic) && self.cfg.refresh_iou > 0.0 && fresh.len() == self.head_out.len() {
+                // How far the reused frames had drifted: adapt the schedule.
+                let agree = agreement(fresh, &self.head_out, s * s, self.threshold_out);
+                report.agreement = Some(agree);
+                let max = self.cfg.refresh_every.max(2);
+                self.period =
+                    if agree < self.cfg.refresh_iou { (self.period / 2).max(2) } else { (self.period * 2).min(max) };
+            }
+            self.head_out.clear();
+            self.head_out.extend_from_slice(fresh);
+            report.head_ran = true;
+        }
+        out.clear();
+        out.extend_from_slice(&self.head_out);
+        self.since_refresh = if refresh.is_some() { 1 } else { self.since_refresh + 1 };
+        times.stem = (t1 - t0) + (t2 - t1);
+        times.reduce = Duration::ZERO;
+        times.middle = t3 - t2;
+        times.head = t3.elapsed();
+        Ok(&self.last)
+    }
+
+    /// The refresh rules (module doc), from block 0's scores.
+    fn decide(&mut self, emb: &[f32]) -> Option<Refresh> {
+        let prefix = self.model.seg.manifest().tokens.prefix;
+        let cfg = self.cfg.clone();
+        let scores = self.enc.embedding_scores(emb);
+        if scores.is_empty() {
+            return Some(Refresh::Reset);
+        }
+        if self.period == 0 {
+            self.period = if cfg.refresh_iou > 0.0 { cfg.refresh_every.min(4) } else { cfg.refresh_every };
+        }
+        if cfg.refresh_every > 0 && self.since_refresh >= self.period.min(cfg.refresh_every) {
+            return Some(Refresh::Periodic);
+        }
+        let patches = &scores[prefix..];
+        let n = patches.len().max(1) as f32;
+        let mean = patches.iter().sum::<f32>() / n;
+        if mean >= cfg.scene_cut {
+            return Some(Refresh::SceneCut);
+        }
+        let active = patches.iter().filter(|&&s| s >= cfg.threshold).count() as f32 / n;
+        if active > cfg.refresh_above {
+            return Some(Refresh::TooActive);
+        }
+        None
+    }
+}
+
+/// Agreement of two raw output maps of `plane` pixels each: mask IoU at `threshold` for one
+/// channel (saliency), else the share of pixels with the same arg-max class.
+fn agreement(a: &[f32], b: &[f32], plane: usize, threshold: f32) -> f32 {
+    let k = a.len() / plane.max(1);
+    if k <= 1 {
+        let (mut inter, mut union) = (0usize, 0usize);
+        for (x, y) in a.iter().zip(b) {
+            let (x, y) = (*x >= threshold, *y >= threshold);
+            inter += (x && y) as usize;
+            union += (x || y) as usize;
+        }
+        return if union == 0 { 1.0 } else { inter as f32 / union as f32 };
+    }
+    let argmax =
+        |m: &[f32], p: usize| (0..k).max_by(|&i, &j| m[i * plane + p].total_cmp(&m[j * plane + p])).unwrap_or(0);
+    let same = (0..plane).filter(|&p| argmax(a, p) == argmax(b, p)).count();
+    same as f32 / plane.max(1) as f32
+}
+
+/// The reuse lane as the pipeline drives an engine: `setting.m` is ignored (no token reduction on
+/// this path yet); it returns the patch-token count.
+impl Engine for ReuseLane {
+    fn sizes(&self) -> &[SizeInfo] {
+        self.model.seg.sizes()
+    }
+
+    fn infer(
+        &mut self,
+        input: &[f32],
+        setting: Setting,
+        times: &mut StageTimes,
+        out: &mut Vec<f32>,
+    ) -> Result<usize, EngineError> {
+        let r = ReuseLane::infer(self, input, setting.input_size, times, out)?;
+        Ok(r.encoder.tokens - self.model.seg.manifest().tokens.prefix)
+    }
+
+    fn stream_break(&mut self) {
+        self.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::agreement;
+
+    #[test]
+    fn agreement_is_mask_iou_or_equal_argmax_share() {
+        // One channel: masks {0,1} and {1,2} at 0.5 -> IoU 1/3.
+        assert!((agreement(&[0.9, 0.8, 0.1, 0.0], &[0.1, 0.7, 0.6, 0.2], 4, 0.5) - 1.0 / 3.0).abs() < 1e-6);
+        assert_eq!(agreement(&[0.0; 4], &[0.1; 4], 4, 0.5), 1.0, "both empty agree");
+        // Two classes over 2 pixels: argmax (1, 0) vs (1, 1) -> 1/2.
+        assert_eq!(agreement(&[0.0, 1.0, 1.0, 0.0], &[0.0, 0.0, 1.0, 1.0], 2, 0.5), 0.5);
+    }
+}

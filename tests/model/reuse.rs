@@ -1,0 +1,219 @@
+//! Temporal reuse (issue #19) on the tiny model and, where fetched, the real one: threshold 0 is
+//! per-frame computation; an identical frame costs (almost) nothing; a one-patch change touches
+//! only that token's rows in block 0; the refresh rules fire; a reset empties the caches.
+
+use crate::common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ailurus::engine::StageTimes;
+use ailurus::model::{Segmenter, SegmenterLane, SegmenterOptions};
+use ailurus::reduce::ReduceConfig;
+use ailurus::reuse::{FrameReport, Refresh, ReuseConfig, ReuseLane, ReuseModel};
+
+use common::{max_abs_diff, noise_image as image};
+
+fn options(sizes: &[u32]) -> SegmenterOptions {
+    SegmenterOptions {
+        sizes: sizes.to_vec(),
+        reduce: ReduceConfig { strategy: "none".into(), ..ReduceConfig::default() },
+        with_full: true,
+        verify_sha256: true,
+        fixed_middle: Vec::new(),
+        fixed_unreduced: false,
+        device: ailurus::choice::Device::Cpu,
+    }
+}
+
+fn lanes(manifest: &std::path::Path, sizes: &[u32], cfg: ReuseConfig) -> (SegmenterLane, ReuseLane) {
+    let seg = Arc::new(Segmenter::load(manifest, &options(sizes)).unwrap());
+    let model = Arc::new(ReuseModel::new(seg.clone()).unwrap());
+    (seg.lane().unwrap(), model.lane(cfg).unwrap())
+}
+
+fn tiny() -> PathBuf {
+    common::root().join("tests/data/tiny_vit.toml")
+}
+
+/// Rules that never refresh on their own: only the gates decide.
+fn gates_only(threshold: f32) -> ReuseConfig {
+    ReuseConfig {
+        enabled: true,
+        threshold,
+        refresh_every: 0,
+        refresh_iou: 0.0,
+        refresh_above: 1.0,
+        scene_cut: 1e9,
+        max_active: 1.0,
+        min_active: 0.0,
+    }
+}
+
+fn run(lane: &mut ReuseLane, x: &[f32], s: u32) -> (Vec<f32>, FrameReport) {
+    let mut out = Vec::new();
+    let r = lane.infer(x, s, &mut StageTimes::default(), &mut out).unwrap().clone();
+    (out, r)
+}
+
+/// `x` with the pixels of patch (row, col) (14 x 14, all channels) changed.
+fn with_patch_changed(x: &[f32], s: u32, row: usize, col: usize) -> Vec<f32> {
+    let (s, mut y) = (s as usize, x.to_vec());
+    for ch in 0..3 {
+        for yy in row * 14..(row + 1) * 14 {
+            for xx in col * 14..(col + 1) * 14 {
+                y[(ch * s + yy) * s + xx] += 0.5;
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn threshold_zero_equals_per_frame_computation() {
+    let sizes = [56, 112];
+    let (mut full, mut reuse) = lanes(&tiny(), &sizes, gates_only(0.0));
+    for (k, &s) in sizes.iter().chain(&sizes).enumerate() {
+        // A sequence with small and large changes, and a size switch in between.
+        let base = image(s, 3);
+        for (f, x) in [base.clone(), with_patch_changed(&base, s, 1, 2), image(s, 40 + k as u64)].iter().enumerate() {
+            let mut want = Vec::new();
+            full.infer_full(x, s, &mut want).unwrap();
+            let (got, r) = run(&mut reuse, x, s);
+            let d = max_abs_diff(&want, &got);
+            assert!(d <= 1e-5, "{s}px frame {f}: reuse at threshold 0 differs from the full model by {d}");
+            assert!(r.encoder.active.iter().all(|&a| a == r.encoder.tokens), "threshold 0 recomputes every token");
+        }
+    }
+}
+
+#[test]
+fn an_identical_frame_costs_under_a_tenth_of_a_full_frame() {
+    let (_, mut reuse) = lanes(&tiny(), &[112], gates_only(0.01));
+    let x = image(112, 5);
+    let (first, r0) = run(&mut reuse, &x, 112);
+    assert_eq!(r0.refresh, Some(Refresh::Reset));
+    assert!(r0.head_ran && r0.encoder.macs == r0.encoder.full_macs);
+    let (again, r1) = run(&mut reuse, &x, 112);
+    assert_eq!(r1.refresh, None);
+    assert_eq!(again, first, "an identical frame gives the identical output");
+    // Cost in multiply-adds of encoder + head (the embedding runs on every frame, and is counted
+    // in full on both sides): none of the blocks ran and the head was skipped.
+    assert_eq!(r1.encoder.macs, 0.0);
+    assert!(!r1.head_ran);
+}
+
+#[test]
+fn a_one_patch_change_touches_only_that_tokens_rows_in_block_0() {
+    let s = 112;
+    let (_, mut reuse) = lanes(&tiny(), &[s], gates_only(0.01));
+    let x = image(s, 6);
+    run(&mut reuse, &x, s);
+    let (row, col, grid) = (3, 5, 8);
+    let (_, r) = run(&mut reuse, &with_patch_changed(&x, s, row, col), s);
+    assert_eq!(r.refresh, None);
+    // The cls token (prefix, global) and the changed patch's token; nothing else.
+    assert_eq!(r.encoder.first_rows, vec![0, 1 + row * grid + col]);
+    assert!(r.encoder.macs < 0.5 * r.encoder.full_macs, "{} of {}", r.encoder.macs, r.encoder.full_macs);
+    assert!(r.head_ran);
+}
+
+#[test]
+fn refresh_rules_fire() {
+    let s = 56;
+    let x = image(s, 7);
+    // Periodic: every 3rd frame.
+    let (_, mut reuse) = lanes(&tiny(), &[s], ReuseConfig { refresh_every: 3, ..gates_only(0.01) });
+    let kinds: Vec<_> = (0..7).map(|_| run(&mut reuse, &x, s).1.refresh).collect();
+    let p = Some(Refresh::Periodic);
+    assert_eq!(kinds, vec![Some(Refresh::Reset), None, None, p, None, None, p]);
+    // A scene cut: another image entirely.
+    reuse.set_config(ReuseConfig { scene_cut: 0.3, ..gates_only(0.01) });
+    assert_eq!(run(&mut reuse, &image(s, 99), s).1.refresh, Some(Refresh::SceneCut));
+    // Too much changed at block 0: 2 of 16 patches changed, limit 10%.
+    reuse.set_config(ReuseConfig { refresh_above: 0.1, ..gates_only(0.01) });
+    let y = with_patch_changed(&with_patch_changed(&image(s, 99), s, 0, 0), s, 2, 3);
+    assert_eq!(run(&mut reuse, &y, s).1.refresh, Some(Refresh::TooActive));
+    // Below the limit it reuses.
+    reuse.set_config(ReuseConfig { refresh_above: 0.2, ..gates_only(0.01) });
+    assert_eq!(run(&mut reuse, &with_patch_changed(&y, s, 1, 1), s).1.refresh, None);
+}
+
+#[test]
+fn a_reset_or_a_new_size_empties_the_caches() {
+    let (mut full, mut reuse) = lanes(&tiny(), &[56, 112], gates_only(1e6));
+    let x = image(56, 8);
+    run(&mut reuse, &x, 56);
+    // A big change under a threshold no change reaches is ignored...
+    let y = image(56, 9);
+    let (stale, r) = run(&mut reuse, &y, 56);
+    assert_eq!(r.refresh, None);
+    let mut want = Vec::new();
+    full.infer_full(&y, 56, &mut want).unwrap();
+    assert!(max_abs_diff(&stale, &want) > 1e-4, "the test needs a frame that reuse gets wrong");
+    // ...until the source reconnects: the caches go, the frame is computed in full.
+    reuse.reset();
+    let (fresh, r) = run(&mut reuse, &y, 56);
+    assert_eq!(r.refresh, Some(Refresh::Reset));
+    assert!(max_abs_diff(&fresh, &want) <= 1e-5);
+    assert_eq!(run(&mut reuse, &image(112, 9), 112).1.refresh, Some(Refresh::Reset), "a new input size resets");
+}
+
+/// The real model: threshold 0 equals the tract plans on a real photo at 224 and 448.
+#[test]
+fn real_model_threshold_zero_equals_the_full_model() {
+    let Some(manifest) = common::real_manifest() else {
+        return;
+    };
+    let sizes = [224, 448];
+    let (mut full, mut reuse) = lanes(&manifest, &sizes, gates_only(0.0));
+    let frame = ailurus::source::folder::load_frame(&common::photo("chelsea.png"), 0).unwrap();
+    let io = ailurus::model::Io::of(full.segmenter().manifest());
+    let (mut rs, mut x, mut want) = (ailurus::pre::Resampler::default(), Vec::new(), Vec::new());
+    for s in sizes {
+        ailurus::engine::FrameIo::preprocess(&io, &frame, s, &mut rs, &mut x);
+        full.infer_full(&x, s, &mut want).unwrap();
+        let (got, _) = run(&mut reuse, &x, s);
+        let d = max_abs_diff(&want, &got);
+        eprintln!("real model at {s}: max |full - reuse(threshold 0)| = {d:.2e}");
+        assert!(d <= 1e-5, "real model at {s}: {d}");
+    }
+}
+
+/// `ailurus bench --video` end to end on 3 frames of the decoded carphone clip at 224 px: the
+/// table and the CSV with the issue's columns, `full` as its own reference.
+#[test]
+fn bench_video_smoke_on_a_decoded_clip() {
+    if common::real_manifest().is_none() {
+        return;
+    }
+    let clip = common::cache().join("video/frames/carphone_pristine");
+    assert!(clip.is_dir(), "{} is missing: run tools/decode_clips.sh (tools/setup.sh does)", clip.display());
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("video.csv");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ailurus"))
+        .current_dir(common::root())
+        .args(["bench", "--video"])
+        .arg(&clip)
+        .args(["--size", "224", "--max-frames", "3", "--thresholds", "0,0.3", "--reduced-m", "128", "--csv"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    assert!(header.starts_with("clip,setting,ms_per_frame,speedup,active_fraction,iou_mean,iou_min,mae_mean,flicker"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let settings: Vec<&str> = rows.iter().map(|r| r[1]).collect();
+    assert_eq!(settings, ["full", "reduced M=128", "reuse t=0", "reuse t=0.3"], "{stdout}");
+    for r in &rows {
+        assert_eq!(r[0], "carphone_pristine");
+        let iou: f64 = r[5].parse().unwrap();
+        assert!((0.0..=1.0).contains(&iou), "{r:?}");
+    }
+    // Threshold 0 is per-frame computation: the same masks as `full`.
+    assert_eq!((rows[2][5], rows[2][6]), ("1.00000", "1.00000"), "{stdout}");
+    assert_eq!(rows[0][3], "1.0000");
+}
