@@ -12,20 +12,36 @@
 //! Own code rather than a crate: two `libc` calls; a different global allocator (mimalloc,
 //! jemalloc) would change every allocation of the process, for the same gain.
 
-/// Cap glibc's malloc arenas (once per process, before the threads start allocating).
+/// Cap glibc's malloc arenas and fix its mmap threshold (once per process, before the threads
+/// start allocating). glibc's own environment variables (`MALLOC_ARENA_MAX`,
+/// `MALLOC_MMAP_THRESHOLD_`) win where set.
 pub fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
-            // SAFETY: mallopt only changes allocator parameters; M_ARENA_MAX takes any positive
-            // count.
+            let unset = |k: &str| std::env::var_os(k).is_none();
+            // SAFETY: mallopt only changes allocator parameters; both take any positive value.
             unsafe {
-                libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+                if unset("MALLOC_ARENA_MAX") {
+                    libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+                }
+                if unset("MALLOC_MMAP_THRESHOLD_") {
+                    libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+                }
             }
         });
     }
 }
+
+/// Blocks of this many bytes and more are mapped on their own and unmapped when freed (the
+/// fixed value also turns off glibc's dynamic threshold). Measured on the default config, 30
+/// frames (AMD EPYC Zen 4, 2 cores): 2 MB 252 MB peak RSS, 4 MB 267 MB, 8 MB 291 MB, glibc's
+/// default 460 MB; the price is page faults on the activations each frame (system time +50,
+/// +33, +5 ms per frame against the default's). 4 MB: the attention's and the MLP's large
+/// tensors (6 MB at 448 px) are mapped, the many small ones reuse the heap.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: i32 = 4 << 20;
 
 /// Arenas glibc may create: one for the whole process. Allocations on the hot path are a few
 /// per op (the tensors), so the lock is not contended.
