@@ -129,3 +129,34 @@ pub fn cpu_features() -> String {
     }
     f.join(" ")
 }
+
+/// The kernel each op family of our CPU plans dispatches to in this process, as (family,
+/// kernel) pairs (bench header and CSV).
+pub fn kernels() -> Vec<(&'static str, String)> {
+    let gemm = level().gemm_kernel().to_string();
+    #[cfg(target_arch = "x86_64")]
+    let avx = std::arch::is_x86_feature_detected!("avx");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx = false;
+    vec![
+        ("linear", gemm.clone()),
+        ("attention", format!("{gemm}+tract-softmax")),
+        ("layernorm", "ailurus-rowwise".into()),
+        ("deconv", "gemm-crate".into()),
+        ("reducer-dot", if avx { "ailurus-avx" } else { "ailurus-portable" }.into()),
+    ]
+}
+
+/// One line naming the machine: CPU model and features, the detected and the used ISA level,
+/// and the kernel of each op family.
+pub fn machine_line() -> String {
+    let k: Vec<String> = kernels().iter().map(|(f, k)| format!("{f}={k}")).collect();
+    format!(
+        "CPU: {} [{}]; ISA detected {}, used {}; kernels: {}",
+        cpu_model(),
+        cpu_features(),
+        Level::detect(),
+        level(),
+        k.join(" ")
+    )
+}
