@@ -286,3 +286,59 @@ pub fn reference(g: &Gemm, a: &[f32], b: &[f32], c0: &[f32]) -> Vec<f32> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// Every level this CPU has (x86: avx512, avx2, portable; aarch64 under qemu in CI: neon,
+    /// portable) against the f64 product, B plain and transposed, overwritten and accumulated,
+    /// on tile edges and K past one chunk. Small shapes: this also runs under qemu.
+    #[test]
+    fn every_level_matches_the_f64_product() {
+        let levels = Level::all_supported();
+        assert!(levels.contains(&Level::Portable));
+        #[cfg(target_arch = "aarch64")]
+        assert!(levels.contains(&Level::Neon), "{levels:?}");
+        for (i, &(m, k, n)) in [(1, 1, 1), (13, 7, 33), (25, 260, 65), (5, 64, 100)].iter().enumerate() {
+            for (transposed, accumulate) in [(false, false), (false, true), (true, false), (true, true)] {
+                let (rsa, rsc) = (k + 1, n + 2);
+                let a = lcg(m * rsa, 3 * i as u64 + 1);
+                let b = lcg(k * n, 3 * i as u64 + 2);
+                let c0 = lcg(m * rsc, 3 * i as u64 + 3);
+                let (rsb, csb) = if transposed { (1, k) } else { (n, 1) };
+                let shape = Gemm {
+                    m,
+                    n,
+                    k,
+                    a: a.as_ptr(),
+                    rsa,
+                    b: b.as_ptr(),
+                    rsb,
+                    csb,
+                    c: std::ptr::null_mut(),
+                    rsc,
+                    accumulate,
+                };
+                let want = reference(&shape, &a, &b, &c0);
+                for &level in &levels {
+                    let mut c = c0.clone();
+                    // SAFETY: the buffers hold the strided shapes; the level is supported.
+                    unsafe { Gemm { c: c.as_mut_ptr(), ..shape }.run(level) };
+                    let err = c.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+                    assert!(err < 1e-4, "[{m}x{k}]x[{k}x{n}] t {transposed} acc {accumulate} {level}: {err}");
+                }
+            }
+        }
+    }
+}
