@@ -60,7 +60,7 @@ impl Default for BudgetConfig {
     fn default() -> Self {
         BudgetConfig {
             enabled: true,
-            target_ms: 2000.0,
+            target_ms: 500.0,
             percentile: 95.0,
             sizes: vec![448, 392, 336, 280],
             m_min: 128,

@@ -387,7 +387,9 @@ pub fn run_peer(cfg: &Config, o: &BenchOptions, rows: &[Row]) -> Result<super::p
 
 /// The table as text.
 pub fn format_table(rows: &[Row]) -> String {
-    let mut s = format!(
+    let rss = ailurus::model::memory::peak_rss().map_or("?".into(), |b| format!("{:.0} MB", b as f64 / 1e6));
+    let mut s = format!("# {}; bench peak RSS {rss}\n", ailurus::model::isa::machine_line());
+    s += &format!(
         "{:<10} {:>2} {:>5} {:>5} {:>4} {:>8} {:>7} {:>6} {:>7} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {}\n",
         "strategy",
         "a",
@@ -434,11 +436,16 @@ pub fn format_table(rows: &[Row]) -> String {
 /// The table as CSV.
 pub fn write_csv(rows: &[Row], path: &Path) -> std::io::Result<()> {
     let mut s = String::from(
-        "strategy,cut,size,m,n,bias,ms,speedup,ideal,reduce_share,stem_ms,middle_ms,head_ms,iou,mae,gt_iou,pareto\n",
+        "strategy,cut,size,m,n,bias,ms,speedup,ideal,reduce_share,stem_ms,middle_ms,head_ms,iou,mae,gt_iou,pareto,cpu,isa,kernels\n",
     );
+    // The machine on every row: CSVs of several machines can be concatenated.
+    let cpu = ailurus::model::isa::cpu_model().replace(',', " ");
+    let isa = ailurus::model::isa::level();
+    let kernels: Vec<String> = ailurus::model::isa::kernels().iter().map(|(f, k)| format!("{f}={k}")).collect();
+    let machine = format!("{cpu},{isa},{}", kernels.join(" "));
     for r in rows {
         s += &format!(
-            "{},{},{},{},{},{},{:.3},{:.4},{:.4},{:.5},{:.3},{:.3},{:.3},{:.5},{:.5},{:.5},{}\n",
+            "{},{},{},{},{},{},{:.3},{:.4},{:.4},{:.5},{:.3},{:.3},{:.3},{:.5},{:.5},{:.5},{},{machine}\n",
             r.strategy,
             r.cut,
             r.size,

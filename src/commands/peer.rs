@@ -269,6 +269,7 @@ pub fn format(table: &PeerTable, size: u32, n_photos: usize) -> String {
     let mut s = format!(
         "peer: ailurus vs ONNX Runtime {ort_version} (full model), {size}px, the same {n_photos} photos, one run\n"
     );
+    s += &format!("# {}\n", ailurus::model::isa::machine_line());
     s += &format!(
         "times: the model alone for both (input tensor -> raw output); ailurus pre/post adds {:.1} ms/frame\n",
         table.prepost_ms

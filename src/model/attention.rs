@@ -27,6 +27,8 @@ use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::{Softmax, SoftmaxKind};
 use tract_linalg::multithread::{current_tract_executor, Executor};
 
+use super::sgemm::Gemm;
+
 /// Query rows per block. Measured at T = 1028 (examples/attn_check.rs), 1 and 2 threads: 32 and
 /// 64 rows lose 10-30% to the GEMMs' packing; 128 to 1028 are within noise. 256 keeps the logit
 /// block at 1 MB (this CPU's L2) and gives 30 blocks at T = 1025 to share among threads.
@@ -158,12 +160,30 @@ pub fn attend(
     d: usize,
     out: &mut [f32],
 ) -> TractResult<()> {
-    attend_in_blocks(ROWS, q, k, v, bias, t, h, d, out)
+    attend_at(super::isa::level(), ROWS, q, k, v, bias, t, h, d, out)
 }
 
 /// [`attend`] with `block` query rows per block (for tuning [`ROWS`]).
 #[allow(clippy::too_many_arguments)]
 pub fn attend_in_blocks(
+    block: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    bias: Option<&[f32]>,
+    t: usize,
+    h: usize,
+    d: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
+    attend_at(super::isa::level(), block, q, k, v, bias, t, h, d, out)
+}
+
+/// [`attend_in_blocks`] with both products on the GEMM kernel of `level` (see `isa.rs`; tests
+/// force each level the CPU has).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_at(
+    level: super::isa::Level,
     block: usize,
     q: &[f32],
     k: &[f32],
@@ -190,6 +210,7 @@ pub fn attend_in_blocks(
         return Ok(());
     }
     ensure!(block > 0, "FusedAttention: empty row block");
+    ensure!(level.supported(), "FusedAttention: this CPU cannot run {level}");
     let blocks = t.div_ceil(block);
     let tasks = h * blocks;
     let out = OutPtr(out.as_mut_ptr());
@@ -211,33 +232,24 @@ pub fn attend_in_blocks(
             let Scratch { logits, sums, kernels } = s;
             let kern = kernels.as_ref().expect("made above");
             let logits = aligned_block(logits, rows, stride);
-            let hd = (h * d) as isize;
             // logits[r, n] = q[r0 + r, head, :] . k[n, head, :]
-            // SAFETY: q is [t, h, d]: rows r0..r0+rows of head `head` are at (r0 + r) * h * d +
-            // head * d + j, j < d, all in bounds; k likewise for n < t; logits is rows x stride.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    t,
-                    d,
-                    logits.as_mut_ptr(),
-                    1,
-                    stride as isize,
-                    false,
-                    q.as_ptr().add(r0 * h * d + head * d),
-                    1,
-                    hd,
-                    k.as_ptr().add(head * d),
-                    hd,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            // SAFETY (the offsets and the call): q is [t, h, d]: rows r0..r0+rows of head `head`
+            // are at (r0 + r) * h * d + head * d + j, j < d, all in bounds; k likewise for n < t;
+            // logits is rows x stride; the level is supported (checked above).
+            let g = Gemm {
+                m: rows,
+                n: t,
+                k: d,
+                a: unsafe { q.as_ptr().add(r0 * h * d + head * d) },
+                rsa: h * d,
+                b: unsafe { k.as_ptr().add(head * d) },
+                rsb: 1,
+                csb: h * d,
+                c: logits.as_mut_ptr(),
+                rsc: stride,
+                accumulate: false,
+            };
+            unsafe { g.run(level) };
             for (r, row) in logits.chunks_exact_mut(stride).enumerate() {
                 let row = &mut row[..t];
                 let max = row_max(row, bias);
@@ -245,30 +257,23 @@ pub fn attend_in_blocks(
             }
             // out[r0 + r, head, :] = exp-weights[r, :] . v[:, head, :], then / sum[r].
             // SAFETY: the destination rows (r0 + r) * h * d + head * d + j, j < d, belong to
-            // this (head, block) only; v is [t, h, d] like k.
+            // this (head, block) only; v is [t, h, d] like k; the level is supported.
             unsafe {
                 let dst = out.0.add(r0 * h * d + head * d);
-                gemm::gemm(
-                    rows,
-                    d,
-                    t,
-                    dst,
-                    1,
-                    hd,
-                    false,
-                    logits.as_ptr(),
-                    1,
-                    stride as isize,
-                    v.as_ptr().add(head * d),
-                    1,
-                    hd,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+                let g = Gemm {
+                    m: rows,
+                    n: d,
+                    k: t,
+                    a: logits.as_ptr(),
+                    rsa: stride,
+                    b: v.as_ptr().add(head * d),
+                    rsb: h * d,
+                    csb: 1,
+                    c: dst,
+                    rsc: h * d,
+                    accumulate: false,
+                };
+                g.run(level);
                 for (r, sum) in sums[..rows].iter().enumerate() {
                     let inv = 1.0 / sum;
                     let row = std::slice::from_raw_parts_mut(dst.add(r * h * d), d);
@@ -323,7 +328,11 @@ impl Op for FusedAttention {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("{ROWS}-row blocks, gemm crate + tract softmax kernels, key bias: {}", self.bias)])
+        Ok(vec![format!(
+            "{ROWS}-row blocks, {} + tract softmax kernels, key bias: {}",
+            super::isa::level().gemm_kernel(),
+            self.bias
+        )])
     }
 
     op_as_typed_op!();

@@ -228,7 +228,10 @@ pub fn optimize(mut decluttered: TypedModel) -> TractResult<TypedModel> {
              {deconvs} transposed convolution(s) as sub-pixel"
         );
     }
-    decluttered.into_optimized()
+    let mut optimized = decluttered.into_optimized()?;
+    let (shared, bytes) = super::share::share_constants(&mut optimized)?;
+    log::debug!("CPU plan: {shared} constant(s) shared with earlier plans ({:.1} MB)", bytes as f64 / 1e6);
+    Ok(optimized)
 }
 
 /// Count the Softmax ops of the middle blocks (for checks and the inspect report).

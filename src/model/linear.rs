@@ -22,6 +22,8 @@ use tract_core::ops::einsum::EinSum;
 use tract_linalg::multithread::{current_tract_executor, Executor};
 
 use super::attention::{par_for, OutPtr};
+use super::isa::Level;
+use super::sgemm::Gemm;
 
 /// How the einsum laid out its operands: where the token axis is in the input, how many trailing
 /// input axes make up K, and whether the output has a leading unit axis.
@@ -53,7 +55,7 @@ pub struct Linear {
 }
 
 /// `out[t, n] = bias[n] + sum_k x[t, k] w[k, n]` on row-major slices: `x` is `[t, k]`, `w`
-/// `[k, n]`, `out` `[t, n]`. One `gemm` call, or with a multithreaded tract executor one per
+/// `[k, n]`, `out` `[t, n]`, on the process's ISA level (`isa.rs`). One GEMM call, or with a multithreaded tract executor one per
 /// thread on its share of the rows (the row split measured 1-2% faster at 2 threads than the
 /// `gemm` crate's own rayon split; `examples/linear_check.rs`).
 pub fn linear(
@@ -65,6 +67,22 @@ pub fn linear(
     n: usize,
     out: &mut [f32],
 ) -> TractResult<()> {
+    linear_at(super::isa::level(), x, w, bias, t, k, n, out)
+}
+
+/// [`linear`] on the GEMM kernel of `level` (see `isa.rs`; tests force each level the CPU has).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_at(
+    level: Level,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    t: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
+    ensure!(level.supported(), "Linear: this CPU cannot run {level}");
     ensure!(
         x.len() == t * k && w.len() == k * n && out.len() == t * n,
         "Linear: x {} values for [{t}, {k}], w {} for [{k}, {n}], out {} for [{t}, {n}]",
@@ -96,32 +114,25 @@ pub fn linear(
         let dst = dst;
         let r0 = i * block;
         let rows = block.min(t - r0);
-        // out[r0.., :] = 1 * out[r0.., :] + 1 * x[r0.., :] . w
+        // out[r0.., :] += x[r0.., :] . w
+        let g = Gemm {
+            m: rows,
+            n,
+            k,
+            // SAFETY (of the offsets): rows r0..r0+rows of x and out are in bounds.
+            a: unsafe { x.as_ptr().add(r0 * k) },
+            rsa: k,
+            b: w.as_ptr(),
+            rsb: n,
+            csb: 1,
+            c: unsafe { dst.0.add(r0 * n) },
+            rsc: n,
+            accumulate: true,
+        };
         // SAFETY: x is [t, k] at row stride k, w [k, n] at row stride n, out [t, n] at row
-        // stride n (lengths checked above); rows r0..r0+rows of out belong to this block only.
-        unsafe {
-            gemm::gemm(
-                rows,
-                n,
-                k,
-                dst.0.add(r0 * n),
-                1,
-                n as isize,
-                true,
-                x.as_ptr().add(r0 * k),
-                1,
-                k as isize,
-                w.as_ptr(),
-                1,
-                n as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        // stride n (lengths checked above); rows r0..r0+rows of out belong to this block only;
+        // the level is supported (checked above).
+        unsafe { g.run(level) };
         Ok(())
     })
 }
@@ -154,7 +165,7 @@ impl Op for Linear {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("x W{} on the gemm crate", if self.bias { " + b" } else { "" })])
+        Ok(vec![format!("x W{} on {}", if self.bias { " + b" } else { "" }, super::isa::level().gemm_kernel())])
     }
 
     op_as_typed_op!();

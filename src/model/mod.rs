@@ -65,11 +65,15 @@ pub mod delta;
 pub mod device;
 pub mod inspect;
 pub mod io;
+pub mod isa;
 pub mod lane;
 pub mod layernorm;
 pub mod linear;
 pub mod manifest;
+pub mod memory;
 pub mod segmenter;
+pub mod sgemm;
+pub mod share;
 
 pub use device::{GpuModelError, ModelRuntime};
 pub use io::Io;
@@ -141,6 +145,7 @@ fn first_line(e: &anyhow::Error) -> String {
 /// Apply the process-wide CPU settings of `[model]`: tract's thread pool (`threads`) and the
 /// ops of the CPU plans built from now on (`cpu_ops`).
 pub fn configure_cpu(model: &ModelConfig) {
+    memory::tune();
     set_threads(model.threads);
     cut::set_own_ops(model.cpu_ops.get() == CpuOps::Ailurus);
 }

@@ -294,7 +294,9 @@ impl Segmenter {
         cut::check_names(&base, &manifest, &shown)?;
         let placement =
             Placement::for_device(opts.device).map_err(|source| ModelError::Device { path: shown.clone(), source })?;
-        Self::build(base, manifest, opts, placement)
+        let seg = Self::build(base, manifest, opts, placement);
+        super::memory::trim();
+        seg
     }
 
     /// Prepare every part on `placement`; "cuda-or-cpu" falls back to the CPU plans (one log

@@ -8,7 +8,8 @@ use crate::common;
 
 use std::path::Path;
 
-use ailurus::model::attention::{attend, attend_in_blocks, fuse, reference, ROWS};
+use ailurus::model::attention::{attend, attend_at, attend_in_blocks, fuse, reference, ROWS};
+use ailurus::model::isa::Level;
 use ailurus::model::{cut, Manifest};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
@@ -51,6 +52,13 @@ fn attend_matches_the_textbook_formula_on_random_inputs() {
                     None => first = Some(got),
                     Some(f) => assert!(bits(f) == bits(&got), "[{t},{h},{d}]: 1 and 2 threads differ in bits"),
                 }
+            }
+            // Every ISA level this CPU has (the portable kernel always) against the reference.
+            for level in Level::all_supported() {
+                let mut got = vec![f32::NAN; t * h * d];
+                attend_at(level, ROWS, &q, &k, &v, b, t, h, d, &mut got).unwrap();
+                let err = max_diff(&got, &want);
+                assert!(err < 2e-5, "[{t},{h},{d}] {level}: max error {err}");
             }
             // Any block size gives the same answer (a block-boundary bug shows here).
             for block in [1, 3, 16, t.max(1)] {

@@ -7,7 +7,9 @@ use crate::common;
 
 use std::path::Path;
 
-use ailurus::model::linear::{linear, reference, swap};
+use ailurus::model::isa::Level;
+use ailurus::model::linear::{linear, linear_at, reference, swap};
+use ailurus::model::sgemm::{self, Gemm};
 use ailurus::model::{attention, cut, Manifest};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
@@ -29,17 +31,61 @@ fn linear_matches_the_f64_reference_on_random_inputs() {
         for b in [None, Some(&bias[..])] {
             let want = reference(&x, &w, b, t, k, n);
             let mut first: Option<Vec<f32>> = None;
-            for threads in [1, 2] {
+            // Every ISA level this CPU has (the portable kernel always), at 1 and 2 threads.
+            for (level, threads) in Level::all_supported().into_iter().flat_map(|l| [(l, 1), (l, 2)]) {
                 let ex = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
                 let mut got = vec![f32::NAN; t * n];
-                multithread_tract_scope(ex, || linear(&x, &w, b, t, k, n, &mut got)).unwrap();
+                multithread_tract_scope(ex, || linear_at(level, &x, &w, b, t, k, n, &mut got)).unwrap();
                 let err = max_diff(&got, &want);
-                assert!(err < 1e-5, "[{t}x{k}]x[{k}x{n}] bias {} {threads} thread(s): max error {err}", b.is_some());
+                assert!(
+                    err < 1e-5,
+                    "[{t}x{k}]x[{k}x{n}] bias {} {level} {threads} thread(s): max error {err}",
+                    b.is_some()
+                );
                 match &first {
                     None => first = Some(got),
-                    // Row blocks split the rows, never the sum: 2 threads may differ from 1 only
-                    // in rounding, never by more than the reference tolerance.
-                    Some(f) => assert!(max_diff(f, &got) < 1e-5, "[{t}x{k}]x[{k}x{n}]: 1 and 2 threads"),
+                    // Row blocks split the rows, never the sum: threads and levels may differ
+                    // only in rounding, never by more than the reference tolerance.
+                    Some(f) => assert!(max_diff(f, &got) < 1e-5, "[{t}x{k}]x[{k}x{n}]: {level} {threads} thread(s)"),
+                }
+            }
+        }
+    }
+}
+
+/// The single-threaded GEMM of every level against the f64 product: B row-major and transposed
+/// (the attention's `q kᵀ`), C overwritten and accumulated, strided A and C rows, tile edges
+/// (12 x 32, 4 x 16) and K past one packed chunk (256).
+#[test]
+fn sgemm_matches_the_f64_product_at_every_level() {
+    let levels = Level::all_supported();
+    assert!(levels.contains(&Level::Portable), "{levels:?}");
+    for (i, &(m, k, n)) in [(1, 1, 1), (13, 7, 33), (12, 300, 32), (25, 513, 65), (97, 64, 1025)].iter().enumerate() {
+        for (transposed, accumulate) in [(false, false), (false, true), (true, false), (true, true)] {
+            let seed = 100 + 10 * i as u64;
+            let (rsa, rsc) = (k + 3, n + 5);
+            let a = random(m * rsa, seed);
+            let b = random(k * n, seed + 1);
+            let c0 = random(m * rsc, seed + 2);
+            let (rsb, csb) = if transposed { (1, k) } else { (n, 1) };
+            let shape =
+                Gemm { m, n, k, a: a.as_ptr(), rsa, b: b.as_ptr(), rsb, csb, c: std::ptr::null_mut(), rsc, accumulate };
+            let want = sgemm::reference(&shape, &a, &b, &c0);
+            for &level in &levels {
+                let mut c = c0.clone();
+                let g = Gemm { c: c.as_mut_ptr(), ..shape };
+                // SAFETY: a, b, c hold the strided shapes above; the level is supported.
+                unsafe { g.run(level) };
+                let err = max_diff(&c, &want);
+                let what = format!("[{m}x{k}]x[{k}x{n}] transposed {transposed} accumulate {accumulate} {level}");
+                assert!(err < 2e-5 * (k as f32).sqrt().max(1.0), "{what}: max error {err}");
+                // Padding between rows of C is never written.
+                for r in 0..m {
+                    assert_eq!(
+                        c[r * rsc + n..r * rsc + rsc],
+                        c0[r * rsc + n..r * rsc + rsc],
+                        "{what}: row {r} padding"
+                    );
                 }
             }
         }

@@ -1,0 +1,344 @@
+//! One single-threaded f32 GEMM entry for our CPU ops, dispatched over [`Level`] (issue #18).
+//!
+//! `C = A B` or `C += A B` with A's rows contiguous, B at any strides and C's rows contiguous:
+//! the shapes of the linear layers (`x W`, W row-major) and of the fused attention (`q kᵀ` with
+//! k read transposed, `p v`).
+//!
+//! - [`Level::Avx2`] and [`Level::Neon`]: the `gemm` crate (the GEMM under faer), whose AVX2/FMA
+//!   and NEON kernels are well tuned; on x86 it has no AVX-512 kernels on stable Rust (they sit
+//!   behind its `nightly` feature).
+//! - [`Level::Avx512`]: our own kernel, a 12 x 32 register tile (24 zmm accumulators, the k-loop
+//!   broadcasting A from a packed panel). Own code because no maintained stable crate exposes a
+//!   plain AVX-512 SGEMM: tract-linalg has AVX-512 kernels, but only behind its packed-operand
+//!   `MatMatMul` plumbing; measured against both on the model's shapes in
+//!   `examples/gemm_shapes.rs` (numbers in the README).
+//! - [`Level::Portable`]: the same blocking with a 4 x 16 tile in plain Rust, for CPUs with
+//!   neither (and as the tests' reference-checked fallback).
+//!
+//! Blocking (own kernels): K in chunks of [`KC`] (B's packed panel, `KC x NR`, stays in L1/L2),
+//! rows in blocks of [`MC`], read in place (A's rows are contiguous). Packing buffers are per thread and reused,
+//! so steady calls allocate nothing.
+
+use std::cell::RefCell;
+
+use super::isa::Level;
+
+/// K per packed chunk.
+const KC: usize = 256;
+/// Rows per packed A block (a multiple of both tiles' MR).
+const MC: usize = 192;
+/// Columns per packed B block (a multiple of both tiles' NR): `KC x NC` floats stay in L2.
+const NC: usize = 384;
+
+thread_local! {
+    static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The operands of one product: `m x k` times `k x n` into `m x n`.
+///
+/// A's element (i, p) is at `a[i * rsa + p]`, B's (p, j) at `b[p * rsb + j * csb]`, C's (i, j)
+/// at `c[i * rsc + j]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: *const f32,
+    pub rsa: usize,
+    pub b: *const f32,
+    pub rsb: usize,
+    pub csb: usize,
+    pub c: *mut f32,
+    pub rsc: usize,
+    /// `C += A B` (else `C = A B`).
+    pub accumulate: bool,
+}
+
+impl Gemm {
+    /// Run the product on `level`'s kernel, on this thread.
+    ///
+    /// # Safety
+    /// Every element the strides address for `i < m`, `p < k`, `j < n` must be in bounds (C's
+    /// writable and not aliased by A or B), and `level` must be supported by this CPU.
+    pub unsafe fn run(&self, level: Level) {
+        if self.m == 0 || self.n == 0 {
+            return;
+        }
+        if self.k == 0 {
+            if !self.accumulate {
+                for i in 0..self.m {
+                    // SAFETY: row i of C is in bounds (caller).
+                    unsafe { std::slice::from_raw_parts_mut(self.c.add(i * self.rsc), self.n).fill(0.0) };
+                }
+            }
+            return;
+        }
+        match level {
+            Level::Avx2 | Level::Neon => unsafe { self.gemm_crate() },
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unsafe {
+                self.blocked(12, 32, |kc, a, rsa, pb, c, rsc, rows, cols, first| {
+                    avx512::kernel(kc, a, rsa, pb, c, rsc, rows, cols, first)
+                })
+            },
+            _ => unsafe { self.blocked(4, 16, portable_kernel) },
+        }
+    }
+
+    unsafe fn gemm_crate(&self) {
+        // dst = 1 * dst (when read) + 1 * lhs . rhs
+        // SAFETY: strides as documented on `Gemm` (caller).
+        unsafe {
+            gemm::gemm(
+                self.m,
+                self.n,
+                self.k,
+                self.c,
+                1,
+                self.rsc as isize,
+                self.accumulate,
+                self.a,
+                1,
+                self.rsa as isize,
+                self.b,
+                self.csb as isize,
+                self.rsb as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    }
+
+    /// The blocked loop nest around a `mr x nr` tile kernel.
+    #[allow(clippy::type_complexity)]
+    unsafe fn blocked(
+        &self,
+        mr: usize,
+        nr: usize,
+        kernel: impl Fn(usize, *const f32, usize, *const f32, *mut f32, usize, usize, usize, bool),
+    ) {
+        let g = *self;
+        PACK.with(|p| {
+            let mut p = p.borrow_mut();
+            let (_, pb) = &mut *p;
+            let kc_max = KC.min(g.k);
+            let need_b = NC.min(g.n.next_multiple_of(nr)) * kc_max;
+            if pb.len() < need_b {
+                pb.resize(need_b, 0.0);
+            }
+            for j0 in (0..g.n).step_by(NC) {
+                let nc = NC.min(g.n - j0);
+                for k0 in (0..g.k).step_by(KC) {
+                    let kc = KC.min(g.k - k0);
+                    // SAFETY: B's rows k0..k0+kc, columns j0..j0+nc, are in bounds (caller).
+                    unsafe { pack_b(&g, k0, kc, j0, nc, nr, pb) };
+                    let first = k0 == 0 && !g.accumulate;
+                    for m0 in (0..g.m).step_by(MC) {
+                        let mc = MC.min(g.m - m0);
+                        for jp in 0..nc.div_ceil(nr) {
+                            let cols = nr.min(nc - jp * nr);
+                            for ip in 0..mc.div_ceil(mr) {
+                                let rows = mr.min(mc - ip * mr);
+                                // SAFETY: the tile's rows/cols are inside C, its rows x kc
+                                // inside A (caller); the packed panel holds kc x nr values.
+                                let c = unsafe { g.c.add((m0 + ip * mr) * g.rsc + j0 + jp * nr) };
+                                let a = unsafe { g.a.add((m0 + ip * mr) * g.rsa + k0) };
+                                let b = pb[jp * kc * nr..].as_ptr();
+                                kernel(kc, a, g.rsa, b, c, g.rsc, rows, cols, first);
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// B rows `k0..k0+kc`, columns `j0..j0+nc`, as `nr`-column panels: `dst[jp][p][jj]`, zero
+/// past column nc.
+unsafe fn pack_b(g: &Gemm, k0: usize, kc: usize, j0: usize, nc: usize, nr: usize, dst: &mut [f32]) {
+    for jp in 0..nc.div_ceil(nr) {
+        let panel = &mut dst[jp * kc * nr..(jp + 1) * kc * nr];
+        let cols = nr.min(nc - jp * nr);
+        for jj in 0..nr {
+            if jj >= cols {
+                (0..kc).for_each(|p| panel[p * nr + jj] = 0.0);
+                continue;
+            }
+            let j = j0 + jp * nr + jj;
+            for p in 0..kc {
+                // SAFETY: p + k0 < k and j < n (caller's bounds).
+                panel[p * nr + jj] = unsafe { *g.b.add((k0 + p) * g.rsb + j * g.csb) };
+            }
+        }
+    }
+}
+
+/// The portable 4 x 16 tile: plain Rust the compiler vectorises for the build's baseline.
+#[allow(clippy::too_many_arguments)]
+fn portable_kernel(
+    kc: usize,
+    pa: *const f32,
+    rsa: usize,
+    pb: *const f32,
+    c: *mut f32,
+    rsc: usize,
+    rows: usize,
+    cols: usize,
+    first: bool,
+) {
+    const MR: usize = 4;
+    const NR: usize = 16;
+    // SAFETY: A's `rows` rows hold kc values at stride rsa, the packed panel kc x NR (see
+    // `blocked`); rows past `rows` re-read the last one and are not stored.
+    let b = unsafe { std::slice::from_raw_parts(pb, kc * NR) };
+    let a: [&[f32]; MR] =
+        std::array::from_fn(|i| unsafe { std::slice::from_raw_parts(pa.add(i.min(rows - 1) * rsa), kc) });
+    let mut acc = [[0f32; NR]; MR];
+    for (p, bp) in b.chunks_exact(NR).enumerate() {
+        for (row, ar) in acc.iter_mut().zip(&a) {
+            let av = ar[p];
+            for (x, &bv) in row.iter_mut().zip(bp) {
+                *x += av * bv;
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate().take(rows) {
+        // SAFETY: rows x cols of C at row stride rsc are in bounds (see `blocked`).
+        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * rsc), cols) };
+        for (d, v) in dst.iter_mut().zip(row) {
+            *d = if first { *v } else { *d + *v };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    const MR: usize = 12;
+    const NR: usize = 32;
+
+    /// The 12 x 32 tile: per k, two 16-lane loads of B, twelve broadcasts of A, 24 FMAs.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL and FMA present; A's `rows` rows (at stride `rsa`) hold kc values, the
+    /// packed B panel kc x NR values; C's
+    /// `rows x cols` at row stride `rsc` are in bounds.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    pub(super) unsafe fn kernel(
+        kc: usize,
+        pa: *const f32,
+        rsa: usize,
+        pb: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        rows: usize,
+        cols: usize,
+        first: bool,
+    ) {
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            // Rows past `rows` re-read the last row (in bounds); their sums are not stored.
+            let rows_at: [*const f32; MR] = std::array::from_fn(|i| pa.add(i.min(rows - 1) * rsa));
+            let mut b = pb;
+            for p in 0..kc {
+                let b0 = _mm512_loadu_ps(b);
+                let b1 = _mm512_loadu_ps(b.add(16));
+                for (acc, row) in acc.iter_mut().zip(&rows_at) {
+                    let av = _mm512_set1_ps(*row.add(p));
+                    acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+                }
+                b = b.add(NR);
+            }
+            let mask = |v: usize| -> __mmask16 {
+                let n = cols.saturating_sub(v * 16).min(16);
+                ((1u32 << n) - 1) as __mmask16
+            };
+            let (m0, m1) = (mask(0), mask(1));
+            for (i, acc) in acc.iter().enumerate().take(rows) {
+                let row = c.add(i * rsc);
+                for (v, (x, m)) in acc.iter().zip([m0, m1]).enumerate() {
+                    let p = row.add(v * 16);
+                    let x = if first { *x } else { _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), *x) };
+                    _mm512_mask_storeu_ps(p, m, x);
+                }
+            }
+        }
+    }
+}
+
+/// The textbook product in f64 (tests).
+pub fn reference(g: &Gemm, a: &[f32], b: &[f32], c0: &[f32]) -> Vec<f32> {
+    let mut out = c0.to_vec();
+    for i in 0..g.m {
+        for j in 0..g.n {
+            let s: f64 = (0..g.k).map(|p| a[i * g.rsa + p] as f64 * b[p * g.rsb + j * g.csb] as f64).sum();
+            let o = &mut out[i * g.rsc + j];
+            *o = if g.accumulate { (*o as f64 + s) as f32 } else { s as f32 };
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// Every level this CPU has (x86: avx512, avx2, portable; aarch64 under qemu in CI: neon,
+    /// portable) against the f64 product, B plain and transposed, overwritten and accumulated,
+    /// on tile edges and K past one chunk. Small shapes: this also runs under qemu.
+    #[test]
+    fn every_level_matches_the_f64_product() {
+        let levels = Level::all_supported();
+        assert!(levels.contains(&Level::Portable));
+        #[cfg(target_arch = "aarch64")]
+        assert!(levels.contains(&Level::Neon), "{levels:?}");
+        for (i, &(m, k, n)) in [(1, 1, 1), (13, 7, 33), (25, 260, 65), (5, 64, 100)].iter().enumerate() {
+            for (transposed, accumulate) in [(false, false), (false, true), (true, false), (true, true)] {
+                let (rsa, rsc) = (k + 1, n + 2);
+                let a = lcg(m * rsa, 3 * i as u64 + 1);
+                let b = lcg(k * n, 3 * i as u64 + 2);
+                let c0 = lcg(m * rsc, 3 * i as u64 + 3);
+                let (rsb, csb) = if transposed { (1, k) } else { (n, 1) };
+                let shape = Gemm {
+                    m,
+                    n,
+                    k,
+                    a: a.as_ptr(),
+                    rsa,
+                    b: b.as_ptr(),
+                    rsb,
+                    csb,
+                    c: std::ptr::null_mut(),
+                    rsc,
+                    accumulate,
+                };
+                let want = reference(&shape, &a, &b, &c0);
+                for &level in &levels {
+                    let mut c = c0.clone();
+                    // SAFETY: the buffers hold the strided shapes; the level is supported.
+                    unsafe { Gemm { c: c.as_mut_ptr(), ..shape }.run(level) };
+                    let err = c.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+                    assert!(err < 1e-4, "[{m}x{k}]x[{k}x{n}] t {transposed} acc {accumulate} {level}: {err}");
+                }
+            }
+        }
+    }
+}
