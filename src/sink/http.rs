@@ -469,7 +469,9 @@ fn wait_for_new(shared: &Shared, seen: u64, stream: Option<&str>) {
     let mut latest = lock(&shared.latest);
     let is_seen = |latest: &Option<(u64, Output)>| match stream {
         None => latest.as_ref().is_none_or(|(_, o)| o.frame.seq == seen),
-        Some(name) => lock(&shared.streams).iter().find(|p| &*p.name == name).is_none_or(|p| p.latest.1.frame.seq == seen),
+        Some(name) => {
+            lock(&shared.streams).iter().find(|p| &*p.name == name).is_none_or(|p| p.latest.1.frame.seq == seen)
+        }
     };
     while is_seen(&latest) && !shared.closing.load(Ordering::Acquire) {
         let now = Instant::now();

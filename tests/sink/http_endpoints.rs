@@ -458,7 +458,10 @@ fn named_streams_have_their_own_routes() {
     assert_eq!(check_mask(&get(addr, "/streams/yard/mask.png").body, 80, 60), 1);
     assert_eq!(check_mask(&get(addr, "/streams/door/mask.png").body, 64, 48), 2);
     let rows = |path| latest(path)["rows"].as_array().unwrap().len();
-    assert_eq!((rows("/streams/door/history.json"), rows("/streams/yard/history.json"), rows("/history.json")), (2, 1, 3));
+    assert_eq!(
+        (rows("/streams/door/history.json"), rows("/streams/yard/history.json"), rows("/history.json")),
+        (2, 1, 3)
+    );
     assert_eq!(get(addr, "/streams/yard/").status, 200);
     let r = get(addr, "/streams/gate/latest.json");
     assert_eq!(r.status, 404);

@@ -20,9 +20,7 @@ pub(super) const INDEX_HTML: &str = include_str!("../preview.html");
 pub(super) fn streams_json(names: &[Arc<str>]) -> String {
     let default: [Arc<str>; 1] = [STREAM.into()];
     let names = if names.is_empty() { &default[..] } else { names };
-    let list: Vec<serde_json::Value> = names
-        .iter()
-        .map(|n| serde_json::json!({ "name": &**n, "prefix": format!("/streams/{n}") }))
-        .collect();
+    let list: Vec<serde_json::Value> =
+        names.iter().map(|n| serde_json::json!({ "name": &**n, "prefix": format!("/streams/{n}") })).collect();
     format!("{}\n", serde_json::json!({ "streams": list }))
 }
