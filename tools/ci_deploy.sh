@@ -53,7 +53,7 @@ compare_real_model() {
   target/release/ailurus segment $COMPARE_ARGS "${photos[@]}" --out "$out/x86_64"
   local t0; t0=$(date +%s)
   # shellcheck disable=SC2086
-  qemu-aarch64-static -L /usr/aarch64-linux-gnu "target/$target/release/ailurus" \
+  qemu-aarch64-static -L / "target/$target/release/ailurus" \
     segment $COMPARE_ARGS "${photos[@]}" --out "$out/aarch64"
   echo "arm64 under qemu: $(( $(date +%s) - t0 ))s for ${#photos[@]} photos (model load included)"
   readelf -h "target/$target/release/ailurus" | grep -E "Class|Machine"
