@@ -89,6 +89,7 @@ step "set-up (tools/setup.sh --deploy)" tools/setup.sh --deploy
 step "x86 release build (the reference binary, and the amd64 package's)" "${nice[@]}" cargo build --release --locked
 step "cross build $target" "${nice[@]}" cargo build --release --locked --target "$target"
 step "arm64 tests under qemu (--lib $QEMU_TEST_BINARIES)" qemu_tests
+step "NEON: the instruction mix of the hot GEMM loop in the arm64 binary (tools/neon_mix.sh)" tools/neon_mix.sh
 step "cross build $target --features cuda (the arm64 package's binary)" \
   "${nice[@]}" cargo build --release --locked --target "$target" --features cuda
 step "real model: arm64 (qemu) vs x86 masks" compare_real_model
