@@ -358,6 +358,12 @@ pub fn summary(cfg: &Config) -> serde_json::Value {
             "m_min": cfg.budget.m_min,
             "m_max": cfg.budget.m_max,
         },
+        // `[streams.NAME]`: each stream's source kind and the latency target it keeps.
+        "streams": cfg.streams.iter().map(|(name, s)| serde_json::json!({
+            "name": name,
+            "source": s.kind.to_string(),
+            "target_ms": s.target_ms.unwrap_or(cfg.budget.target_ms),
+        })).collect::<Vec<_>>(),
     })
 }
 
