@@ -295,7 +295,7 @@ fn streams_prometheus(streams: &[StreamInfo]) -> String {
     let mut s = String::new();
     /// (name, type, help, value of one stream)
     type Series = (&'static str, &'static str, &'static str, fn(&StreamInfo) -> String);
-    let series: [Series; 9] = [
+    let series: [Series; 10] = [
         ("ailurus_camera_up", "gauge", "Whether the stream's source is delivering.", |i| {
             (i.health.as_ref().is_none_or(|h| h.is_up()) as u8).to_string()
         }),
@@ -329,6 +329,12 @@ fn streams_prometheus(streams: &[StreamInfo]) -> String {
         ("ailurus_stream_m", "gauge", "Clusters kept (M) for the stream's last published mask.", |i| {
             i.counters.m.load(Relaxed).to_string()
         }),
+        (
+            "ailurus_stream_deadline_misses_total",
+            "counter",
+            "Masks of the stream published later than its own latency target.",
+            |i| i.counters.deadline_misses.load(Relaxed).to_string(),
+        ),
     ];
     for (name, kind, help, value) in series {
         s += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n");

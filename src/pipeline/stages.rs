@@ -412,6 +412,9 @@ pub(super) fn post_loop(
             c.latency_us.fetch_add(latency.as_micros() as u64, Relaxed);
             c.input_size.store(setting.input_size as u64, Relaxed);
             c.m.store(setting.m as u64, Relaxed);
+            if latency.as_secs_f64() * 1e3 > target_ms {
+                c.deadline_misses.fetch_add(1, Relaxed);
+            }
         }
         {
             let mut c = sh.controller(out.frame.stream_index);

@@ -39,6 +39,8 @@ pub struct StreamCounters {
     pub target_ms: AtomicU64,
     pub input_size: AtomicU64,
     pub m: AtomicU64,
+    /// Masks published later than the stream's own target.
+    pub deadline_misses: AtomicU64,
 }
 
 impl StreamCounters {

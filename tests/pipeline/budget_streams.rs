@@ -28,9 +28,9 @@ impl FrameSource for Paced {
     }
 }
 
-/// (stream index, setting, the target the output carries) of every published mask.
+/// (stream index, setting, the target the output carries, latency) of every published mask.
 #[derive(Clone, Default)]
-struct ByStream(Arc<Mutex<Vec<(usize, Setting, f64)>>>);
+struct ByStream(Arc<Mutex<Vec<(usize, Setting, f64, Duration)>>>);
 
 impl Sink for ByStream {
     fn name(&self) -> &'static str {
@@ -38,7 +38,7 @@ impl Sink for ByStream {
     }
     fn publish(&mut self, out: &Output) -> Result<(), SinkError> {
         let s = Setting { input_size: out.input_size, m: out.m };
-        self.0.lock().unwrap().push((out.frame.stream_index, s, out.target_ms));
+        self.0.lock().unwrap().push((out.frame.stream_index, s, out.target_ms, out.latency));
         Ok(())
     }
 }
@@ -120,6 +120,10 @@ fn each_stream_keeps_its_own_target() {
     assert_eq!(last(0), loose.last().unwrap().0);
     assert_eq!(last(1), tight.last().unwrap().0);
     assert!(rank(last(1)) > rank(last(0)));
+    // Deadline misses are counted against each stream's own target: the 10 s one never misses.
+    assert_eq!(info[0].counters.deadline_misses.load(Relaxed), 0);
+    let late = |i: usize| seen.iter().filter(|s| s.0 == i && s.3.as_secs_f64() * 1e3 > s.2).count() as u64;
+    assert_eq!(info[1].counters.deadline_misses.load(Relaxed), late(1), "misses of the 30 ms stream");
 }
 
 #[test]
