@@ -28,9 +28,12 @@ impl FrameSource for Paced {
     }
 }
 
-/// (stream index, setting, the target the output carries, latency) of every published mask.
+/// Stream index, setting, the target the output carries, latency.
+type Published = (usize, Setting, f64, Duration);
+
+/// Every published mask's [`Published`].
 #[derive(Clone, Default)]
-struct ByStream(Arc<Mutex<Vec<(usize, Setting, f64, Duration)>>>);
+struct ByStream(Arc<Mutex<Vec<Published>>>);
 
 impl Sink for ByStream {
     fn name(&self) -> &'static str {
