@@ -28,7 +28,11 @@
 //!
 //! Several named sources (`[streams.NAME]`): `streams::Streams` runs each on its own thread
 //! and is the pipeline's source, pulled on demand, taking the next fresh frame round-robin
-//! over the streams; postprocess counts each stream's masks (`Parts::streams`).
+//! over the streams; postprocess counts each stream's masks (`Parts::streams`). Each stream
+//! has its own budget controller (a copy of `Parts::controller` keeping the stream's
+//! `target_ms`): a frame is decided and refined by its stream's controller, its latency goes
+//! to that one, and its preprocess + inference cost to every stream's (cost does not depend on
+//! the camera).
 //!
 //! Preprocessing (resize + normalise) and postprocessing (upsample + threshold/argmax) are
 //! stages of their own, run with the model's `FrameIo`; the engine only infers.
