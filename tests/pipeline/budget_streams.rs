@@ -158,3 +158,35 @@ fn one_source_keeps_one_controller_at_the_budget_target() {
     assert_eq!(seen.len(), 10);
     assert!(seen.iter().all(|s| s.0 == 0 && s.2 == cfg.target_ms && rank(s.1) == 0));
 }
+
+#[test]
+fn a_budget_reload_keeps_each_streams_own_target() {
+    let eng = FakeEngine::new(Duration::from_millis(1));
+    let cfg = budget(true);
+    let controller = controller(&eng, &cfg);
+    let stop = Arc::new(AtomicBool::new(false));
+    let src = || Box::new(Paced(FakeSource::new(0))) as Box<dyn FrameSource>;
+    let streams = Streams::start(vec![("a".into(), src()), ("b".into(), src())], stop.clone()).unwrap();
+    let info = streams.info();
+    info[0].counters.target_override_ms.store(80f64.to_bits(), Relaxed);
+    let eng = Arc::new(eng);
+    let parts = Parts {
+        engines: vec![Box::new(FakeLane(eng.clone())) as Box<dyn Engine>],
+        io: eng,
+        source: Box::new(streams),
+        mode: SourceMode::Pull,
+        sinks: vec![],
+        controller,
+        metrics: Arc::new(Metrics::new(&[])),
+        config: PipelineConfig { log_every_s: 60.0, drain_timeout_s: 5.0, ..PipelineConfig::default() },
+        streams: info.iter().map(|i| i.counters.clone()).collect(),
+    };
+    let p = Pipeline::start(parts, stop).unwrap();
+    let table = ailurus::budget::CalibrationTable::parse(TABLE, "test table").unwrap();
+    p.update_budget(&ailurus::budget::BudgetConfig { target_ms: 700.0, ..cfg.clone() }, &table).unwrap();
+    let target = |i: usize| p.stream_controller(i).unwrap().lock().unwrap().config().target_ms;
+    assert_eq!((target(0), target(1)), (80.0, 700.0), "a's own target stays; b follows [budget]");
+    assert_eq!((info[0].counters.target(), info[1].counters.target()), (80.0, 700.0));
+    p.stop();
+    p.wait().unwrap();
+}
