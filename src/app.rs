@@ -176,6 +176,10 @@ fn build_sources(cfg: &Config, stop: &Arc<AtomicBool>) -> Result<BuiltSources, S
     let streams =
         Streams::start(built, stop.clone()).map_err(|source| PipelineError::Spawn { stage: "source", source })?;
     let info = streams.info();
+    for (i, (_, sc)) in info.iter().zip(cfg.sources()) {
+        let t = sc.target_ms.unwrap_or(0.0);
+        i.counters.target_override_ms.store(t.to_bits(), std::sync::atomic::Ordering::Relaxed);
+    }
     Ok((Box::new(streams), SourceMode::Pull, info))
 }
 
@@ -291,7 +295,7 @@ fn streams_prometheus(streams: &[StreamInfo]) -> String {
     let mut s = String::new();
     /// (name, type, help, value of one stream)
     type Series = (&'static str, &'static str, &'static str, fn(&StreamInfo) -> String);
-    let series: [Series; 6] = [
+    let series: [Series; 10] = [
         ("ailurus_camera_up", "gauge", "Whether the stream's source is delivering.", |i| {
             (i.health.as_ref().is_none_or(|h| h.is_up()) as u8).to_string()
         }),
@@ -313,6 +317,24 @@ fn streams_prometheus(streams: &[StreamInfo]) -> String {
         ("ailurus_stream_reconnects_total", "counter", "Times the stream's source came back after a loss.", |i| {
             i.health.as_ref().map_or(0, |h| h.reconnects()).to_string()
         }),
+        (
+            "ailurus_stream_budget_target_ms",
+            "gauge",
+            "The latency target the stream's budget controller keeps ([streams.NAME] target_ms, else [budget]).",
+            |i| format!("{}", i.counters.target()),
+        ),
+        ("ailurus_stream_input_size", "gauge", "Input size of the stream's last published mask, pixels.", |i| {
+            i.counters.input_size.load(Relaxed).to_string()
+        }),
+        ("ailurus_stream_m", "gauge", "Clusters kept (M) for the stream's last published mask.", |i| {
+            i.counters.m.load(Relaxed).to_string()
+        }),
+        (
+            "ailurus_stream_deadline_misses_total",
+            "counter",
+            "Masks of the stream published later than its own latency target.",
+            |i| i.counters.deadline_misses.load(Relaxed).to_string(),
+        ),
     ];
     for (name, kind, help, value) in series {
         s += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n");
@@ -342,6 +364,12 @@ pub fn summary(cfg: &Config) -> serde_json::Value {
             "m_min": cfg.budget.m_min,
             "m_max": cfg.budget.m_max,
         },
+        // `[streams.NAME]`: each stream's source kind and the latency target it keeps.
+        "streams": cfg.streams.iter().map(|(name, s)| serde_json::json!({
+            "name": name,
+            "source": s.kind.to_string(),
+            "target_ms": s.target_ms.unwrap_or(cfg.budget.target_ms),
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -120,6 +120,9 @@ impl Config {
     /// its problems named `[streams.NAME...]`.
     fn validate_streams(&self, p: &mut Problems) {
         if self.streams.is_empty() {
+            p.check(self.source.target_ms.is_none(), "source", "target_ms", || {
+                "is for [streams.NAME] tables; one source keeps [budget] target_ms".into()
+            });
             return;
         }
         p.check(self.source == crate::source::SourceConfig::default(), "source", "kind", || {
@@ -196,6 +199,21 @@ mod tests {
         let one = Config::from_str("", "o.toml", Path::new(".")).unwrap();
         assert_eq!(one.sources().len(), 1);
         assert_eq!(one.sources()[0].0, "");
+    }
+
+    #[test]
+    fn a_stream_may_have_its_own_latency_target() {
+        let text = "[streams.a]\nkind = \"synthetic\"\ntarget_ms = 120.0\n[streams.b]\nkind = \"synthetic\"\n";
+        let cfg = Config::from_str(text, "t.toml", Path::new(".")).unwrap();
+        assert_eq!(cfg.streams["a"].target_ms, Some(120.0));
+        assert_eq!(cfg.streams["b"].target_ms, None, "default: [budget] target_ms");
+        let bad = "[streams.a]\nkind = \"synthetic\"\ntarget_ms = -5.0\n[streams.b]\ntarget_ms = 0.0\n";
+        let e = Config::from_str(bad, "t.toml", Path::new(".")).unwrap_err().to_string();
+        for key in ["[streams.a] target_ms", "[streams.b] target_ms"] {
+            assert!(e.contains(key), "{key} in {e}");
+        }
+        let one = Config::from_str("[source]\ntarget_ms = 100.0\n", "t.toml", Path::new(".")).unwrap_err();
+        assert!(one.to_string().contains("[source] target_ms"), "{one}");
     }
 
     #[test]

@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
+#[path = "sink_mqtt/streams.rs"]
+mod streams;
+
 /// The tests each run the model: one at a time, on a 2-core machine.
 static SERIAL: Mutex<()> = Mutex::new(());
 

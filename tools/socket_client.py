@@ -151,8 +151,9 @@ def main():
             if args.save:
                 np.save(os.path.join(args.save, f"{int(header['seq']):08d}.npy"), mask)
             if not args.quiet:
+                named = f"[{stream.stream}] " if stream.stream else ""  # [streams.NAME]
                 print(
-                    f"seq {int(header['seq'])}: {mask.shape[1]}x{mask.shape[0]}, "
+                    f"{named}seq {int(header['seq'])}: {mask.shape[1]}x{mask.shape[0]}, "
                     f"{int(header['num_classes'])} classes, M={int(header['m'])}, "
                     f"latency {int(header['latency_us']) / 1e3:.1f} ms, "
                     f"non-background {(mask != 0).mean() * 100:.1f}%",

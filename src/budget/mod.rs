@@ -169,6 +169,7 @@ pub struct Status {
     pub unreachable_reports: u64,
 }
 
+#[derive(Clone)]
 struct Ring {
     v: Vec<f64>,
     next: usize,
@@ -200,6 +201,9 @@ impl Ring {
     }
 }
 
+/// Cloned per stream (`[streams.NAME] target_ms`): each clone keeps its own target and
+/// movement state over the same candidates and calibration priors.
+#[derive(Clone)]
 pub struct Controller {
     cfg: BudgetConfig,
     sizes: Vec<SizeInfo>,
@@ -302,13 +306,26 @@ impl Controller {
         self.current = keep.and_then(|s| cands.iter().position(|c| c.setting == s));
         self.cands = cands;
         self.cfg = cfg.clone();
+        self.reset_movement();
+        Ok(())
+    }
+
+    fn reset_movement(&mut self) {
         self.streak = 0;
         self.hold = BASE_HOLD;
         self.last_up = None;
         self.unreachable = false;
         self.warned = false;
         self.reachable_streak = 0;
-        Ok(())
+    }
+
+    /// Keep another latency target (a stream's own `target_ms`); the movement state is reset
+    /// as on a reload, the cost model kept.
+    pub fn set_target_ms(&mut self, ms: f64) {
+        if ms != self.cfg.target_ms {
+            self.cfg.target_ms = ms;
+            self.reset_movement();
+        }
     }
 
     pub fn config(&self) -> &BudgetConfig {

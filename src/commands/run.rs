@@ -45,6 +45,7 @@ pub fn command(a: Args) -> Result<()> {
         board: Some(hub.board()),
         control: Some(control_tx),
         about: app::summary(&cfg),
+        streams: cfg.streams.keys().cloned().collect(),
     };
     let (pipeline, running) = app::start(&cfg, svc.stop_flag(), Vec::new(), &ctx)?;
     hub.set_running(&running);

@@ -28,7 +28,11 @@
 //!
 //! Several named sources (`[streams.NAME]`): `streams::Streams` runs each on its own thread
 //! and is the pipeline's source, pulled on demand, taking the next fresh frame round-robin
-//! over the streams; postprocess counts each stream's masks (`Parts::streams`).
+//! over the streams; postprocess counts each stream's masks (`Parts::streams`). Each stream
+//! has its own budget controller (a copy of `Parts::controller` keeping the stream's
+//! `target_ms`): a frame is decided and refined by its stream's controller, its latency goes
+//! to that one, and its preprocess + inference cost to every stream's (cost does not depend on
+//! the camera).
 //!
 //! Preprocessing (resize + normalise) and postprocessing (upsample + threshold/argmax) are
 //! stages of their own, run with the model's `FrameIo`; the engine only infers.
@@ -128,6 +132,8 @@ pub struct Parts {
     pub source: Box<dyn FrameSource>,
     pub mode: SourceMode,
     pub sinks: Vec<Box<dyn Sink>>,
+    /// The budget controller; with `streams`, every stream gets its own copy keeping the
+    /// stream's target (`StreamCounters::target_override`, else this one's).
     pub controller: Controller,
     /// Built with `Metrics::new` over the sinks' names, in order.
     pub metrics: Arc<Metrics>,
@@ -282,7 +288,8 @@ impl Gate {
 struct Shared {
     lanes: usize,
     io: Arc<dyn FrameIo>,
-    controller: Arc<Mutex<Controller>>,
+    /// One per stream, by stream index (just one for one source).
+    controllers: Vec<Arc<Mutex<Controller>>>,
     metrics: Arc<Metrics>,
     gate: Gate,
     stop: Arc<AtomicBool>,
@@ -291,8 +298,18 @@ struct Shared {
 }
 
 impl Shared {
-    fn controller(&self) -> std::sync::MutexGuard<'_, Controller> {
-        self.controller.lock().unwrap_or_else(|e| e.into_inner())
+    /// The controller of stream `stream` (the first one for an unknown index).
+    fn controller(&self, stream: usize) -> std::sync::MutexGuard<'_, Controller> {
+        let c = self.controllers.get(stream).unwrap_or(&self.controllers[0]);
+        c.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A frame's preprocess + inference cost depends on the lanes, not on its stream: every
+    /// stream's controller learns from it.
+    fn observe_cost(&self, s: crate::engine::Setting, cost_ms: f64) {
+        for c in &self.controllers {
+            c.lock().unwrap_or_else(|e| e.into_inner()).observe(s, cost_ms);
+        }
     }
 
     /// Frames allowed between "preprocess starts" and "published": one per lane plus one
@@ -304,6 +321,25 @@ impl Shared {
             self.lanes
         }
     }
+}
+
+/// One controller per stream, each keeping its stream's target (the given one's when the
+/// stream has none); just the given one for one source.
+fn per_stream_controllers(c: Controller, streams: &[Arc<streams::StreamCounters>]) -> Vec<Arc<Mutex<Controller>>> {
+    if streams.is_empty() {
+        return vec![Arc::new(Mutex::new(c))];
+    }
+    let default = c.config().target_ms;
+    streams
+        .iter()
+        .map(|s| {
+            let t = s.target_override().unwrap_or(default);
+            s.target_ms.store(t.to_bits(), Ordering::Relaxed);
+            let mut own = c.clone();
+            own.set_target_ms(t);
+            Arc::new(Mutex::new(own))
+        })
+        .collect()
 }
 
 /// A running pipeline.
@@ -335,12 +371,13 @@ impl Pipeline {
             );
         }
         metrics.set_target_ms(controller.config().target_ms);
+        let controllers = per_stream_controllers(controller, &streams);
         let lanes = engines.len();
         metrics.set_lanes(lanes);
         let shared = Arc::new(Shared {
             lanes,
             io,
-            controller: Arc::new(Mutex::new(controller)),
+            controllers,
             metrics: metrics.clone(),
             gate: Gate::new(lanes),
             stop,
@@ -436,14 +473,28 @@ impl Pipeline {
         self.shared.metrics.clone()
     }
 
-    /// The controller, for inspection (status, predictions).
+    /// The controller (the first stream's), for inspection (status, predictions).
     pub fn controller(&self) -> Arc<Mutex<Controller>> {
-        self.shared.controller.clone()
+        self.shared.controllers[0].clone()
     }
 
-    /// Follow a new `[budget]` (config reload): the controller takes it from the next frame.
+    /// The controller of stream `stream` (by index), if there is such a stream.
+    pub fn stream_controller(&self, stream: usize) -> Option<Arc<Mutex<Controller>>> {
+        self.shared.controllers.get(stream).cloned()
+    }
+
+    /// Follow a new `[budget]` (config reload): the controllers take it from the next frame;
+    /// a stream with its own `target_ms` keeps that.
     pub fn update_budget(&self, cfg: &BudgetConfig, table: &CalibrationTable) -> Result<(), BudgetError> {
-        self.shared.controller().reconfigure(cfg, table)?;
+        for (i, c) in self.shared.controllers.iter().enumerate() {
+            let mut c = c.lock().unwrap_or_else(|e| e.into_inner());
+            c.reconfigure(cfg, table)?;
+            if let Some(s) = self.shared.streams.get(i) {
+                let t = s.target_override().unwrap_or(cfg.target_ms);
+                c.set_target_ms(t);
+                s.target_ms.store(t.to_bits(), Ordering::Relaxed);
+            }
+        }
         self.shared.metrics.set_target_ms(cfg.target_ms);
         log::info!(
             "budget now: {} target {:.0} ms p{} sizes {:?} M {}..{} step {} margin {}",

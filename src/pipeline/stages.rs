@@ -165,7 +165,7 @@ pub(super) fn pre_loop(sh: &Shared, mut feed: Feed, tx: SlotSender<Job>, pool: R
         if matches!(feed, Feed::Pull(..)) {
             ewma(&mut read_avg, t_read.elapsed());
         }
-        let d = sh.controller().decide();
+        let d = sh.controller(frame.stream_index).decide();
         let mut input = pool.try_recv().unwrap_or_default();
         let mut times = StageTimes::default();
         let t = Instant::now();
@@ -240,7 +240,7 @@ pub(super) fn infer_loop(
             g.running[lane] = Some(ticket);
             g.refreshed = false;
         });
-        let setting = sh.controller().refine(setting);
+        let setting = sh.controller(frame.stream_index).refine(setting);
         let mut raw = raw_pool.try_recv().unwrap_or_default();
         sh.metrics.lane_infer_started(lane);
         let res = engine.infer(&input, setting, &mut times, &mut raw).map(|_| ());
@@ -257,7 +257,7 @@ pub(super) fn infer_loop(
             continue;
         }
         let cost = times.preprocess + times.inference();
-        sh.controller().observe(setting, cost.as_secs_f64() * 1e3);
+        sh.observe_cost(setting, cost.as_secs_f64() * 1e3);
         for (stage, d) in [
             (Stage::Stem, times.stem),
             (Stage::Reduce, times.reduce),
@@ -392,6 +392,7 @@ pub(super) fn post_loop(
         times.postprocess = t.elapsed();
         let _ = raw_pool.try_send(raw);
         let latency = frame.captured.elapsed();
+        let target_ms = sh.streams.get(frame.stream_index).map_or_else(|| sh.metrics.target_ms(), |c| c.target());
         let out = Output {
             frame: Arc::new(frame),
             mask: mask.clone(),
@@ -399,7 +400,7 @@ pub(super) fn post_loop(
             input_size: setting.input_size,
             latency,
             partition,
-            target_ms: sh.metrics.target_ms(),
+            target_ms,
         };
         for s in sinks {
             s.offer(&out);
@@ -409,9 +410,14 @@ pub(super) fn post_loop(
         if let Some(c) = sh.streams.get(out.frame.stream_index) {
             c.published.fetch_add(1, Relaxed);
             c.latency_us.fetch_add(latency.as_micros() as u64, Relaxed);
+            c.input_size.store(setting.input_size as u64, Relaxed);
+            c.m.store(setting.m as u64, Relaxed);
+            if latency.as_secs_f64() * 1e3 > target_ms {
+                c.deadline_misses.fetch_add(1, Relaxed);
+            }
         }
         {
-            let mut c = sh.controller();
+            let mut c = sh.controller(out.frame.stream_index);
             c.observe_latency(latency.as_secs_f64() * 1e3, (times.preprocess + times.inference()).as_secs_f64() * 1e3);
             let st = c.status();
             sh.metrics.set_controller(st.unreachable, st.load);

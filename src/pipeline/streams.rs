@@ -31,6 +31,27 @@ pub struct StreamCounters {
     pub published: AtomicU64,
     /// Sum of the published frames' capture-to-mask latency, microseconds.
     pub latency_us: AtomicU64,
+    /// The stream's own latency target (`[streams.NAME] target_ms`, f64 bits; 0: none, the
+    /// `[budget] target_ms` holds). Set once before the pipeline starts.
+    pub target_override_ms: AtomicU64,
+    /// The target its budget controller keeps (f64 bits), and the setting of its last
+    /// published mask.
+    pub target_ms: AtomicU64,
+    pub input_size: AtomicU64,
+    pub m: AtomicU64,
+    /// Masks published later than the stream's own target.
+    pub deadline_misses: AtomicU64,
+}
+
+impl StreamCounters {
+    /// The stream's own target, if it has one.
+    pub fn target_override(&self) -> Option<f64> {
+        Some(f64::from_bits(self.target_override_ms.load(Relaxed))).filter(|&t| t > 0.0)
+    }
+
+    pub fn target(&self) -> f64 {
+        f64::from_bits(self.target_ms.load(Relaxed))
+    }
 }
 
 /// One stream as the rest of the runtime sees it.

@@ -124,6 +124,8 @@ pub struct SinkContext {
     /// What this runtime is (version, model, config summary), for a sink that announces it
     /// (the MQTT `online` status). Null when the caller gives none.
     pub about: serde_json::Value,
+    /// The names of the `[streams.NAME]` sources, in index order; empty for the one `[source]`.
+    pub streams: Vec<String>,
 }
 
 /// A remote request to change the live knobs (budget, reducer), as a JSON object. The sink

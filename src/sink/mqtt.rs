@@ -8,8 +8,8 @@
 //!   fraction and the bounding boxes of its 5 largest 4-connected regions
 //! - `<prefix>/<stream>/mask`  every `every_n`-th frame: the mask PNG (the `files` sink's) or
 //!   the run-length encoding of [`regions::rle_encode`]; that frame's meta says which (`mask`)
-//! - `<prefix>/status`         retained: `online` (version, model, config summary) on every
-//!   connect, `offline` as the Last Will (and on a clean shutdown)
+//! - `<prefix>/status`         retained: `online` (version, model, config summary, `streams`:
+//!   every stream's name, `["main"]` for one source) on every connect, `offline` as the Last Will (and on a clean shutdown)
 //! - `<prefix>/set`            subscribed: a JSON object of live knobs, handed up through
 //!   [`SinkContext::control`]; the outcome goes to `<prefix>/set/result`
 //!
@@ -374,7 +374,7 @@ impl MqttSink {
             "state": "online",
             "client_id": client_id,
             "version": env!("CARGO_PKG_VERSION"),
-            "streams": [topics.stream],
+            "streams": if ctx.streams.is_empty() { vec![topics.stream.clone()] } else { ctx.streams.clone() },
             "about": ctx.about,
             "mqtt": {"qos": cfg.qos, "masks": cfg.masks.to_string(), "every_n": cfg.every_n},
         });

@@ -122,6 +122,9 @@ pub struct SourceConfig {
     pub synthetic: SyntheticConfig,
     /// `[source.gstreamer]`: RTSP, files, Jetson CSI cameras, launch pipelines.
     pub gstreamer: GstConfig,
+    /// `[streams.NAME] target_ms`: this stream's own latency target (None: `[budget]
+    /// target_ms`). Only for named streams; the one `[source]` keeps `[budget] target_ms`.
+    pub target_ms: Option<f64>,
 }
 
 impl Default for SourceConfig {
@@ -135,6 +138,7 @@ impl Default for SourceConfig {
             v4l: V4lConfig::default(),
             synthetic: SyntheticConfig::default(),
             gstreamer: GstConfig::default(),
+            target_ms: None,
         }
     }
 }
@@ -143,6 +147,9 @@ impl SourceConfig {
     pub fn validate(&self, p: &mut Problems) {
         self.kind.check(p, "source", "kind");
         p.check(self.fps >= 0.0 && self.fps.is_finite(), "source", "fps", || format!("{} must be >= 0", self.fps));
+        if let Some(t) = self.target_ms {
+            p.check(t > 0.0 && t.is_finite(), "source", "target_ms", || format!("{t} must be > 0 (ms)"));
+        }
         self.v4l.validate(p);
         self.synthetic.validate(p);
         if self.kind.get() == SourceKind::Gstreamer {

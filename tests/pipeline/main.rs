@@ -3,6 +3,7 @@
 
 mod budget_calibration;
 mod budget_sim;
+mod budget_streams;
 mod metrics;
 mod stream;
 mod support;

@@ -30,6 +30,9 @@ pub struct FakeEngine {
     /// When set, the first inference waits (up to 10 s) until this many run at once: a
     /// rendezvous that shows the lanes infer concurrently without timing anything.
     pub rendezvous: Option<usize>,
+    /// When set, inference sleeps `work` scaled by the setting like the table's costs: 56 px
+    /// at 0.5 + 0.5 * M/N (1 at M = N), 28 px at 0.5.
+    pub by_setting: bool,
 }
 
 /// In-flight inference counter of a [`FakeEngine`].
@@ -74,6 +77,7 @@ impl FakeEngine {
             infers: AtomicU64::new(0),
             concurrency: Arc::default(),
             rendezvous: None,
+            by_setting: false,
         }
     }
 }
@@ -151,7 +155,11 @@ impl FakeEngine {
             .find(|s| s.input_size == setting.input_size)
             .ok_or(EngineError::NoPlan(setting.input_size))?
             .n_tokens;
-        let work = self.work_for.map_or(self.work, |f| f(input[1] as u64));
+        let mut work = self.work_for.map_or(self.work, |f| f(input[1] as u64));
+        if self.by_setting {
+            let u = setting.m.min(n) as f64 / n as f64;
+            work = work.mul_f64(if setting.input_size == 56 { 0.5 + 0.5 * u } else { 0.5 });
+        }
         if !work.is_zero() {
             std::thread::sleep(work);
         }

@@ -145,3 +145,48 @@ fn python_socket_client_reads_the_files_sinks_masks() {
         assert!(ids == o.mask.classes, "frame {seq}: client mask differs from the published one");
     }
 }
+
+#[test]
+fn python_socket_client_reads_the_stream_names_of_named_streams() {
+    let Some(python) = python_with_numpy() else {
+        if std::env::var_os("AILURUS_ALLOW_NO_PYTHON").is_some() {
+            eprintln!("SKIPPED: no Python with numpy");
+            return;
+        }
+        panic!("no Python with numpy found (or set AILURUS_ALLOW_NO_PYTHON=1 to skip this test)");
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("masks.sock");
+    let scfg =
+        SocketConfig { enabled: true, path: sock.clone(), queue: 16, write_timeout_ms: 30_000, ..Default::default() };
+    let mut sink = SocketSink::build(&scfg, Path::new(".")).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/socket_client.py");
+    let mut child = Command::new(&python)
+        .arg(&script)
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--count", "4", "--timeout", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sink.client_count() == 0 {
+        assert!(child.try_wait().unwrap().is_none(), "the Python client exited early");
+        assert!(Instant::now() < deadline, "the Python client did not connect");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut rng = 5;
+    for (seq, name) in ["front", "back", "front", "back"].into_iter().enumerate() {
+        let mut out = output(seq as u64, 12, 8, 2, &mut rng);
+        let mut f = Frame::new(seq as u64, 12, 8);
+        f.stream = name.into();
+        out.frame = Arc::new(f);
+        sink.publish(&out).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "client failed: {}", String::from_utf8_lossy(&out.stderr));
+    let heads: Vec<&str> = stdout.lines().map(|l| l.split(':').next().unwrap()).collect();
+    assert_eq!(heads, ["[front] seq 0", "[back] seq 1", "[front] seq 2", "[back] seq 3"], "{stdout}");
+}

@@ -228,3 +228,51 @@ fn socket_file_life_cycle_and_client_limit() {
     drop(sink);
     assert!(!path.exists());
 }
+
+/// One message as a client that knows the named-stream header reads it: (header length,
+/// stream name, seq, payload).
+fn read_named(s: &mut UnixStream) -> (usize, String, u64, Vec<u8>) {
+    let mut h = [0u8; HEADER_LEN];
+    s.read_exact(&mut h).unwrap();
+    assert_eq!(h[0..4], MAGIC);
+    let len = u16::from_le_bytes([h[6], h[7]]) as usize;
+    let mut extra = vec![0; len - HEADER_LEN];
+    s.read_exact(&mut extra).unwrap();
+    let name = String::from_utf8(extra.iter().copied().take_while(|&b| b != 0).collect()).unwrap();
+    let mut ids = vec![0; u32::from_le_bytes(h[44..48].try_into().unwrap()) as usize];
+    s.read_exact(&mut ids).unwrap();
+    (len, name, u64::from_le_bytes(h[8..16].try_into().unwrap()), ids)
+}
+
+#[test]
+fn named_streams_carry_their_names_in_the_80_byte_header() {
+    use ailurus::sink::socket::NAMED_HEADER_LEN;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("n.sock");
+    let mut sink = SocketSink::build(&SocketConfig { queue: 16, ..cfg(&path, 10_000) }, Path::new(".")).unwrap();
+    let mut client = UnixStream::connect(&path).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    wait_for("a client", || sink.client_count() == 1);
+    // Two named streams taking turns (one name of the longest allowed length), then the one
+    // unnamed `[source]`'s frame: the 48-byte header as before.
+    let long = "a".repeat(32);
+    let names = ["front", long.as_str(), "front", long.as_str(), ""];
+    let mut rng = 7;
+    let mut sent = Vec::new();
+    for (seq, name) in names.iter().enumerate() {
+        let mut out = output(seq as u64, 16 + seq as u32, 9, 2, &mut rng);
+        let mut f = Frame::new(seq as u64, out.mask.width, out.mask.height);
+        f.stream = (*name).into();
+        f.stream_index = usize::from(name.len() == 32);
+        out.frame = Arc::new(f);
+        sink.publish(&out).unwrap();
+        sent.push(out);
+    }
+    for (out, name) in sent.iter().zip(names) {
+        let (len, got, seq, ids) = read_named(&mut client);
+        assert_eq!(len, if name.is_empty() { HEADER_LEN } else { NAMED_HEADER_LEN }, "frame {seq}");
+        assert_eq!(NAMED_HEADER_LEN, 80);
+        assert_eq!((got.as_str(), seq), (name, out.frame.seq));
+        assert!(ids == out.mask.classes, "payload of frame {seq} follows its header");
+    }
+}
