@@ -196,7 +196,11 @@ fn reuse_engines(cfg: &Config, seg: &Arc<Segmenter>, lanes: usize) -> Result<Vec
         );
     }
     if cfg.reduce.strategy.get() != Strategy::None {
-        log::info!("[reuse] on: token reduction is not combined with reuse yet; the reuse path runs unreduced");
+        log::info!(
+            "[reuse] on with [reduce] {}: blocks 0..{} reuse unchanged tokens, the rest run on M merged tokens",
+            cfg.reduce.strategy,
+            cfg.reduce.cut
+        );
     }
     let model = Arc::new(crate::reuse::ReuseModel::new(seg.clone())?);
     (0..lanes).map(|_| Ok(Box::new(model.lane(cfg.reuse.clone())?) as Box<dyn Engine>)).collect()

@@ -4,8 +4,9 @@
 //! `clip,setting,ms_per_frame,speedup,active_fraction,iou_mean,iou_min,mae_mean,flicker,...`.
 //!
 //! Settings: `full` (the reference: the unreduced cut model per frame), `reduced M=..` (per-frame
-//! AiluRus at `[reduce] cut`), `reuse t=..` at each threshold (`[reuse]`'s refresh rules).
-//! Reuse combined with reduction is not built yet, so it has no row.
+//! AiluRus at `[reduce] cut`), `reuse t=..` at each threshold (`[reuse]`'s refresh rules), and
+//! `reuse t=.. + a=.. M=..` (reuse before the cut, then the reduced path's AiluRus and middle
+//! on M tokens) at each threshold when `--reduced-m` is set.
 //!
 //! Owns the sweep and its table; it drives the lanes through the same `FrameRunner` as `run`.
 
@@ -226,13 +227,31 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
                     e.refresh_period(),
                     r.encoder.active
                 );
-                p.active += r.encoder.active_fraction();
+                p.active += r.active_fraction;
                 p.refreshes += r.refresh.is_some() as usize;
                 p.head_skipped += !r.head_ran as usize;
                 p.decision += r.decision;
             })?;
             let name = if floor > 0.0 { format!("reuse t={t} min={floor}") } else { format!("reuse t={t}") };
             rows.push(row(&clip, name, &p, reference));
+            if m > 0 && m < n {
+                // Reuse + reduction: reuse before the cut, AiluRus and the middle on M tokens.
+                let st = Setting { input_size: o.size, m };
+                let p = pass(&io, &mut reuse, &frames, st, ReuseLane::reset, |e, p| {
+                    let r = e.last_report();
+                    p.active += r.active_fraction;
+                    p.refreshes += r.refresh.is_some() as usize;
+                    p.head_skipped += !r.head_ran as usize;
+                    p.decision += r.decision;
+                })?;
+                let a = cfg.reduce.cut;
+                let name = if floor > 0.0 {
+                    format!("reuse t={t} min={floor} + a={a} M={m}")
+                } else {
+                    format!("reuse t={t} + a={a} M={m}")
+                };
+                rows.push(row(&clip, name, &p, reference));
+            }
         }
     }
     Ok(rows)

@@ -96,15 +96,54 @@ impl LaneState {
         let err = |source| EngineError::Infer { input_size: setting.input_size, m: setting.m, source };
         let t0 = Instant::now();
         let stem = self.stem(seg, i, input, setting.input_size).map_err(err)?;
+        times.stem = t0.elapsed();
+        self.after_stem(seg, i, plans, &stem, setting, times, out)
+    }
+
+    /// Reuse + reduction (issue #19): the stem's tokens (`prefix + n` rows of width C, blocks
+    /// 0..cut-1 already run, here by the reuse encoder) -> reduce -> middle -> unfold -> head,
+    /// exactly as [`Self::run`] after its stem. `times` gets reduce/middle/head. Returns the M used.
+    pub(crate) fn run_after_stem(
+        &mut self,
+        seg: &Segmenter,
+        tokens: &[f32],
+        setting: Setting,
+        times: &mut StageTimes,
+        out: &mut Vec<f32>,
+    ) -> Result<usize, EngineError> {
+        let (i, plans) = seg.plans(setting.input_size).ok_or(EngineError::NoPlan(setting.input_size))?;
+        let err = |source| EngineError::Infer { input_size: setting.input_size, m: setting.m, source };
+        let (c, prefix, n) = (seg.manifest.tokens.width, seg.manifest.tokens.prefix, plans.info.n_tokens);
+        if tokens.len() != (prefix + n) * c {
+            return Err(err(anyhow::anyhow!(
+                "{} stem values, expected (prefix {prefix} + {n} tokens) x {c}",
+                tokens.len()
+            )));
+        }
+        let stem = Stem { tokens: Tensor::from_shape(&[1, prefix + n, c], tokens).map_err(err)?.into() };
+        self.after_stem(seg, i, plans, &stem, setting, times, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn after_stem(
+        &mut self,
+        seg: &Segmenter,
+        i: usize,
+        plans: &SizePlans,
+        stem: &Stem,
+        setting: Setting,
+        times: &mut StageTimes,
+        out: &mut Vec<f32>,
+    ) -> Result<usize, EngineError> {
+        let err = |source| EngineError::Infer { input_size: setting.input_size, m: setting.m, source };
         let t1 = Instant::now();
-        let m = self.reduce(seg, plans, &stem, setting.m).map_err(err)?;
+        let m = self.reduce(seg, plans, stem, setting.m).map_err(err)?;
         let t2 = Instant::now();
-        let mid = self.middle(seg, &stem, m).map_err(err)?;
+        let mid = self.middle(seg, stem, m).map_err(err)?;
         let t3 = Instant::now();
         self.unfold(seg, f32s(&mid).map_err(err)?, plans.info.n_tokens);
         let t4 = Instant::now();
         self.head(seg, i, plans.info.n_tokens, out).map_err(err)?;
-        times.stem = t1 - t0;
         times.reduce = (t2 - t1) + (t4 - t3);
         times.middle = t3 - t2;
         times.head = t4.elapsed();
@@ -270,14 +309,27 @@ impl Engine for SegmenterLane {
     /// The reducer is built before it replaces the running one: one that cannot be built (a
     /// CUDA reducer without a GPU) leaves the lane as it was.
     fn reconfigure(&mut self, reduce: &ReduceConfig) -> Result<(), EngineError> {
-        self.set_reducer(reduce::build_on_device(reduce).map_err(EngineError::Reconfigure)?);
-        self.set_key_bias(reduce.proportional_attention);
-        Ok(())
+        self.st.reconfigure(reduce)
     }
 
     // --- #21 cluster view: expose the last frame's partition (a copy; nothing drawn here).
     fn partition(&self, out: &mut Partition) -> bool {
-        let sc = &self.st.scratch;
+        self.st.partition(out)
+    }
+}
+
+impl LaneState {
+    /// A new reducer and key bias from the next frame on (one that cannot be built leaves the
+    /// lane as it was).
+    pub(crate) fn reconfigure(&mut self, reduce: &ReduceConfig) -> Result<(), EngineError> {
+        self.reducer = reduce::build_on_device(reduce).map_err(EngineError::Reconfigure)?;
+        self.key_bias = reduce.proportional_attention;
+        Ok(())
+    }
+
+    /// The last frame's partition, when it was reduced.
+    pub(crate) fn partition(&self, out: &mut Partition) -> bool {
+        let sc = &self.scratch;
         if sc.reduced {
             out.copy_from(&sc.reduction, sc.grid, sc.input_size);
         }

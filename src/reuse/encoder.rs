@@ -99,6 +99,8 @@ pub struct ReuseEncoder {
     prefix: usize,
     /// Token count the caches hold (0: empty; the next frame must refresh).
     t: usize,
+    /// Blocks the last frame ran (another count refreshes).
+    blocks: usize,
     caches: Vec<BlockCache>,
     s: Scratch,
     erf: Box<dyn tract_linalg::element_wise::ElementWise<f32>>,
@@ -113,7 +115,7 @@ impl ReuseEncoder {
     pub fn new(w: std::sync::Arc<EncoderWeights>, prefix: usize) -> TractResult<ReuseEncoder> {
         use tract_linalg::routines::Func;
         let caches = w.blocks.iter().map(|_| BlockCache::default()).collect();
-        Ok(ReuseEncoder { w, prefix, t: 0, caches, s: Scratch::default(), erf: Func::Erf.ew_f32()? })
+        Ok(ReuseEncoder { w, prefix, t: 0, blocks: 0, caches, s: Scratch::default(), erf: Func::Erf.ew_f32()? })
     }
 
     /// Drop the caches: the next frame must be a refresh.
@@ -140,14 +142,39 @@ impl ReuseEncoder {
 
     /// Blocks 0..L-1 and the final norm on `x` (`[T, C]`, block 0's input) into `out`.
     pub fn run(&mut self, x: &[f32], gate: Gate, out: &mut Vec<f32>, stats: &mut EncoderStats) -> TractResult<()> {
+        self.run_blocks(x, gate, self.w.blocks.len(), out, stats)
+    }
+
+    /// The number of blocks L.
+    pub fn depth(&self) -> usize {
+        self.w.blocks.len()
+    }
+
+    /// Blocks 0..`blocks`-1 on `x` into `out`; the final norm only when `blocks` is L (else
+    /// `out` is block `blocks`-1's output: the stem of the reduced path). A frame with another
+    /// `blocks` than the last one refreshes (the later blocks' caches are stale).
+    pub fn run_blocks(
+        &mut self,
+        x: &[f32],
+        gate: Gate,
+        blocks: usize,
+        out: &mut Vec<f32>,
+        stats: &mut EncoderStats,
+    ) -> TractResult<()> {
         let c = self.w.width;
+        ensure!(
+            blocks >= 1 && blocks <= self.w.blocks.len(),
+            "reuse encoder: {blocks} blocks of {}",
+            self.w.blocks.len()
+        );
         ensure!(
             x.len().is_multiple_of(c) && x.len() / c > self.prefix,
             "reuse encoder: {} values for width {c}",
             x.len()
         );
         let t = x.len() / c;
-        let refresh = gate.refresh || !self.ready(t);
+        let refresh = gate.refresh || !self.ready(t) || blocks != self.blocks;
+        self.blocks = blocks;
         if refresh {
             for cache in &mut self.caches {
                 for buf in [&mut cache.reference, &mut cache.k, &mut cache.v, &mut cache.r1, &mut cache.r2] {
@@ -160,12 +187,12 @@ impl ReuseEncoder {
         stats.active.clear();
         stats.tokens = t;
         stats.macs = 0.0;
-        stats.full_macs = self.w.blocks.len() as f64 * t as f64 * (row + key * t as f64);
+        stats.full_macs = blocks as f64 * t as f64 * (row + key * t as f64);
         let mut x_cur = std::mem::take(&mut self.s.x);
         x_cur.clear();
         x_cur.extend_from_slice(x);
         stats.gate_time = std::time::Duration::ZERO;
-        for b in 0..self.w.blocks.len() {
+        for b in 0..blocks {
             let g0 = std::time::Instant::now();
             let a = self.select(b, &x_cur, t, gate, refresh);
             stats.gate_time += g0.elapsed();
@@ -178,10 +205,14 @@ impl ReuseEncoder {
             self.block(b, &x_cur, t, a)?;
             std::mem::swap(&mut x_cur, &mut self.s.next);
         }
-        let (g, be, eps) = &self.w.final_norm;
         out.clear();
-        out.resize(t * c, 0.0);
-        layernorm::layer_norm(&x_cur, g, be, c, *eps, out)?;
+        if blocks == self.w.blocks.len() {
+            let (g, be, eps) = &self.w.final_norm;
+            out.resize(t * c, 0.0);
+            layernorm::layer_norm(&x_cur, g, be, c, *eps, out)?;
+        } else {
+            out.extend_from_slice(&x_cur[..t * c]);
+        }
         self.s.x = x_cur;
         self.t = t;
         Ok(())

@@ -5,6 +5,12 @@
 //! Eventful-Transformer token gates: active rows only, cached keys/values/branches for the rest)
 //! -> head (the segmenter's tract plan; skipped when no token changed, its cached output reused).
 //!
+//! With reduction (a frame's `Setting::m` below the patch count): the encoder runs blocks
+//! 0..`[reduce] cut`-1 only, with reuse, and its output goes through the per-frame reduced
+//! path's own states ([`LaneState::run_after_stem`]: the reducer clusters all patch tokens
+//! afresh, the middle runs on M merged tokens, unfold, head). Clusters are not carried across
+//! frames yet; reducer, middle and head are skipped when no stem token changed (M unchanged).
+//!
 //! Refresh rules (a full recompute that also resets every cache reference), checked per frame
 //! before the encoder runs, from block 0's gate scores:
 //! - `refresh_every` frames since the last refresh;
@@ -27,6 +33,7 @@ use tract_onnx::prelude::*;
 
 use crate::engine::{Engine, EngineError, Setting, SizeInfo, StageTimes};
 use crate::model::device::{Part, Plan};
+use crate::model::lane::LaneState;
 use crate::model::{cut, f32s, ModelError, Segmenter};
 use crate::problems::Problems;
 use encoder::{EncoderStats, Gate, ReuseEncoder};
@@ -118,6 +125,11 @@ pub struct FrameReport {
     /// Time of the per-frame decision: block 0's scores and the refresh rules, plus every
     /// block's gate (`encoder.gate_time`).
     pub decision: Duration,
+    /// With reduction: the merged tokens the middle ran on this frame (None: unreduced, or the
+    /// middle was skipped because no stem token changed).
+    pub m: Option<usize>,
+    /// (token, block) pairs computed over all of them, the reduced middle's M rows included.
+    pub active_fraction: f64,
 }
 
 /// What every lane shares: the segmenter (head plans), the encoder weights and the embedding
@@ -178,6 +190,9 @@ impl ReuseModel {
             threshold_out: self.seg.manifest().output.threshold,
             tokens: Vec::new(),
             head_out: Vec::new(),
+            fresh: Vec::new(),
+            reduced: LaneState::spawn(&self.seg)?,
+            last_m: usize::MAX,
             last: FrameReport::default(),
         })
     }
@@ -198,6 +213,11 @@ pub struct ReuseLane {
     threshold_out: f32,
     tokens: Vec<f32>,
     head_out: Vec<f32>,
+    fresh: Vec<f32>,
+    /// The per-frame reduced path's states (reducer, middle, head) for reuse + reduction.
+    reduced: LaneState,
+    /// The M the last frame asked for (usize::MAX: unreduced); another M recomputes the middle.
+    last_m: usize,
     /// The last frame's report (for the bench and metrics).
     last: FrameReport,
 }
@@ -234,7 +254,7 @@ impl ReuseLane {
         &self.last
     }
 
-    /// One frame: model input (`[1,3,s,s]` normalised) -> raw output into `out`.
+    /// One frame, unreduced: model input (`[1,3,s,s]` normalised) -> raw output into `out`.
     pub fn infer(
         &mut self,
         input: &[f32],
@@ -242,9 +262,30 @@ impl ReuseLane {
         times: &mut StageTimes,
         out: &mut Vec<f32>,
     ) -> Result<&FrameReport, EngineError> {
+        self.infer_setting(input, Setting { input_size: size, m: usize::MAX }, times, out)
+    }
+
+    /// One frame at `setting`: with `setting.m` below the patch count, reuse + reduction (the
+    /// blocks before `[reduce] cut` with reuse, then the per-frame reduced path's reducer,
+    /// middle on M tokens, unfold and head; all skipped when no stem token changed), else reuse
+    /// through every block.
+    pub fn infer_setting(
+        &mut self,
+        input: &[f32],
+        setting: Setting,
+        times: &mut StageTimes,
+        out: &mut Vec<f32>,
+    ) -> Result<&FrameReport, EngineError> {
+        let size = setting.input_size;
         let i = self.sizes.iter().position(|(s, ..)| *s == size).ok_or(EngineError::NoPlan(size))?;
         let err = |source| EngineError::Infer { input_size: size, m: 0, source };
-        if size != self.last_size {
+        let seg = self.model.seg.clone();
+        let n = seg.sizes().iter().find(|s| s.input_size == size).map_or(0, |s| s.n_tokens);
+        let depth = self.enc.depth();
+        let reduce = setting.m < n && seg.cut() < depth;
+        let m = if reduce { setting.m } else { usize::MAX };
+        if size != self.last_size || reduce != (self.last_m != usize::MAX) {
+            // A new size, or the other path: its caches do not fit.
             self.reset();
             self.last_size = size;
         }
@@ -268,20 +309,35 @@ impl ReuseLane {
         report.decision = t2 - t1;
         report.head_ran = false;
         report.agreement = None;
+        report.m = None;
         let mut tokens = std::mem::take(&mut self.tokens);
-        let ran = self.enc.run(emb, gate, &mut tokens, &mut report.encoder);
+        let blocks = if reduce { seg.cut() } else { depth };
+        let ran = self.enc.run_blocks(emb, gate, blocks, &mut tokens, &mut report.encoder);
         self.tokens = tokens;
         self.last = report;
         ran.map_err(err)?;
         let report = &mut self.last;
         report.decision += report.encoder.gate_time;
         let t3 = Instant::now();
-        let unchanged = report.encoder.active.iter().all(|&a| a == 0) && !self.head_out.is_empty();
+        let t = report.encoder.tokens;
+        let mut computed = report.encoder.active.iter().sum::<usize>() as f64;
+        let unchanged = report.encoder.active.iter().all(|&a| a == 0) && !self.head_out.is_empty() && m == self.last_m;
+        let mut part_times = StageTimes::default();
         if !unchanged {
-            let c = self.model.weights.width;
-            let x = Tensor::from_shape(&[1, self.tokens.len() / c, c], &self.tokens).map_err(err)?;
-            let y = self.sizes[i].2.run(tvec!(x.into())).map_err(err)?;
-            let fresh = f32s(&y[0]).map_err(err)?;
+            if reduce {
+                let used =
+                    self.reduced.run_after_stem(&seg, &self.tokens, setting, &mut part_times, &mut self.fresh)?;
+                report.m = Some(used);
+                let prefix = seg.manifest().tokens.prefix;
+                computed += ((depth - blocks) * (prefix + used)) as f64;
+            } else {
+                let c = self.model.weights.width;
+                let x = Tensor::from_shape(&[1, self.tokens.len() / c, c], &self.tokens).map_err(err)?;
+                let y = self.sizes[i].2.run(tvec!(x.into())).map_err(err)?;
+                self.fresh.clear();
+                self.fresh.extend_from_slice(f32s(&y[0]).map_err(err)?);
+            }
+            let fresh = &self.fresh;
             if refresh == Some(Refresh::Periodic) && self.cfg.refresh_iou > 0.0 && fresh.len() == self.head_out.len() {
                 // How far the reused frames had drifted: adapt the schedule.
                 let agree = agreement(fresh, &self.head_out, s * s, self.threshold_out);
@@ -290,17 +346,25 @@ impl ReuseLane {
                 self.period =
                     if agree < self.cfg.refresh_iou { (self.period / 2).max(2) } else { (self.period * 2).min(max) };
             }
-            self.head_out.clear();
-            self.head_out.extend_from_slice(fresh);
+            std::mem::swap(&mut self.head_out, &mut self.fresh);
             report.head_ran = true;
         }
+        report.active_fraction = computed / (depth * t).max(1) as f64;
+        self.last_m = m;
         out.clear();
         out.extend_from_slice(&self.head_out);
         self.since_refresh = if refresh.is_some() { 1 } else { self.since_refresh + 1 };
-        times.stem = (t1 - t0) + (t2 - t1);
-        times.reduce = Duration::ZERO;
-        times.middle = t3 - t2;
-        times.head = t3.elapsed();
+        if reduce {
+            times.stem = t3 - t0;
+            times.reduce = part_times.reduce;
+            times.middle = part_times.middle;
+            times.head = part_times.head;
+        } else {
+            times.stem = (t1 - t0) + (t2 - t1);
+            times.reduce = Duration::ZERO;
+            times.middle = t3 - t2;
+            times.head = t3.elapsed();
+        }
         Ok(&self.last)
     }
 
@@ -351,8 +415,9 @@ fn agreement(a: &[f32], b: &[f32], plane: usize, threshold: f32) -> f32 {
     same as f32 / plane.max(1) as f32
 }
 
-/// The reuse lane as the pipeline drives an engine: `setting.m` is ignored (no token reduction on
-/// this path yet); it returns the patch-token count.
+/// The reuse lane as the pipeline drives an engine: `setting.m` below the patch count runs
+/// reuse + reduction; it returns the M used (the patch-token count when unreduced, or when the
+/// middle was skipped).
 impl Engine for ReuseLane {
     fn sizes(&self) -> &[SizeInfo] {
         self.model.seg.sizes()
@@ -365,12 +430,23 @@ impl Engine for ReuseLane {
         times: &mut StageTimes,
         out: &mut Vec<f32>,
     ) -> Result<usize, EngineError> {
-        let r = ReuseLane::infer(self, input, setting.input_size, times, out)?;
-        Ok(r.encoder.tokens - self.model.seg.manifest().tokens.prefix)
+        let r = ReuseLane::infer_setting(self, input, setting, times, out)?;
+        Ok(r.m.unwrap_or(r.encoder.tokens - self.model.seg.manifest().tokens.prefix))
     }
 
     fn stream_break(&mut self) {
         self.reset();
+    }
+
+    /// A new reducer for reuse + reduction; the next frame recomputes the middle.
+    fn reconfigure(&mut self, reduce: &crate::reduce::ReduceConfig) -> Result<(), EngineError> {
+        self.reduced.reconfigure(reduce)?;
+        self.head_out.clear();
+        Ok(())
+    }
+
+    fn partition(&self, out: &mut crate::reduce::Partition) -> bool {
+        self.last.m.is_some() && self.reduced.partition(out)
     }
 }
 

@@ -207,7 +207,10 @@ fn bench_video_smoke_on_a_decoded_clip() {
     assert!(header.starts_with("clip,setting,ms_per_frame,speedup,active_fraction,iou_mean,iou_min,mae_mean,flicker"));
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     let settings: Vec<&str> = rows.iter().map(|r| r[1]).collect();
-    assert_eq!(settings, ["full", "reduced M=128", "reuse t=0", "reuse t=0.3"], "{stdout}");
+    let cut = ailurus::reduce::ReduceConfig::default().cut;
+    let (combined_0, combined_3) = (format!("reuse t=0 + a={cut} M=128"), format!("reuse t=0.3 + a={cut} M=128"));
+    let want = ["full", "reduced M=128", "reuse t=0", &combined_0, "reuse t=0.3", &combined_3];
+    assert_eq!(settings, want, "{stdout}");
     for r in &rows {
         assert_eq!(r[0], "carphone_pristine");
         let iou: f64 = r[5].parse().unwrap();
@@ -215,5 +218,48 @@ fn bench_video_smoke_on_a_decoded_clip() {
     }
     // Threshold 0 is per-frame computation: the same masks as `full`.
     assert_eq!((rows[2][5], rows[2][6]), ("1.00000", "1.00000"), "{stdout}");
+    // ...and with reduction on top, the per-frame reduced masks.
+    assert_eq!((rows[3][5], rows[3][6]), (rows[1][5], rows[1][6]), "{stdout}");
     assert_eq!(rows[0][3], "1.0000");
+}
+
+/// Reuse + reduction (`infer_setting` with M below the patch count) at threshold 0 equals the
+/// per-frame reduced path (AiluRus at the cut, middle on M tokens) to 1e-5, over a sequence with
+/// a size switch and a switch to the unreduced path and back; an identical frame then skips the
+/// reducer, middle and head.
+#[test]
+fn reuse_with_reduction_at_threshold_zero_equals_the_per_frame_reduced_path() {
+    let sizes = [56, 112];
+    let opts = SegmenterOptions {
+        reduce: ReduceConfig { cut: 2, m: 20, ..ReduceConfig::default() },
+        with_full: false,
+        fixed_middle: vec![20],
+        ..options(&sizes)
+    };
+    let seg = Arc::new(Segmenter::load(&tiny(), &opts).unwrap());
+    let mut per_frame = seg.lane().unwrap();
+    let mut reuse = Arc::new(ReuseModel::new(seg).unwrap()).lane(gates_only(0.0)).unwrap();
+    let mut times = StageTimes::default();
+    for (k, &(s, m)) in [(112, 20), (112, 20), (112, 30), (56, 10), (112, usize::MAX), (112, 20)].iter().enumerate() {
+        let x = if k == 1 { with_patch_changed(&image(s, 10), s, 2, 2) } else { image(s, 10 + k as u64) };
+        let setting = ailurus::engine::Setting { input_size: s, m };
+        let (mut want, mut got) = (Vec::new(), Vec::new());
+        let m_want = per_frame.run_parts(&x, setting, &mut times, &mut want).unwrap();
+        let r = reuse.infer_setting(&x, setting, &mut times, &mut got).unwrap().clone();
+        let d = max_abs_diff(&want, &got);
+        assert!(d <= 1e-5, "frame {k} ({s}px M={m}): reuse + reduction differs from the per-frame path by {d}");
+        let n = ((s / 14) * (s / 14)) as usize;
+        assert_eq!(r.m, (m < n).then_some(m_want), "frame {k}");
+        if m < n {
+            assert_eq!(r.encoder.active.len(), 2, "frame {k}: reuse runs the blocks before the cut only");
+        }
+    }
+    // Threshold above any change: an identical frame runs no block, no reducer, no head.
+    reuse.set_config(gates_only(0.01));
+    let (x, setting) = (image(112, 77), ailurus::engine::Setting { input_size: 112, m: 20 });
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    reuse.infer_setting(&x, setting, &mut times, &mut a).unwrap();
+    let r = reuse.infer_setting(&x, setting, &mut times, &mut b).unwrap();
+    assert!(!r.head_ran && r.m.is_none() && r.encoder.macs == 0.0 && r.active_fraction == 0.0);
+    assert_eq!(a, b);
 }
