@@ -1,5 +1,6 @@
-//! `ailurus bench --video DIR...`: temporal reuse on real clips (issue #19). For each clip (a
-//! folder of numbered frames, e.g. from tools/decode_clips.sh) and setting it runs every frame in
+//! `ailurus bench --video CLIP...`: temporal reuse on real clips (issue #19). For each clip (a
+//! folder of numbered frames, e.g. from tools/decode_clips.sh, or a video file / URI played
+//! through the GStreamer source) and setting it runs every frame in
 //! order, in one process, and compares with per-frame full computation of the same frames:
 //! `clip,setting,ms_per_frame,speedup,active_fraction,iou_mean,iou_min,mae_mean,flicker,...`.
 //!
@@ -27,7 +28,8 @@ use ailurus::reuse::{ReuseConfig, ReuseLane, ReuseModel};
 #[derive(clap::Args, Clone)]
 pub struct VideoArgs {
     /// Temporal reuse on video instead (issue #19): folders of numbered frames
-    /// (tools/decode_clips.sh writes .cache/video/frames/*), each against per-frame full
+    /// (tools/decode_clips.sh writes .cache/video/frames/*) or video files / URIs played through
+    /// GStreamer (.cache/video/bikes.mp4, rtsp://...), each against per-frame full
     /// computation of the same frames at --size. Writes --csv.
     #[arg(long, num_args = 1..)]
     pub video: Vec<PathBuf>,
@@ -48,7 +50,11 @@ pub struct VideoArgs {
 /// `ailurus bench --video`: the table on stdout, the CSV at `csv`.
 pub fn command(cfg: &Config, a: &VideoArgs, csv: &Path, size: u32) -> Result<()> {
     let o = VideoOptions {
-        clips: a.video.iter().map(|d| cfg.resolve(d)).collect(),
+        clips: a
+            .video
+            .iter()
+            .map(|d| if d.to_string_lossy().contains("://") { d.clone() } else { cfg.resolve(d) })
+            .collect(),
         size,
         max_frames: a.max_frames,
         thresholds: a.thresholds.clone(),
@@ -94,10 +100,46 @@ pub struct VideoRow {
     pub decision_ms: f64,
 }
 
+/// The first `max` frames of a clip: a folder of numbered images, or anything the GStreamer
+/// source plays (an .mp4 path, a `file://`/`rtsp://`/`http://` URI), decoded to RGB at the
+/// clip's own size.
 fn frames_of(dir: &Path, max: usize) -> Result<Vec<Frame>> {
+    if !dir.is_dir() {
+        return played(dir, max);
+    }
     let list = ailurus::source::folder::list_images(dir).with_context(|| format!("video folder {}", dir.display()))?;
     anyhow::ensure!(list.len() >= 2, "video folder {}: fewer than 2 frames", dir.display());
     list.iter().take(max).enumerate().map(|(i, p)| Ok(ailurus::source::folder::load_frame(p, i as u64)?)).collect()
+}
+
+/// [`frames_of`] for a video file or URI, through `[source] kind = "gstreamer"` (`loop = false`):
+/// frames are pulled as fast as they are decoded; a gap in the sequence numbers (a frame the
+/// appsink dropped) is an error, since reuse needs consecutive frames.
+fn played(clip: &Path, max: usize) -> Result<Vec<Frame>> {
+    let what = clip.display().to_string();
+    let uri = toml::Value::String(what.clone());
+    let cfg: ailurus::source::SourceConfig =
+        toml::from_str(&format!("kind = \"gstreamer\"\nloop = false\n[gstreamer]\nuri = {uri}\n"))
+            .map_err(|e| anyhow::anyhow!("video {what}: {e}"))?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The path is resolved already; the source's error names it (and exits 2, as bad input).
+    let mut src = ailurus::source::build_with_stop(&cfg, Path::new(""), stop.clone())?;
+    let mut frames: Vec<Frame> = Vec::with_capacity(max);
+    while frames.len() < max {
+        let Some(f) = src.next_frame()? else { break };
+        if let Some(prev) = frames.last() {
+            anyhow::ensure!(
+                f.seq == prev.seq + 1,
+                "video {what}: frame {} follows {} (a frame was dropped while decoding)",
+                f.seq,
+                prev.seq
+            );
+        }
+        frames.push(f);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    anyhow::ensure!(frames.len() >= 2, "video {what}: fewer than 2 frames");
+    Ok(frames)
 }
 
 /// Per-frame work of one setting: the masks, the time, and what the engine reports per frame.
@@ -195,7 +237,8 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
     let mut reuse: ReuseLane = model.lane(cfg.reuse.clone())?;
     let mut rows = Vec::new();
     for dir in &o.clips {
-        let clip = dir.file_name().map_or_else(|| dir.display().to_string(), |s| s.to_string_lossy().into_owned());
+        let name = if dir.is_dir() { dir.file_name() } else { dir.file_stem() };
+        let clip = name.map_or_else(|| dir.display().to_string(), |s| s.to_string_lossy().into_owned());
         let frames = frames_of(dir, o.max_frames)?;
         log::info!("bench --video: {clip}, {} frames at {} px", frames.len(), o.size);
         let full = pass(

@@ -223,6 +223,58 @@ fn bench_video_smoke_on_a_decoded_clip() {
     assert_eq!(rows[0][3], "1.0000");
 }
 
+/// `bench --video` on the .mp4 itself (played through the GStreamer source): three consecutive
+/// frames, threshold 0 equals per-frame computation.
+#[test]
+fn bench_video_plays_an_mp4_through_gstreamer() {
+    if common::real_manifest().is_none() {
+        return;
+    }
+    let mp4 = common::cache().join("video/carphone_pristine.mp4");
+    if !mp4.is_file() || std::process::Command::new("gst-inspect-1.0").arg("avdec_h264").output().is_err() {
+        assert!(
+            std::env::var("AILURUS_REQUIRE_GST").map_or(true, |v| v != "1"),
+            "{} or GStreamer missing",
+            mp4.display()
+        );
+        println!("SKIP bench_video_plays_an_mp4_through_gstreamer: {} or GStreamer missing", mp4.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |clip: &std::path::Path, csv: &str| {
+        let csv = dir.path().join(csv);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ailurus"))
+            .current_dir(common::root())
+            .args(["bench", "--video"])
+            .arg(clip)
+            .args(["--size", "224", "--max-frames", "3", "--thresholds", "0", "--reduced-m", "0", "--csv"])
+            .arg(&csv)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let rows: Vec<Vec<String>> = std::fs::read_to_string(&csv)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').map(str::to_string).collect())
+            .collect();
+        rows
+    };
+    let played = run(&mp4, "mp4.csv");
+    let settings: Vec<&str> = played.iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(settings, ["full", "reuse t=0"]);
+    assert!(played.iter().all(|r| r[0] == "carphone_pristine"), "{played:?}");
+    assert_eq!((played[1][5].as_str(), played[1][6].as_str()), ("1.00000", "1.00000"), "{played:?}");
+    let frames_col = 9; // clip,setting,ms,speedup,active,iou_mean,iou_min,mae,flicker,frames
+    assert_eq!(played[0][frames_col], "3", "{played:?}");
+    // A real clip: the full masks change a little from frame to frame, not at all or wholesale
+    // (the source squares the pixels, pixel-aspect-ratio 1/1, so these are not the folder's
+    // pixels exactly).
+    let flicker: f64 = played[0][8].parse().unwrap();
+    assert!(flicker > 0.0 && flicker < 0.5, "{played:?}");
+}
+
 /// Reuse + reduction (`infer_setting` with M below the patch count) at threshold 0 equals the
 /// per-frame reduced path (AiluRus at the cut, middle on M tokens) to 1e-5, over a sequence with
 /// a size switch and a switch to the unreduced path and back; an identical frame then skips the
