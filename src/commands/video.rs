@@ -303,7 +303,7 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
 pub fn format_table(rows: &[VideoRow], cpu: &str) -> String {
     let mut s = format!("temporal reuse, same run, {cpu}\n");
     s += &format!(
-        "{:<18} {:<20} {:>6} {:>9} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>5} {:>5} {:>8}\n",
+        "{:<18} {:<26} {:>6} {:>9} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>5} {:>5} {:>8}\n",
         "clip",
         "setting",
         "frames",
@@ -320,7 +320,7 @@ pub fn format_table(rows: &[VideoRow], cpu: &str) -> String {
     );
     for r in rows {
         s += &format!(
-            "{:<18} {:<20} {:>6} {:>9.1} {:>6.2}x {:>7.3} {:>8.4} {:>7.4} {:>7.4} {:>7.4} {:>5} {:>5} {:>5.2} ms\n",
+            "{:<18} {:<26} {:>6} {:>9.1} {:>6.2}x {:>7.3} {:>8.4} {:>7.4} {:>7.4} {:>7.4} {:>5} {:>5} {:>5.2} ms\n",
             r.clip,
             r.setting,
             r.frames,
