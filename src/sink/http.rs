@@ -344,9 +344,10 @@ fn handle(shared: &Shared, rq: tiny_http::Request) {
     }
     let stream = stream.as_deref();
     if let Some(name) = stream {
-        let names: Vec<Arc<str>> = lock(&shared.streams).iter().map(|p| p.name.clone()).collect();
-        if !names.iter().any(|n| &**n == name) {
-            let names = names.iter().map(|n| &**n).collect::<Vec<_>>().join(" ");
+        let streams = lock(&shared.streams);
+        if !streams.iter().any(|p| &*p.name == name) {
+            let names = streams.iter().map(|p| &*p.name).collect::<Vec<_>>().join(" ");
+            drop(streams);
             return text(
                 rq,
                 404,
