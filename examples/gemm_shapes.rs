@@ -3,9 +3,11 @@
 //! product (the model runs them as three 384-column ones, the shape of "proj"), then the
 //! projection, fc1, fc2, and the attention's two products per 256-row block ("qk": 256 x 64 by
 //! 64 x T, k read transposed; "pv": 256 x T by T x 64).
+//! The linear shapes also in bf16 where the CPU has AVX512-BF16 (`src/model/bf16.rs`).
 //! `cargo run --release --example gemm_shapes [T]`
 use std::time::Instant;
 
+use ailurus::model::bf16;
 use ailurus::model::isa::{self, Level};
 use ailurus::model::sgemm::Gemm;
 
@@ -49,6 +51,19 @@ fn main() {
             }
             let f = 2.0 * (m * k * n) as f64;
             line += &format!("  {} {:.1} GFLOP/s", level.gemm_kernel(), f / best / 1e9);
+        }
+        // The linear layers in bf16 (`[model] precision = "bf16"`), where the CPU has it: the
+        // same product with the weight packed once and the rows rounded per call (counted).
+        if !transposed && bf16::Kernel::Avx512Bf16.supported() && m == t {
+            let packed = bf16::PackedBf16::pack(&w, k, n);
+            let mut best = f64::MAX;
+            for _ in 0..15 {
+                let t0 = Instant::now();
+                bf16::linear_bf16_at(bf16::Kernel::Avx512Bf16, &a, &packed, None, m, &mut c).unwrap();
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+            let f = 2.0 * (m * k * n) as f64;
+            line += &format!("  {} {:.1} GFLOP/s", bf16::Kernel::Avx512Bf16.name(), f / best / 1e9);
         }
         println!("{line}");
     }

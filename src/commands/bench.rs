@@ -45,6 +45,8 @@ pub struct BenchOptions {
     /// Put ONNX Runtime ("ort") in a peer table, at these thread counts.
     pub peer: Option<String>,
     pub peer_threads: Vec<usize>,
+    /// Precisions of the ailurus rows in the peer table (`[model] precision`).
+    pub peer_precisions: Vec<ailurus::model::bf16::Precision>,
     /// A fine-tuned manifest (same model plus a `[delta]`): its `ailurus` rows are added as
     /// `ailurus-ft`, measured against the stock reference on the same photos.
     pub finetuned: Option<PathBuf>,
@@ -382,7 +384,7 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
 pub fn run_peer(cfg: &Config, o: &BenchOptions, rows: &[Row]) -> Result<super::peer::PeerTable> {
     let photos = load_photos(&o.photos)?;
     let reduced = super::peer::pick_reduced(rows, o.size, 0.97);
-    super::peer::run(cfg, &photos, &o.photos, o.size, reduced.as_ref(), &o.peer_threads, o.reps)
+    super::peer::run(cfg, &photos, &o.photos, o.size, reduced.as_ref(), &o.peer_threads, o.reps, &o.peer_precisions)
 }
 
 /// The table as text.
@@ -545,6 +547,11 @@ pub struct Args {
     /// Thread counts for the peer table (both engines).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     peer_threads: Vec<usize>,
+    /// Precisions of the ailurus rows of the peer table ("f32", "bf16"): each is timed at every
+    /// thread count, with mask IoU against the f32 unreduced masks; one the CPU lacks is skipped
+    /// with a log line.
+    #[arg(long, value_delimiter = ',', default_value = "f32", value_parser = super::parse_precision)]
+    precisions: Vec<ailurus::model::bf16::Precision>,
     /// Timed repetitions per photo after one warm-up run.
     #[arg(long, default_value_t = 1)]
     reps: usize,
@@ -609,6 +616,7 @@ pub fn command(b: Args) -> Result<()> {
         reps: b.reps,
         peer: b.peer.clone(),
         peer_threads: b.peer_threads.clone(),
+        peer_precisions: b.precisions,
         finetuned: b.finetuned.map(|f| cfg.resolve(&f)),
     };
     let rows = run(&cfg, &opts)?;

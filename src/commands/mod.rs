@@ -121,3 +121,10 @@ where
     }
     s.split(',').map(|v| v.trim().parse::<T>().map_err(|e| format!("{v:?}: {e}"))).collect::<Result<_, _>>().map(List)
 }
+
+/// A `[model] precision` name on the command line.
+pub fn parse_precision(s: &str) -> Result<ailurus::model::bf16::Precision, String> {
+    use ailurus::choice::Named;
+    use ailurus::model::bf16::Precision;
+    Precision::from_name(s).ok_or_else(|| format!("{s:?} is not {}", Precision::expected()))
+}

@@ -25,6 +25,7 @@ use super::bench::{build, measure, with_strategy, Photo, Reference, Row};
 use ailurus::config::Config;
 use ailurus::engine::FrameIo;
 use ailurus::engine::{Setting, StageTimes};
+use ailurus::model::bf16::Precision;
 use ailurus::model::{Io, SegmenterLane};
 use ailurus::reduce::Strategy;
 
@@ -35,6 +36,8 @@ pub struct PeerTable {
     pub rows: Vec<PeerRow>,
     pub ort_version: String,
     pub prepost_ms: f64,
+    /// The precisions measured, each with the kernel its linear layers ran on.
+    pub precisions: Vec<(Precision, String)>,
 }
 
 /// One ailurus or ONNX Runtime line of the peer table.
@@ -122,7 +125,9 @@ pub fn pick_reduced(rows: &[Row], size: u32, min_iou: f64) -> Option<Row> {
     fast.or_else(|| ours.max_by(|a, b| a.iou.total_cmp(&b.iou))).cloned()
 }
 
-/// Measure ailurus unreduced and at `reduced` with each thread count, then ONNX Runtime.
+/// Measure ailurus unreduced and at `reduced` with each thread count, at each of `precisions`
+/// (`[model] precision`; fidelity of the bf16 rows against the f32 unreduced masks of the same
+/// run), then ONNX Runtime.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     cfg: &Config,
@@ -132,77 +137,132 @@ pub(super) fn run(
     reduced: Option<&Row>,
     threads: &[usize],
     reps: usize,
+    precisions: &[Precision],
 ) -> Result<PeerTable> {
     let mut rows = Vec::new();
     let mut prepost = Vec::new();
     let cut = reduced.map(|r| r.cut).unwrap_or(cfg.reduce.cut);
-    let fixed: Vec<usize> = reduced.map(|r| vec![r.m]).unwrap_or_default();
-    let mut seg = build(cfg, &[size], cut, true, &fixed)?;
-    with_strategy(&mut seg, cfg, Strategy::Ailurus);
-    for &t in threads {
-        ailurus::model::set_threads(t);
-        log::info!("bench: peer, ailurus none at {size}px, {t} thread(s)");
-        let (base, masks) = measure(&mut seg, photos, Setting { input_size: size, m: usize::MAX }, reps, None, true)?;
-        if t == 1 {
-            prepost.push(base.ms - base.infer_ms);
+    let mut reference: Option<Reference> = None;
+    let mut measured = Vec::new();
+    for (i, &want) in precisions.iter().enumerate() {
+        let used = ailurus::model::bf16::set_precision(want);
+        if used != want {
+            log::warn!("bench: peer, precision {want} skipped: this CPU runs it as {used}");
+            continue;
         }
-        rows.push(PeerRow {
-            engine: "ailurus".into(),
-            threads: t,
-            setting: "none".into(),
-            ms: base.infer_ms,
-            iou: 1.0,
-            mae: 0.0,
-        });
-        if let Some(r) = reduced {
-            log::info!("bench: peer, ailurus a={} M={} at {size}px, {t} thread(s)", r.cut, r.m);
-            let reference = Reference { masks };
-            let (row, _) =
-                measure(&mut seg, photos, Setting { input_size: size, m: r.m }, reps, Some(&reference), false)?;
-            rows.push(PeerRow {
-                engine: "ailurus".into(),
-                threads: t,
-                setting: format!("ailurus a={} M={}", r.cut, r.m),
-                ms: row.infer_ms,
-                iou: row.iou,
-                mae: row.mae,
-            });
-        }
+        // The f32 rows carry no suffix (the table's usual rows); others name their precision.
+        let tag = if want == Precision::F32 { String::new() } else { format!(", {want}") };
+        let linear = ailurus::model::isa::kernels().into_iter().find(|(f, _)| *f == "linear").map(|(_, k)| k);
+        measured.push((want, linear.unwrap_or_default()));
+        let mut v = Variant { cfg, photos, size, reduced, threads, reps, cut, tag: &tag };
+        let masks = v.measure(reference.as_ref(), &mut rows, if i == 0 { Some(&mut prepost) } else { None })?;
+        reference = reference.or(masks);
     }
-    // Throughput mode: one frame per core, each on one thread (frame-level parallelism).
-    let lanes = threads.iter().copied().max().unwrap_or(1);
-    if lanes > 1 {
-        // One segmenter (plans and weights once), one lane per frame in flight, as `run` does.
-        let mut segs = vec![seg];
-        for _ in 1..lanes {
-            segs.push(segs[0].segmenter().lane()?);
-        }
-        for s in &mut segs {
-            with_strategy(s, cfg, Strategy::Ailurus);
-        }
-        let mut settings = vec![("none".to_string(), usize::MAX)];
-        if let Some(r) = reduced {
-            settings.push((format!("ailurus a={} M={}", r.cut, r.m), r.m));
-        }
-        for (name, m) in settings {
-            log::info!("bench: peer, {lanes} frames in parallel x 1 thread, {name}");
-            let (ms, latency) = lanes_throughput(&mut segs, photos, Setting { input_size: size, m }, reps.max(1))?;
-            let base = rows.iter().find(|r| r.threads == 1 && r.setting == name);
-            rows.push(PeerRow {
-                engine: format!("ailurus x{lanes}"),
-                threads: lanes,
-                setting: format!("{name} (lat {latency:.0})"),
-                ms,
-                iou: base.map(|b| b.iou).unwrap_or(f64::NAN),
-                mae: base.map(|b| b.mae).unwrap_or(f64::NAN),
-            });
-        }
-    }
+    ailurus::model::bf16::set_precision(cfg.model.precision.get());
     ailurus::model::set_threads(cfg.model.threads);
     let (version, ort) = run_ort(cfg, paths, size, threads, cut)?;
     rows.extend(ort);
     let prepost_ms = if prepost.is_empty() { f64::NAN } else { prepost.iter().sum::<f64>() / prepost.len() as f64 };
-    Ok(PeerTable { rows, ort_version: version, prepost_ms })
+    Ok(PeerTable { rows, ort_version: version, prepost_ms, precisions: measured })
+}
+
+/// The ailurus rows of one precision (its plans are built by `measure`, after
+/// `bf16::set_precision`).
+struct Variant<'a> {
+    cfg: &'a Config,
+    photos: &'a [Photo],
+    size: u32,
+    reduced: Option<&'a Row>,
+    threads: &'a [usize],
+    reps: usize,
+    cut: usize,
+    /// Appended to each row's setting (", bf16").
+    tag: &'a str,
+}
+
+impl Variant<'_> {
+    /// Unreduced and reduced rows per thread count, then throughput mode. Fidelity is against
+    /// `reference` when given (the f32 unreduced masks), else against this variant's own
+    /// unreduced masks at the first thread count, which are returned.
+    fn measure(
+        &mut self,
+        reference: Option<&Reference>,
+        rows: &mut Vec<PeerRow>,
+        mut prepost: Option<&mut Vec<f64>>,
+    ) -> Result<Option<Reference>> {
+        let (cfg, photos, size, tag) = (self.cfg, self.photos, self.size, self.tag);
+        let fixed: Vec<usize> = self.reduced.map(|r| vec![r.m]).unwrap_or_default();
+        let mut seg = build(cfg, &[size], self.cut, true, &fixed)?;
+        with_strategy(&mut seg, cfg, Strategy::Ailurus);
+        let mut own: Option<Reference> = None;
+        for &t in self.threads {
+            ailurus::model::set_threads(t);
+            log::info!("bench: peer, ailurus none{tag} at {size}px, {t} thread(s)");
+            let against = reference.or(own.as_ref());
+            let setting = Setting { input_size: size, m: usize::MAX };
+            let (base, masks) = measure(&mut seg, photos, setting, self.reps, against, against.is_none())?;
+            if let Some(p) = prepost.as_deref_mut().filter(|_| t == 1) {
+                p.push(base.ms - base.infer_ms);
+            }
+            let (iou, mae) = if against.is_some() { (base.iou, base.mae) } else { (1.0, 0.0) };
+            rows.push(PeerRow {
+                engine: "ailurus".into(),
+                threads: t,
+                setting: format!("none{tag}"),
+                ms: base.infer_ms,
+                iou,
+                mae,
+            });
+            if own.is_none() && against.is_none() {
+                own = Some(Reference { masks });
+            }
+            if let Some(r) = self.reduced {
+                log::info!("bench: peer, ailurus a={} M={}{tag} at {size}px, {t} thread(s)", r.cut, r.m);
+                let against = reference.or(own.as_ref());
+                let (row, _) =
+                    measure(&mut seg, photos, Setting { input_size: size, m: r.m }, self.reps, against, false)?;
+                rows.push(PeerRow {
+                    engine: "ailurus".into(),
+                    threads: t,
+                    setting: format!("ailurus a={} M={}{tag}", r.cut, r.m),
+                    ms: row.infer_ms,
+                    iou: row.iou,
+                    mae: row.mae,
+                });
+            }
+        }
+        // Throughput mode: one frame per core, each on one thread (frame-level parallelism).
+        let lanes = self.threads.iter().copied().max().unwrap_or(1);
+        if lanes > 1 {
+            // One segmenter (plans and weights once), one lane per frame in flight, as `run` does.
+            let mut segs = vec![seg];
+            for _ in 1..lanes {
+                segs.push(segs[0].segmenter().lane()?);
+            }
+            for s in &mut segs {
+                with_strategy(s, cfg, Strategy::Ailurus);
+            }
+            let mut settings = vec![(format!("none{tag}"), usize::MAX)];
+            if let Some(r) = self.reduced {
+                settings.push((format!("ailurus a={} M={}{tag}", r.cut, r.m), r.m));
+            }
+            for (name, m) in settings {
+                log::info!("bench: peer, {lanes} frames in parallel x 1 thread, {name}");
+                let (ms, latency) =
+                    lanes_throughput(&mut segs, photos, Setting { input_size: size, m }, self.reps.max(1))?;
+                let base = rows.iter().find(|r| r.threads == 1 && r.setting == name);
+                rows.push(PeerRow {
+                    engine: format!("ailurus x{lanes}"),
+                    threads: lanes,
+                    setting: format!("{name} (lat {latency:.0})"),
+                    ms,
+                    iou: base.map(|b| b.iou).unwrap_or(f64::NAN),
+                    mae: base.map(|b| b.mae).unwrap_or(f64::NAN),
+                });
+            }
+        }
+        Ok(own)
+    }
 }
 
 /// `segs.len()` frames at once, one per segmenter, each on one thread: returns (wall ms per
@@ -270,6 +330,8 @@ pub fn format(table: &PeerTable, size: u32, n_photos: usize) -> String {
         "peer: ailurus vs ONNX Runtime {ort_version} (full model), {size}px, the same {n_photos} photos, one run\n"
     );
     s += &format!("# {}\n", ailurus::model::isa::machine_line());
+    let p: Vec<String> = table.precisions.iter().map(|(p, k)| format!("{p} (linear layers on {k})")).collect();
+    s += &format!("# precisions: {}; IoU/MAE against ailurus f32 unreduced\n", p.join(", "));
     s += &format!(
         "times: the model alone for both (input tensor -> raw output); ailurus pre/post adds {:.1} ms/frame\n",
         table.prepost_ms

@@ -134,12 +134,16 @@ pub fn cpu_features() -> String {
 /// kernel) pairs (bench header and CSV).
 pub fn kernels() -> Vec<(&'static str, String)> {
     let gemm = level().gemm_kernel().to_string();
+    let linear = match super::bf16::precision() {
+        super::bf16::Precision::Bf16 => super::bf16::kernel_level().name().to_string(),
+        _ => gemm.clone(),
+    };
     #[cfg(target_arch = "x86_64")]
     let avx = std::arch::is_x86_feature_detected!("avx");
     #[cfg(not(target_arch = "x86_64"))]
     let avx = false;
     vec![
-        ("linear", gemm.clone()),
+        ("linear", linear),
         ("attention", format!("{gemm}+tract-softmax")),
         ("layernorm", "ailurus-rowwise".into()),
         ("deconv", "gemm-crate".into()),
@@ -152,11 +156,12 @@ pub fn kernels() -> Vec<(&'static str, String)> {
 pub fn machine_line() -> String {
     let k: Vec<String> = kernels().iter().map(|(f, k)| format!("{f}={k}")).collect();
     format!(
-        "CPU: {} [{}]; ISA detected {}, used {}; kernels: {}",
+        "CPU: {} [{}]; ISA detected {}, used {}; precision {}; kernels: {}",
         cpu_model(),
         cpu_features(),
         Level::detect(),
         level(),
+        super::bf16::precision(),
         k.join(" ")
     )
 }

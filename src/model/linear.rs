@@ -15,6 +15,9 @@
 //! shape `[.., N]` and the einsum's only reader. `[model] cpu_ops = "tract"` turns it off.
 //! `tests/linear_op.rs` checks [`linear`] against an f64 reference and the swapped parts
 //! against tract's own ops.
+//!
+//! With `[model] precision = "bf16"` the swap rounds each weight to bf16 and packs it into the
+//! op (`bf16.rs`); the graph's f32 weight then has no reader and leaves the plan.
 
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
@@ -22,6 +25,7 @@ use tract_core::ops::einsum::EinSum;
 use tract_linalg::multithread::{current_tract_executor, Executor};
 
 use super::attention::{par_for, OutPtr};
+use super::bf16::{PackedBf16, Precision};
 use super::isa::Level;
 use super::sgemm::Gemm;
 
@@ -47,11 +51,31 @@ const LAYOUTS: [(&str, Layout); 5] = [
 ];
 
 /// `out = x W (+ b)`: inputs `x` (tokens, `T` rows of `K` values, laid out per [`Layout`]), `W`
-/// (`K x N` row-major, possibly as `[B, K/B, N]`), and the bias (`N` values) when `bias`.
+/// (`K x N` row-major, possibly as `[B, K/B, N]`) unless the weight is `packed`, and the bias
+/// (`N` values) when `bias`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct Linear {
     pub layout: Layout,
     pub bias: bool,
+    /// The weight rounded to bf16 and packed (`[model] precision = "bf16"`), held by the op
+    /// (shared by every plan, see `bf16.rs`); the graph's f32 weight is then no input.
+    pub packed: Option<Packed>,
+}
+
+/// A packed bf16 weight, compared and hashed by identity (plans share one copy per weight).
+#[derive(Debug, Clone)]
+pub struct Packed(pub Arc<PackedBf16>);
+
+impl PartialEq for Packed {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for Packed {}
+impl std::hash::Hash for Packed {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as usize).hash(state)
+    }
 }
 
 /// `out[t, n] = bias[n] + sum_k x[t, k] w[k, n]` on row-major slices: `x` is `[t, k]`, `w`
@@ -150,6 +174,11 @@ pub fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, t: usize, k: usize,
 }
 
 impl Linear {
+    /// x, the weight unless packed, the bias when there is one.
+    fn n_inputs(&self) -> usize {
+        1 + self.packed.is_none() as usize + self.bias as usize
+    }
+
     fn out_shape(&self, t: TDim, n: TDim) -> TVec<TDim> {
         if self.layout.lead_one {
             tvec![1.to_dim(), t, n]
@@ -165,7 +194,11 @@ impl Op for Linear {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("x W{} on {}", if self.bias { " + b" } else { "" }, super::isa::level().gemm_kernel())])
+        let kernel = match &self.packed {
+            Some(_) => super::bf16::kernel_level().name(),
+            None => super::isa::level().gemm_kernel(),
+        };
+        Ok(vec![format!("x W{} on {kernel}", if self.bias { " + b" } else { "" })])
     }
 
     op_as_typed_op!();
@@ -175,20 +208,32 @@ impl EvalOp for Linear {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        ensure!(inputs.len() == 2 + self.bias as usize, "Linear: {} inputs", inputs.len());
-        let (xs, ws) = (inputs[0].shape(), inputs[1].shape());
-        ensure!(xs.len() == self.layout.in_rank && !ws.is_empty(), "Linear: x {xs:?}, w {ws:?}");
+        ensure!(inputs.len() == self.n_inputs(), "Linear: {} inputs", inputs.len());
+        let xs = inputs[0].shape();
+        ensure!(xs.len() == self.layout.in_rank, "Linear: x {xs:?}");
         let t = xs[self.layout.m_axis];
         let k: usize = xs[self.layout.m_axis + 1..].iter().product();
+        let plain = |i: usize| inputs[i].try_as_plain_ram();
+        let b = if self.bias { Some(plain(inputs.len() - 1)?) } else { None };
+        let b = b.as_ref().map(|b| b.as_slice::<f32>()).transpose()?;
+        let x = plain(0)?;
+        if let Some(Packed(w)) = &self.packed {
+            ensure!(w.k == k, "Linear: x {xs:?} has K = {k}, the packed weight {}", w.k);
+            let shape: TVec<usize> = if self.layout.lead_one { tvec![1, t, w.n] } else { tvec![t, w.n] };
+            // SAFETY: `linear_bf16` writes every element of the output.
+            let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
+            let mut o = out.try_as_plain_ram_mut()?;
+            super::bf16::linear_bf16(x.as_slice::<f32>()?, w, b, t, o.as_slice_mut::<f32>()?)?;
+            return Ok(tvec!(out.into_tvalue()));
+        }
+        let ws = inputs[1].shape();
+        ensure!(!ws.is_empty(), "Linear: w {ws:?}");
         let n = ws[ws.len() - 1];
         ensure!(ws.iter().product::<usize>() == k * n, "Linear: x {xs:?} and w {ws:?} disagree on K");
         let shape: TVec<usize> = if self.layout.lead_one { tvec![1, t, n] } else { tvec![t, n] };
         // SAFETY: `linear` writes every element of the output.
         let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
-        let plain = |i: usize| inputs[i].try_as_plain_ram();
-        let (x, w) = (plain(0)?, plain(1)?);
-        let b = if self.bias { Some(plain(2)?) } else { None };
-        let b = b.as_ref().map(|b| b.as_slice::<f32>()).transpose()?;
+        let w = plain(1)?;
         linear(
             x.as_slice::<f32>()?,
             w.as_slice::<f32>()?,
@@ -204,17 +249,28 @@ impl EvalOp for Linear {
 
 impl TypedOp for Linear {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs.len() == 2 + self.bias as usize, "Linear: {} inputs", inputs.len());
+        ensure!(inputs.len() == self.n_inputs(), "Linear: {} inputs", inputs.len());
         ensure!(inputs.iter().all(|f| f.datum_type == f32::datum_type()), "Linear: f32 only");
-        let (x, w) = (&inputs[0].shape, &inputs[1].shape);
-        ensure!(x.rank() == self.layout.in_rank && w.rank() >= 1, "Linear: x {x:?}, w {w:?}");
-        Ok(tvec!(f32::fact(self.out_shape(x[self.layout.m_axis].clone(), w[w.rank() - 1].clone()))))
+        let x = &inputs[0].shape;
+        ensure!(x.rank() == self.layout.in_rank, "Linear: x {x:?}");
+        let n = match &self.packed {
+            Some(Packed(w)) => w.n.to_dim(),
+            None => {
+                let w = &inputs[1].shape;
+                ensure!(w.rank() >= 1, "Linear: w {w:?}");
+                w[w.rank() - 1].clone()
+            }
+        };
+        Ok(tvec!(f32::fact(self.out_shape(x[self.layout.m_axis].clone(), n))))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let (x, w) = (&inputs[0].shape, &inputs[1].shape);
-        let fma = x[self.layout.m_axis].clone() * w.iter().product::<TDim>();
-        Ok(tvec!((Cost::FMA(f32::datum_type()), fma)))
+        let x = &inputs[0].shape;
+        let kn = match &self.packed {
+            Some(Packed(w)) => (w.k * w.n).to_dim(),
+            None => inputs[1].shape.iter().product::<TDim>(),
+        };
+        Ok(tvec!((Cost::FMA(f32::datum_type()), x[self.layout.m_axis].clone() * kn)))
     }
 
     as_op!();
@@ -267,8 +323,14 @@ fn bias_add(model: &TypedModel, einsum: &TypedNode, n: usize) -> TractResult<Opt
 }
 
 /// Replace every linear layer of a decluttered graph with [`Linear`] (bias folded in where
-/// possible); returns how many.
+/// possible), in the process's `[model] precision` ([`super::bf16::precision`]); returns how many.
 pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
+    swap_at(model, super::bf16::precision())
+}
+
+/// [`swap`] in `precision` (bf16: the weights rounded and packed into the ops; tests call this
+/// rather than change the process-wide setting).
+pub fn swap_at(model: &mut TypedModel, precision: Precision) -> TractResult<usize> {
     let mut swapped = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
@@ -276,8 +338,20 @@ pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
         let w = model.outlet_fact(node.inputs[1])?;
         let Ok(n) = w.shape[w.rank() - 1].to_usize() else { continue };
         let bias = bias_add(model, node, n)?;
+        let packed = match precision {
+            Precision::Bf16 => {
+                let konst = w.konst.as_ref().context("Linear: weight is not a constant")?;
+                let k = konst.len() / n;
+                let wf = konst.try_as_plain_ram()?;
+                Some(Packed(super::bf16::intern(PackedBf16::pack(wf.as_slice::<f32>()?, k, n))))
+            }
+            _ => None,
+        };
         let mut patch = TypedModelPatch::default();
-        let mut taps = tvec![patch.tap_model(model, node.inputs[0])?, patch.tap_model(model, node.inputs[1])?];
+        let mut taps = tvec![patch.tap_model(model, node.inputs[0])?];
+        if packed.is_none() {
+            taps.push(patch.tap_model(model, node.inputs[1])?);
+        }
         let replaced = match bias {
             Some((add, b)) => {
                 taps.push(patch.tap_model(model, b)?);
@@ -286,7 +360,7 @@ pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
             None => id,
         };
         let name = format!("{}.linear", model.node(replaced).name);
-        let op = Linear { layout, bias: bias.is_some() };
+        let op = Linear { layout, bias: bias.is_some(), packed };
         let wire = patch.wire_node(name, op, &taps)?;
         patch.shunt_outside(model, OutletId::new(replaced, 0), wire[0])?;
         patch.apply(model)?;

@@ -31,6 +31,9 @@ pub struct ModelConfig {
     /// "ailurus": the CPU plans get our own ops where they apply ([`attention::FusedAttention`],
     /// [`deconv::SubpixelDeconv`]); "tract": tract's ops throughout.
     pub cpu_ops: Choice<CpuOps>,
+    /// The number format of the linear layers' products on the CPU: "f32", or "bf16" where the
+    /// CPU has it (see `bf16.rs`; elsewhere one log line and f32).
+    pub precision: Choice<bf16::Precision>,
 }
 
 impl Default for ModelConfig {
@@ -42,6 +45,7 @@ impl Default for ModelConfig {
             threads: 0,
             fixed_middle: true,
             cpu_ops: CpuOps::Ailurus.into(),
+            precision: bf16::Precision::F32.into(),
         }
     }
 }
@@ -53,10 +57,12 @@ impl ModelConfig {
         });
         self.device.check(p, "model", "device");
         self.cpu_ops.check(p, "model", "cpu_ops");
+        self.precision.check(p, "model", "precision");
     }
 }
 
 pub mod attention;
+pub mod bf16;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod cut;
@@ -143,11 +149,19 @@ fn first_line(e: &anyhow::Error) -> String {
 }
 
 /// Apply the process-wide CPU settings of `[model]`: tract's thread pool (`threads`) and the
-/// ops of the CPU plans built from now on (`cpu_ops`).
+/// ops of the CPU plans built from now on (`cpu_ops`, `precision`: bf16 needs our ops).
 pub fn configure_cpu(model: &ModelConfig) {
     memory::tune();
     set_threads(model.threads);
-    cut::set_own_ops(model.cpu_ops.get() == CpuOps::Ailurus);
+    let own = model.cpu_ops.get() == CpuOps::Ailurus;
+    cut::set_own_ops(own);
+    let want = model.precision.get();
+    if want != bf16::Precision::F32 && !own {
+        log::warn!("[model] precision = \"{want}\" needs cpu_ops = \"ailurus\"; the linear layers stay f32");
+        bf16::set_precision(bf16::Precision::F32);
+    } else {
+        bf16::set_precision(want);
+    }
 }
 
 /// Set tract's matmul thread count for the process (0 = one per core).

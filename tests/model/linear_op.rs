@@ -159,3 +159,48 @@ fn swapped_real_model_equals_tract_matmuls_and_keeps_the_layouts() {
     };
     check_model(&manifest, 224, 4, 6, 1e-5);
 }
+
+/// `[model] precision = "bf16"`: every linear layer of the tiny ViT's stem and middle is
+/// swapped with its weight packed in bf16, and the plans stay within bf16 rounding of tract's
+/// f32 matmuls (on CPUs without AVX512-BF16 the portable kernel runs: the same sums). The f32
+/// weights leave the plans: the packed ones are the only copy.
+#[test]
+fn bf16_swap_stays_close_to_f32_and_drops_the_f32_weights() {
+    use ailurus::model::bf16::Precision;
+    use ailurus::model::linear::swap_at;
+    let m = Manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny_vit.toml")).unwrap();
+    let base = cut::load_base(&m.onnx_path()).unwrap();
+    let c = m.tokens.width;
+    let n_tok = m.tokens.prefix + 16;
+    let middle = cut::middle_decluttered(&base, &m, 1, true).unwrap();
+    let mut a = middle.clone();
+    attention::fuse(&mut a).unwrap();
+    let mut b = a.clone();
+    let n = swap_at(&mut b, Precision::Bf16).unwrap();
+    assert_eq!(n, 6 * (m.num_blocks() - 1), "linear layers swapped (bf16)");
+    let inputs = tvec!(tokens(n_tok, c, 7), key_bias(n_tok, n_tok));
+    let d = common::relative_plan_diff(a.clone(), b.clone(), &inputs);
+    // Two roundings of ~2^-9 relative per product, through several blocks: well under 5%, and
+    // not zero (it did round).
+    assert!(d < 0.05 && d > 1e-6, "bf16 middle vs tract f32: relative max diff {d}");
+    let consts = |g: &TypedModel| -> usize {
+        g.clone()
+            .into_optimized()
+            .unwrap()
+            .nodes()
+            .iter()
+            .filter_map(|n| n.op_as::<tract_core::ops::konst::Const>())
+            .map(|k| k.val().len())
+            .sum()
+    };
+    let mut f = a.clone();
+    swap_at(&mut f, Precision::F32).unwrap();
+    let (f32_consts, bf16_consts) = (consts(&f), consts(&b));
+    // q, k, v, output projection (c x c) and fc1, fc2 (c x 2c: the tiny model's MLP is twice its
+    // width, tools/make_tiny_vit.py) per block.
+    let weights = (m.num_blocks() - 1) * (4 * c * c + 2 * c * 2 * c);
+    assert!(
+        f32_consts - bf16_consts >= weights * 9 / 10,
+        "f32 plan constants {f32_consts}, bf16 plan {bf16_consts}: the linear weights ({weights}) should leave"
+    );
+}

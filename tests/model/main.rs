@@ -20,6 +20,7 @@ mod inspect_models;
 mod layernorm_op;
 mod linear_op;
 mod post;
+mod precision;
 mod real_model_cut;
 mod reuse;
 mod subpixel_deconv;
