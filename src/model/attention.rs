@@ -42,6 +42,23 @@ pub const ROWS: usize = 256;
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct FusedAttention {
     pub bias: bool,
+    /// Both products in bf16 (`[model] precision = "bf16"`, see `bf16.rs`): q, k, v and the
+    /// softmax weights rounded, sums in f32; the softmax itself stays f32.
+    pub bf16: bool,
+}
+
+/// The kernels of the attention's two products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Products {
+    /// f32, on the GEMM of an ISA level.
+    F32(super::isa::Level),
+    /// bf16 operands, f32 sums.
+    Bf16(super::bf16::Kernel),
+}
+
+thread_local! {
+    /// The keys and values of the attention being computed, packed for [`Products::Bf16`].
+    static HEADS: RefCell<super::bf16::PackedHeads> = RefCell::new(Default::default());
 }
 
 /// The tract kernel the softmax uses (exp and sum), made once per thread.
@@ -194,6 +211,23 @@ pub fn attend_at(
     d: usize,
     out: &mut [f32],
 ) -> TractResult<()> {
+    attend_with(Products::F32(level), block, q, k, v, bias, t, h, d, out)
+}
+
+/// [`attend_in_blocks`] with both products on `products`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_with(
+    products: Products,
+    block: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    bias: Option<&[f32]>,
+    t: usize,
+    h: usize,
+    d: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
     let len = t * h * d;
     ensure!(
         q.len() == len && k.len() == len && v.len() == len && out.len() == len,
@@ -210,7 +244,33 @@ pub fn attend_at(
         return Ok(());
     }
     ensure!(block > 0, "FusedAttention: empty row block");
-    ensure!(level.supported(), "FusedAttention: this CPU cannot run {level}");
+    match products {
+        Products::F32(level) => ensure!(level.supported(), "FusedAttention: this CPU cannot run {level}"),
+        Products::Bf16(kernel) => {
+            ensure!(kernel.supported(), "FusedAttention: this CPU cannot run {}", kernel.name());
+            HEADS.with(|p| p.borrow_mut().pack(kernel, k, v, (t, h, d)));
+        }
+    }
+    HEADS.with(|heads| {
+        let heads = &*heads.borrow();
+        attend_blocks(products, heads, block, q, k, v, bias, (t, h, d), out)
+    })
+}
+
+/// The (head, row block) tasks of [`attend_with`] (`heads`: the packed keys and values for
+/// [`Products::Bf16`]).
+#[allow(clippy::too_many_arguments)]
+fn attend_blocks(
+    products: Products,
+    heads: &super::bf16::PackedHeads,
+    block: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    bias: Option<&[f32]>,
+    (t, h, d): (usize, usize, usize),
+    out: &mut [f32],
+) -> TractResult<()> {
     let blocks = t.div_ceil(block);
     let tasks = h * blocks;
     let out = OutPtr(out.as_mut_ptr());
@@ -233,23 +293,31 @@ pub fn attend_at(
             let kern = kernels.as_ref().expect("made above");
             let logits = aligned_block(logits, rows, stride);
             // logits[r, n] = q[r0 + r, head, :] . k[n, head, :]
-            // SAFETY (the offsets and the call): q is [t, h, d]: rows r0..r0+rows of head `head`
-            // are at (r0 + r) * h * d + head * d + j, j < d, all in bounds; k likewise for n < t;
-            // logits is rows x stride; the level is supported (checked above).
-            let g = Gemm {
-                m: rows,
-                n: t,
-                k: d,
-                a: unsafe { q.as_ptr().add(r0 * h * d + head * d) },
-                rsa: h * d,
-                b: unsafe { k.as_ptr().add(head * d) },
-                rsb: 1,
-                csb: h * d,
-                c: logits.as_mut_ptr(),
-                rsc: stride,
-                accumulate: false,
-            };
-            unsafe { g.run(level) };
+            match products {
+                Products::F32(level) => {
+                    // SAFETY (the offsets and the call): q is [t, h, d]: rows r0..r0+rows of
+                    // head `head` are at (r0 + r) * h * d + head * d + j, j < d, all in bounds;
+                    // k likewise for n < t; logits is rows x stride; the level is supported
+                    // (checked above).
+                    let g = Gemm {
+                        m: rows,
+                        n: t,
+                        k: d,
+                        a: unsafe { q.as_ptr().add(r0 * h * d + head * d) },
+                        rsa: h * d,
+                        b: unsafe { k.as_ptr().add(head * d) },
+                        rsb: 1,
+                        csb: h * d,
+                        c: logits.as_mut_ptr(),
+                        rsc: stride,
+                        accumulate: false,
+                    };
+                    unsafe { g.run(level) };
+                }
+                Products::Bf16(kernel) => {
+                    super::bf16::attention_logits(kernel, q, heads, (r0, rows, head), (t, h, d), logits, stride)
+                }
+            }
             for (r, row) in logits.chunks_exact_mut(stride).enumerate() {
                 let row = &mut row[..t];
                 let max = row_max(row, bias);
@@ -260,20 +328,27 @@ pub fn attend_at(
             // this (head, block) only; v is [t, h, d] like k; the level is supported.
             unsafe {
                 let dst = out.0.add(r0 * h * d + head * d);
-                let g = Gemm {
-                    m: rows,
-                    n: d,
-                    k: t,
-                    a: logits.as_ptr(),
-                    rsa: stride,
-                    b: v.as_ptr().add(head * d),
-                    rsb: h * d,
-                    csb: 1,
-                    c: dst,
-                    rsc: h * d,
-                    accumulate: false,
-                };
-                g.run(level);
+                match products {
+                    Products::F32(level) => {
+                        let g = Gemm {
+                            m: rows,
+                            n: d,
+                            k: t,
+                            a: logits.as_ptr(),
+                            rsa: stride,
+                            b: v.as_ptr().add(head * d),
+                            rsb: h * d,
+                            csb: 1,
+                            c: dst,
+                            rsc: h * d,
+                            accumulate: false,
+                        };
+                        g.run(level);
+                    }
+                    Products::Bf16(kernel) => {
+                        super::bf16::attention_values(kernel, logits, stride, rows, heads, head, (t, h, d), dst)
+                    }
+                }
                 for (r, sum) in sums[..rows].iter().enumerate() {
                     let inv = 1.0 / sum;
                     let row = std::slice::from_raw_parts_mut(dst.add(r * h * d), d);
@@ -358,7 +433,11 @@ impl EvalOp for FusedAttention {
         let (q, k, v) = (plain(0)?, plain(1)?, plain(2)?);
         let bias = if self.bias { Some(plain(3)?) } else { None };
         let bias = bias.as_ref().map(|b| b.as_slice::<f32>()).transpose()?;
-        attend(
+        let products =
+            if self.bf16 { Products::Bf16(super::bf16::kernel_level()) } else { Products::F32(super::isa::level()) };
+        attend_with(
+            products,
+            ROWS,
             q.as_slice::<f32>()?,
             k.as_slice::<f32>()?,
             v.as_slice::<f32>()?,
@@ -481,7 +560,8 @@ pub fn fuse(model: &mut TypedModel) -> TractResult<usize> {
         let name = format!("{}.fused", model.node(found.out).name);
         let mut patch = TypedModelPatch::default();
         let taps = found.inputs.iter().map(|o| patch.tap_model(model, *o)).collect::<TractResult<TVec<_>>>()?;
-        let op = FusedAttention { bias: taps.len() == 4 };
+        let bf16 = super::bf16::precision() == super::bf16::Precision::Bf16;
+        let op = FusedAttention { bias: taps.len() == 4, bf16 };
         let wire = patch.wire_node(name, op, &taps)?;
         patch.shunt_outside(model, OutletId::new(found.out, 0), wire[0])?;
         patch.apply(model)?;

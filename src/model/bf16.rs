@@ -1,8 +1,11 @@
-//! The linear layers in bfloat16 (`[model] precision = "bf16"`, issue #18).
+//! The linear layers and the attention's two products in bfloat16 (`[model] precision = "bf16"`,
+//! issue #18).
 //!
 //! A linear layer's weight is rounded to bf16 once, when the plan is built, and packed for the
 //! kernel ([`PackedBf16`]); per call the token rows are rounded to bf16 too, and the products are
-//! summed in f32 (a bf16 x bf16 product is exact in f32, so the only loss is the two roundings
+//! summed in f32. The fused attention (`attention.rs`) packs each call's keys and values once
+//! ([`PackedHeads`]) and rounds the query rows and the softmax weights per block; the softmax
+//! stays f32. Both products are summed in f32 (a bf16 x bf16 product is exact in f32, so the only loss is the two roundings
 //! of the operands: about 3 significant digits each). On x86 with AVX512-BF16 (AMD Zen 4, Intel
 //! Cooper Lake / Sapphire Rapids and later) the kernel is `vdpbf16ps`: one instruction does two
 //! multiply-adds per f32 lane, twice the work of an f32 FMA, and the weights take half the memory
@@ -277,8 +280,7 @@ pub fn linear_bf16_at(
     })
 }
 
-/// `c += x w` for one thread's rows: round the rows to bf16 pairs, then the blocked loop nest
-/// over the packed panels.
+/// `c += x w` for one thread's rows: round the rows to bf16 pairs, then [`product`].
 fn block_product(kernel: Kernel, x: &[f32], w: &PackedBf16, rows: usize, c: &mut [f32]) {
     let (k, n) = (w.k, w.n);
     let k2 = k.div_ceil(2);
@@ -288,38 +290,213 @@ fn block_product(kernel: Kernel, x: &[f32], w: &PackedBf16, rows: usize, c: &mut
             a.resize(rows * k2, 0);
         }
         let a = &mut a[..rows * k2];
-        round_rows(kernel, x, k, a);
-        let panels = n.div_ceil(NR);
-        for p0 in (0..k2).step_by(KC2) {
-            let kc2 = KC2.min(k2 - p0);
-            for m0 in (0..rows).step_by(MC) {
-                let mc = MC.min(rows - m0);
-                for jp in 0..panels {
-                    let cols = NR.min(n - jp * NR);
-                    let b = &w.data[(jp * k2 + p0) * NR..(jp * k2 + p0 + kc2) * NR];
-                    for i0 in (m0..m0 + mc).step_by(MR) {
-                        let tile = MR.min(m0 + mc - i0);
-                        let a = &a[i0 * k2 + p0..];
-                        let c = &mut c[i0 * n + jp * NR..];
-                        match kernel {
-                            // SAFETY: the CPU has AVX512-BF16 (checked by the caller); `a` holds
-                            // `tile` rows of kc2 pairs at stride k2, `b` kc2 x NR pairs, `c`
-                            // `tile` rows of `cols` values at stride n.
-                            #[cfg(target_arch = "x86_64")]
-                            Kernel::Avx512Bf16 => unsafe { avx512::tile(kc2, a, k2, b, c, n, tile, cols) },
-                            _ => portable_tile(kc2, a, k2, b, c, n, tile, cols),
-                        }
+        round_rows(kernel, x, k, k, a);
+        // SAFETY: `c` holds rows x n values at stride n.
+        unsafe { product(kernel, a, k2, rows, &w.data, k2, n, c.as_mut_ptr(), n) };
+    })
+}
+
+/// `c[i, j] += sum_p a[i, p] b[p, j]`: `a` is `rows` rows of `k2` bf16 pairs at stride `rsa`,
+/// `b` `n.div_ceil(NR)` packed panels of `k2 x NR` pairs, `c` `rows x n` at row stride `rsc`.
+/// The blocked loop nest around the kernel's 12 x 32 tile.
+///
+/// # Safety
+/// `c.add(i * rsc + j)` is writable for `i < rows`, `j < n`, and aliased by nothing else;
+/// `kernel` is supported by this CPU.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    kernel: Kernel,
+    a: &[u32],
+    rsa: usize,
+    rows: usize,
+    b: &[u32],
+    k2: usize,
+    n: usize,
+    c: *mut f32,
+    rsc: usize,
+) {
+    debug_assert!(rows == 0 || a.len() >= (rows - 1) * rsa + k2);
+    debug_assert!(b.len() >= n.div_ceil(NR) * k2 * NR);
+    let panels = n.div_ceil(NR);
+    for p0 in (0..k2).step_by(KC2) {
+        let kc2 = KC2.min(k2 - p0);
+        for m0 in (0..rows).step_by(MC) {
+            let mc = MC.min(rows - m0);
+            for jp in 0..panels {
+                let cols = NR.min(n - jp * NR);
+                let b = &b[(jp * k2 + p0) * NR..(jp * k2 + p0 + kc2) * NR];
+                for i0 in (m0..m0 + mc).step_by(MR) {
+                    let tile = MR.min(m0 + mc - i0);
+                    let a = &a[i0 * rsa + p0..];
+                    // SAFETY: the tile's rows i0..i0+tile, columns jp*NR..+cols are inside C
+                    // (caller); the slice spans them at stride rsc.
+                    let c =
+                        unsafe { std::slice::from_raw_parts_mut(c.add(i0 * rsc + jp * NR), (tile - 1) * rsc + cols) };
+                    match kernel {
+                        // SAFETY: the CPU has AVX512-BF16 (caller); `a` holds `tile` rows of
+                        // kc2 pairs at stride rsa, `b` kc2 x NR pairs, `c` `tile` rows of
+                        // `cols` values at stride rsc.
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx512Bf16 => unsafe { avx512::tile(kc2, a, rsa, b, c, rsc, tile, cols) },
+                        _ => portable_tile(kc2, a, rsa, b, c, rsc, tile, cols),
                     }
                 }
             }
         }
+    }
+}
+
+thread_local! {
+    /// A row block's A operand of the attention in bf16 pairs.
+    static ATT: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// Rows rounded to bf16 while packing.
+    static HALF: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Every head's keys and values of one attention in bf16, packed as B operands: `k[head]` is
+/// kᵀ (`t.div_ceil(NR)` panels of `d/2` pairs: two channels of one key), `v[head]` is v
+/// (`d.div_ceil(NR)` panels of `t/2` pairs: one channel of two keys).
+#[derive(Default)]
+pub struct PackedHeads {
+    k: Vec<u32>,
+    v: Vec<u32>,
+    per_k: usize,
+    per_v: usize,
+}
+
+impl PackedHeads {
+    /// Pack `k` and `v` (`[t, h, d]`); reuses the buffers.
+    pub fn pack(&mut self, kernel: Kernel, k: &[f32], v: &[f32], (t, h, d): (usize, usize, usize)) {
+        assert!(k.len() == t * h * d && v.len() == t * h * d);
+        let (d2, t2) = (d.div_ceil(2), t.div_ceil(2));
+        self.per_k = t.div_ceil(NR) * d2 * NR;
+        self.per_v = d.div_ceil(NR) * t2 * NR;
+        self.k.resize(h * self.per_k, 0);
+        self.v.resize(h * self.per_v, 0);
+        HALF.with(|buf| {
+            let mut half = buf.borrow_mut();
+            // Every key row (all heads) rounded once: [t, h * d + 1] u16 (a zero past the end
+            // of each row pads an odd d).
+            let row = h * d + 1;
+            half.resize(2 * t * row, 0);
+            let (hk, hv) = half.split_at_mut(t * row);
+            for (n, (rk, rv)) in hk.chunks_exact_mut(row).zip(hv.chunks_exact_mut(row)).enumerate() {
+                round_u16(kernel, &k[n * h * d..(n + 1) * h * d], &mut rk[..h * d]);
+                round_u16(kernel, &v[n * h * d..(n + 1) * h * d], &mut rv[..h * d]);
+            }
+            for head in 0..h {
+                // kᵀ: B[p][n] = channels (2p, 2p + 1) of key n.
+                let kb = &mut self.k[head * self.per_k..(head + 1) * self.per_k];
+                for (jp, panel) in kb.chunks_exact_mut(d2 * NR).enumerate() {
+                    let keys = NR.min(t - jp * NR);
+                    for (jj, n) in (jp * NR..jp * NR + keys).enumerate() {
+                        let src = &hk[n * row + head * d..n * row + head * d + d + 1];
+                        for p in 0..d2 {
+                            let hi = if 2 * p + 1 < d { src[2 * p + 1] as u32 } else { 0 };
+                            panel[p * NR + jj] = src[2 * p] as u32 | (hi << 16);
+                        }
+                    }
+                    for p in 0..d2 {
+                        panel[p * NR + keys..(p + 1) * NR].fill(0);
+                    }
+                }
+                // v: B[p][j] = channel j of keys (2p, 2p + 1).
+                let vb = &mut self.v[head * self.per_v..(head + 1) * self.per_v];
+                for (jp, panel) in vb.chunks_exact_mut(t2 * NR).enumerate() {
+                    let cols = NR.min(d - jp * NR);
+                    for (p, pairs) in panel.chunks_exact_mut(NR).enumerate() {
+                        let lo = &hv[2 * p * row + head * d + jp * NR..][..cols];
+                        let n1 = 2 * p + 1;
+                        for (jj, x) in pairs[..cols].iter_mut().enumerate() {
+                            let hi = if n1 < t { hv[n1 * row + head * d + jp * NR + jj] as u32 } else { 0 };
+                            *x = lo[jj] as u32 | (hi << 16);
+                        }
+                        pairs[cols..].fill(0);
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// One (head, row block) of the fused attention's first product in bf16:
+/// `logits[r, n] = q[r0 + r, head, :] . k[n, head, :]` for `r < rows`, `n < t`, at row stride
+/// `stride`; `q` is `[t, h, d]`, the keys packed in `packed`. Overwrites the logits.
+pub fn attention_logits(
+    kernel: Kernel,
+    q: &[f32],
+    packed: &PackedHeads,
+    (r0, rows, head): (usize, usize, usize),
+    (t, h, d): (usize, usize, usize),
+    logits: &mut [f32],
+    stride: usize,
+) {
+    assert!(kernel.supported() && q.len() == t * h * d && r0 + rows <= t && head < h);
+    assert!(rows == 0 || logits.len() >= (rows - 1) * stride + t);
+    let d2 = d.div_ceil(2);
+    ATT.with(|buf| {
+        let mut a = buf.borrow_mut();
+        a.resize(rows * d2, 0);
+        round_rows(kernel, &q[r0 * h * d + head * d..], h * d, d, &mut a);
+        for row in logits.chunks_mut(stride).take(rows) {
+            row[..t].fill(0.0);
+        }
+        let b = &packed.k[head * packed.per_k..(head + 1) * packed.per_k];
+        // SAFETY: logits holds rows x t at stride `stride` (asserted); the kernel is supported.
+        unsafe { product(kernel, &a, d2, rows, b, d2, t, logits.as_mut_ptr(), stride) };
     })
 }
 
-/// Round `rows x k` values to bf16 pairs at row stride `k.div_ceil(2)`.
-fn round_rows(kernel: Kernel, x: &[f32], k: usize, a: &mut [u32]) {
+/// The second product in bf16: `out[r0 + r, head, :] = sum_n w[r, n] v[n, head, :]` for
+/// `r < rows` (`w` rows of `t` weights at row stride `stride`; the values packed in `packed`).
+/// Overwrites the `rows x d` output values, at row stride `h * d` from `dst`.
+///
+/// # Safety
+/// `dst.add(r * h * d + j)` is writable for `r < rows`, `j < d`, and aliased by nothing else.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn attention_values(
+    kernel: Kernel,
+    w: &[f32],
+    stride: usize,
+    rows: usize,
+    packed: &PackedHeads,
+    head: usize,
+    (t, h, d): (usize, usize, usize),
+    dst: *mut f32,
+) {
+    assert!(kernel.supported() && head < h);
+    assert!(rows == 0 || w.len() >= (rows - 1) * stride + t);
+    let t2 = t.div_ceil(2);
+    ATT.with(|buf| {
+        let mut a = buf.borrow_mut();
+        a.resize(rows * t2, 0);
+        round_rows(kernel, w, stride, t, &mut a);
+        for r in 0..rows {
+            // SAFETY: row r's d values are writable (caller).
+            unsafe { std::slice::from_raw_parts_mut(dst.add(r * h * d), d).fill(0.0) };
+        }
+        let b = &packed.v[head * packed.per_v..(head + 1) * packed.per_v];
+        // SAFETY: dst rows as the caller promises; the kernel is supported (asserted).
+        unsafe { product(kernel, &a, t2, rows, b, t2, d, dst, h * d) };
+    })
+}
+
+/// Round `src` to bf16 into `dst` (same length).
+fn round_u16(kernel: Kernel, src: &[f32], dst: &mut [u16]) {
+    match kernel {
+        // SAFETY: the CPU has AVX512-BF16 (checked by the caller).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Bf16 => unsafe { avx512::round_u16(src, dst) },
+        _ => src.iter().zip(dst).for_each(|(s, d)| *d = to_bf16(*s)),
+    }
+}
+
+/// Round rows of `k` values (at row stride `rsx` in `x`) to bf16 pairs, at row stride
+/// `k.div_ceil(2)` in `a`, as many rows as `a` holds.
+fn round_rows(kernel: Kernel, x: &[f32], rsx: usize, k: usize, a: &mut [u32]) {
     let k2 = k.div_ceil(2);
-    for (src, dst) in x.chunks_exact(k).zip(a.chunks_exact_mut(k2)) {
+    for (i, dst) in a.chunks_exact_mut(k2).enumerate() {
+        let src = &x[i * rsx..i * rsx + k];
         match kernel {
             // SAFETY: the CPU has AVX512-BF16 (checked by the caller).
             #[cfg(target_arch = "x86_64")]
@@ -413,6 +590,25 @@ mod avx512 {
                     _mm512_mask_storeu_ps(p, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), *x));
                 }
             }
+        }
+    }
+
+    /// `src` rounded to bf16 (`vcvtneps2bf16`, round to nearest even), 16 values per step.
+    ///
+    /// # Safety
+    /// AVX512-BF16/F present; `dst.len() == src.len()`.
+    #[target_feature(enable = "avx512bf16,avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn round_u16(src: &[f32], dst: &mut [u16]) {
+        let whole = src.len() / 16 * 16;
+        for (s, d) in src[..whole].chunks_exact(16).zip(dst.chunks_exact_mut(16)) {
+            // SAFETY: 16 values in, 16 out.
+            unsafe {
+                let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(s.as_ptr())));
+                _mm256_storeu_si256(d.as_mut_ptr() as *mut __m256i, h);
+            }
+        }
+        for i in whole..src.len() {
+            dst[i] = super::to_bf16(src[i]);
         }
     }
 
@@ -536,6 +732,43 @@ mod tests {
         let err = out.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(err < scale / 128.0, "max error {err} for sums up to {scale}");
         assert!(err > 0.0, "bf16 rounding should change something");
+    }
+
+    /// The fused attention with both products in bf16, every kernel this CPU has, against the
+    /// f64 formula on the bf16-rounded q, k, v: odd T and D (padding of the pairs and panels),
+    /// several row blocks, key bias on and off. The softmax weights are rounded too, so the
+    /// tolerance is bf16's (2^-8 of the output's magnitude), not f32's; and the kernels agree
+    /// with each other to f32 rounding.
+    #[test]
+    fn bf16_attention_matches_the_rounded_f64_formula() {
+        use crate::model::attention::{attend_with, reference, Products};
+        let kernels: Vec<Kernel> =
+            [Kernel::Avx512Bf16, Kernel::Portable].into_iter().filter(|k| k.supported()).collect();
+        let r = |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| from_bf16(to_bf16(v))).collect() };
+        for (i, &(t, h, d, block)) in
+            [(1, 1, 2, 4), (37, 3, 7, 16), (70, 2, 64, 32), (33, 1, 33, 256)].iter().enumerate()
+        {
+            let q = lcg(t * h * d, 10 + i as u64);
+            let k = lcg(t * h * d, 20 + i as u64);
+            let v = lcg(t * h * d, 30 + i as u64);
+            let bias: Vec<f32> = lcg(t, 40 + i as u64).iter().map(|b| b * 4.0).collect();
+            for b in [None, Some(&bias[..])] {
+                let want = reference(&r(&q), &r(&k), &r(&v), b, t, h, d);
+                let scale = want.iter().map(|x| x.abs()).fold(0.0, f32::max).max(1e-3);
+                let mut first: Option<Vec<f32>> = None;
+                for &kernel in &kernels {
+                    let mut out = vec![f32::NAN; t * h * d];
+                    attend_with(Products::Bf16(kernel), block, &q, &k, &v, b, t, h, d, &mut out).unwrap();
+                    let err = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                    assert!(err < scale / 256.0, "[{t}, {h}, {d}] block {block} {kernel:?}: {err} of {scale}");
+                    if let Some(f) = &first {
+                        let e = out.iter().zip(f).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                        assert!(e < 1e-5, "[{t}, {h}, {d}] kernels disagree by {e}");
+                    }
+                    first = Some(out);
+                }
+            }
+        }
     }
 
     #[test]
