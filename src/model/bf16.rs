@@ -346,6 +346,27 @@ unsafe fn product(
     }
 }
 
+/// `c += a w`: `a` is `rows` rows of `w.k.div_ceil(2)` bf16 pairs at stride `rsa`, `c`
+/// `rows x w.n` at row stride `rsc` (the head's sub-pixel deconvolution, `deconv.rs`).
+///
+/// # Safety
+/// `c.add(i * rsc + j)` is writable for `i < rows`, `j < w.n`, and aliased by nothing else;
+/// `kernel` is supported by this CPU.
+pub unsafe fn product_packed(
+    kernel: Kernel,
+    a: &[u32],
+    rsa: usize,
+    rows: usize,
+    w: &PackedBf16,
+    c: *mut f32,
+    rsc: usize,
+) {
+    let k2 = w.k.div_ceil(2);
+    assert!(rows == 0 || a.len() >= (rows - 1) * rsa + k2);
+    // SAFETY: as the caller promises.
+    unsafe { product(kernel, a, rsa, rows, &w.data, k2, w.n, c, rsc) }
+}
+
 thread_local! {
     /// A row block's A operand of the attention in bf16 pairs.
     static ATT: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };

@@ -15,6 +15,11 @@
 //! bias. Same multiply-adds, no 16x intermediate, no overlap-add. The GEMMs are the `gemm`
 //! crate's; blocks of (parity, rows) run on tract's executor.
 //!
+//! With `[model] precision = "bf16"` the products run in bf16 ([`deconv_bf16`]): the kernel's
+//! taps are rounded and packed once at the swap ([`Taps`]), the input once per call into
+//! position-major channel pairs, so each tap's product (`positions x C_in` times `C_in x C_out`)
+//! reads it in place; sums in f32.
+//!
 //! [`swap`] replaces every `Deconv` of exactly that shape in a decluttered graph (NCHW, batch 1,
 //! one group, kernel 4, stride 2, padding 1, no output adjustment, constant OIHW kernel); others
 //! stay tract's. `[model] cpu_ops = "tract"` turns it off (`cut::set_own_ops`). `tests/subpixel_deconv.rs` checks [`deconv`] against the
@@ -26,6 +31,8 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{Deconv, KernelFormat, PaddingSpec};
 use tract_core::ops::nn::DataFormat;
 
+use super::bf16::{Kernel, PackedBf16};
+
 /// Output positions (padded-width grid) per block: the `C_out x POSITIONS` accumulator is 512 KB
 /// at 64 channels, half this CPU's L2.
 const POSITIONS: usize = 2048;
@@ -33,17 +40,55 @@ const POSITIONS: usize = 2048;
 /// `ConvTranspose` with kernel 4, stride 2, padding 1 on `[1, C_in, H, W]`; kernel `[C_out, C_in,
 /// 4, 4]` (tract's OIHW), bias `[C_out]`; output `[1, C_out, 2H, 2W]`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
-pub struct SubpixelDeconv;
+pub struct SubpixelDeconv {
+    /// The kernel's 16 taps rounded to bf16 and packed (`[model] precision = "bf16"`; the
+    /// products then run on `bf16.rs`'s kernel); the f32 kernel input stays for the shapes.
+    pub bf16: Option<Taps>,
+}
+
+/// The 16 taps of a deconvolution kernel in bf16: tap `ky * 4 + kx` as a packed `C_in x C_out`
+/// matrix (each shared by every plan with the same kernel), compared and hashed by identity.
+#[derive(Debug, Clone)]
+pub struct Taps(pub Arc<Vec<Arc<PackedBf16>>>);
+
+impl PartialEq for Taps {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for Taps {}
+impl std::hash::Hash for Taps {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as usize).hash(state)
+    }
+}
+
+impl Taps {
+    /// Round and pack `kernel` (`[co, ci, 4, 4]`).
+    pub fn pack(kernel: &[f32], ci: usize, co: usize) -> Taps {
+        assert_eq!(kernel.len(), co * ci * 16);
+        let taps = (0..16)
+            .map(|tap| {
+                let w: Vec<f32> = (0..ci * co).map(|i| kernel[((i % co) * ci + i / co) * 16 + tap]).collect();
+                super::bf16::intern(PackedBf16::pack(&w, ci, co))
+            })
+            .collect();
+        Taps(Arc::new(taps))
+    }
+}
 
 thread_local! {
     /// A block's accumulator (on the thread that runs the block).
     static ACC: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The bordered input (on the thread that runs the op).
     static XP: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The bordered input in bf16, position-major: `[(h + 2) * (w + 2) + slack, C_in / 2]`
+    /// channel pairs (on the thread that runs the op).
+    static XPT: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// For output parity `p` (0 or 1) of one axis: the two (input offset, kernel tap) pairs.
-const fn taps(p: usize) -> [(isize, usize); 2] {
+const fn taps_of(p: usize) -> [(isize, usize); 2] {
     if p == 0 {
         [(0, 1), (-1, 3)]
     } else {
@@ -103,6 +148,95 @@ pub fn deconv(
     })
 }
 
+/// [`deconv`] with the products in bf16 on `kernel` (`taps`: the kernel packed by
+/// [`Taps::pack`]): the input rounded once into bordered, position-major channel pairs, so a
+/// tap's product for a block of positions reads rows of it in place (`C = X_tap W_tap`, positions
+/// x C_out).
+#[allow(clippy::too_many_arguments)]
+pub fn deconv_bf16(
+    kernel: Kernel,
+    x: &[f32],
+    taps: &Taps,
+    bias: &[f32],
+    ci: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
+    ensure!(kernel.supported(), "SubpixelDeconv: this CPU cannot run {}", kernel.name());
+    ensure!(
+        x.len() == ci * h * w && bias.len() == co && out.len() == co * 4 * h * w && taps.0.len() == 16,
+        "SubpixelDeconv: x {}, bias {}, out {} values for C_in {ci}, {h}x{w}, C_out {co}",
+        x.len(),
+        bias.len(),
+        out.len()
+    );
+    ensure!(taps.0.iter().all(|t| t.k == ci && t.n == co), "SubpixelDeconv: packed taps are not [{ci}, {co}]");
+    if out.is_empty() {
+        return Ok(());
+    }
+    let (wp, ci2) = (w + 2, ci.div_ceil(2));
+    let plane = (h + 2) * wp;
+    XPT.with(|xpt| {
+        let mut xpt = xpt.borrow_mut();
+        // Slack as in `deconv`: the padding columns of a block's last row read past the plane.
+        let len = (plane + 2 * wp + 2) * ci2;
+        xpt.clear();
+        xpt.resize(len, 0);
+        for c2 in 0..ci2 {
+            for y in 0..h {
+                let lo = &x[(2 * c2 * h + y) * w..][..w];
+                let hi = (2 * c2 + 1 < ci).then(|| &x[((2 * c2 + 1) * h + y) * w..][..w]);
+                for xx in 0..w {
+                    let hv = hi.map_or(0, |r| super::bf16::to_bf16(r[xx]) as u32);
+                    xpt[((y + 1) * wp + xx + 1) * ci2 + c2] = super::bf16::to_bf16(lo[xx]) as u32 | (hv << 16);
+                }
+            }
+        }
+        let xpt = &xpt[..];
+        let rows = (POSITIONS / wp).clamp(1, h);
+        let blocks = h.div_ceil(rows);
+        let outp = super::attention::OutPtr(out.as_mut_ptr());
+        super::attention::par_for(4 * blocks, move |i| {
+            let outp = outp;
+            let (parity, b) = (i % 4, i / 4);
+            let (py, px) = (parity / 2, parity % 2);
+            let y0 = b * rows;
+            let ny = rows.min(h - y0);
+            let n = ny * wp;
+            ACC.with(|acc| {
+                let mut acc = acc.borrow_mut();
+                acc.clear();
+                acc.resize(n * co, 0.0);
+                for (dy, ky) in taps_of(py) {
+                    for (dx, kx) in taps_of(px) {
+                        let start = ((y0 as isize + 1 + dy) * wp as isize + 1 + dx) as usize;
+                        let a = &xpt[start * ci2..(start + n) * ci2];
+                        let t = &taps.0[ky * 4 + kx];
+                        // SAFETY: acc holds n x co values at stride co; `a` n rows of ci2 pairs;
+                        // the kernel is supported (checked above).
+                        unsafe { super::bf16::product_packed(kernel, a, ci2, n, t, acc.as_mut_ptr(), co) };
+                    }
+                }
+                let (oh, ow) = (2 * h, 2 * w);
+                for (o, bo) in bias.iter().enumerate() {
+                    for y in 0..ny {
+                        // SAFETY: as in `parities`: this parity's pixels of row 2 (y0 + y) + py.
+                        unsafe {
+                            let dst = outp.0.add((o * oh + 2 * (y0 + y) + py) * ow + px);
+                            for x in 0..w {
+                                *dst.add(2 * x) = acc[(y * wp + x) * co + o] + bo;
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })
+        })
+    })
+}
+
 /// The four parities of [`deconv`] from the bordered input `xp`, in blocks of rows.
 #[allow(clippy::too_many_arguments)]
 fn parities(
@@ -134,8 +268,8 @@ fn parities(
             }
             let acc = &mut acc[..co * n];
             let mut first = true;
-            for (dy, ky) in taps(py) {
-                for (dx, kx) in taps(px) {
+            for (dy, ky) in taps_of(py) {
+                for (dx, kx) in taps_of(px) {
                     // Input element (c, y + dy, x + dx) of output pixel (y, x), y0 <= y < y0 + ny,
                     // is xp[c * plane + (y + 1 + dy) * wp + (x + 1 + dx)]: for the block's
                     // positions p = (y - y0) * wp + x it is start + c * plane + p.
@@ -242,6 +376,12 @@ impl EvalOp for SubpixelDeconv {
         let mut out = unsafe { Tensor::uninitialized::<f32>(&[1, co, 2 * h, 2 * w])? };
         let plain = |i: usize| inputs[i].try_as_plain_ram();
         let (x, k, b) = (plain(0)?, plain(1)?, plain(2)?);
+        if let Some(taps) = &self.bf16 {
+            let o = &mut out.try_as_plain_ram_mut()?;
+            let (x, b) = (x.as_slice::<f32>()?, b.as_slice::<f32>()?);
+            deconv_bf16(super::bf16::kernel_level(), x, taps, b, ci, h, w, co, o.as_slice_mut::<f32>()?)?;
+            return Ok(tvec!(out.into_tvalue()));
+        }
         deconv(
             x.as_slice::<f32>()?,
             k.as_slice::<f32>()?,
@@ -314,7 +454,16 @@ pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
         if !matches(model, node)? {
             continue;
         }
-        let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, SubpixelDeconv)?;
+        let bf16 = match super::bf16::precision() {
+            super::bf16::Precision::Bf16 => {
+                let k = model.outlet_fact(node.inputs[1])?.konst.clone().context("SubpixelDeconv: kernel")?;
+                let (co, ci) = (k.shape()[0], k.shape()[1]);
+                Some(Taps::pack(k.try_as_plain_ram()?.as_slice::<f32>()?, ci, co))
+            }
+            super::bf16::Precision::F32 => None,
+        };
+        let op = SubpixelDeconv { bf16 };
+        let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?;
         patch.apply(model)?;
         swapped += 1;
     }

@@ -81,3 +81,42 @@ fn subpixel_real_model_head_equals_tract_and_keeps_the_pattern() {
     };
     check_head(&manifest, 224, 3, 1e-4);
 }
+
+/// `[model] precision = "bf16"`: the sub-pixel deconvolution with the products in bf16, on every
+/// bf16 kernel this CPU has, against the textbook scatter of the bf16-rounded input and kernel
+/// (f32 sums: tolerance of f32 rounding over C_in x 4 taps), and the kernels against each other.
+/// Odd C_in pads a channel pair; H = 70 gives several row blocks.
+#[test]
+fn bf16_deconv_matches_the_scatter_of_the_rounded_operands() {
+    use ailurus::model::bf16::{from_bf16, to_bf16, Kernel};
+    use ailurus::model::deconv::{deconv_bf16, Taps};
+    let kernels: Vec<Kernel> = [Kernel::Avx512Bf16, Kernel::Portable].into_iter().filter(|k| k.supported()).collect();
+    let r = |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| from_bf16(to_bf16(v))).collect() };
+    for (i, &(ci, h, w, co)) in
+        [(1, 1, 1, 1), (3, 5, 7, 2), (8, 9, 4, 40), (4, 70, 30, 3), (33, 6, 6, 64)].iter().enumerate()
+    {
+        let seed = 300 + 10 * i as u64;
+        let x = random(ci * h * w, seed + 1);
+        let k = random(co * ci * 16, seed + 2);
+        let b = random(co, seed + 3);
+        let want = reference(&r(&x), &r(&k), &b, ci, h, w, co);
+        let taps = Taps::pack(&k, ci, co);
+        let mut first: Option<Vec<f32>> = None;
+        for &kernel in &kernels {
+            for threads in [1, 2] {
+                let ex = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+                let mut got = vec![f32::NAN; co * 4 * h * w];
+                multithread_tract_scope(ex, || deconv_bf16(kernel, &x, &taps, &b, ci, h, w, co, &mut got)).unwrap();
+                let err = max_diff(&got, &want);
+                assert!(err < 1e-5 * (ci as f32).max(4.0), "C_in {ci}, {h}x{w}, C_out {co}, {kernel:?}: {err}");
+                if let Some(f) = &first {
+                    assert!(max_diff(f, &got) < 1e-5, "C_in {ci}, {h}x{w}, C_out {co}: kernels/threads disagree");
+                }
+                first = Some(got);
+            }
+        }
+        // And it did round: the f32 deconvolution differs.
+        let exact = reference(&x, &k, &b, ci, h, w, co);
+        assert!(max_diff(first.as_ref().unwrap(), &exact) > 0.0 || ci * co == 1);
+    }
+}
