@@ -521,7 +521,7 @@ fn round_rows(kernel: Kernel, x: &[f32], rsx: usize, k: usize, a: &mut [u32]) {
         match kernel {
             // SAFETY: the CPU has AVX512-BF16 (checked by the caller).
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Bf16 if k.is_multiple_of(2) => unsafe { avx512::round_row(src, dst) },
+            Kernel::Avx512Bf16 => unsafe { avx512::round_row(src, dst) },
             _ => {
                 for (p, d) in dst.iter_mut().enumerate() {
                     let hi = src.get(2 * p + 1).map_or(0, |&v| to_bf16(v) as u32);
@@ -633,11 +633,11 @@ mod avx512 {
         }
     }
 
-    /// One row of an even K rounded to bf16 pairs, 16 values per step (`vcvtneps2bf16`, round to
-    /// nearest even).
+    /// One row rounded to bf16 pairs, 16 values per step (`vcvtneps2bf16`, round to nearest
+    /// even); an odd length pads its last pair with a zero.
     ///
     /// # Safety
-    /// AVX512-BF16/F present; `dst.len() == src.len() / 2`, `src.len()` even.
+    /// AVX512-BF16/F present; `dst.len() == src.len().div_ceil(2)`.
     #[target_feature(enable = "avx512bf16,avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn round_row(src: &[f32], dst: &mut [u32]) {
         let whole = src.len() / 16 * 16;
@@ -649,7 +649,8 @@ mod avx512 {
             }
         }
         for p in whole / 2..dst.len() {
-            dst[p] = super::to_bf16(src[2 * p]) as u32 | ((super::to_bf16(src[2 * p + 1]) as u32) << 16);
+            let hi = src.get(2 * p + 1).map_or(0, |&v| super::to_bf16(v) as u32);
+            dst[p] = super::to_bf16(src[2 * p]) as u32 | (hi << 16);
         }
     }
 }
