@@ -403,11 +403,8 @@ impl Op for FusedAttention {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!(
-            "{ROWS}-row blocks, {} + tract softmax kernels, key bias: {}",
-            super::isa::level().gemm_kernel(),
-            self.bias
-        )])
+        let products = if self.bf16 { super::bf16::kernel_level().name() } else { super::isa::level().gemm_kernel() };
+        Ok(vec![format!("{ROWS}-row blocks, {products} + tract softmax kernels, key bias: {}", self.bias)])
     }
 
     op_as_typed_op!();

@@ -357,7 +357,8 @@ impl Op for SubpixelDeconv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec!["ConvTranspose 4x4/2 as 4 parities x 2x2 taps, gemm crate".into()])
+        let products = if self.bf16.is_some() { super::bf16::kernel_level().name() } else { "gemm crate" };
+        Ok(vec![format!("ConvTranspose 4x4/2 as 4 parities x 2x2 taps, {products}")])
     }
 
     op_as_typed_op!();

@@ -134,19 +134,18 @@ pub fn cpu_features() -> String {
 /// kernel) pairs (bench header and CSV).
 pub fn kernels() -> Vec<(&'static str, String)> {
     let gemm = level().gemm_kernel().to_string();
-    let linear = match super::bf16::precision() {
-        super::bf16::Precision::Bf16 => super::bf16::kernel_level().name().to_string(),
-        _ => gemm.clone(),
-    };
+    let bf16 = super::bf16::precision() == super::bf16::Precision::Bf16;
+    let products = |f32: &str| if bf16 { super::bf16::kernel_level().name().to_string() } else { f32.to_string() };
+    let linear = products(&gemm);
     #[cfg(target_arch = "x86_64")]
     let avx = std::arch::is_x86_feature_detected!("avx");
     #[cfg(not(target_arch = "x86_64"))]
     let avx = false;
     vec![
         ("linear", linear),
-        ("attention", format!("{gemm}+tract-softmax")),
+        ("attention", format!("{}+tract-softmax", products(&gemm))),
         ("layernorm", "ailurus-rowwise".into()),
-        ("deconv", "gemm-crate".into()),
+        ("deconv", products("gemm-crate")),
         ("reducer-dot", if avx { "ailurus-avx" } else { "ailurus-portable" }.into()),
     ]
 }

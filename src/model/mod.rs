@@ -162,6 +162,7 @@ pub fn configure_cpu(model: &ModelConfig) {
     } else {
         bf16::set_precision(want);
     }
+    log::info!("{}", isa::machine_line());
 }
 
 /// Set tract's matmul thread count for the process (0 = one per core).
