@@ -203,7 +203,9 @@ fn reuse_engines(cfg: &Config, seg: &Arc<Segmenter>, lanes: usize) -> Result<Vec
             cfg.reuse.max_streams
         );
     } else if streams > 1 {
-        log::info!("[reuse] {streams} streams: each lane keeps one reuse cache per stream (about 95 MB each at 448 px)");
+        log::info!(
+            "[reuse] {streams} streams: each lane keeps one reuse cache per stream (about 95 MB each at 448 px)"
+        );
     }
     if cfg.reduce.strategy.get() != Strategy::None {
         log::info!(

@@ -267,6 +267,16 @@ pub(super) fn infer_loop(
                 cost.as_secs_f64() * 1e3,
                 predicted_cost_ms
             );
+        } else {
+            log::debug!(
+                "frame {} stream {}: {}px M={} cost {:.0} ms (predicted {:.0})",
+                frame.seq,
+                frame.stream_index,
+                setting.input_size,
+                setting.m,
+                cost.as_secs_f64() * 1e3,
+                predicted_cost_ms
+            );
         }
         for (stage, d) in [
             (Stage::Stem, times.stem),

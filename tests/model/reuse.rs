@@ -333,11 +333,11 @@ fn two_streams_on_one_lane_keep_their_own_caches_and_a_reconnect_resets_only_its
     let scenes = [image(s, 21), image(s, 22)];
     let frame = |stream: usize, k: usize| with_patch_changed(&scenes[stream], s, k % 8, (3 * k + stream) % 8);
     for k in 0..6 {
-        for stream in 0..2 {
+        for (stream, alone_lane) in own.iter_mut().enumerate() {
             assert!(shared.switch_stream(stream), "max_streams 4 keeps a cache per stream");
             let x = frame(stream, k);
             let (got, r) = run(&mut shared, &x, s);
-            let (alone, _) = run(&mut own[stream], &x, s);
+            let (alone, _) = run(alone_lane, &x, s);
             assert_eq!(got, alone, "stream {stream} frame {k}: as on a lane of its own");
             if k == 0 {
                 assert_eq!(r.refresh, Some(Refresh::Reset), "stream {stream}: its first frame");

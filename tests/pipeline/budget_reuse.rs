@@ -170,7 +170,12 @@ fn in_the_pipeline_a_static_scene_keeps_the_top_setting_until_it_moves() {
         sinks: vec![Box::new(rec.clone())],
         controller: ctl,
         metrics: metrics.clone(),
-        config: PipelineConfig { log_every_s: 60.0, drain_timeout_s: 5.0, sink_queue: 256, ..PipelineConfig::default() },
+        config: PipelineConfig {
+            log_every_s: 60.0,
+            drain_timeout_s: 5.0,
+            sink_queue: 256,
+            ..PipelineConfig::default()
+        },
         streams: Vec::new(),
     };
     let p = Pipeline::start(parts, Arc::new(AtomicBool::new(false))).unwrap();
