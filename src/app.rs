@@ -188,11 +188,23 @@ fn reuse_engines(cfg: &Config, seg: &Arc<Segmenter>, lanes: usize) -> Result<Vec
     if lanes > 1 {
         log::warn!("[reuse] with {lanes} lanes: consecutive frames go to different lanes, so each reuses less");
     }
-    if cfg.streams.len() > 1 {
+    let streams = cfg.streams.len() as u32;
+    if streams > 1 && cfg.reuse.max_streams < 2 {
         log::warn!(
-            "[reuse] with {} streams: a lane keeps one stream's tokens, so a frame of another stream starts \
-             afresh (the streams take turns: little is reused); reuse pays off with one stream per process",
-            cfg.streams.len()
+            "[reuse] with {streams} streams and max_streams {}: a lane keeps one stream's tokens, so a frame of \
+             another stream starts afresh (the streams take turns: little is reused)",
+            cfg.reuse.max_streams
+        );
+    } else if streams > cfg.reuse.max_streams {
+        log::warn!(
+            "[reuse] {streams} streams, max_streams {}: a lane keeps the caches of the {} most recent streams \
+             (about 95 MB each at 448 px); the others' frames start afresh",
+            cfg.reuse.max_streams,
+            cfg.reuse.max_streams
+        );
+    } else if streams > 1 {
+        log::info!(
+            "[reuse] {streams} streams: each lane keeps one reuse cache per stream (about 95 MB each at 448 px)"
         );
     }
     if cfg.reduce.strategy.get() != Strategy::None {
@@ -299,7 +311,7 @@ fn streams_prometheus(streams: &[StreamInfo]) -> String {
     let mut s = String::new();
     /// (name, type, help, value of one stream)
     type Series = (&'static str, &'static str, &'static str, fn(&StreamInfo) -> String);
-    let series: [Series; 10] = [
+    let series: [Series; 11] = [
         ("ailurus_camera_up", "gauge", "Whether the stream's source is delivering.", |i| {
             (i.health.as_ref().is_none_or(|h| h.is_up()) as u8).to_string()
         }),
@@ -333,6 +345,12 @@ fn streams_prometheus(streams: &[StreamInfo]) -> String {
         ("ailurus_stream_m", "gauge", "Clusters kept (M) for the stream's last published mask.", |i| {
             i.counters.m.load(Relaxed).to_string()
         }),
+        (
+            "ailurus_stream_reuse_expected_active_fraction",
+            "gauge",
+            "Temporal reuse: the active fraction the stream's budget controller expects (0: no reuse).",
+            |i| format!("{}", f64::from_bits(i.counters.reuse_active.load(Relaxed))),
+        ),
         (
             "ailurus_stream_deadline_misses_total",
             "counter",

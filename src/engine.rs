@@ -77,6 +77,35 @@ pub trait Engine: Send {
     /// pipeline calls it): engines that carry state from frame to frame (temporal reuse, issue
     /// #19) drop it. Stateless engines ignore it.
     fn stream_break(&mut self) {}
+    /// The next frames come from stream `stream` (by index; the pipeline calls it when a lane's
+    /// frames switch streams). True when the engine keeps a separate frame-to-frame state per
+    /// stream (temporal reuse's per-stream caches) and switched to that stream's; false (the
+    /// default) when it keeps one state, which the pipeline then drops with `stream_break`.
+    fn switch_stream(&mut self, _stream: usize) -> bool {
+        false
+    }
+    /// What temporal reuse did on the last `infer` (None: the engine does not reuse).
+    fn reuse_info(&self) -> Option<ReuseInfo> {
+        None
+    }
+}
+
+/// What temporal reuse (issue #19) did on one frame: what the budget controller's cost model
+/// and the metrics read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReuseInfo {
+    /// Active (token, block) pairs over all of them in the blocks that reuse (all blocks
+    /// unreduced; the blocks before `[reduce] cut` with reduction): the scene's activity.
+    pub active: f64,
+    /// With reduction (M < N): the share of the encoder's blocks that reuse (those before
+    /// `[reduce] cut`: cut / depth), whatever the frame ran; 1 when the engine has no cut.
+    pub reduced_share: f64,
+    /// The frame was computed in full for a reason that is not the scene: the schedule, a reset
+    /// (first frame, new size, reconnect). Scene-driven refreshes (a cut, too much changed)
+    /// are not: they report `active` 1.
+    pub scheduled_refresh: bool,
+    /// The reuse threshold in force for the frame.
+    pub threshold: f32,
 }
 
 /// The pre- and postprocessing stages' work: frame -> model input, raw output -> mask. The real

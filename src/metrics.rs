@@ -256,6 +256,11 @@ pub struct Metrics {
     target_ms: AtomicU64,
     unreachable: AtomicBool,
     load: AtomicU64,
+    /// Temporal reuse (f64 bits, NaN until a frame reused): the last frame's active fraction,
+    /// the active fraction its stream's controller expects, and predicted cost / full cost.
+    reuse_active: AtomicU64,
+    reuse_expected: AtomicU64,
+    reuse_factor: AtomicU64,
     /// Nanoseconds since `start` of the last publish / each lane's inference start, +1 (0 =
     /// never / idle).
     last_publish_ns: AtomicU64,
@@ -304,6 +309,9 @@ impl Metrics {
             target_ms: AtomicU64::new(0f64.to_bits()),
             unreachable: AtomicBool::new(false),
             load: AtomicU64::new(1f64.to_bits()),
+            reuse_active: AtomicU64::new(f64::NAN.to_bits()),
+            reuse_expected: AtomicU64::new(f64::NAN.to_bits()),
+            reuse_factor: AtomicU64::new(f64::NAN.to_bits()),
             last_publish_ns: AtomicU64::new(0),
             infer_started_ns: Default::default(),
             window: Mutex::new(Window {
@@ -372,6 +380,24 @@ impl Metrics {
     pub fn set_controller(&self, unreachable: bool, load: f64) {
         self.unreachable.store(unreachable, Relaxed);
         self.load.store(load.to_bits(), Relaxed);
+    }
+
+    /// Temporal reuse on the last frame: its active fraction and the one its stream's
+    /// controller expects (None: none reused yet).
+    pub fn set_reuse(&self, active: f64, expected: Option<f64>) {
+        self.reuse_active.store(active.to_bits(), Relaxed);
+        self.reuse_expected.store(expected.unwrap_or(f64::NAN).to_bits(), Relaxed);
+    }
+
+    /// Temporal reuse: the controller's predicted cost / full cost of its current setting.
+    pub fn set_reuse_factor(&self, factor: f64) {
+        self.reuse_factor.store(factor.to_bits(), Relaxed);
+    }
+
+    /// (last active fraction, expected, cost factor); NaN where not set.
+    pub fn reuse(&self) -> (f64, f64, f64) {
+        let f = |a: &AtomicU64| f64::from_bits(a.load(Relaxed));
+        (f(&self.reuse_active), f(&self.reuse_expected), f(&self.reuse_factor))
     }
 
     /// The number of inference lanes (shown in the log line and `/metrics`).
@@ -453,6 +479,10 @@ impl Metrics {
             let _ = write!(line, " sink:{} {}", s.name, s.dropped.load(Relaxed));
         }
         let _ = write!(line, "; bad {} failed {}", self.bad_frames.load(Relaxed), self.failed_frames.load(Relaxed));
+        let (active, expected, factor) = self.reuse();
+        if active.is_finite() {
+            let _ = write!(line, "; reuse active {active:.3} expected {expected:.3} cost x{factor:.2}");
+        }
         if self.unreachable.load(Relaxed) {
             line += "; BUDGET UNREACHABLE";
         }
@@ -570,6 +600,28 @@ impl Metrics {
             ),
         ];
         for (name, text, v) in gauges {
+            help(&mut o, name, "gauge", text);
+            let _ = writeln!(o, "ailurus_{name} {v}");
+        }
+        let (active, expected, factor) = self.reuse();
+        let reuse: [(&str, &str, f64); 3] = [
+            (
+                "reuse_active_fraction",
+                "Temporal reuse: (token, block) pairs recomputed over all of them, last frame.",
+                active,
+            ),
+            (
+                "reuse_expected_active_fraction",
+                "Temporal reuse: the active fraction the budget controller expects of the next frame of that stream.",
+                expected,
+            ),
+            (
+                "reuse_cost_factor",
+                "Temporal reuse: the budget controller's predicted cost over a full frame's, current setting.",
+                factor,
+            ),
+        ];
+        for (name, text, v) in reuse.into_iter().filter(|r| r.2.is_finite()) {
             help(&mut o, name, "gauge", text);
             let _ = writeln!(o, "ailurus_{name} {v}");
         }

@@ -192,6 +192,12 @@ impl CostModel {
         h.iter().map(|&(r, vr)| h.iter().map(|&(c, vc)| vr * self.p[r * d + c] * vc).sum::<f64>()).sum::<f64>().max(0.0)
     }
 
+    /// The bound beyond which an innovation at (j, u) is suspect, in ln(ms) (what `update`
+    /// clips the returned error to).
+    pub fn clip_bound(&self, j: usize, u: f64) -> f64 {
+        CLIP * (self.variance(j, u) + R).sqrt()
+    }
+
     /// Time update: load random walk, per-size terms revert towards the calibration.
     fn drift(&mut self) {
         let d = self.dim();

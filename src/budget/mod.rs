@@ -19,16 +19,25 @@
 //! `REARM` reachable frames). Time never enters:
 //! the controller counts frames, so tests drive it with fake costs and no clock.
 //! Owns no threads and no engine: the pipeline calls `decide`, `refine` and `observe*`.
+//!
+//! With temporal reuse (`[reuse]`, issue #19) every prediction is scaled by what reuse is
+//! expected to save on this stream's scene (`reuse.rs`: cost = full * (phi + (1 - phi) *
+//! activity)): a static scene makes every setting cheaper, so the controller keeps the input
+//! size and M a tight budget would otherwise take away; a moving scene makes the factor 1 and
+//! the choices today's. Frames computed in full teach the cost model; reused frames teach the
+//! factor.
 
 pub mod cost;
+pub mod reuse;
 
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::engine::{Setting, SizeInfo};
+use crate::engine::{ReuseInfo, Setting, SizeInfo};
 use crate::problems::Problems;
 use cost::{CostModel, Quadratic};
+use reuse::ReuseCost;
 
 pub mod calibration;
 pub use calibration::{CalibError, CalibRow, CalibrationTable};
@@ -167,6 +176,10 @@ pub struct Status {
     pub frames: u64,
     /// How many times "budget unreachable" was said (once per episode).
     pub unreachable_reports: u64,
+    /// With temporal reuse: the stream's expected active fraction (None: no reuse seen).
+    pub reuse_active: Option<f64>,
+    /// With temporal reuse: predicted cost / full cost of the current setting (1 without).
+    pub reuse_factor: f64,
 }
 
 #[derive(Clone)]
@@ -226,6 +239,8 @@ pub struct Controller {
     reachable_streak: u64,
     preds: Vec<f64>,
     preds_up: Vec<f64>,
+    /// Temporal reuse's share of the cost (`reuse.rs`).
+    reuse: ReuseCost,
 }
 
 impl Controller {
@@ -261,6 +276,7 @@ impl Controller {
             reachable_streak: 0,
             preds: vec![],
             preds_up: vec![],
+            reuse: ReuseCost::default(),
         };
         c.reconfigure(cfg, table)?;
         Ok(c)
@@ -339,7 +355,14 @@ impl Controller {
             hold: self.hold,
             frames: self.frames,
             unreachable_reports: self.unreachable_reports,
+            reuse_active: self.reuse.active(),
+            reuse_factor: self.current.map_or(1.0, |i| self.reuse.factor(self.cands[i].u)),
         }
+    }
+
+    /// The reuse part of the cost model (expected activity, fixed share, last report).
+    pub fn reuse(&self) -> &ReuseCost {
+        &self.reuse
     }
 
     fn size_index(&self, size: u32) -> Option<(usize, usize)> {
@@ -349,7 +372,8 @@ impl Controller {
     /// Predicted mean cost (ms) of any setting the engine has a plan for.
     pub fn predict_cost(&self, s: Setting) -> Option<f64> {
         let (j, n) = self.size_index(s.input_size)?;
-        Some(self.model.predict_ms(j, s.m.min(n) as f64 / n as f64))
+        let u = s.m.min(n) as f64 / n as f64;
+        Some(self.model.predict_ms(j, u) * self.reuse.factor(u))
     }
 
     fn threshold(&self) -> f64 {
@@ -378,7 +402,7 @@ impl Controller {
         preds.clear();
         up.clear();
         for c in &self.cands {
-            let mean = self.model.predict_ln(c.j, c.u) + k;
+            let mean = self.model.predict_ln(c.j, c.u) + self.reuse.factor(c.u).ln() + k;
             let extra = (self.model.variance(c.j, c.u) - var_ref).max(0.0).sqrt();
             preds.push((mean + z * extra).exp() + o);
             up.push((mean + 0.5 * z * extra).exp() + o);
@@ -532,6 +556,39 @@ impl Controller {
             if self.observed > BURN_IN {
                 self.resid.push(e);
             }
+        }
+    }
+
+    /// A frame ran `s` with temporal reuse, took `cost_ms` (preprocess + inference), and reuse
+    /// reported `info`. `own`: the frame is of this controller's stream (its activity is this
+    /// scene's); every stream's controller learns the cost from it.
+    ///
+    /// A frame computed in full (active 1) teaches the full-cost model as `observe` does; a
+    /// reused one the fixed share of `reuse.rs`. The prediction error kept for the percentile
+    /// is against what `decide` predicted for the own stream (the expected activity: a scene
+    /// that starts to move is a miss), against the frame's own activity for the others;
+    /// scheduled refreshes are left out of it (they cost a full frame by design: with
+    /// `refresh_every` 30, one frame in 30, within a p95 target's 5%).
+    pub fn observe_reuse(&mut self, s: Setting, cost_ms: f64, info: &ReuseInfo, own: bool) {
+        let Some((j, n)) = self.size_index(s.input_size) else { return };
+        let u = s.m.min(n) as f64 / n as f64;
+        let expected = self.reuse.factor(u);
+        if own {
+            self.reuse.observe_active(info);
+        }
+        let bound = self.model.clip_bound(j, u);
+        let full_ln = self.model.predict_ln(j, u);
+        let factor = if info.active >= 1.0 {
+            self.model.update(j, u, cost_ms);
+            1.0
+        } else {
+            self.reuse.observe_cost(info, u, cost_ms / full_ln.exp())
+        };
+        self.observed += 1;
+        if self.observed > BURN_IN && !info.scheduled_refresh {
+            let predicted = if own { expected } else { factor };
+            let e = cost_ms.max(1e-3).ln() - full_ln - predicted.ln();
+            self.resid.push(e.clamp(-bound, bound));
         }
     }
 

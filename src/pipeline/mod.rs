@@ -34,6 +34,11 @@
 //! to that one, and its preprocess + inference cost to every stream's (cost does not depend on
 //! the camera).
 //!
+//! With temporal reuse (`[reuse]`), each lane keeps one reuse cache per stream (the engine's
+//! `switch_stream`), so the streams' frames taking turns keep reusing; the frame's cost and
+//! active fraction go to the controllers (`Controller::observe_reuse`): the stream's own one
+//! follows its scene's activity, so a static camera keeps a larger setting.
+//!
 //! Preprocessing (resize + normalise) and postprocessing (upsample + threshold/argmax) are
 //! stages of their own, run with the model's `FrameIo`; the engine only infers.
 //!
@@ -55,7 +60,7 @@ use serde::Deserialize;
 use crossbeam_channel::Sender;
 
 use crate::budget::{BudgetConfig, BudgetError, CalibrationTable, Controller};
-use crate::engine::{Engine, FrameIo, MAX_LANES};
+use crate::engine::{Engine, FrameIo, ReuseInfo, MAX_LANES};
 use crate::metrics::Metrics;
 use crate::problems::Problems;
 use crate::reduce::ReduceConfig;
@@ -305,10 +310,16 @@ impl Shared {
     }
 
     /// A frame's preprocess + inference cost depends on the lanes, not on its stream: every
-    /// stream's controller learns from it.
-    fn observe_cost(&self, s: crate::engine::Setting, cost_ms: f64) {
-        for c in &self.controllers {
-            c.lock().unwrap_or_else(|e| e.into_inner()).observe(s, cost_ms);
+    /// stream's controller learns from it. With temporal reuse it also depends on the scene:
+    /// the frame's own stream's controller follows its activity (`budget::reuse`).
+    fn observe_cost(&self, stream: usize, s: crate::engine::Setting, cost_ms: f64, reuse: Option<&ReuseInfo>) {
+        let own = stream.min(self.controllers.len() - 1);
+        for (i, c) in self.controllers.iter().enumerate() {
+            let mut c = c.lock().unwrap_or_else(|e| e.into_inner());
+            match reuse {
+                Some(r) => c.observe_reuse(s, cost_ms, r, i == own),
+                None => c.observe(s, cost_ms),
+            }
         }
     }
 

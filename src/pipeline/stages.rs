@@ -210,20 +210,9 @@ pub(super) fn infer_loop(
     let Lane { index: lane, mut engine, reconfigure, parts } = own;
     let mut log = RateLimited::new(Duration::from_secs(10));
     let mut spare = None;
-    // Temporal reuse (issue #19): the last frame on this lane (stream, epoch, seq, size), to
-    // tell engines that keep state across frames when the stream breaks: another stream's
-    // frame, a source reconnect or looped file restart (a new epoch), a sequence number going
-    // back, a new size.
-    let mut last: Option<(usize, u64, u64, u32, u32)> = None;
+    let mut breaks = StreamBreaks::default();
     while let Some(job) = rx.recv() {
-        let f = &job.frame;
-        let this = (f.stream_index, f.epoch, f.seq, f.width, f.height);
-        if last.is_some_and(|(stream, epoch, seq, w, h)| {
-            (this.0, this.1, this.3, this.4) != (stream, epoch, w, h) || this.2 <= seq
-        }) {
-            engine.stream_break();
-        }
-        last = Some(this);
+        breaks.follow(engine.as_mut(), &job.frame);
         while let Ok(cfg) = reconfigure.try_recv() {
             match engine.reconfigure(&cfg) {
                 Ok(()) => log::info!("lane {lane}: reducer now {} (reload)", cfg.strategy),
@@ -257,7 +246,38 @@ pub(super) fn infer_loop(
             continue;
         }
         let cost = times.preprocess + times.inference();
-        sh.observe_cost(setting, cost.as_secs_f64() * 1e3);
+        let reuse = engine.reuse_info();
+        sh.observe_cost(frame.stream_index, setting, cost.as_secs_f64() * 1e3, reuse.as_ref());
+        if let Some(r) = &reuse {
+            let expected = sh.controller(frame.stream_index).reuse().active();
+            sh.metrics.set_reuse(r.active, expected);
+            if let Some(c) = sh.streams.get(frame.stream_index) {
+                c.reuse_active.store(expected.unwrap_or(r.active).to_bits(), Relaxed);
+            }
+            log::debug!(
+                "frame {} stream {}: {}px M={} threshold {} active {:.3} (expected {:.3}{}) cost {:.0} ms (predicted {:.0})",
+                frame.seq,
+                frame.stream_index,
+                setting.input_size,
+                setting.m,
+                r.threshold,
+                r.active,
+                expected.unwrap_or(1.0),
+                if r.scheduled_refresh { ", scheduled refresh" } else { "" },
+                cost.as_secs_f64() * 1e3,
+                predicted_cost_ms
+            );
+        } else {
+            log::debug!(
+                "frame {} stream {}: {}px M={} cost {:.0} ms (predicted {:.0})",
+                frame.seq,
+                frame.stream_index,
+                setting.input_size,
+                setting.m,
+                cost.as_secs_f64() * 1e3,
+                predicted_cost_ms
+            );
+        }
         for (stage, d) in [
             (Stage::Stem, times.stem),
             (Stage::Reduce, times.reduce),
@@ -279,6 +299,40 @@ pub(super) fn infer_loop(
                 sh.gate.release();
                 break;
             }
+        }
+    }
+}
+
+/// Temporal reuse (issue #19): tells an engine that keeps state across frames when the frame
+/// sequence breaks. Per stream (by index): the last frame this lane ran of it (epoch, seq,
+/// size). A switch of stream swaps in that stream's state (`Engine::switch_stream`), or breaks
+/// when the engine keeps only one; a break of the stream's own sequence (a source reconnect or
+/// looped file restart: a new epoch; a sequence number going back; a new frame size) resets
+/// that stream's state only.
+#[derive(Default)]
+struct StreamBreaks {
+    current: Option<usize>,
+    last: Vec<Option<(u64, u64, u32, u32)>>,
+}
+
+impl StreamBreaks {
+    fn follow(&mut self, engine: &mut dyn Engine, f: &Frame) {
+        let i = f.stream_index;
+        let mut broken = false;
+        if self.current != Some(i) {
+            broken = !engine.switch_stream(i) && self.current.is_some();
+            self.current = Some(i);
+        }
+        if self.last.len() <= i {
+            self.last.resize(i + 1, None);
+        }
+        let this = (f.epoch, f.seq, f.width, f.height);
+        if self.last[i].is_some_and(|(epoch, seq, w, h)| (epoch, w, h) != (this.0, this.2, this.3) || this.1 <= seq) {
+            broken = true;
+        }
+        self.last[i] = Some(this);
+        if broken {
+            engine.stream_break();
         }
     }
 }
@@ -421,6 +475,9 @@ pub(super) fn post_loop(
             c.observe_latency(latency.as_secs_f64() * 1e3, (times.preprocess + times.inference()).as_secs_f64() * 1e3);
             let st = c.status();
             sh.metrics.set_controller(st.unreachable, st.load);
+            if st.reuse_active.is_some() {
+                sh.metrics.set_reuse_factor(st.reuse_factor);
+            }
         }
         sh.gate.release();
         masks.push_back(mask);
@@ -445,5 +502,57 @@ pub(super) fn post_loop(
             sh.stop.store(true, Relaxed);
             sh.gate.cv.notify_all();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EngineError, SizeInfo};
+
+    /// Records the calls `StreamBreaks` makes: "s<i>" for a switch, "break".
+    struct Calls(Vec<String>, bool);
+
+    impl Engine for Calls {
+        fn sizes(&self) -> &[SizeInfo] {
+            &[]
+        }
+        fn infer(&mut self, _: &[f32], _: Setting, _: &mut StageTimes, _: &mut Vec<f32>) -> Result<usize, EngineError> {
+            Ok(0)
+        }
+        fn switch_stream(&mut self, stream: usize) -> bool {
+            self.0.push(format!("s{stream}"));
+            self.1
+        }
+        fn stream_break(&mut self) {
+            self.0.push("break".into());
+        }
+    }
+
+    fn frame(stream: usize, epoch: u64, seq: u64) -> Frame {
+        let mut f = Frame::new(seq, 4, 4);
+        (f.stream_index, f.epoch) = (stream, epoch);
+        f
+    }
+
+    fn calls(per_stream: bool, frames: &[(usize, u64, u64)]) -> Vec<String> {
+        let (mut e, mut b) = (Calls(Vec::new(), per_stream), StreamBreaks::default());
+        for &(s, epoch, seq) in frames {
+            b.follow(&mut e, &frame(s, epoch, seq));
+            e.0.push("|".into());
+        }
+        e.0.concat().split('|').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn per_stream_state_survives_switches_and_a_reconnect_breaks_its_stream_only() {
+        // Streams 0 and 1 alternate; stream 1 reconnects (epoch 1) at its third frame.
+        let seq = [(0, 0, 1), (1, 0, 1), (0, 0, 2), (1, 0, 2), (0, 0, 3), (1, 1, 1), (0, 0, 4)];
+        let got = calls(true, &seq);
+        assert_eq!(got, ["s0", "s1", "s0", "s1", "s0", "s1break", "s0", ""]);
+        // An engine with one state breaks at every switch (and never for one stream).
+        let got = calls(false, &seq);
+        assert_eq!(got, ["s0", "s1break", "s0break", "s1break", "s0break", "s1break", "s0break", ""]);
+        assert_eq!(calls(false, &[(0, 0, 1), (0, 0, 2), (0, 0, 2)]), ["s0", "", "break", ""]);
     }
 }

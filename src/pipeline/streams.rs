@@ -41,6 +41,9 @@ pub struct StreamCounters {
     pub m: AtomicU64,
     /// Masks published later than the stream's own target.
     pub deadline_misses: AtomicU64,
+    /// With temporal reuse: the active fraction its controller expects (f64 bits; 0 before
+    /// the first reused frame).
+    pub reuse_active: AtomicU64,
 }
 
 impl StreamCounters {

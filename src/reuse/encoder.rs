@@ -106,6 +106,27 @@ pub struct ReuseEncoder {
     erf: Box<dyn tract_linalg::element_wise::ElementWise<f32>>,
 }
 
+/// One stream's caches while another stream's frames run on the lane (`super::streams`);
+/// the default holds nothing (that stream's next frame refreshes).
+#[derive(Default)]
+pub struct ParkedCaches {
+    t: usize,
+    blocks: usize,
+    caches: Vec<BlockCache>,
+}
+
+impl ParkedCaches {
+    /// Bytes the cache buffers hold (their capacity).
+    pub fn bytes(&self) -> usize {
+        cache_bytes(&self.caches)
+    }
+}
+
+fn cache_bytes(caches: &[BlockCache]) -> usize {
+    let f = |v: &Vec<f32>| v.capacity() * std::mem::size_of::<f32>();
+    caches.iter().map(|c| f(&c.reference) + f(&c.k) + f(&c.v) + f(&c.r1) + f(&c.r2)).sum()
+}
+
 /// Multiply-adds of one token row through one block, outside attention, and per key in attention.
 fn row_macs(c: usize, f: usize) -> (f64, f64) {
     ((4 * c * c + 2 * c * f) as f64, (2 * c) as f64)
@@ -116,6 +137,23 @@ impl ReuseEncoder {
         use tract_linalg::routines::Func;
         let caches = w.blocks.iter().map(|_| BlockCache::default()).collect();
         Ok(ReuseEncoder { w, prefix, t: 0, blocks: 0, caches, s: Scratch::default(), erf: Func::Erf.ew_f32()? })
+    }
+
+    /// Exchange the caches with `parked` (another stream's; the scratch stays). An empty
+    /// `parked` leaves caches that hold nothing: the next frame refreshes, allocating them.
+    pub fn swap_caches(&mut self, parked: &mut ParkedCaches) {
+        std::mem::swap(&mut self.t, &mut parked.t);
+        std::mem::swap(&mut self.blocks, &mut parked.blocks);
+        std::mem::swap(&mut self.caches, &mut parked.caches);
+        if self.caches.len() != self.w.blocks.len() {
+            self.caches = self.w.blocks.iter().map(|_| BlockCache::default()).collect();
+            self.t = 0;
+        }
+    }
+
+    /// Bytes the caches hold (keys, values, branch outputs and references of every block).
+    pub fn cache_bytes(&self) -> usize {
+        cache_bytes(&self.caches)
     }
 
     /// Drop the caches: the next frame must be a refresh.

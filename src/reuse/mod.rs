@@ -19,10 +19,14 @@
 //! - a reset: the first frame, a new input size, or [`ReuseLane::reset`] (the pipeline's hook for
 //!   a source reconnect).
 //!
+//! Several streams on one lane: each stream keeps its own caches (`streams.rs`, at most
+//! `max_streams` per lane), swapped in when its frames arrive ([`ReuseLane::switch_stream`]).
+//!
 //! Must not: pre/postprocess frames, or build the segmenter's plans (it shares them).
 
 pub mod attend;
 pub mod encoder;
+pub mod streams;
 pub mod weights;
 
 use std::sync::Arc;
@@ -64,6 +68,9 @@ pub struct ReuseConfig {
     pub refresh_above: f32,
     /// A full recompute (scene cut) when the mean relative embedding change reaches this.
     pub scene_cut: f32,
+    /// Streams whose caches a lane keeps (the least recently used dropped beyond it); below 2:
+    /// one cache per lane, computed afresh at every switch of stream.
+    pub max_streams: u32,
 }
 
 impl Default for ReuseConfig {
@@ -77,6 +84,7 @@ impl Default for ReuseConfig {
             refresh_iou: 0.9,
             refresh_above: 0.5,
             scene_cut: 0.5,
+            max_streams: 4,
         }
     }
 }
@@ -99,6 +107,9 @@ impl ReuseConfig {
         });
         p.check(self.scene_cut > 0.0 && self.scene_cut.is_finite(), "reuse", "scene_cut", || {
             format!("{} is not a change > 0", self.scene_cut)
+        });
+        p.check(self.max_streams <= 64, "reuse", "max_streams", || {
+            format!("{} is above 64 (about 95 MB each at 448 px)", self.max_streams)
         });
     }
 }
@@ -194,6 +205,7 @@ impl ReuseModel {
             reduced: LaneState::spawn(&self.seg)?,
             last_m: usize::MAX,
             last: FrameReport::default(),
+            parked: streams::Parked::default(),
         })
     }
 }
@@ -220,6 +232,8 @@ pub struct ReuseLane {
     last_m: usize,
     /// The last frame's report (for the bench and metrics).
     last: FrameReport,
+    /// Other streams' caches (`streams.rs`).
+    parked: streams::Parked,
 }
 
 impl ReuseLane {
@@ -436,6 +450,21 @@ impl Engine for ReuseLane {
 
     fn stream_break(&mut self) {
         self.reset();
+    }
+
+    fn switch_stream(&mut self, stream: usize) -> bool {
+        ReuseLane::switch_stream(self, stream)
+    }
+
+    fn reuse_info(&self) -> Option<crate::engine::ReuseInfo> {
+        let r = &self.last;
+        let depth = self.enc.depth().max(1);
+        Some(crate::engine::ReuseInfo {
+            active: r.encoder.active_fraction(),
+            reduced_share: self.model.seg.cut().min(depth) as f64 / depth as f64,
+            scheduled_refresh: matches!(r.refresh, Some(Refresh::Periodic | Refresh::Reset)),
+            threshold: self.cfg.threshold,
+        })
     }
 
     /// A new reducer for reuse + reduction; the next frame recomputes the middle.

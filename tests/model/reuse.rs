@@ -47,6 +47,7 @@ fn gates_only(threshold: f32) -> ReuseConfig {
         scene_cut: 1e9,
         max_active: 1.0,
         min_active: 0.0,
+        max_streams: 4,
     }
 }
 
@@ -314,4 +315,79 @@ fn reuse_with_reduction_at_threshold_zero_equals_the_per_frame_reduced_path() {
     let r = reuse.infer_setting(&x, setting, &mut times, &mut b).unwrap();
     assert!(!r.head_ran && r.m.is_none() && r.encoder.macs == 0.0 && r.active_fraction == 0.0);
     assert_eq!(a, b);
+}
+
+/// Two streams alternating on one lane (as the pipeline's round-robin feeds it), each a static
+/// camera where one patch changes per frame: with per-stream caches both keep reusing (a low
+/// active fraction, the output equal to what a lane of their own gives); a reconnect of one
+/// (the pipeline: switch to it, then reset) recomputes that one only. With one cache
+/// (`max_streams` 1) every switch starts afresh.
+#[test]
+fn two_streams_on_one_lane_keep_their_own_caches_and_a_reconnect_resets_only_its_stream() {
+    let s = 112;
+    let cfg = gates_only(0.01);
+    let (mut full, mut shared) = lanes(&tiny(), &[s], cfg.clone());
+    let seg = full.segmenter().clone();
+    let model = Arc::new(ReuseModel::new(seg).unwrap());
+    let mut own = [model.lane(cfg.clone()).unwrap(), model.lane(cfg.clone()).unwrap()];
+    let scenes = [image(s, 21), image(s, 22)];
+    let frame = |stream: usize, k: usize| with_patch_changed(&scenes[stream], s, k % 8, (3 * k + stream) % 8);
+    for k in 0..6 {
+        for (stream, alone_lane) in own.iter_mut().enumerate() {
+            assert!(shared.switch_stream(stream), "max_streams 4 keeps a cache per stream");
+            let x = frame(stream, k);
+            let (got, r) = run(&mut shared, &x, s);
+            let (alone, _) = run(alone_lane, &x, s);
+            assert_eq!(got, alone, "stream {stream} frame {k}: as on a lane of its own");
+            if k == 0 {
+                assert_eq!(r.refresh, Some(Refresh::Reset), "stream {stream}: its first frame");
+            } else {
+                assert_eq!(r.refresh, None, "stream {stream} frame {k}");
+                assert!(r.active_fraction < 0.2, "stream {stream} frame {k}: active {}", r.active_fraction);
+            }
+        }
+    }
+    assert_eq!((shared.current_stream(), shared.parked_streams()), (Some(1), vec![0]));
+    // Stream 1 reconnects: only its cache goes.
+    assert!(shared.switch_stream(1));
+    shared.reset();
+    let (got, r) = run(&mut shared, &frame(1, 6), s);
+    assert_eq!(r.refresh, Some(Refresh::Reset), "the reconnected stream is computed in full");
+    let mut want = Vec::new();
+    full.infer_full(&frame(1, 6), s, &mut want).unwrap();
+    assert!(max_abs_diff(&got, &want) <= 1e-5);
+    assert!(shared.switch_stream(0));
+    let (_, r) = run(&mut shared, &frame(0, 6), s);
+    assert_eq!(r.refresh, None, "the other stream keeps reusing");
+    assert!(r.active_fraction < 0.2);
+    // The caches' size: 5 [T, C] buffers per block (T = 65, C = 16, 4 blocks) + the head output.
+    let (cur, parked) = shared.cache_bytes();
+    let want_bytes = 5 * 65 * 16 * 4 * 4 + s as usize * s as usize * 4;
+    assert_eq!((cur, parked), (want_bytes, want_bytes));
+    // A third stream beyond max_streams 2: the least recently used cache (stream 1's) goes.
+    shared.set_config(ReuseConfig { max_streams: 2, ..cfg.clone() });
+    assert!(shared.switch_stream(2));
+    assert_eq!(shared.parked_streams(), vec![0]);
+    run(&mut shared, &frame(0, 7), s);
+    assert!(shared.switch_stream(1));
+    assert_eq!(run(&mut shared, &frame(1, 7), s).1.refresh, Some(Refresh::Reset), "dropped: afresh");
+    // One cache: the lane says so, and the pipeline resets it at every switch.
+    shared.set_config(ReuseConfig { max_streams: 1, ..cfg });
+    assert!(!shared.switch_stream(0));
+}
+
+/// The real model at 448 px: one stream's cache is 5 [T, C] f32 buffers per block (T = 1025,
+/// C = 384, 12 blocks) plus the head output: 95.3 MB.
+#[test]
+fn real_model_cache_of_one_stream_at_448() {
+    let Some(manifest) = common::real_manifest() else {
+        return;
+    };
+    let (_, mut reuse) = lanes(&manifest, &[448], gates_only(0.1));
+    let (cur, parked) = reuse.cache_bytes();
+    assert_eq!((cur, parked), (0, 0), "allocated lazily");
+    run(&mut reuse, &image(448, 1), 448);
+    let (cur, _) = reuse.cache_bytes();
+    eprintln!("real model at 448: one stream's reuse cache holds {:.1} MB", cur as f64 / 1e6);
+    assert_eq!(cur, 5 * 1025 * 384 * 4 * 12 + 448 * 448 * 4);
 }

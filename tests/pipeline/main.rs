@@ -2,6 +2,7 @@
 //! calibration table it drives (fakes in `support`).
 
 mod budget_calibration;
+mod budget_reuse;
 mod budget_sim;
 mod budget_streams;
 mod metrics;
