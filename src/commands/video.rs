@@ -5,9 +5,12 @@
 //! `clip,setting,ms_per_frame,speedup,active_fraction,iou_mean,iou_min,mae_mean,flicker,...`.
 //!
 //! Settings: `full` (the reference: the unreduced cut model per frame), `reduced M=..` (per-frame
-//! AiluRus at `[reduce] cut`), `reuse t=..` at each threshold (`[reuse]`'s refresh rules), and
+//! AiluRus at `[reduce] cut`), `reuse t=..` at each threshold (`[reuse]`'s refresh rules),
 //! `reuse t=.. + a=.. M=..` (reuse before the cut, then the reduced path's AiluRus and middle
-//! on M tokens) at each threshold when `--reduced-m` is set.
+//! in full on M tokens, every frame) at each threshold when `--reduced-m` is set, and
+//! `reuse t=.. carry a=.. M=..` (reuse before the cut, clusters carried across frames, the
+//! middle with reuse on the M merged tokens: `[reuse] carry_clusters`) at each threshold and each
+//! `--carry-m` (default: `--reduced-m`).
 //!
 //! Owns the sweep and its table; it drives the lanes through the same `FrameRunner` as `run`.
 
@@ -45,6 +48,9 @@ pub struct VideoArgs {
     /// --video: M of the per-frame reduced row (at `[reduce] cut`; 0 for none).
     #[arg(long, default_value_t = 768)]
     pub reduced_m: usize,
+    /// --video: M values of the reuse + carried-clusters rows (default: --reduced-m; 0: none).
+    #[arg(long, value_delimiter = ',')]
+    pub carry_m: Vec<usize>,
 }
 
 /// `ailurus bench --video`: the table on stdout, the CSV at `csv`.
@@ -60,6 +66,7 @@ pub fn command(cfg: &Config, a: &VideoArgs, csv: &Path, size: u32) -> Result<()>
         thresholds: a.thresholds.clone(),
         min_active: a.min_active.clone(),
         reduced_m: a.reduced_m,
+        carry_m: if a.carry_m.is_empty() { vec![a.reduced_m] } else { a.carry_m.clone() },
     };
     let rows = run(cfg, &o)?;
     print!("{}", format_table(&rows, &cpu_name()));
@@ -78,6 +85,8 @@ pub struct VideoOptions {
     pub min_active: Vec<f32>,
     /// M of the per-frame reduced row (0: none).
     pub reduced_m: usize,
+    /// M of the reuse + carried-clusters rows (0 or >= N: none).
+    pub carry_m: Vec<usize>,
 }
 
 /// One row.
@@ -260,7 +269,8 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
             rows.push(row(&clip, format!("reduced M={m}"), &p, reference));
         }
         for (&t, &floor) in o.thresholds.iter().flat_map(|t| o.min_active.iter().map(move |f| (t, f))) {
-            reuse.set_config(ReuseConfig { enabled: true, threshold: t, min_active: floor, ..cfg.reuse.clone() });
+            let base = ReuseConfig { enabled: true, threshold: t, min_active: floor, ..cfg.reuse.clone() };
+            reuse.set_config(ReuseConfig { carry_clusters: false, ..base.clone() });
             let p = pass(&io, &mut reuse, &frames, Setting { input_size: o.size, m: n }, ReuseLane::reset, |e, p| {
                 let r = e.last_report();
                 log::debug!(
@@ -295,6 +305,39 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
                 };
                 rows.push(row(&clip, name, &p, reference));
             }
+            reuse.set_config(ReuseConfig { carry_clusters: true, ..base.clone() });
+            for &cm in o.carry_m.iter().filter(|&&cm| cm > 0 && cm < n) {
+                // Reuse + reduction with carried clusters: the middle with reuse too.
+                let st = Setting { input_size: o.size, m: cm };
+                let mut reclusters = 0;
+                let p = pass(&io, &mut reuse, &frames, st, ReuseLane::reset, |e, p| {
+                    let r = e.last_report();
+                    log::debug!(
+                        "{clip} t={t} carry M={cm}: refresh {:?}, re-cluster {:?}, changed {} moved {} touched {}, \
+                         stem {:?}, middle {:?}",
+                        r.refresh,
+                        r.carry.reclustered,
+                        r.carry.changed,
+                        r.carry.moved,
+                        r.carry.touched,
+                        r.encoder.active,
+                        r.carry.middle.active
+                    );
+                    reclusters += r.carry.reclustered.is_some() as usize;
+                    p.active += r.active_fraction;
+                    p.refreshes += r.refresh.is_some() as usize;
+                    p.head_skipped += !r.head_ran as usize;
+                    p.decision += r.decision;
+                })?;
+                let a = cfg.reduce.cut;
+                let name = if floor > 0.0 {
+                    format!("reuse t={t} min={floor} carry a={a} M={cm}")
+                } else {
+                    format!("reuse t={t} carry a={a} M={cm}")
+                };
+                log::info!("{clip} {name}: re-clustered on {reclusters} of {} frames", frames.len());
+                rows.push(row(&clip, name, &p, reference));
+            }
         }
     }
     Ok(rows)
@@ -303,7 +346,7 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
 pub fn format_table(rows: &[VideoRow], cpu: &str) -> String {
     let mut s = format!("temporal reuse, same run, {cpu}\n");
     s += &format!(
-        "{:<18} {:<26} {:>6} {:>9} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>5} {:>5} {:>8}\n",
+        "{:<18} {:<30} {:>6} {:>9} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>5} {:>5} {:>8}\n",
         "clip",
         "setting",
         "frames",
@@ -320,7 +363,7 @@ pub fn format_table(rows: &[VideoRow], cpu: &str) -> String {
     );
     for r in rows {
         s += &format!(
-            "{:<18} {:<26} {:>6} {:>9.1} {:>6.2}x {:>7.3} {:>8.4} {:>7.4} {:>7.4} {:>7.4} {:>5} {:>5} {:>5.2} ms\n",
+            "{:<18} {:<30} {:>6} {:>9.1} {:>6.2}x {:>7.3} {:>8.4} {:>7.4} {:>7.4} {:>7.4} {:>5} {:>5} {:>5.2} ms\n",
             r.clip,
             r.setting,
             r.frames,
