@@ -159,6 +159,8 @@ struct Pass {
     refreshes: usize,
     head_skipped: usize,
     decision: Duration,
+    /// Stem, reduce (clustering, unfold), middle, head, summed over the frames.
+    stages: [Duration; 4],
 }
 
 /// Run every frame through `engine` in order; `after` reads the engine's per-frame stats.
@@ -178,6 +180,7 @@ fn pass<E: Engine>(
         refreshes: 0,
         head_skipped: 0,
         decision: Duration::ZERO,
+        stages: [Duration::ZERO; 4],
     };
     // One untimed warm-up frame (first-run costs of the plans), then the caller resets.
     fr.run(io, engine, &frames[0], setting, &mut Mask::default())?;
@@ -187,6 +190,10 @@ fn pass<E: Engine>(
         let t0 = Instant::now();
         fr.run(io, engine, f, setting, &mut mask)?;
         p.total += t0.elapsed();
+        let t = &fr.times;
+        for (sum, d) in p.stages.iter_mut().zip([t.stem, t.reduce, t.middle, t.head]) {
+            *sum += d;
+        }
         after(engine, &mut p);
         p.masks.push(mask);
     }
@@ -215,6 +222,14 @@ fn row(clip: &str, setting: String, p: &Pass, reference: Option<(&[Mask], f64)>)
         }
         log::debug!("{clip} {setting}: per-frame IoU {ious:.3?} MAE {maes:.3?}");
     }
+    let st: Vec<f64> = p.stages.iter().map(|d| d.as_secs_f64() * 1e3 / n).collect();
+    log::info!(
+        "{clip} {setting}: ms/frame stem {:.1} reduce {:.1} middle {:.1} head {:.1}",
+        st[0],
+        st[1],
+        st[2],
+        st[3]
+    );
     let mean = |v: &[f64]| if v.is_empty() { 1.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
     VideoRow {
         clip: clip.into(),
@@ -314,14 +329,16 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
                     let r = e.last_report();
                     log::debug!(
                         "{clip} t={t} carry M={cm}: refresh {:?}, re-cluster {:?}, changed {} moved {} touched {}, \
-                         stem {:?}, middle {:?}",
+                         stem {:?}, middle {:?}, clusters {:.1?} middle {:.1?}",
                         r.refresh,
                         r.carry.reclustered,
                         r.carry.changed,
                         r.carry.moved,
                         r.carry.touched,
                         r.encoder.active,
-                        r.carry.middle.active
+                        r.carry.middle.active,
+                        r.carry.cluster_time,
+                        r.carry.middle_time
                     );
                     reclusters += r.carry.reclustered.is_some() as usize;
                     p.active += r.active_fraction;

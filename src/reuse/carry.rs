@@ -9,15 +9,17 @@
 //!   the nearest carried centre (by D, the reducer's distance, to the centre token's current
 //!   stem output) inside their radius-r window, else to the nearest centre anywhere: AiluRus's
 //!   assignment step with the centres kept. Centres stay centres, so no cluster empties and
-//!   cluster ids (the middle's rows) stay stable. The clusters a changed token left, joined or
-//!   sits in are *touched*. Every merged token is then the mean of its members again (cheap:
-//!   N x C adds), so sub-threshold drift reaches the middle's gates.
+//!   cluster ids (the middle's rows) stay stable. The clusters a changed token left or joined
+//!   are *touched* (their size, hence their key bias, changed too). Every merged token is then
+//!   the mean of its members again (cheap: N x C adds), so a changed member, and sub-threshold
+//!   drift, reach the middle's gates like any change of a block input.
 //! - A full re-cluster (the configured reducer, as the per-frame path) on a lane refresh, the first
 //!   frame, a new grid or M, or when more than `recluster_above` of the patch tokens changed.
 //! - [`CarryMiddle::run`]: blocks cut..L-1 + the final norm on prefix + M merged tokens through
 //!   the Eventful executor ([`ReuseEncoder::run_range`]) with the middle's proportional
 //!   attention (log cluster sizes as key bias): a merged token is recomputed when its input moved
-//!   by the threshold, and touched clusters are forced active in the first middle block. Then the
+//!   by the threshold (a cluster whose members changed in place is left to that gate), and
+//!   touched clusters are forced active in the first middle block. Then the
 //!   unfold (`full[i] = mid[assign[i]]`); the lane runs the head only when a middle row ran.
 //!
 //! With threshold 0 every row runs, and the output equals the per-frame reduced path with the
@@ -51,7 +53,7 @@ pub struct CarryStats {
     /// Patch tokens that changed (re-assigned), and those that moved to another cluster.
     pub changed: usize,
     pub moved: usize,
-    /// Clusters forced active in the first middle block.
+    /// Clusters forced active in the first middle block (they gained or lost a member).
     pub touched: usize,
     /// The middle (blocks cut..L-1 on prefix + M rows): active rows per block, multiply-adds.
     pub middle: EncoderStats,
@@ -181,7 +183,7 @@ impl ClusterCarry {
     }
 
     /// Re-assign the tokens whose score reached `threshold` (scores from `step`); returns how
-    /// many moved. Fills `force` with the touched clusters.
+    /// many moved. Fills `force` with the touched clusters (those a token left or joined).
     fn reassign(&mut self, patches: &[f32], c: usize, threshold: f32) -> usize {
         let m = self.red.m;
         self.touched.clear();
@@ -198,9 +200,11 @@ impl ClusterCarry {
                 nearest_centre(patches, c, i, self.grid, self.radius, &self.red.centers, &self.center_of)
             };
             self.red.assign[i] = new;
-            self.touched[old as usize] = true;
-            self.touched[new as usize] = true;
-            moved += (old != new) as usize;
+            if old != new {
+                self.touched[old as usize] = true;
+                self.touched[new as usize] = true;
+                moved += 1;
+            }
             self.reference[i * c..(i + 1) * c].copy_from_slice(&patches[i * c..(i + 1) * c]);
         }
         self.force.clear();
@@ -428,7 +432,7 @@ mod tests {
                 before[i]
             };
             assert_eq!(cc.red.assign[i], want, "token {i}");
-            if changed.contains(&i) {
+            if before[i] != want {
                 touched[before[i] as usize] = true;
                 touched[want as usize] = true;
             }

@@ -92,7 +92,7 @@ impl Default for ReuseConfig {
             refresh_above: 0.5,
             scene_cut: 0.5,
             carry_clusters: true,
-            recluster_above: 0.5,
+            recluster_above: 0.8,
         }
     }
 }
