@@ -224,7 +224,9 @@ pub fn nearest_centre(
     centers: &[u32],
     center_of: &[u32],
 ) -> u32 {
-    let d2 = |j: usize| -> f32 { x[i * c..(i + 1) * c].iter().zip(&x[j * c..(j + 1) * c]).map(|(a, b)| (a - b) * (a - b)).sum() };
+    let d2 = |j: usize| -> f32 {
+        x[i * c..(i + 1) * c].iter().zip(&x[j * c..(j + 1) * c]).map(|(a, b)| (a - b) * (a - b)).sum()
+    };
     let (y, xi) = (i / w, i % w);
     let (mut best, mut best_d) = (NONE, f32::INFINITY);
     for yy in y.saturating_sub(radius)..=(y + radius).min(h - 1) {
