@@ -76,7 +76,9 @@ pub struct ReuseConfig {
     /// rows (module doc), instead of clustering afresh and running the middle in full.
     pub carry_clusters: bool,
     /// With `carry_clusters`: a full re-cluster when more than this fraction of the patch tokens
-    /// changed (at the threshold) at the cut.
+    /// changed (at the threshold) at the cut. 0.8: at 0.5, carphone at t=0.2 (448 px, 40 frames)
+    /// re-clustered on 9 frames instead of the 4 scheduled refreshes, each a full middle, at no
+    /// better IoU (docs/reuse.md run 5, EPYC Zen 4).
     pub recluster_above: f32,
 }
 
