@@ -5,9 +5,12 @@
 //! `clip,setting,ms_per_frame,speedup,active_fraction,iou_mean,iou_min,mae_mean,flicker,...`.
 //!
 //! Settings: `full` (the reference: the unreduced cut model per frame), `reduced M=..` (per-frame
-//! AiluRus at `[reduce] cut`), `reuse t=..` at each threshold (`[reuse]`'s refresh rules), and
+//! AiluRus at `[reduce] cut`), `reuse t=..` at each threshold (`[reuse]`'s refresh rules),
 //! `reuse t=.. + a=.. M=..` (reuse before the cut, then the reduced path's AiluRus and middle
-//! on M tokens) at each threshold when `--reduced-m` is set.
+//! in full on M tokens, every frame) at each threshold when `--reduced-m` is set, and
+//! `reuse t=.. carry a=.. M=..` (reuse before the cut, clusters carried across frames, the
+//! middle with reuse on the M merged tokens: `[reuse] carry_clusters`) at each threshold and each
+//! `--carry-m` (default: `--reduced-m`).
 //!
 //! Owns the sweep and its table; it drives the lanes through the same `FrameRunner` as `run`.
 
@@ -45,6 +48,9 @@ pub struct VideoArgs {
     /// --video: M of the per-frame reduced row (at `[reduce] cut`; 0 for none).
     #[arg(long, default_value_t = 768)]
     pub reduced_m: usize,
+    /// --video: M values of the reuse + carried-clusters rows (default: --reduced-m; 0: none).
+    #[arg(long, value_delimiter = ',')]
+    pub carry_m: Vec<usize>,
 }
 
 /// `ailurus bench --video`: the table on stdout, the CSV at `csv`.
@@ -60,6 +66,7 @@ pub fn command(cfg: &Config, a: &VideoArgs, csv: &Path, size: u32) -> Result<()>
         thresholds: a.thresholds.clone(),
         min_active: a.min_active.clone(),
         reduced_m: a.reduced_m,
+        carry_m: if a.carry_m.is_empty() { vec![a.reduced_m] } else { a.carry_m.clone() },
     };
     let rows = run(cfg, &o)?;
     print!("{}", format_table(&rows, &cpu_name()));
@@ -78,6 +85,8 @@ pub struct VideoOptions {
     pub min_active: Vec<f32>,
     /// M of the per-frame reduced row (0: none).
     pub reduced_m: usize,
+    /// M of the reuse + carried-clusters rows (0 or >= N: none).
+    pub carry_m: Vec<usize>,
 }
 
 /// One row.
@@ -150,6 +159,8 @@ struct Pass {
     refreshes: usize,
     head_skipped: usize,
     decision: Duration,
+    /// Stem, reduce (clustering, unfold), middle, head, summed over the frames.
+    stages: [Duration; 4],
 }
 
 /// Run every frame through `engine` in order; `after` reads the engine's per-frame stats.
@@ -169,6 +180,7 @@ fn pass<E: Engine>(
         refreshes: 0,
         head_skipped: 0,
         decision: Duration::ZERO,
+        stages: [Duration::ZERO; 4],
     };
     // One untimed warm-up frame (first-run costs of the plans), then the caller resets.
     fr.run(io, engine, &frames[0], setting, &mut Mask::default())?;
@@ -178,6 +190,10 @@ fn pass<E: Engine>(
         let t0 = Instant::now();
         fr.run(io, engine, f, setting, &mut mask)?;
         p.total += t0.elapsed();
+        let t = &fr.times;
+        for (sum, d) in p.stages.iter_mut().zip([t.stem, t.reduce, t.middle, t.head]) {
+            *sum += d;
+        }
         after(engine, &mut p);
         p.masks.push(mask);
     }
@@ -206,6 +222,14 @@ fn row(clip: &str, setting: String, p: &Pass, reference: Option<(&[Mask], f64)>)
         }
         log::debug!("{clip} {setting}: per-frame IoU {ious:.3?} MAE {maes:.3?}");
     }
+    let st: Vec<f64> = p.stages.iter().map(|d| d.as_secs_f64() * 1e3 / n).collect();
+    log::info!(
+        "{clip} {setting}: ms/frame stem {:.1} reduce {:.1} middle {:.1} head {:.1}",
+        st[0],
+        st[1],
+        st[2],
+        st[3]
+    );
     let mean = |v: &[f64]| if v.is_empty() { 1.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
     VideoRow {
         clip: clip.into(),
@@ -260,7 +284,8 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
             rows.push(row(&clip, format!("reduced M={m}"), &p, reference));
         }
         for (&t, &floor) in o.thresholds.iter().flat_map(|t| o.min_active.iter().map(move |f| (t, f))) {
-            reuse.set_config(ReuseConfig { enabled: true, threshold: t, min_active: floor, ..cfg.reuse.clone() });
+            let base = ReuseConfig { enabled: true, threshold: t, min_active: floor, ..cfg.reuse.clone() };
+            reuse.set_config(ReuseConfig { carry_clusters: false, ..base.clone() });
             let p = pass(&io, &mut reuse, &frames, Setting { input_size: o.size, m: n }, ReuseLane::reset, |e, p| {
                 let r = e.last_report();
                 log::debug!(
@@ -295,6 +320,41 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
                 };
                 rows.push(row(&clip, name, &p, reference));
             }
+            reuse.set_config(ReuseConfig { carry_clusters: true, ..base.clone() });
+            for &cm in o.carry_m.iter().filter(|&&cm| cm > 0 && cm < n) {
+                // Reuse + reduction with carried clusters: the middle with reuse too.
+                let st = Setting { input_size: o.size, m: cm };
+                let mut reclusters = 0;
+                let p = pass(&io, &mut reuse, &frames, st, ReuseLane::reset, |e, p| {
+                    let r = e.last_report();
+                    log::debug!(
+                        "{clip} t={t} carry M={cm}: refresh {:?}, re-cluster {:?}, changed {} moved {} touched {}, \
+                         stem {:?}, middle {:?}, clusters {:.1?} middle {:.1?}",
+                        r.refresh,
+                        r.carry.reclustered,
+                        r.carry.changed,
+                        r.carry.moved,
+                        r.carry.touched,
+                        r.encoder.active,
+                        r.carry.middle.active,
+                        r.carry.cluster_time,
+                        r.carry.middle_time
+                    );
+                    reclusters += r.carry.reclustered.is_some() as usize;
+                    p.active += r.active_fraction;
+                    p.refreshes += r.refresh.is_some() as usize;
+                    p.head_skipped += !r.head_ran as usize;
+                    p.decision += r.decision;
+                })?;
+                let a = cfg.reduce.cut;
+                let name = if floor > 0.0 {
+                    format!("reuse t={t} min={floor} carry a={a} M={cm}")
+                } else {
+                    format!("reuse t={t} carry a={a} M={cm}")
+                };
+                log::info!("{clip} {name}: re-clustered on {reclusters} of {} frames", frames.len());
+                rows.push(row(&clip, name, &p, reference));
+            }
         }
     }
     Ok(rows)
@@ -303,7 +363,7 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
 pub fn format_table(rows: &[VideoRow], cpu: &str) -> String {
     let mut s = format!("temporal reuse, same run, {cpu}\n");
     s += &format!(
-        "{:<18} {:<26} {:>6} {:>9} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>5} {:>5} {:>8}\n",
+        "{:<18} {:<30} {:>6} {:>9} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>5} {:>5} {:>8}\n",
         "clip",
         "setting",
         "frames",
@@ -320,7 +380,7 @@ pub fn format_table(rows: &[VideoRow], cpu: &str) -> String {
     );
     for r in rows {
         s += &format!(
-            "{:<18} {:<26} {:>6} {:>9.1} {:>6.2}x {:>7.3} {:>8.4} {:>7.4} {:>7.4} {:>7.4} {:>5} {:>5} {:>5.2} ms\n",
+            "{:<18} {:<30} {:>6} {:>9.1} {:>6.2}x {:>7.3} {:>8.4} {:>7.4} {:>7.4} {:>7.4} {:>5} {:>5} {:>5.2} ms\n",
             r.clip,
             r.setting,
             r.frames,

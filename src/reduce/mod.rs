@@ -10,6 +10,7 @@ pub mod ailurus;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod dot;
+pub mod fixed;
 pub mod grid;
 pub mod none;
 pub mod partition;

@@ -44,6 +44,23 @@ pub fn attend_rows(
     d: usize,
     out: &mut [f32],
 ) -> TractResult<()> {
+    attend_rows_bias(q, k, v, None, a, t, h, d, out)
+}
+
+/// [`attend_rows`] with `bias` (`t` values) added to every logit row: the reduced middle's key
+/// bias (proportional attention: log cluster sizes), as `attention::attend` takes it.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rows_bias(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    bias: Option<&[f32]>,
+    a: usize,
+    t: usize,
+    h: usize,
+    d: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
     ensure!(
         q.len() == a * h * d && out.len() == a * h * d && k.len() == t * h * d && v.len() == t * h * d,
         "attend_rows: q {}, out {} for [{a}, {h}, {d}], k {}, v {} for [{t}, {h}, {d}]",
@@ -52,6 +69,9 @@ pub fn attend_rows(
         k.len(),
         v.len()
     );
+    if let Some(b) = bias {
+        ensure!(b.len() == t, "attend_rows: key bias has {} values for {t} keys", b.len());
+    }
     if a == 0 || t == 0 {
         return Ok(());
     }
@@ -99,7 +119,7 @@ pub fn attend_rows(
             let kern = s.exp_sum.as_ref().expect("made above");
             let mut sums = [0f32; ROWS];
             for (r, row) in s.logits.chunks_exact_mut(t).enumerate() {
-                let max = row_max(row, None);
+                let max = row_max(row, bias);
                 sums[r] = kern.run_with_params(row, max)?;
             }
             // SAFETY: as above.
@@ -140,22 +160,26 @@ pub fn attend_rows(
 mod tests {
     use super::*;
 
-    /// A subset of queries equals the same rows of full attention (the textbook reference).
+    /// A subset of queries equals the same rows of full attention (the textbook reference),
+    /// without and with a key bias.
     #[test]
     fn rows_match_the_reference() {
         let (t, h, d) = (37, 3, 8);
         let gen =
             |s: usize| (0..t * h * d).map(|i| (((i * 2654435761 + s) % 1000) as f32 / 500.0) - 1.0).collect::<Vec<_>>();
         let (q, k, v) = (gen(1), gen(2), gen(3));
-        let full = crate::model::attention::reference(&q, &k, &v, None, t, h, d);
-        let rows = [0usize, 5, 6, 30, 36];
-        let qa: Vec<f32> = rows.iter().flat_map(|&r| q[r * h * d..(r + 1) * h * d].to_vec()).collect();
-        let mut out = vec![0.0; rows.len() * h * d];
-        attend_rows(&qa, &k, &v, rows.len(), t, h, d, &mut out).unwrap();
-        for (i, &r) in rows.iter().enumerate() {
-            for j in 0..h * d {
-                let (a, b) = (out[i * h * d + j], full[r * h * d + j]);
-                assert!((a - b).abs() < 1e-5, "row {r} elem {j}: {a} vs {b}");
+        let bias: Vec<f32> = (0..t).map(|i| ((i % 5) as f32 + 1.0).ln()).collect();
+        for bias in [None, Some(&bias[..])] {
+            let full = crate::model::attention::reference(&q, &k, &v, bias, t, h, d);
+            let rows = [0usize, 5, 6, 30, 36];
+            let qa: Vec<f32> = rows.iter().flat_map(|&r| q[r * h * d..(r + 1) * h * d].to_vec()).collect();
+            let mut out = vec![0.0; rows.len() * h * d];
+            attend_rows_bias(&qa, &k, &v, bias, rows.len(), t, h, d, &mut out).unwrap();
+            for (i, &r) in rows.iter().enumerate() {
+                for j in 0..h * d {
+                    let (a, b) = (out[i * h * d + j], full[r * h * d + j]);
+                    assert!((a - b).abs() < 1e-5, "bias {}: row {r} elem {j}: {a} vs {b}", bias.is_some());
+                }
             }
         }
     }

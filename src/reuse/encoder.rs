@@ -17,11 +17,18 @@
 //! against the tract plans in tests/model/reuse.rs). Costs are counted in multiply-adds, so tests
 //! can check them without timing anything.
 //!
+//! The same executor runs the reduced middle of reuse + reduction with carried clusters
+//! ([`ReuseEncoder::run_range`] over blocks cut..L-1, on prefix + M merged tokens): a key bias
+//! (log cluster sizes, proportional attention) is added to every logit row, and the clusters whose
+//! membership changed are forced active in the first block of the range.
+//!
 //! Must not: decide refreshes (that is the lane's policy) or run the head.
+
+use std::ops::Range;
 
 use tract_core::internal::*;
 
-use super::attend::attend_rows;
+use super::attend::attend_rows_bias;
 use super::weights::EncoderWeights;
 use crate::model::{attention, layernorm, linear};
 
@@ -65,7 +72,7 @@ pub struct EncoderStats {
     /// Multiply-adds run / those of a full pass.
     pub macs: f64,
     pub full_macs: f64,
-    /// The rows block 0 recomputed (sorted).
+    /// The rows the first block of the run recomputed (block 0, or the range's first; sorted).
     pub first_rows: Vec<usize>,
     /// Time spent in the gates (scores, selection) of all blocks.
     pub gate_time: std::time::Duration,
@@ -99,8 +106,8 @@ pub struct ReuseEncoder {
     prefix: usize,
     /// Token count the caches hold (0: empty; the next frame must refresh).
     t: usize,
-    /// Blocks the last frame ran (another count refreshes).
-    blocks: usize,
+    /// Blocks the last frame ran (another range refreshes).
+    blocks: Range<usize>,
     caches: Vec<BlockCache>,
     s: Scratch,
     erf: Box<dyn tract_linalg::element_wise::ElementWise<f32>>,
@@ -111,7 +118,7 @@ pub struct ReuseEncoder {
 #[derive(Default)]
 pub struct ParkedCaches {
     t: usize,
-    blocks: usize,
+    blocks: Range<usize>,
     caches: Vec<BlockCache>,
 }
 
@@ -136,7 +143,7 @@ impl ReuseEncoder {
     pub fn new(w: std::sync::Arc<EncoderWeights>, prefix: usize) -> TractResult<ReuseEncoder> {
         use tract_linalg::routines::Func;
         let caches = w.blocks.iter().map(|_| BlockCache::default()).collect();
-        Ok(ReuseEncoder { w, prefix, t: 0, blocks: 0, caches, s: Scratch::default(), erf: Func::Erf.ew_f32()? })
+        Ok(ReuseEncoder { w, prefix, t: 0, blocks: 0..0, caches, s: Scratch::default(), erf: Func::Erf.ew_f32()? })
     }
 
     /// Exchange the caches with `parked` (another stream's; the scratch stays). An empty
@@ -199,10 +206,29 @@ impl ReuseEncoder {
         out: &mut Vec<f32>,
         stats: &mut EncoderStats,
     ) -> TractResult<()> {
+        self.run_range(x, gate, 0..blocks, None, &[], out, stats)
+    }
+
+    /// Blocks `blocks` on `x` (`[T, C]`, the first block's input) into `out`; the final norm
+    /// only when the range ends at L. `bias` (`T` values, or none) is added to every attention
+    /// logit row (the reduced middle's log cluster sizes); the rows in `force` are recomputed in
+    /// the first block of the range whatever their change (clusters whose members changed). A
+    /// frame with another range than the last one refreshes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_range(
+        &mut self,
+        x: &[f32],
+        gate: Gate,
+        blocks: Range<usize>,
+        bias: Option<&[f32]>,
+        force: &[usize],
+        out: &mut Vec<f32>,
+        stats: &mut EncoderStats,
+    ) -> TractResult<()> {
         let c = self.w.width;
         ensure!(
-            blocks >= 1 && blocks <= self.w.blocks.len(),
-            "reuse encoder: {blocks} blocks of {}",
+            blocks.start < blocks.end && blocks.end <= self.w.blocks.len(),
+            "reuse encoder: blocks {blocks:?} of {}",
             self.w.blocks.len()
         );
         ensure!(
@@ -211,10 +237,13 @@ impl ReuseEncoder {
             x.len()
         );
         let t = x.len() / c;
+        if let Some(b) = bias {
+            ensure!(b.len() == t, "reuse encoder: key bias has {} values for {t} tokens", b.len());
+        }
         let refresh = gate.refresh || !self.ready(t) || blocks != self.blocks;
-        self.blocks = blocks;
+        self.blocks = blocks.clone();
         if refresh {
-            for cache in &mut self.caches {
+            for cache in &mut self.caches[blocks.clone()] {
                 for buf in [&mut cache.reference, &mut cache.k, &mut cache.v, &mut cache.r1, &mut cache.r2] {
                     buf.clear();
                     buf.resize(t * c, 0.0);
@@ -225,26 +254,27 @@ impl ReuseEncoder {
         stats.active.clear();
         stats.tokens = t;
         stats.macs = 0.0;
-        stats.full_macs = blocks as f64 * t as f64 * (row + key * t as f64);
+        stats.full_macs = blocks.len() as f64 * t as f64 * (row + key * t as f64);
         let mut x_cur = std::mem::take(&mut self.s.x);
         x_cur.clear();
         x_cur.extend_from_slice(x);
         stats.gate_time = std::time::Duration::ZERO;
-        for b in 0..blocks {
+        for b in blocks.clone() {
             let g0 = std::time::Instant::now();
-            let a = self.select(b, &x_cur, t, gate, refresh);
+            let first = b == blocks.start;
+            let a = self.select(b, &x_cur, t, gate, refresh, if first { force } else { &[] });
             stats.gate_time += g0.elapsed();
             stats.active.push(a);
-            if b == 0 {
+            if first {
                 stats.first_rows.clear();
                 stats.first_rows.extend_from_slice(&self.s.active);
             }
             stats.macs += a as f64 * (row + key * t as f64);
-            self.block(b, &x_cur, t, a)?;
+            self.block(b, &x_cur, t, a, bias)?;
             std::mem::swap(&mut x_cur, &mut self.s.next);
         }
         out.clear();
-        if blocks == self.w.blocks.len() {
+        if blocks.end == self.w.blocks.len() {
             let (g, be, eps) = &self.w.final_norm;
             out.resize(t * c, 0.0);
             layernorm::layer_norm(&x_cur, g, be, c, *eps, out)?;
@@ -256,8 +286,9 @@ impl ReuseEncoder {
         Ok(())
     }
 
-    /// The active rows of block `b` into `s.active` (sorted); returns their count.
-    fn select(&mut self, b: usize, x: &[f32], t: usize, gate: Gate, refresh: bool) -> usize {
+    /// The active rows of block `b` into `s.active` (sorted; the rows in `force` always among
+    /// them); returns their count.
+    fn select(&mut self, b: usize, x: &[f32], t: usize, gate: Gate, refresh: bool, force: &[usize]) -> usize {
         let c = self.w.width;
         let s = &mut self.s;
         s.active.clear();
@@ -285,17 +316,19 @@ impl ReuseEncoder {
             s.order.select_nth_unstable_by(cap - 1, |&i, &j| sc[j].total_cmp(&sc[i]));
             s.order.truncate(cap);
         }
+        s.order.extend(force.iter().copied().filter(|&i| i >= p && i < t));
         if s.order.is_empty() && (0..p).all(|i| s.scores[i] < gate.threshold) {
             return 0;
         }
         s.order.sort_unstable();
+        s.order.dedup();
         s.active.extend(0..p);
         s.active.extend_from_slice(&s.order);
         s.active.len()
     }
 
     /// Block `b` on the `a` active rows of `x`; every row's output into `s.next`.
-    fn block(&mut self, b: usize, x: &[f32], t: usize, a: usize) -> TractResult<()> {
+    fn block(&mut self, b: usize, x: &[f32], t: usize, a: usize, bias: Option<&[f32]>) -> TractResult<()> {
         let (c, f, h) = (self.w.width, self.w.mlp, self.w.heads);
         let w = &self.w.blocks[b];
         let cache = &mut self.caches[b];
@@ -313,7 +346,7 @@ impl ReuseEncoder {
             if all {
                 linear::linear(&s.ln, &w.wk, Some(&w.bk), a, c, c, &mut cache.k)?;
                 linear::linear(&s.ln, &w.wv, Some(&w.bv), a, c, c, &mut cache.v)?;
-                attention::attend(&s.q, &cache.k, &cache.v, None, t, h, c / h, &mut s.att)?;
+                attention::attend(&s.q, &cache.k, &cache.v, bias, t, h, c / h, &mut s.att)?;
             } else {
                 linear::linear(&s.ln, &w.wk, Some(&w.bk), a, c, c, &mut s.k)?;
                 linear::linear(&s.ln, &w.wv, Some(&w.bv), a, c, c, &mut s.v)?;
@@ -321,7 +354,7 @@ impl ReuseEncoder {
                     cache.k[i * c..(i + 1) * c].copy_from_slice(&s.k[r * c..(r + 1) * c]);
                     cache.v[i * c..(i + 1) * c].copy_from_slice(&s.v[r * c..(r + 1) * c]);
                 }
-                attend_rows(&s.q, &cache.k, &cache.v, a, t, h, c / h, &mut s.att)?;
+                attend_rows_bias(&s.q, &cache.k, &cache.v, bias, a, t, h, c / h, &mut s.att)?;
             }
             linear::linear(&s.att, &w.wo, Some(&w.bo), a, c, c, &mut s.o)?;
             scale_rows(&mut s.o, &w.ls1);

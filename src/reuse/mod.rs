@@ -6,10 +6,16 @@
 //! -> head (the segmenter's tract plan; skipped when no token changed, its cached output reused).
 //!
 //! With reduction (a frame's `Setting::m` below the patch count): the encoder runs blocks
-//! 0..`[reduce] cut`-1 only, with reuse, and its output goes through the per-frame reduced
-//! path's own states ([`LaneState::run_after_stem`]: the reducer clusters all patch tokens
-//! afresh, the middle runs on M merged tokens, unfold, head). Clusters are not carried across
-//! frames yet; reducer, middle and head are skipped when no stem token changed (M unchanged).
+//! 0..`[reduce] cut`-1 only, with reuse, and then
+//! - with `carry_clusters` ([`carry`]): the partition is carried from the previous frame, the
+//!   changed tokens re-assigned to the nearest carried centre, and the middle runs on the M
+//!   merged tokens through the same Eventful executor (only the clusters that changed), unfold,
+//!   head (skipped when no middle row ran); a full re-cluster on every refresh below and when
+//!   more than `recluster_above` of the patch tokens changed;
+//! - else its output goes through the per-frame reduced path's own states
+//!   ([`LaneState::run_after_stem`]: the reducer clusters all patch tokens afresh, the middle runs
+//!   in full on M merged tokens, unfold, head); reducer, middle and head are skipped only when no
+//!   stem token changed (M unchanged).
 //!
 //! Refresh rules (a full recompute that also resets every cache reference), checked per frame
 //! before the encoder runs, from block 0's gate scores:
@@ -25,6 +31,7 @@
 //! Must not: pre/postprocess frames, or build the segmenter's plans (it shares them).
 
 pub mod attend;
+pub mod carry;
 pub mod encoder;
 pub mod streams;
 pub mod weights;
@@ -40,6 +47,7 @@ use crate::model::device::{Part, Plan};
 use crate::model::lane::LaneState;
 use crate::model::{cut, f32s, ModelError, Segmenter};
 use crate::problems::Problems;
+use carry::{CarryFrame, CarryMiddle, CarryStats};
 use encoder::{EncoderStats, Gate, ReuseEncoder};
 use weights::EncoderWeights;
 
@@ -71,6 +79,14 @@ pub struct ReuseConfig {
     /// Streams whose caches a lane keeps (the least recently used dropped beyond it); below 2:
     /// one cache per lane, computed afresh at every switch of stream.
     pub max_streams: u32,
+    /// With reduction: carry the clusters across frames and reuse the merged tokens' middle
+    /// rows (module doc), instead of clustering afresh and running the middle in full.
+    pub carry_clusters: bool,
+    /// With `carry_clusters`: a full re-cluster when more than this fraction of the patch tokens
+    /// changed (at the threshold) at the cut. 0.8: at 0.5, carphone at t=0.2 (448 px, 40 frames)
+    /// re-clustered on 9 frames instead of the 4 scheduled refreshes, each a full middle, for
+    /// +0.002 mean IoU (0.986 vs 0.984; measured with an earlier forcing rule; EPYC Zen 4).
+    pub recluster_above: f32,
 }
 
 impl Default for ReuseConfig {
@@ -85,6 +101,8 @@ impl Default for ReuseConfig {
             refresh_above: 0.5,
             scene_cut: 0.5,
             max_streams: 4,
+            carry_clusters: true,
+            recluster_above: 0.8,
         }
     }
 }
@@ -110,6 +128,9 @@ impl ReuseConfig {
         });
         p.check(self.max_streams <= 64, "reuse", "max_streams", || {
             format!("{} is above 64 (about 95 MB each at 448 px)", self.max_streams)
+        });
+        p.check(unit(self.recluster_above), "reuse", "recluster_above", || {
+            format!("{} is not in 0..=1", self.recluster_above)
         });
     }
 }
@@ -141,6 +162,8 @@ pub struct FrameReport {
     pub m: Option<usize>,
     /// (token, block) pairs computed over all of them, the reduced middle's M rows included.
     pub active_fraction: f64,
+    /// With reduction and `carry_clusters`: the cluster step and the middle (else default).
+    pub carry: CarryStats,
 }
 
 /// What every lane shares: the segmenter (head plans), the encoder weights and the embedding
@@ -189,7 +212,11 @@ impl ReuseModel {
             let (_, p) = self.seg.plans(*s).expect("embedding plans follow the segmenter's sizes");
             sizes.push((*s, plan.spawn().map_err(build)?, p.head.spawn().map_err(build)?));
         }
-        let enc = ReuseEncoder::new(self.weights.clone(), self.seg.manifest().tokens.prefix).map_err(build)?;
+        let prefix = self.seg.manifest().tokens.prefix;
+        let enc = ReuseEncoder::new(self.weights.clone(), prefix).map_err(build)?;
+        let middle = ReuseEncoder::new(self.weights.clone(), prefix).map_err(build)?;
+        let carry = CarryMiddle::new(middle, &self.seg.reduce)
+            .map_err(|source| ModelError::Reducer { path: shown.clone(), source })?;
         Ok(ReuseLane {
             model: self.clone(),
             cfg,
@@ -203,6 +230,9 @@ impl ReuseModel {
             head_out: Vec::new(),
             fresh: Vec::new(),
             reduced: LaneState::spawn(&self.seg)?,
+            carry,
+            key_bias: self.seg.reduce.proportional_attention,
+            carried: false,
             last_m: usize::MAX,
             last: FrameReport::default(),
             parked: streams::Parked::default(),
@@ -228,6 +258,12 @@ pub struct ReuseLane {
     fresh: Vec<f32>,
     /// The per-frame reduced path's states (reducer, middle, head) for reuse + reduction.
     reduced: LaneState,
+    /// Carried clusters and the middle with reuse (reuse + reduction with `carry_clusters`).
+    carry: CarryMiddle,
+    /// `[reduce] proportional_attention` for the carried middle.
+    key_bias: bool,
+    /// The last frame ran the carried middle (for `Engine::partition`).
+    carried: bool,
     /// The M the last frame asked for (usize::MAX: unreduced); another M recomputes the middle.
     last_m: usize,
     /// The last frame's report (for the bench and metrics).
@@ -241,6 +277,7 @@ impl ReuseLane {
     /// stream's source reconnects (or anything else breaks the frame sequence).
     pub fn reset(&mut self) {
         self.enc.reset();
+        self.carry.reset();
         self.head_out.clear();
         self.period = 0;
     }
@@ -252,6 +289,10 @@ impl ReuseLane {
 
     /// New knobs from the next frame on (the caches stay valid).
     pub fn set_config(&mut self, cfg: ReuseConfig) {
+        if cfg.carry_clusters != self.cfg.carry_clusters {
+            // The other reduced path: its caches are stale (or empty).
+            self.reset();
+        }
         self.cfg = cfg;
     }
 
@@ -280,9 +321,10 @@ impl ReuseLane {
     }
 
     /// One frame at `setting`: with `setting.m` below the patch count, reuse + reduction (the
-    /// blocks before `[reduce] cut` with reuse, then the per-frame reduced path's reducer,
-    /// middle on M tokens, unfold and head; all skipped when no stem token changed), else reuse
-    /// through every block.
+    /// blocks before `[reduce] cut` with reuse, then with `carry_clusters` the carried clusters
+    /// and the middle with reuse, else the per-frame reduced path's reducer, middle on M tokens;
+    /// unfold and head, skipped when nothing before them changed), else reuse through every
+    /// block.
     pub fn infer_setting(
         &mut self,
         input: &[f32],
@@ -324,6 +366,7 @@ impl ReuseLane {
         report.head_ran = false;
         report.agreement = None;
         report.m = None;
+        report.carry = CarryStats::default();
         let mut tokens = std::mem::take(&mut self.tokens);
         let blocks = if reduce { seg.cut() } else { depth };
         let ran = self.enc.run_blocks(emb, gate, blocks, &mut tokens, &mut report.encoder);
@@ -335,10 +378,47 @@ impl ReuseLane {
         let t3 = Instant::now();
         let t = report.encoder.tokens;
         let mut computed = report.encoder.active.iter().sum::<usize>() as f64;
-        let unchanged = report.encoder.active.iter().all(|&a| a == 0) && !self.head_out.is_empty() && m == self.last_m;
+        let carry = reduce && self.cfg.carry_clusters;
         let mut part_times = StageTimes::default();
+        let unchanged = if carry {
+            let prefix = seg.manifest().tokens.prefix;
+            let c = self.model.weights.width;
+            let grid = seg.plans(size).map(|(_, p)| p.grid).ok_or(EngineError::NoPlan(size))?;
+            let rows = (prefix + setting.m.min(n)) as f64;
+            let f = CarryFrame {
+                grid,
+                m: setting.m,
+                gate: Gate {
+                    cap: ((self.cfg.max_active as f64 * rows).ceil() as usize).max(1),
+                    floor: (self.cfg.min_active as f64 * rows).ceil() as usize,
+                    ..gate
+                },
+                recluster_above: self.cfg.recluster_above,
+                key_bias: self.key_bias,
+            };
+            let ran = self.carry.run(&self.tokens, prefix, c, blocks..depth, f, &mut report.carry).map_err(err)?;
+            let st = &report.carry;
+            computed += st.middle.active.iter().sum::<usize>() as f64;
+            report.m = ran.then_some(self.carry.clusters.reduction().m);
+            part_times.reduce = st.cluster_time;
+            part_times.middle = st.middle_time;
+            self.carried = true;
+            !ran && !self.head_out.is_empty() && m == self.last_m
+        } else {
+            self.carried = false;
+            report.encoder.active.iter().all(|&a| a == 0) && !self.head_out.is_empty() && m == self.last_m
+        };
         if !unchanged {
-            if reduce {
+            let t4 = Instant::now();
+            if carry {
+                let c = self.model.weights.width;
+                let toks = self.carry.tokens();
+                let x = Tensor::from_shape(&[1, toks.len() / c, c], toks).map_err(err)?;
+                let y = self.sizes[i].2.run(tvec!(x.into())).map_err(err)?;
+                self.fresh.clear();
+                self.fresh.extend_from_slice(f32s(&y[0]).map_err(err)?);
+                part_times.head = t4.elapsed();
+            } else if reduce {
                 let used =
                     self.reduced.run_after_stem(&seg, &self.tokens, setting, &mut part_times, &mut self.fresh)?;
                 report.m = Some(used);
@@ -470,11 +550,17 @@ impl Engine for ReuseLane {
     /// A new reducer for reuse + reduction; the next frame recomputes the middle.
     fn reconfigure(&mut self, reduce: &crate::reduce::ReduceConfig) -> Result<(), EngineError> {
         self.reduced.reconfigure(reduce)?;
+        self.carry.clusters.reconfigure(reduce).map_err(EngineError::Reconfigure)?;
+        self.key_bias = reduce.proportional_attention;
         self.head_out.clear();
         Ok(())
     }
 
     fn partition(&self, out: &mut crate::reduce::Partition) -> bool {
+        if self.carried {
+            self.carry.partition(self.last_size, out);
+            return self.last_m != usize::MAX;
+        }
         self.last.m.is_some() && self.reduced.partition(out)
     }
 }

@@ -107,5 +107,11 @@ impl ReuseLane {
         std::mem::swap(&mut self.since_refresh, &mut c.since_refresh);
         std::mem::swap(&mut self.period, &mut c.period);
         std::mem::swap(&mut self.last_m, &mut c.last_m);
+        // The carried clusters and the carried middle's caches (reuse + reduction with
+        // `carry_clusters`) are not parked per stream: a switch re-clusters and recomputes the
+        // middle of the incoming stream's next frame (its stem still reuses). Correct, not
+        // the cheapest: parking them too is left for later.
+        self.carry.reset();
+        self.carried = false;
     }
 }

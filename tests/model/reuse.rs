@@ -1,15 +1,18 @@
 //! Temporal reuse (issue #19) on the tiny model and, where fetched, the real one: threshold 0 is
 //! per-frame computation; an identical frame costs (almost) nothing; a one-patch change touches
-//! only that token's rows in block 0; the refresh rules fire; a reset empties the caches.
+//! only that token's rows in block 0; the refresh rules fire; a reset empties the caches. The
+//! same for reuse + reduction with carried clusters (at the end).
 
 use crate::common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ailurus::engine::StageTimes;
+use ailurus::engine::{Engine, StageTimes};
 use ailurus::model::{Segmenter, SegmenterLane, SegmenterOptions};
-use ailurus::reduce::ReduceConfig;
+use ailurus::reduce::fixed::FixedReducer;
+use ailurus::reduce::{Partition, ReduceConfig};
+use ailurus::reuse::carry::Recluster;
 use ailurus::reuse::{FrameReport, Refresh, ReuseConfig, ReuseLane, ReuseModel};
 
 use common::{max_abs_diff, noise_image as image};
@@ -48,6 +51,7 @@ fn gates_only(threshold: f32) -> ReuseConfig {
         max_active: 1.0,
         min_active: 0.0,
         max_streams: 4,
+        ..ReuseConfig::default()
     }
 }
 
@@ -210,7 +214,8 @@ fn bench_video_smoke_on_a_decoded_clip() {
     let settings: Vec<&str> = rows.iter().map(|r| r[1]).collect();
     let cut = ailurus::reduce::ReduceConfig::default().cut;
     let (combined_0, combined_3) = (format!("reuse t=0 + a={cut} M=128"), format!("reuse t=0.3 + a={cut} M=128"));
-    let want = ["full", "reduced M=128", "reuse t=0", &combined_0, "reuse t=0.3", &combined_3];
+    let (carry_0, carry_3) = (format!("reuse t=0 carry a={cut} M=128"), format!("reuse t=0.3 carry a={cut} M=128"));
+    let want = ["full", "reduced M=128", "reuse t=0", &combined_0, &carry_0, "reuse t=0.3", &combined_3, &carry_3];
     assert_eq!(settings, want, "{stdout}");
     for r in &rows {
         assert_eq!(r[0], "carphone_pristine");
@@ -221,6 +226,11 @@ fn bench_video_smoke_on_a_decoded_clip() {
     assert_eq!((rows[2][5], rows[2][6]), ("1.00000", "1.00000"), "{stdout}");
     // ...and with reduction on top, the per-frame reduced masks.
     assert_eq!((rows[3][5], rows[3][6]), (rows[1][5], rows[1][6]), "{stdout}");
+    // Carried clusters at threshold 0: every token changed, so every frame re-clusters and the
+    // middle runs every row (our executor instead of tract's plan: equal to float rounding).
+    let iou = |r: &[&str]| -> (f64, f64) { (r[5].parse().unwrap(), r[6].parse().unwrap()) };
+    let (a, b) = (iou(&rows[4]), iou(&rows[1]));
+    assert!((a.0 - b.0).abs() < 1e-3 && (a.1 - b.1).abs() < 1e-3, "{stdout}");
     assert_eq!(rows[0][3], "1.0000");
 }
 
@@ -291,7 +301,8 @@ fn reuse_with_reduction_at_threshold_zero_equals_the_per_frame_reduced_path() {
     };
     let seg = Arc::new(Segmenter::load(&tiny(), &opts).unwrap());
     let mut per_frame = seg.lane().unwrap();
-    let mut reuse = Arc::new(ReuseModel::new(seg).unwrap()).lane(gates_only(0.0)).unwrap();
+    let per_frame_clusters = ReuseConfig { carry_clusters: false, ..gates_only(0.0) };
+    let mut reuse = Arc::new(ReuseModel::new(seg).unwrap()).lane(per_frame_clusters.clone()).unwrap();
     let mut times = StageTimes::default();
     for (k, &(s, m)) in [(112, 20), (112, 20), (112, 30), (56, 10), (112, usize::MAX), (112, 20)].iter().enumerate() {
         let x = if k == 1 { with_patch_changed(&image(s, 10), s, 2, 2) } else { image(s, 10 + k as u64) };
@@ -308,7 +319,7 @@ fn reuse_with_reduction_at_threshold_zero_equals_the_per_frame_reduced_path() {
         }
     }
     // Threshold above any change: an identical frame runs no block, no reducer, no head.
-    reuse.set_config(gates_only(0.01));
+    reuse.set_config(ReuseConfig { threshold: 0.01, ..per_frame_clusters });
     let (x, setting) = (image(112, 77), ailurus::engine::Setting { input_size: 112, m: 20 });
     let (mut a, mut b) = (Vec::new(), Vec::new());
     reuse.infer_setting(&x, setting, &mut times, &mut a).unwrap();
@@ -390,4 +401,153 @@ fn real_model_cache_of_one_stream_at_448() {
     let (cur, _) = reuse.cache_bytes();
     eprintln!("real model at 448: one stream's reuse cache holds {:.1} MB", cur as f64 / 1e6);
     assert_eq!(cur, 5 * 1025 * 384 * 4 * 12 + 448 * 448 * 4);
+}
+
+// --- Reuse + reduction with clusters carried across frames (`[reuse] carry_clusters`). ---
+
+/// The tiny model cut at block 2 with M = 20 at 112 px (8 x 8 patches): the per-frame reduced
+/// lane and a reuse lane with carried clusters.
+fn carry_lanes(cfg: ReuseConfig) -> (SegmenterLane, ReuseLane) {
+    let opts = SegmenterOptions {
+        reduce: ReduceConfig { cut: 2, m: 20, ..ReduceConfig::default() },
+        with_full: false,
+        fixed_middle: vec![20],
+        ..options(&[112])
+    };
+    let seg = Arc::new(Segmenter::load(&tiny(), &opts).unwrap());
+    let reuse = Arc::new(ReuseModel::new(seg.clone()).unwrap()).lane(cfg).unwrap();
+    (seg.lane().unwrap(), reuse)
+}
+
+/// Carried clusters that never re-cluster on their own (only refreshes and new shapes do).
+fn carried(threshold: f32) -> ReuseConfig {
+    ReuseConfig { carry_clusters: true, recluster_above: 1.0, ..gates_only(threshold) }
+}
+
+const M20: ailurus::engine::Setting = ailurus::engine::Setting { input_size: 112, m: 20 };
+
+fn run_m(lane: &mut ReuseLane, x: &[f32], setting: ailurus::engine::Setting) -> (Vec<f32>, FrameReport) {
+    let mut out = Vec::new();
+    let r = lane.infer_setting(x, setting, &mut StageTimes::default(), &mut out).unwrap().clone();
+    (out, r)
+}
+
+fn partition_of(lane: &ReuseLane) -> Partition {
+    let mut p = Partition::default();
+    assert!(lane.partition(&mut p), "a reduced frame has a partition");
+    p.check().unwrap();
+    p
+}
+
+/// Threshold 0 with carried clusters: every middle row is recomputed, so the output equals the
+/// per-frame reduced path (tract's middle plan) with the same partition, to 1e-4, whether the
+/// partition is the reducer's (first frame) or carried with every token re-assigned.
+#[test]
+fn carried_clusters_at_threshold_zero_equal_the_per_frame_reduced_path_with_the_same_partition() {
+    let (mut per_frame, mut reuse) = carry_lanes(carried(0.0));
+    let mut times = StageTimes::default();
+    let base = image(112, 20);
+    let frames = [base.clone(), with_patch_changed(&base, 112, 3, 3), image(112, 21), image(112, 22)];
+    let mut partitions = Vec::new();
+    for (k, x) in frames.iter().enumerate() {
+        let (got, r) = run_m(&mut reuse, x, M20);
+        let p = partition_of(&reuse);
+        if k == 0 {
+            // The reducer's own partition: the per-frame lane's unchanged reducer gives it.
+            let mut want = Vec::new();
+            per_frame.run_parts(x, M20, &mut times, &mut want).unwrap();
+            let mut q = Partition::default();
+            assert!(per_frame.partition(&mut q));
+            assert_eq!(p, q, "the first frame clusters as the per-frame path");
+            assert_eq!(r.carry.reclustered, Some(Recluster::Refresh));
+        } else {
+            assert_eq!(r.carry.reclustered, None, "frame {k}: carried");
+            assert_eq!(r.carry.changed, 64, "frame {k}: threshold 0 re-assigns every token");
+        }
+        per_frame.set_reducer(Box::new(FixedReducer::new(p.clone())));
+        let mut want = Vec::new();
+        per_frame.run_parts(x, M20, &mut times, &mut want).unwrap();
+        let d = max_abs_diff(&want, &got);
+        assert!(d <= 1e-4, "frame {k}: carried clusters differ from the per-frame path on their partition by {d}");
+        assert!(r.head_ran && r.carry.middle.active.iter().all(|&a| a == 21), "frame {k}: every middle row ran");
+        assert_eq!(r.m, Some(20));
+        partitions.push(p);
+    }
+    assert_eq!(partitions[2].centers, partitions[0].centers, "centres are carried");
+    assert_ne!(partitions[2].assign, partitions[0].assign, "the test needs a re-assignment that moves tokens");
+}
+
+/// An identical frame: no stem block, no middle row, no head; the same output.
+#[test]
+fn carried_clusters_an_identical_frame_recomputes_no_middle_token() {
+    let (_, mut reuse) = carry_lanes(carried(0.01));
+    let x = image(112, 30);
+    let (first, _) = run_m(&mut reuse, &x, M20);
+    let (again, r) = run_m(&mut reuse, &x, M20);
+    assert_eq!(again, first);
+    assert_eq!((r.refresh, r.carry.reclustered, r.carry.changed, r.carry.touched), (None, None, 0, 0));
+    assert_eq!(r.encoder.macs + r.carry.middle.macs, 0.0);
+    assert!(r.carry.middle.active.iter().all(|&a| a == 0) && !r.head_ran && r.active_fraction == 0.0);
+}
+
+/// A one-patch change re-assigns that token only and recomputes, in the middle, the cls token
+/// and the clusters the token left and joined (one, when it stays): no neighbour.
+#[test]
+fn carried_clusters_a_one_patch_change_recomputes_only_the_clusters_containing_it() {
+    let (_, mut reuse) = carry_lanes(carried(0.01));
+    let x = image(112, 31);
+    run_m(&mut reuse, &x, M20);
+    let mut before = partition_of(&reuse);
+    let mut moved = 0;
+    for (row, col) in [(3, 5), (0, 0), (7, 2), (4, 4)] {
+        let y = with_patch_changed(&x, 112, row, col);
+        let (_, r) = run_m(&mut reuse, &y, M20);
+        let after = partition_of(&reuse);
+        let j = row * 8 + col;
+        assert_eq!((r.refresh, r.carry.reclustered, r.carry.changed), (None, None, 1), "patch {j}");
+        let mut ids = vec![before.assign[j] as usize, after.assign[j] as usize];
+        ids.sort_unstable();
+        ids.dedup();
+        moved += (ids.len() == 2) as usize;
+        let want: Vec<usize> = std::iter::once(0).chain(ids.iter().map(|id| 1 + id)).collect();
+        assert_eq!(r.carry.middle.first_rows, want, "patch {j}: the first middle block's rows");
+        assert!(r.carry.middle.active.iter().all(|&a| a <= want.len()), "patch {j}: {:?}", r.carry.middle.active);
+        assert_eq!(r.carry.moved, ids.len() - 1);
+        for i in (0..64).filter(|&i| i != j) {
+            assert_eq!(after.assign[i], before.assign[i], "patch {j}: token {i} kept its cluster");
+        }
+        assert!(r.head_ran && r.m == Some(20));
+        // Back to the first frame before the next patch.
+        let (_, r) = run_m(&mut reuse, &x, M20);
+        assert_eq!(r.carry.changed, 1);
+        before = partition_of(&reuse);
+    }
+    eprintln!("{moved} of 4 changed patches moved to another cluster");
+}
+
+/// A full re-cluster fires on the lane's refreshes, a new M, a reset, and too many changed tokens.
+#[test]
+fn carried_clusters_recluster_on_the_refresh_rules() {
+    let x = image(112, 40);
+    let (_, mut reuse) = carry_lanes(ReuseConfig { refresh_every: 3, ..carried(0.01) });
+    let got: Vec<_> = (0..7).map(|_| run_m(&mut reuse, &x, M20).1.carry.reclustered).collect();
+    let f = Some(Recluster::Refresh);
+    assert_eq!(got, vec![f, None, None, f, None, None, f], "periodic refresh re-clusters");
+    reuse.set_config(carried(0.01));
+    let m10 = ailurus::engine::Setting { m: 10, ..M20 };
+    assert_eq!(run_m(&mut reuse, &x, m10).1.carry.reclustered, Some(Recluster::NewShape), "a new M");
+    assert_eq!(run_m(&mut reuse, &x, m10).1.carry.reclustered, None);
+    reuse.set_config(ReuseConfig { scene_cut: 0.3, ..carried(0.01) });
+    let r = run_m(&mut reuse, &image(112, 41), m10).1;
+    assert_eq!((r.refresh, r.carry.reclustered), (Some(Refresh::SceneCut), f), "a scene cut");
+    // 2 of 64 tokens changed, limit 2%: re-cluster; limit 5%: carried.
+    reuse.set_config(ReuseConfig { recluster_above: 0.02, ..carried(0.01) });
+    let y = with_patch_changed(&with_patch_changed(&image(112, 41), 112, 0, 0), 112, 5, 6);
+    let r = run_m(&mut reuse, &y, m10).1;
+    assert_eq!((r.refresh, r.carry.reclustered, r.carry.changed), (None, Some(Recluster::TooManyChanged), 64));
+    reuse.set_config(ReuseConfig { recluster_above: 0.05, ..carried(0.01) });
+    let r = run_m(&mut reuse, &with_patch_changed(&y, 112, 1, 1), m10).1;
+    assert_eq!((r.carry.reclustered, r.carry.changed), (None, 1));
+    reuse.reset();
+    assert_eq!(run_m(&mut reuse, &y, m10).1.carry.reclustered, f, "a reset (reconnect)");
 }
