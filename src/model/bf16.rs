@@ -199,6 +199,28 @@ impl PackedBf16 {
     }
 }
 
+/// Constants an op holds (packed weights), compared and hashed by identity: plans share one copy
+/// per weight, so equal content is the same `Arc`.
+#[derive(Debug)]
+pub struct Shared<T>(pub Arc<T>);
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared(self.0.clone())
+    }
+}
+impl<T> PartialEq for Shared<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl<T> Eq for Shared<T> {}
+impl<T> Hash for Shared<T> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as usize).hash(state)
+    }
+}
+
 /// (k, n, hash of the packed data) -> live packed weights.
 type Table = HashMap<(usize, usize, u64), Vec<Weak<PackedBf16>>>;
 static TABLE: Mutex<Option<Table>> = Mutex::new(None);
@@ -262,11 +284,7 @@ pub fn linear_bf16_at(
     if k == 0 {
         return Ok(());
     }
-    let threads = match tract_linalg::multithread::current_tract_executor() {
-        tract_linalg::multithread::Executor::MultiThread(pool) => pool.current_num_threads().max(1),
-        _ => 1,
-    };
-    let block = if threads > 1 { t.div_ceil(threads).next_multiple_of(MR) } else { t };
+    let block = super::linear::rows_per_thread(t, MR);
     let dst = OutPtr(out.as_mut_ptr());
     par_for(t.div_ceil(block), move |i| {
         let dst = dst;

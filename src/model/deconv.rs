@@ -47,23 +47,10 @@ pub struct SubpixelDeconv {
 }
 
 /// The 16 taps of a deconvolution kernel in bf16: tap `ky * 4 + kx` as a packed `C_in x C_out`
-/// matrix (each shared by every plan with the same kernel), compared and hashed by identity.
-#[derive(Debug, Clone)]
-pub struct Taps(pub Arc<Vec<Arc<PackedBf16>>>);
+/// matrix (each shared by every plan with the same kernel), compared by identity.
+pub type Taps = super::bf16::Shared<Vec<Arc<PackedBf16>>>;
 
-impl PartialEq for Taps {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-impl Eq for Taps {}
-impl std::hash::Hash for Taps {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (Arc::as_ptr(&self.0) as usize).hash(state)
-    }
-}
-
-impl Taps {
+impl super::bf16::Shared<Vec<Arc<PackedBf16>>> {
     /// Round and pack `kernel` (`[co, ci, 4, 4]`).
     pub fn pack(kernel: &[f32], ci: usize, co: usize) -> Taps {
         assert_eq!(kernel.len(), co * ci * 16);
@@ -73,7 +60,7 @@ impl Taps {
                 super::bf16::intern(PackedBf16::pack(&w, ci, co))
             })
             .collect();
-        Taps(Arc::new(taps))
+        super::bf16::Shared(Arc::new(taps))
     }
 }
 

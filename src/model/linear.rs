@@ -62,21 +62,8 @@ pub struct Linear {
     pub packed: Option<Packed>,
 }
 
-/// A packed bf16 weight, compared and hashed by identity (plans share one copy per weight).
-#[derive(Debug, Clone)]
-pub struct Packed(pub Arc<PackedBf16>);
-
-impl PartialEq for Packed {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-impl Eq for Packed {}
-impl std::hash::Hash for Packed {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (Arc::as_ptr(&self.0) as usize).hash(state)
-    }
-}
+/// A packed bf16 weight (shared by every plan, compared by identity).
+pub type Packed = super::bf16::Shared<PackedBf16>;
 
 /// `out[t, n] = bias[n] + sum_k x[t, k] w[k, n]` on row-major slices: `x` is `[t, k]`, `w`
 /// `[k, n]`, `out` `[t, n]`, on the process's ISA level (`isa.rs`). One GEMM call, or with a multithreaded tract executor one per
@@ -128,11 +115,7 @@ pub fn linear_at(
         return Ok(());
     }
     // One block of rows per thread: each packs the weight once, as one call on one thread would.
-    let threads = match current_tract_executor() {
-        Executor::MultiThread(pool) => pool.current_num_threads().max(1),
-        _ => 1,
-    };
-    let block = if threads > 1 { t.div_ceil(threads).next_multiple_of(8) } else { t };
+    let block = rows_per_thread(t, 8);
     let dst = OutPtr(out.as_mut_ptr());
     par_for(t.div_ceil(block), move |i| {
         let dst = dst;
@@ -159,6 +142,20 @@ pub fn linear_at(
         unsafe { g.run(level) };
         Ok(())
     })
+}
+
+/// Rows per block when `t` rows are split over tract's threads (one block each, a multiple of
+/// `align`), or all of them on one thread.
+pub(crate) fn rows_per_thread(t: usize, align: usize) -> usize {
+    let threads = match current_tract_executor() {
+        Executor::MultiThread(pool) => pool.current_num_threads().max(1),
+        _ => 1,
+    };
+    if threads > 1 {
+        t.div_ceil(threads).next_multiple_of(align)
+    } else {
+        t
+    }
 }
 
 /// The textbook sum in f64: the reference [`linear`] is tested against.
@@ -217,7 +214,7 @@ impl EvalOp for Linear {
         let b = if self.bias { Some(plain(inputs.len() - 1)?) } else { None };
         let b = b.as_ref().map(|b| b.as_slice::<f32>()).transpose()?;
         let x = plain(0)?;
-        if let Some(Packed(w)) = &self.packed {
+        if let Some(super::bf16::Shared(w)) = &self.packed {
             ensure!(w.k == k, "Linear: x {xs:?} has K = {k}, the packed weight {}", w.k);
             let shape: TVec<usize> = if self.layout.lead_one { tvec![1, t, w.n] } else { tvec![t, w.n] };
             // SAFETY: `linear_bf16` writes every element of the output.
@@ -254,7 +251,7 @@ impl TypedOp for Linear {
         let x = &inputs[0].shape;
         ensure!(x.rank() == self.layout.in_rank, "Linear: x {x:?}");
         let n = match &self.packed {
-            Some(Packed(w)) => w.n.to_dim(),
+            Some(super::bf16::Shared(w)) => w.n.to_dim(),
             None => {
                 let w = &inputs[1].shape;
                 ensure!(w.rank() >= 1, "Linear: w {w:?}");
@@ -267,7 +264,7 @@ impl TypedOp for Linear {
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
         let x = &inputs[0].shape;
         let kn = match &self.packed {
-            Some(Packed(w)) => (w.k * w.n).to_dim(),
+            Some(super::bf16::Shared(w)) => (w.k * w.n).to_dim(),
             None => inputs[1].shape.iter().product::<TDim>(),
         };
         Ok(tvec!((Cost::FMA(f32::datum_type()), x[self.layout.m_axis].clone() * kn)))
@@ -343,7 +340,7 @@ pub fn swap_at(model: &mut TypedModel, precision: Precision) -> TractResult<usiz
                 let konst = w.konst.as_ref().context("Linear: weight is not a constant")?;
                 let k = konst.len() / n;
                 let wf = konst.try_as_plain_ram()?;
-                Some(Packed(super::bf16::intern(PackedBf16::pack(wf.as_slice::<f32>()?, k, n))))
+                Some(super::bf16::Shared(super::bf16::intern(PackedBf16::pack(wf.as_slice::<f32>()?, k, n))))
             }
             _ => None,
         };
