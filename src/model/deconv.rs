@@ -182,62 +182,41 @@ pub fn deconv_bf16(
             }
         }
         let xpt = &xpt[..];
-        let rows = (POSITIONS / wp).clamp(1, h);
-        let blocks = h.div_ceil(rows);
-        let outp = super::attention::OutPtr(out.as_mut_ptr());
-        super::attention::par_for(4 * blocks, move |i| {
-            let outp = outp;
-            let (parity, b) = (i % 4, i / 4);
-            let (py, px) = (parity / 2, parity % 2);
-            let y0 = b * rows;
-            let ny = rows.min(h - y0);
-            let n = ny * wp;
-            ACC.with(|acc| {
-                let mut acc = acc.borrow_mut();
-                acc.clear();
-                acc.resize(n * co, 0.0);
-                for (dy, ky) in taps_of(py) {
-                    for (dx, kx) in taps_of(px) {
-                        let start = ((y0 as isize + 1 + dy) * wp as isize + 1 + dx) as usize;
-                        let a = &xpt[start * ci2..(start + n) * ci2];
-                        let t = &taps.0[ky * 4 + kx];
-                        // SAFETY: acc holds n x co values at stride co; `a` n rows of ci2 pairs;
-                        // the kernel is supported (checked above).
-                        unsafe { super::bf16::product_packed(kernel, a, ci2, n, t, acc.as_mut_ptr(), co) };
-                    }
-                }
-                let (oh, ow) = (2 * h, 2 * w);
-                for (o, bo) in bias.iter().enumerate() {
-                    for y in 0..ny {
-                        // SAFETY: as in `parities`: this parity's pixels of row 2 (y0 + y) + py.
-                        unsafe {
-                            let dst = outp.0.add((o * oh + 2 * (y0 + y) + py) * ow + px);
-                            for x in 0..w {
-                                *dst.add(2 * x) = acc[(y * wp + x) * co + o] + bo;
-                            }
-                        }
-                    }
-                }
-                Ok(())
-            })
+        // C (positions x C_out) += X_tap (positions x C_in, rows of xpt) W_tap, per tap.
+        blocks(h, w, co, bias, Layout::PositionMajor, out, |start, n, tap, first, acc| {
+            if first {
+                acc.fill(0.0);
+            }
+            let a = &xpt[start * ci2..(start + n) * ci2];
+            // SAFETY: acc holds n x co values at stride co; `a` n rows of ci2 pairs; the kernel
+            // is supported (checked above).
+            unsafe { super::bf16::product_packed(kernel, a, ci2, n, &taps.0[tap], acc.as_mut_ptr(), co) };
         })
     })
 }
 
-/// The four parities of [`deconv`] from the bordered input `xp`, in blocks of rows.
-#[allow(clippy::too_many_arguments)]
-fn parities(
-    xp: &[f32],
-    kernel: &[f32],
-    bias: &[f32],
-    ci: usize,
+/// How a block's accumulator is laid out: `[C_out, positions]` or `[positions, C_out]`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    ChannelMajor,
+    PositionMajor,
+}
+
+/// The four parities of a deconvolution in blocks of rows, run on tract's executor: per block,
+/// `tap_product(start, n, tap, first, acc)` adds one of the parity's four taps into the block's
+/// accumulator (`n` positions of the padded-width grid starting at bordered position `start`,
+/// kernel tap `ky * 4 + kx`, `first`: overwrite), then the parity's pixels are written with the
+/// bias.
+fn blocks(
     h: usize,
     w: usize,
     co: usize,
+    bias: &[f32],
+    layout: Layout,
     out: &mut [f32],
+    tap_product: impl Fn(usize, usize, usize, bool, &mut [f32]) + Sync + Send,
 ) -> TractResult<()> {
     let wp = w + 2;
-    let plane = (h + 2) * wp;
     let rows = (POSITIONS / wp).clamp(1, h);
     let blocks = h.div_ceil(rows);
     let outp = super::attention::OutPtr(out.as_mut_ptr());
@@ -258,56 +237,82 @@ fn parities(
             for (dy, ky) in taps_of(py) {
                 for (dx, kx) in taps_of(px) {
                     // Input element (c, y + dy, x + dx) of output pixel (y, x), y0 <= y < y0 + ny,
-                    // is xp[c * plane + (y + 1 + dy) * wp + (x + 1 + dx)]: for the block's
-                    // positions p = (y - y0) * wp + x it is start + c * plane + p.
+                    // sits at bordered position (y + 1 + dy) * wp + (x + 1 + dx): for the block's
+                    // positions p = (y - y0) * wp + x it is start + p.
                     let start = ((y0 as isize + 1 + dy) * wp as isize + 1 + dx) as usize;
-                    debug_assert!((ci - 1) * plane + start + n <= xp.len());
-                    // SAFETY: acc is [co, n]; the kernel slice [co, ci] at tap (ky, kx) is
-                    // kernel[(o * ci + c) * 16 + ky * 4 + kx], in bounds; the input reads are in
-                    // xp (see the slack above).
-                    unsafe {
-                        gemm::gemm(
-                            co,
-                            n,
-                            ci,
-                            acc.as_mut_ptr(),
-                            1,
-                            n as isize,
-                            !first,
-                            kernel.as_ptr().add(ky * 4 + kx),
-                            16,
-                            (ci * 16) as isize,
-                            xp.as_ptr().add(start),
-                            1,
-                            plane as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
+                    tap_product(start, n, ky * 4 + kx, first, acc);
                     first = false;
                 }
             }
             let (oh, ow) = (2 * h, 2 * w);
-            for o in 0..co {
-                let bo = bias[o];
+            for (o, bo) in bias.iter().enumerate() {
                 for y in 0..ny {
-                    let src = &acc[o * n + y * wp..][..w];
                     // SAFETY: row 2 (y0 + y) + py of channel o, columns 2x + px, x < w: this
                     // parity's pixels, written by this block only.
                     unsafe {
                         let dst = outp.0.add((o * oh + 2 * (y0 + y) + py) * ow + px);
-                        for (x, v) in src.iter().enumerate() {
-                            *dst.add(2 * x) = v + bo;
+                        match layout {
+                            Layout::ChannelMajor => {
+                                for (x, v) in acc[o * n + y * wp..][..w].iter().enumerate() {
+                                    *dst.add(2 * x) = v + bo;
+                                }
+                            }
+                            Layout::PositionMajor => {
+                                for x in 0..w {
+                                    *dst.add(2 * x) = acc[(y * wp + x) * co + o] + bo;
+                                }
+                            }
                         }
                     }
                 }
             }
             Ok(())
         })
+    })
+}
+
+/// The four parities of [`deconv`] from the bordered input `xp`, in blocks of rows.
+#[allow(clippy::too_many_arguments)]
+fn parities(
+    xp: &[f32],
+    kernel: &[f32],
+    bias: &[f32],
+    ci: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
+    let plane = (h + 2) * (w + 2);
+    // C (C_out x positions) += K_tap (C_out x C_in, read in place) X_tap (C_in x positions).
+    blocks(h, w, co, bias, Layout::ChannelMajor, out, |start, n, tap, first, acc| {
+        debug_assert!((ci - 1) * plane + start + n <= xp.len());
+        // SAFETY: acc is [co, n]; the kernel slice [co, ci] at tap (ky, kx) is
+        // kernel[(o * ci + c) * 16 + ky * 4 + kx], in bounds; input element c of position
+        // start + p is xp[c * plane + start + p], in xp (see the slack in `deconv`).
+        unsafe {
+            gemm::gemm(
+                co,
+                n,
+                ci,
+                acc.as_mut_ptr(),
+                1,
+                n as isize,
+                !first,
+                kernel.as_ptr().add(tap),
+                16,
+                (ci * 16) as isize,
+                xp.as_ptr().add(start),
+                1,
+                plane as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
     })
 }
 
