@@ -2,7 +2,8 @@
 //! for every CPU (no `target-cpu=native`).
 //!
 //! - `avx512`: x86-64 with AVX-512 F/BW/VL (and FMA): the GEMMs of the linear layers and of the
-//!   fused attention on our own AVX-512 kernel ([`super::sgemm`]).
+//!   fused attention on our own AVX-512 kernel ([`super::sgemm`]), used where it wins a short
+//!   race against the AVX2 kernel at start-up ([`preferred`]).
 //! - `avx2`: x86-64 with AVX2 + FMA: the `gemm` crate (its AVX2/FMA kernels).
 //! - `neon`: aarch64: the `gemm` crate (its NEON kernels).
 //! - `portable`: anything else: our own plain-Rust kernel ([`super::sgemm`]), vectorised by the
@@ -61,13 +62,72 @@ impl Level {
     }
 }
 
-/// The level whose GEMM kernel is fastest where measured: the `gemm` crate's AVX2 kernel
-/// wherever the CPU has AVX2, also with AVX-512. On the one AVX-512 CPU measured (AMD EPYC Zen 4,
-/// whose AVX-512 units are 256 bits wide), our AVX-512 kernel reached 0.85-0.96x of it on the
-/// model's shapes (`examples/gemm_shapes.rs`); on CPUs with full-width AVX-512 (Intel Xeon) it
-/// is untimed, so it runs only when asked (`AILURUS_ISA=avx512`).
+/// Where the CPU has both AVX2 and AVX-512: pick AVX-512 only when its kernel is at least this
+/// much faster in the start-up race ([`race`]); nearly equal kernels keep the `gemm` crate's.
+const AVX512_WIN: f64 = 1.05;
+
+/// The level whose GEMM kernel is fastest on this CPU. With AVX-512, which one wins depends on
+/// the core, not the feature flags: on AMD Zen 4 (AVX-512 on 256-bit units) our AVX-512 kernel
+/// reached 0.85-0.96x of the `gemm` crate's AVX2 kernel on the model's shapes
+/// (`examples/gemm_shapes.rs`), while Intel Xeons execute 512-bit FMAs on two full-width ports,
+/// where it should be up to twice as fast. So the two race once at start-up ([`race`], about
+/// 20 ms) and the faster is kept; elsewhere AVX2, NEON or the portable kernel.
 pub fn preferred() -> Level {
-    [Level::Avx2, Level::Avx512, Level::Neon].into_iter().find(|l| l.supported()).unwrap_or(Level::Portable)
+    let base = [Level::Avx2, Level::Neon].into_iter().find(|l| l.supported()).unwrap_or(Level::Portable);
+    if base == Level::Avx2 && Level::Avx512.supported() {
+        let speed = *RACE.get_or_init(race);
+        return pick(speed);
+    }
+    base
+}
+
+/// The start-up race's result: AVX-512's speed relative to AVX2's (None: no race ran).
+static RACE: OnceLock<f64> = OnceLock::new();
+
+/// The rule [`preferred`] applies to the race's speed ratio (AVX-512 over AVX2).
+pub fn pick(avx512_speed: f64) -> Level {
+    if avx512_speed >= AVX512_WIN {
+        Level::Avx512
+    } else {
+        Level::Avx2
+    }
+}
+
+/// AVX-512's GEMM speed over AVX2's on one linear-layer shape (256 token rows, K 384, N 768),
+/// 7 interleaved rounds each, best time of each (interleaved so that a busy machine slows both
+/// alike). Both levels must be supported.
+pub fn race() -> f64 {
+    let (m, k, n) = (256usize, 384usize, 768usize);
+    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let mut c = vec![0f32; m * n];
+    let mut best = [f64::MAX; 2];
+    for round in 0..8 {
+        for (i, level) in [Level::Avx512, Level::Avx2].into_iter().enumerate() {
+            let g = super::sgemm::Gemm {
+                m,
+                n,
+                k,
+                a: a.as_ptr(),
+                rsa: k,
+                b: b.as_ptr(),
+                rsb: n,
+                csb: 1,
+                c: c.as_mut_ptr(),
+                rsc: n,
+                accumulate: false,
+            };
+            let t = std::time::Instant::now();
+            // SAFETY: a is [m, k], b [k, n], c [m, n], all row-major at these strides; the
+            // caller checked that both levels are supported.
+            unsafe { g.run(level) };
+            // Round 0 warms caches and packing buffers up.
+            if round > 0 {
+                best[i] = best[i].min(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    best[1] / best[0]
 }
 
 /// The level the CPU ops use in this process: `AILURUS_ISA` if set and supported, else
@@ -75,17 +135,18 @@ pub fn preferred() -> Level {
 pub fn level() -> Level {
     static LEVEL: OnceLock<Level> = OnceLock::new();
     *LEVEL.get_or_init(|| {
-        let detected = preferred();
-        let Ok(want) = std::env::var("AILURUS_ISA") else { return detected };
+        let Ok(want) = std::env::var("AILURUS_ISA") else { return preferred() };
         match Level::from_name(&want) {
             Some(l) if l.supported() => l,
             Some(l) => {
-                log::warn!("AILURUS_ISA={l}: this CPU lacks it; using {detected}");
-                detected
+                let used = preferred();
+                log::warn!("AILURUS_ISA={l}: this CPU lacks it; using {used}");
+                used
             }
             None => {
-                log::warn!("AILURUS_ISA={want:?} is not one of avx512, avx2, neon, portable; using {detected}");
-                detected
+                let used = preferred();
+                log::warn!("AILURUS_ISA={want:?} is not one of avx512, avx2, neon, portable; using {used}");
+                used
             }
         }
     })
@@ -154,13 +215,41 @@ pub fn kernels() -> Vec<(&'static str, String)> {
 /// and the kernel of each op family.
 pub fn machine_line() -> String {
     let k: Vec<String> = kernels().iter().map(|(f, k)| format!("{f}={k}")).collect();
+    let used = level();
+    let race = RACE.get().map(|s| format!(" (start-up race: avx512 at {s:.2}x avx2's speed)")).unwrap_or_default();
     format!(
-        "CPU: {} [{}]; ISA detected {}, used {}; precision {}; kernels: {}",
+        "CPU: {} [{}]; ISA detected {}, used {}{}; precision {}; kernels: {}",
         cpu_model(),
         cpu_features(),
         Level::detect(),
-        level(),
+        used,
+        race,
         super::bf16::precision(),
         k.join(" ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avx512_is_picked_only_when_clearly_faster() {
+        assert_eq!(pick(2.0), Level::Avx512);
+        assert_eq!(pick(AVX512_WIN), Level::Avx512);
+        assert_eq!(pick(1.0), Level::Avx2);
+        assert_eq!(pick(0.9), Level::Avx2);
+    }
+
+    #[test]
+    fn the_preferred_level_runs_here() {
+        let p = preferred();
+        assert!(p.supported(), "{p}");
+        if Level::Avx512.supported() && Level::Avx2.supported() {
+            let speed = RACE.get().copied().expect("the race ran");
+            assert!(speed.is_finite() && speed > 0.0, "{speed}");
+            assert_eq!(p, pick(speed));
+            assert!(machine_line().contains("start-up race"), "{}", machine_line());
+        }
+    }
 }
