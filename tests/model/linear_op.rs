@@ -8,7 +8,7 @@ use crate::common;
 use std::path::Path;
 
 use ailurus::model::isa::Level;
-use ailurus::model::linear::{linear, linear_at, reference, swap};
+use ailurus::model::linear::{linear, linear_at, linear_res_at, reference, swap, Linear};
 use ailurus::model::sgemm::{self, Gemm};
 use ailurus::model::{attention, cut, Manifest};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
@@ -51,6 +51,32 @@ fn linear_matches_the_f64_reference_on_random_inputs() {
             }
         }
     }
+}
+
+/// A folded residual: the rows start from it (plus the bias), at every level and 1 and 2
+/// threads, against the f64 reference plus the residual.
+#[test]
+fn linear_with_a_residual_adds_it_to_every_row() {
+    for (i, &(t, k, n)) in SHAPES.iter().enumerate() {
+        let seed = 40 * i as u64;
+        let x = random(t * k, seed + 1);
+        let w: Vec<f32> = random(k * n, seed + 2).iter().map(|v| v / (k.max(1) as f32).sqrt()).collect();
+        let bias = random(n, seed + 3);
+        let res = random(t * n, seed + 4);
+        for b in [None, Some(&bias[..])] {
+            let want: Vec<f32> = reference(&x, &w, b, t, k, n).iter().zip(&res).map(|(v, r)| v + r).collect();
+            for (level, threads) in Level::all_supported().into_iter().flat_map(|l| [(l, 1), (l, 2)]) {
+                let ex = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+                let mut got = vec![f32::NAN; t * n];
+                multithread_tract_scope(ex, || linear_res_at(level, &x, &w, b, Some(&res), t, k, n, &mut got)).unwrap();
+                let err = max_diff(&got, &want);
+                assert!(err < 1e-5, "[{t}x{k}]x[{k}x{n}] + r, bias {} {level} {threads} thread(s): {err}", b.is_some());
+            }
+        }
+    }
+    let mut out = vec![0f32; 8];
+    let e = linear_res_at(Level::Portable, &[0.0; 6], &[0.0; 12], None, Some(&[0.0; 7]), 2, 3, 4, &mut out);
+    assert!(e.unwrap_err().to_string().contains("residual has 7 values for 8"));
 }
 
 /// The single-threaded GEMM of every level against the f64 product: B row-major and transposed
@@ -111,7 +137,31 @@ fn swapped_vs_tract(decl: &TypedModel, inputs: TVec<TValue>) -> (usize, f32) {
     attention::fuse(&mut a).unwrap();
     let mut b = a.clone();
     let n = swap(&mut b).unwrap();
+    let (residuals, scales_left) = folds_in(&b);
+    // Every block's two residual Adds (after the projection and fc2) are folded into the layer
+    // before them, and no Mul scales a layer's output (layer scale, the q/k scaling) any more.
+    assert_eq!(residuals * 3, n, "residual Adds folded: {residuals} of {n} linear layers");
+    assert_eq!(scales_left, 0, "Muls still scaling a linear layer's output");
     (n, common::relative_plan_diff(a, b, &inputs))
+}
+
+/// In a swapped graph: the `Linear`s with a folded residual, and the `Mul`s that read a
+/// `Linear`'s output (directly or through a `Reshape`).
+fn folds_in(g: &TypedModel) -> (usize, usize) {
+    let linear = |id: usize| g.node(id).op_as::<Linear>().is_some();
+    let live: Vec<&TypedNode> = g.eval_order().unwrap().into_iter().map(|id| g.node(id)).collect();
+    let residuals = live.iter().filter_map(|n| n.op_as::<Linear>()).filter(|l| l.residual).count();
+    let scales = live
+        .iter()
+        .filter(|n| n.op.name() == "Mul")
+        .filter(|n| {
+            n.inputs.iter().any(|i| {
+                let src = g.node(i.node);
+                linear(src.id) || (src.op.name() == "Reshape" && src.inputs.iter().any(|j| linear(j.node)))
+            })
+        })
+        .count();
+    (residuals, scales)
 }
 
 fn key_bias(t: usize, real: usize) -> TValue {

@@ -251,7 +251,7 @@ thread_local! {
 /// in f32, on this CPU's bf16 kernel; rows split over tract's threads as in
 /// [`super::linear::linear`].
 pub fn linear_bf16(x: &[f32], w: &PackedBf16, bias: Option<&[f32]>, t: usize, out: &mut [f32]) -> TractResult<()> {
-    linear_bf16_at(kernel_level(), x, w, bias, t, out)
+    linear_bf16_at(kernel_level(), x, w, bias, None, t, out)
 }
 
 /// [`linear_bf16`] on `kernel` (tests force each one the CPU has).
@@ -260,6 +260,7 @@ pub fn linear_bf16_at(
     x: &[f32],
     w: &PackedBf16,
     bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
     t: usize,
     out: &mut [f32],
 ) -> TractResult<()> {
@@ -271,16 +272,10 @@ pub fn linear_bf16_at(
         x.len(),
         out.len()
     );
-    if let Some(b) = bias {
-        ensure!(b.len() == n, "Linear bf16: bias has {} values for N = {n}", b.len());
-    }
     if t * n == 0 {
         return Ok(());
     }
-    match bias {
-        Some(b) => out.chunks_exact_mut(n).for_each(|row| row.copy_from_slice(b)),
-        None => out.fill(0.0),
-    }
+    super::linear::init_rows(out, n, bias, residual)?;
     if k == 0 {
         return Ok(());
     }

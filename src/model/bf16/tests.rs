@@ -52,7 +52,7 @@ fn every_kernel_matches_the_rounded_f64_product() {
             let want = reference(&x, &w, b, t);
             for &kernel in &kernels {
                 let mut out = vec![f32::NAN; t * n];
-                linear_bf16_at(kernel, &x, &w, b, t, &mut out).unwrap();
+                linear_bf16_at(kernel, &x, &w, b, None, t, &mut out).unwrap();
                 let err = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
                 // f32 sums of exact products: rounding only, relative to sqrt(k) terms.
                 assert!(
