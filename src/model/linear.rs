@@ -12,7 +12,8 @@
 //! [`swap`] replaces the einsums whose axes say "tokens times a constant matrix" in one of the
 //! layouts the ONNX export produces (`amk,kn->mn`, `mk,kn->amn`, `mk,kn->mn`, `amk,kn->amn`, and
 //! the head-merging `mbk,bkn->amn`), with the bias `Add` folded in when it is a constant of
-//! shape `[.., N]` and the einsum's only reader. `[model] cpu_ops = "tract"` turns it off.
+//! shape `[.., N]` and the einsum's only reader, and after it a constant scale (layer scale, the
+//! q/k scaling) and the residual `Add` (see [`swap`]). `[model] cpu_ops = "tract"` turns it off.
 //! `tests/linear_op.rs` checks [`linear`] against an f64 reference and the swapped parts
 //! against tract's own ops.
 //!
