@@ -30,7 +30,7 @@ use tract_core::internal::*;
 
 use super::attend::attend_rows_bias;
 use super::weights::EncoderWeights;
-use crate::model::{attention, layernorm, linear};
+use crate::model::{attention, bf16, layernorm, linear};
 
 /// One block's cache, `[T, C]` each.
 #[derive(Default)]
@@ -341,22 +341,28 @@ impl ReuseEncoder {
             for (r, &i) in s.active.iter().enumerate() {
                 s.xa[r * c..(r + 1) * c].copy_from_slice(&x[i * c..(i + 1) * c]);
             }
+            let p = w.packed.as_deref();
+            // Layer `i` of the block (q, k, v, projection, fc1, fc2) on `a` rows: f32, or bf16 when packed.
+            let lin = |i: usize, x: &[f32], wf: &[f32], b: &[f32], k: usize, n: usize, out: &mut [f32]| match p {
+                Some(p) => bf16::linear_bf16(x, &p[i], Some(b), a, out),
+                None => linear::linear(x, wf, Some(b), a, k, n, out),
+            };
             layernorm::layer_norm(&s.xa, &w.ln1.0, &w.ln1.1, c, w.ln1.2, &mut s.ln)?;
-            linear::linear(&s.ln, &w.wq, Some(&w.bq), a, c, c, &mut s.q)?;
+            lin(0, &s.ln, &w.wq, &w.bq, c, c, &mut s.q)?;
             if all {
-                linear::linear(&s.ln, &w.wk, Some(&w.bk), a, c, c, &mut cache.k)?;
-                linear::linear(&s.ln, &w.wv, Some(&w.bv), a, c, c, &mut cache.v)?;
+                lin(1, &s.ln, &w.wk, &w.bk, c, c, &mut cache.k)?;
+                lin(2, &s.ln, &w.wv, &w.bv, c, c, &mut cache.v)?;
                 attention::attend(&s.q, &cache.k, &cache.v, bias, t, h, c / h, &mut s.att)?;
             } else {
-                linear::linear(&s.ln, &w.wk, Some(&w.bk), a, c, c, &mut s.k)?;
-                linear::linear(&s.ln, &w.wv, Some(&w.bv), a, c, c, &mut s.v)?;
+                lin(1, &s.ln, &w.wk, &w.bk, c, c, &mut s.k)?;
+                lin(2, &s.ln, &w.wv, &w.bv, c, c, &mut s.v)?;
                 for (r, &i) in s.active.iter().enumerate() {
                     cache.k[i * c..(i + 1) * c].copy_from_slice(&s.k[r * c..(r + 1) * c]);
                     cache.v[i * c..(i + 1) * c].copy_from_slice(&s.v[r * c..(r + 1) * c]);
                 }
                 attend_rows_bias(&s.q, &cache.k, &cache.v, bias, a, t, h, c / h, &mut s.att)?;
             }
-            linear::linear(&s.att, &w.wo, Some(&w.bo), a, c, c, &mut s.o)?;
+            lin(3, &s.att, &w.wo, &w.bo, c, c, &mut s.o)?;
             scale_rows(&mut s.o, &w.ls1);
             for ((y, xa), o) in s.y.iter_mut().zip(&s.xa).zip(&s.o) {
                 *y = xa + o;
@@ -364,9 +370,9 @@ impl ReuseEncoder {
             layernorm::layer_norm(&s.y, &w.ln2.0, &w.ln2.1, c, w.ln2.2, &mut s.ln)?;
             s.h1.resize(a * f, 0.0);
             s.g.resize(a * f, 0.0);
-            linear::linear(&s.ln, &w.w1, Some(&w.b1), a, c, f, &mut s.h1)?;
+            lin(4, &s.ln, &w.w1, &w.b1, c, f, &mut s.h1)?;
             gelu(&mut s.h1, &mut s.g, &*self.erf)?;
-            linear::linear(&s.h1, &w.w2, Some(&w.b2), a, f, c, &mut s.q)?;
+            lin(5, &s.h1, &w.w2, &w.b2, f, c, &mut s.q)?;
             scale_rows(&mut s.q, &w.ls2);
             for (r, &i) in s.active.iter().enumerate() {
                 let (rs, cs) = (r * c..(r + 1) * c, i * c..(i + 1) * c);
@@ -414,4 +420,40 @@ fn gelu(x: &mut [f32], tmp: &mut [f32], erf: &dyn tract_linalg::element_wise::El
         *v = (*v * (e + 1.0)) * 0.5;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::Manifest;
+
+    /// `[model] precision = "bf16"`: the packed weights replace the f32 matrices, and every token
+    /// recomputed (threshold 0) stays within bf16 rounding of the f32 executor, not equal to it
+    /// (it did round). The bf16 kernel is this CPU's (the portable one without AVX512-BF16: the
+    /// same sums).
+    #[test]
+    fn bf16_weights_stay_close_to_f32_and_drop_the_f32_matrices() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny_vit.toml");
+        let m = Manifest::load(&path).unwrap();
+        let f32w = EncoderWeights::from_manifest_f32(&m).unwrap();
+        let mut b16 = f32w.clone();
+        b16.pack_bf16();
+        assert!(b16.blocks.iter().all(|b| b.packed.is_some() && b.wq.is_empty() && b.w1.is_empty() && b.w2.is_empty()));
+        let (c, prefix) = (f32w.width, m.tokens.prefix);
+        let t = prefix + 16;
+        let x: Vec<f32> = (0..t * c).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.8).collect();
+        let gate = Gate { threshold: 0.0, cap: t, floor: 0, refresh: true };
+        let mut outs = Vec::new();
+        for w in [f32w, b16] {
+            let mut enc = ReuseEncoder::new(Arc::new(w), prefix).unwrap();
+            let mut out = Vec::new();
+            enc.run(&x, gate, &mut out, &mut EncoderStats::default()).unwrap();
+            outs.push(out);
+        }
+        let scale = outs[0].iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = outs[0].iter().zip(&outs[1]).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        assert!(d < 0.05 && d > 1e-6, "bf16 vs f32 reuse encoder: relative max diff {d}");
+    }
 }

@@ -7,12 +7,18 @@
 //! layer scales, fc1/fc2. A fine-tuned delta in the manifest is applied to the initializers first,
 //! as for the tract plans. Anything missing is a start-up error naming the file and the node.
 //!
+//! Under `[model] precision = "bf16"` the six matrices of each block are rounded and packed once
+//! for the bf16 kernel (`model/bf16`), as the plans' linear layers are, and the f32 copies
+//! dropped; the attention's products, LayerNorm and GELU stay f32 in the reuse executor.
+//!
 //! Must not: run anything (that is `encoder.rs`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tract_onnx::pb::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
 
+use crate::model::bf16::{self, PackedBf16, Precision};
 use crate::model::{Manifest, ModelError};
 
 /// One pre-norm ViT block: `y = x + ls1 * proj(attn(ln1(x)))`, `z = y + ls2 * fc2(gelu(fc1(ln2(y))))`.
@@ -36,6 +42,10 @@ pub struct BlockWeights {
     pub w2: Vec<f32>,
     pub b2: Vec<f32>,
     pub ls2: Vec<f32>,
+    /// The six weights rounded to bf16 and packed (`[model] precision = "bf16"`, see
+    /// [`EncoderWeights::pack_bf16`]), in the order q, k, v, output projection, fc1, fc2; their
+    /// f32 matrices are then dropped.
+    pub packed: Option<Box<[Arc<PackedBf16>; 6]>>,
 }
 
 /// Every block plus the final norm, and the name of the embedding tensor (block 0's input).
@@ -117,8 +127,18 @@ fn values(t: &TensorProto) -> Result<Vec<f32>, String> {
 }
 
 impl EncoderWeights {
-    /// Read the weights of the model the manifest names (its delta applied).
+    /// Read the weights of the model the manifest names (its delta applied), packed in bf16
+    /// under `[model] precision = "bf16"`.
     pub fn load(manifest: &Manifest) -> Result<EncoderWeights, ModelError> {
+        let mut w = Self::from_manifest_f32(manifest)?;
+        if bf16::precision() == Precision::Bf16 {
+            w.pack_bf16();
+        }
+        Ok(w)
+    }
+
+    /// [`EncoderWeights::load`] in f32 whatever the process's precision.
+    pub fn from_manifest_f32(manifest: &Manifest) -> Result<EncoderWeights, ModelError> {
         use tract_onnx::prelude::Framework;
         let path = manifest.onnx_path();
         let shown = path.display().to_string();
@@ -130,6 +150,23 @@ impl EncoderWeights {
         }
         Self::from_proto(&proto, manifest.tokens.width, manifest.num_blocks())
             .map_err(|msg| ModelError::Manifest { path: shown, msg: format!("reuse executor: {msg}") })
+    }
+
+    /// Round every block's six weights to bf16 and pack them for the bf16 kernel (the linear
+    /// layers then run as in the bf16 plans); the f32 matrices are dropped.
+    pub fn pack_bf16(&mut self) {
+        let (c, f) = (self.width, self.mlp);
+        for b in &mut self.blocks {
+            let pack = |w: &mut Vec<f32>, k: usize, n: usize| bf16::intern(PackedBf16::pack(&std::mem::take(w), k, n));
+            b.packed = Some(Box::new([
+                pack(&mut b.wq, c, c),
+                pack(&mut b.wk, c, c),
+                pack(&mut b.wv, c, c),
+                pack(&mut b.wo, c, c),
+                pack(&mut b.w1, c, f),
+                pack(&mut b.w2, f, c),
+            ]));
+        }
     }
 
     fn from_proto(proto: &ModelProto, c: usize, blocks: usize) -> Result<EncoderWeights, String> {
@@ -191,6 +228,7 @@ impl EncoderWeights {
                 w2,
                 b2,
                 ls2: get("layer_scale2/Mul", Some(c))?,
+                packed: None,
             });
         }
         let f = "/backbone/layernorm/";
