@@ -43,7 +43,7 @@ impl Default for ModelConfig {
             input_size: 448,
             device: Device::Cpu.into(),
             threads: 0,
-            fixed_middle: true,
+            fixed_middle: false,
             cpu_ops: CpuOps::Ailurus.into(),
             precision: bf16::Precision::F32.into(),
         }
