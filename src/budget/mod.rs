@@ -356,7 +356,7 @@ impl Controller {
             frames: self.frames,
             unreachable_reports: self.unreachable_reports,
             reuse_active: self.reuse.active(),
-            reuse_factor: self.current.map_or(1.0, |i| self.reuse.factor(self.cands[i].u)),
+            reuse_factor: self.current.map_or(1.0, |i| self.reuse.price(self.cands[i].u, false)),
         }
     }
 
@@ -369,11 +369,20 @@ impl Controller {
         self.sizes.iter().position(|s| s.input_size == size).map(|j| (j, self.sizes[j].n_tokens))
     }
 
-    /// Predicted mean cost (ms) of any setting the engine has a plan for.
+    /// Whether going from the setting running now to `s` drops the reuse caches: another
+    /// input size, or the other path (reduced, M < N, against unreduced).
+    fn resets(&self, s: Setting) -> bool {
+        let Some(cur) = self.current.map(|i| self.cands[i].setting) else { return false };
+        let reduced = |s: Setting| self.size_index(s.input_size).is_some_and(|(_, n)| s.m < n);
+        cur.input_size != s.input_size || reduced(cur) != reduced(s)
+    }
+
+    /// Predicted mean cost (ms) of any setting the engine has a plan for; with reuse, amortised
+    /// over the refresh period (`reuse.rs`), from the setting running now.
     pub fn predict_cost(&self, s: Setting) -> Option<f64> {
         let (j, n) = self.size_index(s.input_size)?;
         let u = s.m.min(n) as f64 / n as f64;
-        Some(self.model.predict_ms(j, u) * self.reuse.factor(u))
+        Some(self.model.predict_ms(j, u) * self.reuse.price(u, self.resets(s)))
     }
 
     fn threshold(&self) -> f64 {
@@ -402,7 +411,8 @@ impl Controller {
         preds.clear();
         up.clear();
         for c in &self.cands {
-            let mean = self.model.predict_ln(c.j, c.u) + self.reuse.factor(c.u).ln() + k;
+            let price = self.reuse.price(c.u, self.resets(c.setting));
+            let mean = self.model.predict_ln(c.j, c.u) + price.ln() + k;
             let extra = (self.model.variance(c.j, c.u) - var_ref).max(0.0).sqrt();
             preds.push((mean + z * extra).exp() + o);
             up.push((mean + 0.5 * z * extra).exp() + o);
@@ -594,7 +604,12 @@ impl Controller {
 
     /// A frame was published `latency_ms` after capture; `cost_ms` of it was preprocess +
     /// inference (the rest is overhead the cost model does not see).
+    /// Around a scheduled refresh the overhead is left out: the next frame waits for the
+    /// refresh's full frame, which the reuse price already counts (`reuse.rs`).
     pub fn observe_latency(&mut self, latency_ms: f64, cost_ms: f64) {
+        if self.reuse.near_refresh() {
+            return;
+        }
         self.overhead.push((latency_ms - cost_ms).max(0.0));
     }
 }

@@ -43,6 +43,8 @@ pub const PHI0: f64 = 0.2;
 const PHI0_WEIGHT: f64 = 1.0;
 /// Reused frames with a larger work share say little about the fixed share: not fitted.
 const FIT_BELOW: f64 = 0.9;
+/// Frames a reset's full frame is spread over when there is no refresh schedule.
+pub const RESET_HORIZON: u32 = 30;
 
 /// The reuse part of one controller's cost model (per stream: the activity is the scene's).
 #[derive(Debug, Clone)]
@@ -52,11 +54,25 @@ pub struct ReuseCost {
     sxy: f64,
     sxx: f64,
     last: Option<ReuseInfo>,
+    /// The own stream's refresh period in force and after a reset (frames; 0: no schedule).
+    period: u32,
+    start_period: u32,
+    /// The own stream's last two frames: a scheduled refresh or a reset.
+    refreshed: [bool; 2],
 }
 
 impl Default for ReuseCost {
     fn default() -> Self {
-        ReuseCost { alpha: None, reduced_share: 1.0, sxy: PHI0 * PHI0_WEIGHT, sxx: PHI0_WEIGHT, last: None }
+        ReuseCost {
+            alpha: None,
+            reduced_share: 1.0,
+            sxy: PHI0 * PHI0_WEIGHT,
+            sxx: PHI0_WEIGHT,
+            last: None,
+            period: 0,
+            start_period: 0,
+            refreshed: [false; 2],
+        }
     }
 }
 
@@ -98,6 +114,39 @@ impl ReuseCost {
         }
     }
 
+    /// The price of a setting at `u`, over a full frame's: the per-frame factor amortised over
+    /// the refresh period (module doc). `reset`: running it drops the caches (another input size,
+    /// reduced <-> unreduced), so the schedule starts again at its first period.
+    pub fn price(&self, u: f64, reset: bool) -> f64 {
+        match self.alpha {
+            None => 1.0,
+            Some(a) => {
+                let f = self.factor_at(a, u);
+                match (reset, self.period, self.start_period) {
+                    (false, 0, _) => f,
+                    (false, p, _) | (true, _, p) => Self::amortised(f, if p == 0 { RESET_HORIZON } else { p }),
+                }
+            }
+        }
+    }
+
+    /// One full frame and `period - 1` at the per-frame factor `f`, per frame.
+    pub fn amortised(f: f64, period: u32) -> f64 {
+        let p = period.max(1) as f64;
+        (1.0 + (p - 1.0) * f) / p
+    }
+
+    /// The scheduled-refresh period in force on the own stream (0: none, or not seen yet).
+    pub fn period(&self) -> u32 {
+        self.period
+    }
+
+    /// One of the own stream's last two frames was a scheduled refresh or a reset: the next
+    /// frame's wait behind it is part of that refresh's (priced) cost, not overhead.
+    pub fn near_refresh(&self) -> bool {
+        self.refreshed[0] || self.refreshed[1]
+    }
+
     fn factor_at(&self, alpha: f64, u: f64) -> f64 {
         let phi = self.fixed_share();
         phi + (1.0 - phi) * Self::work_share(alpha, self.reduced_share, u)
@@ -107,6 +156,9 @@ impl ReuseCost {
     pub fn observe_active(&mut self, info: &ReuseInfo) {
         self.reduced_share = info.reduced_share;
         self.last = Some(*info);
+        self.period = info.period;
+        self.start_period = info.start_period;
+        self.refreshed = [info.scheduled_refresh, self.refreshed[0]];
         if info.scheduled_refresh {
             return;
         }
@@ -137,7 +189,14 @@ mod tests {
     use super::*;
 
     fn info(active: f64, scheduled: bool) -> ReuseInfo {
-        ReuseInfo { active, reduced_share: 0.25, scheduled_refresh: scheduled, threshold: 0.2 }
+        ReuseInfo {
+            active,
+            reduced_share: 0.25,
+            scheduled_refresh: scheduled,
+            threshold: 0.2,
+            period: 30,
+            start_period: 4,
+        }
     }
 
     #[test]
