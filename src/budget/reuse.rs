@@ -24,6 +24,28 @@
 //!   fitted by least squares to the reused frames' measured cost / `full(s)` against `w`
 //!   (forgetting factor [`PHI_DECAY`]), starting at [`PHI0`].
 //!
+//! The controller judges a setting on that per-frame factor amortised over the refresh
+//! schedule, the price:
+//!
+//! ```text
+//! price(s) = (1 + (P - 1) * (phi + (1 - phi) * w(s))) / P
+//! P        = the period in force (the lane reports it; adaptive: 4, 8, 16, up to refresh_every)
+//!          = the period after a reset (4) when s drops the caches: another input size, or
+//!            reduced (M < N) <-> unreduced
+//!          (no schedule: the per-frame factor; a reset then is spread over RESET_HORIZON frames)
+//! ```
+//!
+//! so a scheduled refresh is an expected, priced event, and a move that drops the caches pays
+//! for its full frame and the short periods after it (a switching cost): a size is not taken
+//! for the gain of its reused frames alone, and once taken its price does not jump (no
+//! oscillation). The frames right after a scheduled refresh or reset wait for its full frame;
+//! that wait is in the price, so the controller keeps it out of its overhead percentile
+//! ([`ReuseCost::near_refresh`]). Measured before this (carphone, `ailurus run`, 2 cores,
+//! AMD EPYC Zen 4, docs/reuse.md): per reused frame only, the controller moved up, the reset
+//! and the 4-frame periods put full frames and their waits into its percentile pads, and it
+//! fell back to the smallest size for 35 frames; tests/pipeline/budget_reuse.rs replays that
+//! schedule with simulated costs.
+//!
 //! Why the price and not the threshold: the threshold changes what the output is (a higher
 //! one lets more change go unseen), and the calibration table has no fidelity for it, so the
 //! controller could not weigh it against a smaller size or M; the activity, in contrast, is

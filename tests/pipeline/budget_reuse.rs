@@ -215,6 +215,31 @@ fn a_size_change_is_not_taken_for_a_transient_gain() {
     assert!(last.m > last_off.m, "reuse still buys a larger M at 336 px: {last:?} vs {last_off:?}");
 }
 
+#[test]
+fn refine_does_not_drop_the_caches_for_a_cost_spike() {
+    // Holding 448/M=N on a static scene, the reused frames suddenly cost 4x (another process
+    // takes the cores): lowering M to below N just before inference would switch to the
+    // reduced path, a full frame, dearer than the reused frame it replaces.
+    let mut on = controller(700.0);
+    let mut lane = Schedule::default();
+    let held = run_lane(&mut on, &mut lane, 100, |_| 0.03);
+    assert_eq!(*held.last().unwrap(), TOP);
+    let info = ReuseInfo {
+        active: 0.03,
+        reduced_share: 0.25,
+        scheduled_refresh: false,
+        threshold: 0.1,
+        period: 30,
+        start_period: 4,
+    };
+    for _ in 0..10 {
+        on.observe_reuse(TOP, 4.0 * reused(device_ms(TOP), 0.03), &info, true);
+    }
+    let p = on.predict_latency(TOP).unwrap();
+    assert!(p > 630.0, "the spike makes the top miss: {p}");
+    assert_eq!(on.refine(TOP), TOP, "no switch to the reduced path in refine");
+}
+
 /// A fake reuse lane: the scene is static (3% active) until frame `MOVES_AT`, then moves
 /// (every frame a scene-driven full recompute); the first frame is a scheduled one (a reset).
 /// Inference sleeps `FakeEngine`'s setting-scaled time (56 px 0.5 + 0.5 M/N of `work`, 28 px
