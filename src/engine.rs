@@ -106,6 +106,11 @@ pub struct ReuseInfo {
     pub scheduled_refresh: bool,
     /// The reuse threshold in force for the frame.
     pub threshold: f32,
+    /// The scheduled-refresh period in force from this frame on, in frames (0: no schedule).
+    pub period: u32,
+    /// The period after a reset (a new input size, reduced <-> unreduced, a reconnect): the
+    /// schedule starts again there (0: no schedule).
+    pub start_period: u32,
 }
 
 /// The pre- and postprocessing stages' work: frame -> model input, raw output -> mask. The real

@@ -21,6 +21,9 @@
 //! controller can be more careful with settings it has not measured.
 //! Owns no policy: what to run is decided in `budget.rs`.
 
+use super::CalibrationTable;
+use crate::engine::SizeInfo;
+
 /// A quadratic cost curve in u = M / N, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quadratic {
@@ -271,6 +274,23 @@ impl CostModel {
             }
             self.p[r * d + r] = self.p[r * d + r].max(1e-9);
         }
+    }
+}
+
+/// The prior cost curve of an engine size: its calibration rows, or the nearest calibrated
+/// size scaled by the token ratio (^1.2: attention grows faster than linearly).
+pub(super) fn prior_for(table: &CalibrationTable, s: &SizeInfo) -> Quadratic {
+    if let Some(q) = table.cost_curve(s.input_size) {
+        return q;
+    }
+    let near = table
+        .sizes()
+        .into_iter()
+        .filter_map(|z| Some((z, table.cost_curve(z)?, table.rows_for(z).first()?.n_tokens)))
+        .min_by_key(|(z, _, _)| z.abs_diff(s.input_size));
+    match near {
+        Some((_, q, n)) => q.scaled((s.n_tokens as f64 / n as f64).powf(1.2)),
+        None => Quadratic::constant(1000.0),
     }
 }
 

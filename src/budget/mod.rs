@@ -25,7 +25,10 @@
 //! activity)): a static scene makes every setting cheaper, so the controller keeps the input
 //! size and M a tight budget would otherwise take away; a moving scene makes the factor 1 and
 //! the choices today's. Frames computed in full teach the cost model; reused frames teach the
-//! factor.
+//! factor. The factor is amortised over the lane's refresh period, and a setting that drops the
+//! caches (another size, reduced <-> unreduced) is priced at the period a reset starts with
+//! (`reuse.rs`): the switching cost that keeps a size change from being taken for the gain of
+//! its reused frames alone.
 
 pub mod cost;
 pub mod reuse;
@@ -36,7 +39,7 @@ use serde::Deserialize;
 
 use crate::engine::{ReuseInfo, Setting, SizeInfo};
 use crate::problems::Problems;
-use cost::{CostModel, Quadratic};
+use cost::{prior_for, CostModel};
 use reuse::ReuseCost;
 
 pub mod calibration;
@@ -178,7 +181,8 @@ pub struct Status {
     pub unreachable_reports: u64,
     /// With temporal reuse: the stream's expected active fraction (None: no reuse seen).
     pub reuse_active: Option<f64>,
-    /// With temporal reuse: predicted cost / full cost of the current setting (1 without).
+    /// With temporal reuse: predicted cost / full cost of the current setting, amortised over
+    /// the refresh period (1 without).
     pub reuse_factor: f64,
 }
 
@@ -356,7 +360,7 @@ impl Controller {
             frames: self.frames,
             unreachable_reports: self.unreachable_reports,
             reuse_active: self.reuse.active(),
-            reuse_factor: self.current.map_or(1.0, |i| self.reuse.factor(self.cands[i].u)),
+            reuse_factor: self.current.map_or(1.0, |i| self.reuse.price(self.cands[i].u, false)),
         }
     }
 
@@ -369,11 +373,24 @@ impl Controller {
         self.sizes.iter().position(|s| s.input_size == size).map(|j| (j, self.sizes[j].n_tokens))
     }
 
-    /// Predicted mean cost (ms) of any setting the engine has a plan for.
+    /// Whether going from `a` to `b` drops the reuse caches: another input size, or the other
+    /// path (reduced, M < N, against unreduced).
+    fn switches(&self, a: Setting, b: Setting) -> bool {
+        let reduced = |s: Setting| self.size_index(s.input_size).is_some_and(|(_, n)| s.m < n);
+        a.input_size != b.input_size || reduced(a) != reduced(b)
+    }
+
+    /// Whether `s` drops the caches of the setting running now.
+    fn resets(&self, s: Setting) -> bool {
+        self.current.is_some_and(|i| self.switches(self.cands[i].setting, s))
+    }
+
+    /// Predicted mean cost (ms) of any setting the engine has a plan for; with reuse, amortised
+    /// over the refresh period (`reuse.rs`), from the setting running now.
     pub fn predict_cost(&self, s: Setting) -> Option<f64> {
         let (j, n) = self.size_index(s.input_size)?;
         let u = s.m.min(n) as f64 / n as f64;
-        Some(self.model.predict_ms(j, u) * self.reuse.factor(u))
+        Some(self.model.predict_ms(j, u) * self.reuse.price(u, self.resets(s)))
     }
 
     fn threshold(&self) -> f64 {
@@ -402,7 +419,8 @@ impl Controller {
         preds.clear();
         up.clear();
         for c in &self.cands {
-            let mean = self.model.predict_ln(c.j, c.u) + self.reuse.factor(c.u).ln() + k;
+            let price = self.reuse.price(c.u, self.resets(c.setting));
+            let mean = self.model.predict_ln(c.j, c.u) + price.ln() + k;
             let extra = (self.model.variance(c.j, c.u) - var_ref).max(0.0).sqrt();
             preds.push((mean + z * extra).exp() + o);
             up.push((mean + 0.5 * z * extra).exp() + o);
@@ -525,6 +543,8 @@ impl Controller {
 
     /// Just before inference, with the latest measurements in: keep the size chosen earlier,
     /// but lower M when the setting no longer fits. Never raises M; leaves the movement state.
+    /// With reuse, never to an M that drops the caches (M = N to M < N): that frame would be a
+    /// full one, dearer than the reused frame it replaces.
     pub fn refine(&mut self, s: Setting) -> Setting {
         if !self.cfg.enabled || !self.reducing || self.cands.is_empty() {
             return s;
@@ -539,7 +559,11 @@ impl Controller {
         // Candidates are in fidelity order: the first smaller M of this size that fits, else
         // the smallest M of this size.
         let n = self.cands.len();
-        let same = |i: &usize| self.cands[*i].setting.input_size == s.input_size && self.cands[*i].setting.m < s.m;
+        let reusing = self.reuse.active().is_some();
+        let same = |i: &usize| {
+            let c = self.cands[*i].setting;
+            c.input_size == s.input_size && c.m < s.m && !(reusing && self.switches(s, c))
+        };
         (0..n)
             .filter(same)
             .find(|&i| self.preds[i] <= thr)
@@ -594,7 +618,12 @@ impl Controller {
 
     /// A frame was published `latency_ms` after capture; `cost_ms` of it was preprocess +
     /// inference (the rest is overhead the cost model does not see).
+    /// Around a scheduled refresh the overhead is left out: the next frame waits for the
+    /// refresh's full frame, which the reuse price already counts (`reuse.rs`).
     pub fn observe_latency(&mut self, latency_ms: f64, cost_ms: f64) {
+        if self.reuse.near_refresh() {
+            return;
+        }
         self.overhead.push((latency_ms - cost_ms).max(0.0));
     }
 }
@@ -608,21 +637,4 @@ pub fn z_score(p: f64) -> f64 {
     let q = (1.0 - p).max(1e-12);
     let t = (-2.0 * q.ln()).sqrt();
     t - (2.515517 + 0.802853 * t + 0.010328 * t * t) / (1.0 + 1.432788 * t + 0.189269 * t * t + 0.001308 * t * t * t)
-}
-
-/// The prior cost curve of an engine size: its calibration rows, or the nearest calibrated
-/// size scaled by the token ratio (^1.2: attention grows faster than linearly).
-fn prior_for(table: &CalibrationTable, s: &SizeInfo) -> Quadratic {
-    if let Some(q) = table.cost_curve(s.input_size) {
-        return q;
-    }
-    let near = table
-        .sizes()
-        .into_iter()
-        .filter_map(|z| Some((z, table.cost_curve(z)?, table.rows_for(z).first()?.n_tokens)))
-        .min_by_key(|(z, _, _)| z.abs_diff(s.input_size));
-    match near {
-        Some((_, q, n)) => q.scaled((s.n_tokens as f64 / n as f64).powf(1.2)),
-        None => Quadratic::constant(1000.0),
-    }
 }

@@ -287,6 +287,15 @@ impl ReuseLane {
         self.period
     }
 
+    /// The period after a reset: 4 with the adaptive schedule, else `refresh_every`.
+    fn start_period(&self) -> u32 {
+        if self.cfg.refresh_iou > 0.0 {
+            self.cfg.refresh_every.min(4)
+        } else {
+            self.cfg.refresh_every
+        }
+    }
+
     /// New knobs from the next frame on (the caches stay valid).
     pub fn set_config(&mut self, cfg: ReuseConfig) {
         if cfg.carry_clusters != self.cfg.carry_clusters {
@@ -466,12 +475,13 @@ impl ReuseLane {
     fn decide(&mut self, emb: &[f32]) -> Option<Refresh> {
         let prefix = self.model.seg.manifest().tokens.prefix;
         let cfg = self.cfg.clone();
+        let start = self.start_period();
         let scores = self.enc.embedding_scores(emb);
         if scores.is_empty() {
             return Some(Refresh::Reset);
         }
         if self.period == 0 {
-            self.period = if cfg.refresh_iou > 0.0 { cfg.refresh_every.min(4) } else { cfg.refresh_every };
+            self.period = start;
         }
         if cfg.refresh_every > 0 && self.since_refresh >= self.period.min(cfg.refresh_every) {
             return Some(Refresh::Periodic);
@@ -544,6 +554,8 @@ impl Engine for ReuseLane {
             reduced_share: self.model.seg.cut().min(depth) as f64 / depth as f64,
             scheduled_refresh: matches!(r.refresh, Some(Refresh::Periodic | Refresh::Reset)),
             threshold: self.cfg.threshold,
+            period: if self.period == 0 { self.start_period() } else { self.period.min(self.cfg.refresh_every) },
+            start_period: self.start_period(),
         })
     }
 

@@ -551,3 +551,37 @@ fn carried_clusters_recluster_on_the_refresh_rules() {
     reuse.reset();
     assert_eq!(run_m(&mut reuse, &y, m10).1.carry.reclustered, f, "a reset (reconnect)");
 }
+
+/// What the budget controller prices reuse with (`budget::reuse`): the lane reports the
+/// scheduled-refresh period in force and the one a reset starts with, as its schedule runs.
+#[test]
+fn the_lane_reports_its_refresh_period() {
+    let s = 56;
+    let x = image(s, 7);
+    let adaptive = ReuseConfig { refresh_every: 30, refresh_iou: 0.9, ..gates_only(0.01) };
+    let (_, mut reuse) = lanes(&tiny(), &[s, 112], adaptive.clone());
+    let mut seen = Vec::new();
+    for _ in 0..14 {
+        let r = run(&mut reuse, &x, s).1.refresh;
+        let info = Engine::reuse_info(&reuse).unwrap();
+        assert_eq!(info.start_period, 4);
+        assert_eq!(info.scheduled_refresh, r.is_some(), "{r:?}");
+        seen.push((r, info.period));
+    }
+    // A static scene agrees with itself: the period doubles at each scheduled refresh.
+    let (p, n) = (Some(Refresh::Periodic), None);
+    assert_eq!(&seen[..6], &[(Some(Refresh::Reset), 4), (n, 4), (n, 4), (n, 4), (p, 8), (n, 8)]);
+    assert_eq!(seen[12], (p, 16), "{seen:?}");
+    // A new input size starts the schedule again.
+    run(&mut reuse, &image(112, 7), 112);
+    assert_eq!(Engine::reuse_info(&reuse).unwrap().period, 4);
+    // A fixed schedule reports refresh_every; none reports 0.
+    for (every, iou, want) in [(30, 0.0, 30), (0, 0.0, 0), (0, 0.9, 0)] {
+        let (_, mut lane) =
+            lanes(&tiny(), &[s], ReuseConfig { refresh_every: every, refresh_iou: iou, ..adaptive.clone() });
+        run(&mut lane, &x, s);
+        run(&mut lane, &x, s);
+        let info = Engine::reuse_info(&lane).unwrap();
+        assert_eq!((info.period, info.start_period), (want, want), "refresh_every {every}, refresh_iou {iou}");
+    }
+}

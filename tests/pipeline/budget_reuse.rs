@@ -54,7 +54,14 @@ fn simulate(c: &mut Controller, from: u64, frames: u64, scene: impl Fn(u64) -> O
             Some(a) => {
                 let scheduled = f % 30 == 0;
                 let active = if scheduled { 1.0 } else { a };
-                let info = ReuseInfo { active, reduced_share: 0.25, scheduled_refresh: scheduled, threshold: 0.2 };
+                let info = ReuseInfo {
+                    active,
+                    reduced_share: 0.25,
+                    scheduled_refresh: scheduled,
+                    threshold: 0.2,
+                    period: 30,
+                    start_period: 30,
+                };
                 let ms = reused(full, active);
                 c.observe_reuse(s, ms, &info, true);
                 c.observe_latency(ms, ms);
@@ -92,6 +99,145 @@ fn a_static_scene_keeps_full_resolution_a_moving_one_falls_back() {
     let last_off = *tail_off.last().unwrap();
     assert_eq!(*tail.last().unwrap(), last_off, "falls back to the choice without reuse");
     assert!(on.status().reuse_factor > 0.99);
+}
+
+/// The reuse lane's refresh schedule with the default `[reuse]` (`refresh_iou` 0.9,
+/// `refresh_every` 30; src/reuse/mod.rs): a reset (the first frame, another input size, reduced
+/// <-> unreduced) is a full frame and starts the period at 4; a scheduled refresh doubles it up
+/// to 30 (a static scene agrees); a scene-driven refresh (too much changed) restarts the count.
+#[derive(Default)]
+struct Schedule {
+    last: Option<Setting>,
+    since: u32,
+    period: u32,
+}
+
+fn tokens(size: u32) -> usize {
+    ((size / 14) * (size / 14)) as usize
+}
+
+impl Schedule {
+    /// Frame at `s` on a scene of activity `a`: (the frame's report, its cost).
+    fn frame(&mut self, s: Setting, a: f64) -> (ReuseInfo, f64) {
+        let reduced = |s: Setting| s.m < tokens(s.input_size);
+        let reset = self.last.is_none_or(|l| l.input_size != s.input_size || reduced(l) != reduced(s));
+        self.last = Some(s);
+        let scheduled = if reset {
+            self.period = 0;
+            true
+        } else {
+            if self.period == 0 {
+                self.period = 4;
+            }
+            let due = self.since >= self.period;
+            if due {
+                self.period = (self.period * 2).min(30);
+            }
+            due
+        };
+        let active = if scheduled { 1.0 } else { a };
+        self.since = if active >= 1.0 { 1 } else { self.since + 1 };
+        let period = if self.period == 0 { 4 } else { self.period };
+        let info = ReuseInfo {
+            active,
+            reduced_share: 0.25,
+            scheduled_refresh: scheduled,
+            threshold: 0.1,
+            period,
+            start_period: 4,
+        };
+        (info, reused(device_ms(s), active))
+    }
+}
+
+/// `frames` frames through the lane schedule above, as the pipeline runs them: the next frame
+/// starts when the controller predicted this one would end (the gate), so a frame that overruns
+/// its prediction makes the next one wait (latency = wait + cost).
+fn run_lane(c: &mut Controller, lane: &mut Schedule, frames: u64, scene: impl Fn(u64) -> f64) -> Vec<Setting> {
+    let (mut out, mut overrun) = (Vec::new(), 0.0);
+    for f in 0..frames {
+        let d = c.decide();
+        let s = c.refine(d.setting);
+        let (info, ms) = lane.frame(s, scene(f));
+        c.observe_reuse(s, ms, &info, true);
+        c.observe_latency(overrun + ms, ms);
+        overrun = (ms - 0.95 * d.predicted_cost_ms).max(0.0);
+        out.push(s);
+    }
+    out
+}
+
+fn changes(v: &[Setting]) -> usize {
+    v.windows(2).filter(|w| w[0] != w[1]).count()
+}
+
+#[test]
+fn under_the_adaptive_schedule_a_static_scene_holds_what_per_frame_cannot_reach() {
+    // 448/M=N costs 962 ms in full; the target 700 ms (630 with the margin) needs a lower
+    // setting per frame. Static scene (3% active): a reused frame costs 0.22 of a full one; with
+    // the reset and the 4-frame first period 448/M=N costs (1 + 3 x 0.22) / 4 of 962 = 402 ms a
+    // frame on average, 240 ms once the period is 30.
+    let target = 700.0;
+    let mut off = controller(target);
+    let without = simulate(&mut off, 0, 300, |_| None);
+    assert!(without[100..].iter().all(|&s| s != TOP), "{:?}", &without[100..]);
+
+    let mut on = controller(target);
+    let mut lane = Schedule::default();
+    let stat = run_lane(&mut on, &mut lane, 300, |_| 0.03);
+    let held = &stat[60..];
+    assert!(held.iter().all(|&s| s == TOP), "the static scene holds 448/M=N from frame 60: {held:?}");
+    assert!(changes(&stat) <= 4, "{} setting changes: {stat:?}", changes(&stat));
+    assert_eq!(on.reuse().period(), 30, "the period grew to refresh_every at 448 px");
+
+    // The scene moves: every frame is a scene-driven full recompute.
+    let moving = run_lane(&mut on, &mut lane, 300, |_| 1.0);
+    let tail = &moving[200..];
+    assert!(tail.iter().all(|&s| s != TOP), "a moving scene must leave 448/M=N: {tail:?}");
+    assert_eq!(*tail.last().unwrap(), *without.last().unwrap(), "falls back to the choice without reuse");
+    assert!(on.status().reuse_factor > 0.99);
+}
+
+#[test]
+fn a_size_change_is_not_taken_for_a_transient_gain() {
+    // Target 430 ms (387 with the margin). A reused frame at 448/M=N costs 0.22 x 962 = 215 ms
+    // (fits), but going there drops the caches: a full frame and the 4-frame first period,
+    // 402 ms a frame on average, which does not. Priced per reused frame only, the controller
+    // went up, paid the reset and the short periods, and fell back.
+    let mut on = controller(430.0);
+    let mut lane = Schedule::default();
+    let seen = run_lane(&mut on, &mut lane, 300, |_| 0.03);
+    assert!(seen.iter().all(|&s| s.input_size == 336), "448 px is never worth its reset here: {seen:?}");
+    assert!(changes(&seen) <= 2, "no oscillation: {seen:?}");
+    let mut off = controller(430.0);
+    let without = simulate(&mut off, 0, 300, |_| None);
+    let (last, last_off) = (*seen.last().unwrap(), *without.last().unwrap());
+    assert!(last.m > last_off.m, "reuse still buys a larger M at 336 px: {last:?} vs {last_off:?}");
+}
+
+#[test]
+fn refine_does_not_drop_the_caches_for_a_cost_spike() {
+    // Holding 448/M=N on a static scene, the reused frames suddenly cost 4x (another process
+    // takes the cores): lowering M to below N just before inference would switch to the
+    // reduced path, a full frame, dearer than the reused frame it replaces.
+    let mut on = controller(700.0);
+    let mut lane = Schedule::default();
+    let held = run_lane(&mut on, &mut lane, 100, |_| 0.03);
+    assert_eq!(*held.last().unwrap(), TOP);
+    let info = ReuseInfo {
+        active: 0.03,
+        reduced_share: 0.25,
+        scheduled_refresh: false,
+        threshold: 0.1,
+        period: 30,
+        start_period: 4,
+    };
+    for _ in 0..10 {
+        on.observe_reuse(TOP, 4.0 * reused(device_ms(TOP), 0.03), &info, true);
+    }
+    let p = on.predict_latency(TOP).unwrap();
+    assert!(p > 630.0, "the spike makes the top miss: {p}");
+    assert_eq!(on.refine(TOP), TOP, "no switch to the reduced path in refine");
 }
 
 /// A fake reuse lane: the scene is static (3% active) until frame `MOVES_AT`, then moves
@@ -132,7 +278,14 @@ impl Engine for FakeReuse {
         out.clear();
         out.push(input[0]);
         out.push(u as f32);
-        self.last = Some(ReuseInfo { active, reduced_share: 0.25, scheduled_refresh: scheduled, threshold: 0.2 });
+        self.last = Some(ReuseInfo {
+            active,
+            reduced_share: 0.25,
+            scheduled_refresh: scheduled,
+            threshold: 0.2,
+            period: 0,
+            start_period: 0,
+        });
         Ok(setting.m.min(n))
     }
 
