@@ -198,13 +198,13 @@ fn reuse_engines(cfg: &Config, seg: &Arc<Segmenter>, lanes: usize) -> Result<Vec
     } else if streams > cfg.reuse.max_streams {
         log::warn!(
             "[reuse] {streams} streams, max_streams {}: a lane keeps the caches of the {} most recent streams \
-             (about 95 MB each at 448 px); the others' frames start afresh",
+             (about 110 MB each at 448 px); the others' frames start afresh",
             cfg.reuse.max_streams,
             cfg.reuse.max_streams
         );
     } else if streams > 1 {
         log::info!(
-            "[reuse] {streams} streams: each lane keeps one reuse cache per stream (about 95 MB each at 448 px)"
+            "[reuse] {streams} streams: each lane keeps one reuse cache per stream (about 110 MB each at 448 px)"
         );
     }
     if cfg.reduce.strategy.get() != Strategy::None {

@@ -3,15 +3,19 @@
 //! A fixed camera sees mostly the same patches frame after frame. [`ReuseLane`] runs the model as
 //! embedding (a tract plan: patch embed + position) -> [`encoder::ReuseEncoder`] (every block,
 //! Eventful-Transformer token gates: active rows only, cached keys/values/branches for the rest)
-//! -> head (the segmenter's tract plan; skipped when no token changed, its cached output reused).
+//! -> head ([`head::HeadExec`], own executor: recomputes only the output regions whose tokens
+//! changed, through each up-layer's receptive field, into the stream's cached maps and output;
+//! nothing when no token changed; in full on a refresh. The segmenter's tract head plan instead
+//! where the model's head is not the conv decoder it knows, and on the reduced path below).
 //!
 //! With reduction (a frame's `Setting::m` below the patch count): the encoder runs blocks
 //! 0..`[reduce] cut`-1 only, with reuse, and then
 //! - with `carry_clusters` ([`carry`]): the partition is carried from the previous frame, the
 //!   changed tokens re-assigned to the nearest carried centre, and the middle runs on the M
 //!   merged tokens through the same Eventful executor (only the clusters that changed), unfold,
-//!   head (skipped when no middle row ran); a full re-cluster on every refresh below and when
-//!   more than `recluster_above` of the patch tokens changed;
+//!   the own head on the unfolded tokens (skipped when no middle row ran; else only the regions
+//!   of the tokens whose unfolded value changed); a full re-cluster on every refresh below and
+//!   when more than `recluster_above` of the patch tokens changed;
 //! - else its output goes through the per-frame reduced path's own states
 //!   ([`LaneState::run_after_stem`]: the reducer clusters all patch tokens afresh, the middle runs
 //!   in full on M merged tokens, unfold, head); reducer, middle and head are skipped only when no
@@ -33,6 +37,7 @@
 pub mod attend;
 pub mod carry;
 pub mod encoder;
+pub mod head;
 pub mod streams;
 pub mod weights;
 
@@ -49,7 +54,11 @@ use crate::model::{cut, f32s, ModelError, Segmenter};
 use crate::problems::Problems;
 use carry::{CarryFrame, CarryMiddle, CarryStats};
 use encoder::{EncoderStats, Gate, ReuseEncoder};
+use head::{HeadCache, HeadExec, HeadStats, HeadWeights};
 use weights::EncoderWeights;
+
+/// `[reuse] head_threshold`'s default (see docs/reuse.md run 9).
+const HEAD_THRESHOLD: f32 = 0.1;
 
 /// `[reuse]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -87,6 +96,11 @@ pub struct ReuseConfig {
     /// re-clustered on 9 frames instead of the 4 scheduled refreshes, each a full middle, for
     /// +0.002 mean IoU (0.986 vs 0.984; measured with an earlier forcing rule; EPYC Zen 4).
     pub recluster_above: f32,
+    /// The head (`head/`) recomputes the output regions of the tokens whose final value moved by
+    /// at least this relative L2 change since the head last took them (the others keep their
+    /// cached value, as the blocks' gates do); never above `threshold` (so threshold 0 stays
+    /// per-frame computation). 0: every changed token (exact).
+    pub head_threshold: f32,
 }
 
 impl Default for ReuseConfig {
@@ -103,6 +117,7 @@ impl Default for ReuseConfig {
             max_streams: 4,
             carry_clusters: true,
             recluster_above: 0.8,
+            head_threshold: HEAD_THRESHOLD,
         }
     }
 }
@@ -127,10 +142,13 @@ impl ReuseConfig {
             format!("{} is not a change > 0", self.scene_cut)
         });
         p.check(self.max_streams <= 64, "reuse", "max_streams", || {
-            format!("{} is above 64 (about 95 MB each at 448 px)", self.max_streams)
+            format!("{} is above 64 (about 110 MB each at 448 px)", self.max_streams)
         });
         p.check(unit(self.recluster_above), "reuse", "recluster_above", || {
             format!("{} is not in 0..=1", self.recluster_above)
+        });
+        p.check(self.head_threshold >= 0.0 && self.head_threshold.is_finite(), "reuse", "head_threshold", || {
+            format!("{} is not a change >= 0", self.head_threshold)
         });
     }
 }
@@ -152,6 +170,8 @@ pub struct FrameReport {
     pub encoder: EncoderStats,
     /// The head ran (else its cached output was reused: no token changed).
     pub head_ran: bool,
+    /// The own head's run (`head.rs`; default when the tract head plan ran or nothing did).
+    pub head: HeadStats,
     /// On a scheduled refresh: agreement of the fresh mask with the previous (reused) one.
     pub agreement: Option<f32>,
     /// Time of the per-frame decision: block 0's scores and the refresh rules, plus every
@@ -171,6 +191,9 @@ pub struct FrameReport {
 pub struct ReuseModel {
     seg: Arc<Segmenter>,
     weights: Arc<EncoderWeights>,
+    /// The head's weights for the own head executor (None: a head it cannot run, the tract
+    /// head plan runs instead).
+    head: Option<Arc<HeadWeights>>,
     embed: Vec<(u32, Plan)>,
 }
 
@@ -178,9 +201,18 @@ impl ReuseModel {
     /// Read the weights and build the embedding plans for every size `seg` has.
     pub fn new(seg: Arc<Segmenter>) -> Result<ReuseModel, ModelError> {
         let m = seg.manifest();
-        let weights = Arc::new(EncoderWeights::load(m)?);
+        let proto = weights::load_proto(m)?;
+        let weights = Arc::new(EncoderWeights::from_manifest_proto(m, &proto)?);
         let onnx = m.onnx_path();
         let shown = onnx.display().to_string();
+        let head = match HeadWeights::from_proto(&proto, weights.width) {
+            Ok(h) => Some(Arc::new(h)),
+            Err(e) => {
+                log::warn!("[reuse] {shown}: the head runs as the tract plan, on every changed frame in full ({e})");
+                None
+            }
+        };
+        drop(proto);
         let base = cut::load_base_with(&onnx, m.load_delta()?.as_ref())?;
         let mut embed = Vec::new();
         for info in seg.sizes() {
@@ -196,7 +228,7 @@ impl ReuseModel {
             .map_err(|source| ModelError::Build { path: shown.clone(), source })?;
             embed.push((info.input_size, plan));
         }
-        Ok(ReuseModel { seg, weights, embed })
+        Ok(ReuseModel { seg, weights, head, embed })
     }
 
     pub fn segmenter(&self) -> &Arc<Segmenter> {
@@ -236,6 +268,8 @@ impl ReuseModel {
             last_m: usize::MAX,
             last: FrameReport::default(),
             parked: streams::Parked::default(),
+            head: self.head.clone().map(HeadExec::new),
+            head_cache: HeadCache::default(),
         })
     }
 }
@@ -270,6 +304,9 @@ pub struct ReuseLane {
     last: FrameReport,
     /// Other streams' caches (`streams.rs`).
     parked: streams::Parked,
+    /// The own head executor (`head.rs`) and the current stream's head cache.
+    head: Option<HeadExec>,
+    head_cache: HeadCache,
 }
 
 impl ReuseLane {
@@ -279,6 +316,7 @@ impl ReuseLane {
         self.enc.reset();
         self.carry.reset();
         self.head_out.clear();
+        self.head_cache.clear();
         self.period = 0;
     }
 
@@ -373,6 +411,7 @@ impl ReuseLane {
         report.refresh = refresh;
         report.decision = t2 - t1;
         report.head_ran = false;
+        report.head = HeadStats::default();
         report.agreement = None;
         report.m = None;
         report.carry = CarryStats::default();
@@ -419,29 +458,46 @@ impl ReuseLane {
         };
         if !unchanged {
             let t4 = Instant::now();
-            if carry {
-                let c = self.model.weights.width;
-                let toks = self.carry.tokens();
+            let c = self.model.weights.width;
+            let check = refresh == Some(Refresh::Periodic) && self.cfg.refresh_iou > 0.0;
+            let own = (carry || !reduce) && self.head.is_some();
+            if own {
+                // The own head updates the stream's output in place: keep the previous one for
+                // the agreement check.
+                self.fresh.clear();
+                if check {
+                    self.fresh.extend_from_slice(&self.head_out);
+                }
+                let prefix = seg.manifest().tokens.prefix;
+                let grid = seg.plans(size).map(|(_, p)| p.grid).ok_or(EngineError::NoPlan(size))?;
+                let toks = if carry { self.carry.tokens() } else { &self.tokens };
+                let head = self.head.as_mut().expect("own head");
+                head.gate = self.cfg.head_threshold.min(self.cfg.threshold);
+                let full = refresh.is_some();
+                report.head =
+                    head.run(&mut self.head_cache, toks, prefix, grid, size, full, &mut self.head_out).map_err(err)?;
+                part_times.head = t4.elapsed();
+                std::mem::swap(&mut self.head_out, &mut self.fresh);
+            } else if carry || !reduce {
+                let toks = if carry { self.carry.tokens() } else { &self.tokens };
                 let x = Tensor::from_shape(&[1, toks.len() / c, c], toks).map_err(err)?;
                 let y = self.sizes[i].2.run(tvec!(x.into())).map_err(err)?;
                 self.fresh.clear();
                 self.fresh.extend_from_slice(f32s(&y[0]).map_err(err)?);
                 part_times.head = t4.elapsed();
-            } else if reduce {
+            } else {
+                // The per-frame reduced path's own head: the own head's cache goes stale.
+                self.head_cache.clear();
                 let used =
                     self.reduced.run_after_stem(&seg, &self.tokens, setting, &mut part_times, &mut self.fresh)?;
                 report.m = Some(used);
                 let prefix = seg.manifest().tokens.prefix;
                 computed += ((depth - blocks) * (prefix + used)) as f64;
-            } else {
-                let c = self.model.weights.width;
-                let x = Tensor::from_shape(&[1, self.tokens.len() / c, c], &self.tokens).map_err(err)?;
-                let y = self.sizes[i].2.run(tvec!(x.into())).map_err(err)?;
-                self.fresh.clear();
-                self.fresh.extend_from_slice(f32s(&y[0]).map_err(err)?);
             }
+            // `fresh`: this frame's output; `head_out`: the previous one (own head: empty unless
+            // checked).
             let fresh = &self.fresh;
-            if refresh == Some(Refresh::Periodic) && self.cfg.refresh_iou > 0.0 && fresh.len() == self.head_out.len() {
+            if check && fresh.len() == self.head_out.len() {
                 // How far the reused frames had drifted: adapt the schedule.
                 let agree = agreement(fresh, &self.head_out, s * s, self.threshold_out);
                 report.agreement = Some(agree);
@@ -450,7 +506,7 @@ impl ReuseLane {
                     if agree < self.cfg.refresh_iou { (self.period / 2).max(2) } else { (self.period * 2).min(max) };
             }
             std::mem::swap(&mut self.head_out, &mut self.fresh);
-            report.head_ran = true;
+            report.head_ran = !own || report.head.ran();
         }
         report.active_fraction = computed / (depth * t).max(1) as f64;
         self.last_m = m;
@@ -565,6 +621,7 @@ impl Engine for ReuseLane {
         self.carry.clusters.reconfigure(reduce).map_err(EngineError::Reconfigure)?;
         self.key_bias = reduce.proportional_attention;
         self.head_out.clear();
+        self.head_cache.clear();
         Ok(())
     }
 

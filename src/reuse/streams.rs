@@ -1,15 +1,17 @@
 //! Per-stream reuse caches (issue #19): with several `[streams.NAME]` on one lane, frames of
 //! the streams take turns, and each stream's frame must be compared with that stream's last
 //! frame, not with the other camera's. A lane keeps one [`StreamCache`] per stream it has seen
-//! (the encoder's per-block keys, values, branch outputs and references, the head output, the
-//! refresh state) and swaps the stream's in when its frames arrive: a swap of buffers, no copy.
+//! (the encoder's per-block keys, values, branch outputs and references, the head output and
+//! the head's maps, the refresh state) and swaps the stream's in when its frames arrive: a swap
+//! of buffers, no copy.
 //!
-//! Memory: one cache holds 5 `[T, C]` f32 buffers per block plus the head output; for the
-//! shipped ViT-S at 448 px (T = 1025, C = 384, 12 blocks) that is 5 * 1025 * 384 * 4 B * 12 =
-//! 94.5 MB + 0.8 MB (measured from the buffers' capacity, `ReuseLane::cache_bytes`, in
-//! tests/model/reuse.rs). So caches are allocated lazily (on a stream's first frame on the
-//! lane) and at most `[reuse] max_streams` are kept per lane: beyond that the least recently
-//! used stream's cache is dropped (its next frame is computed in full).
+//! Memory: one cache holds 5 `[T, C]` f32 buffers per block plus the head output and the own
+//! head's maps (`head/`: every up-layer's input and the logits); for the shipped ViT-S at 448 px
+//! (T = 1025, C = 384, 12 blocks) that is 5 * 1025 * 384 * 4 B * 12 = 94.5 MB + 0.8 MB + 14.4 MB
+//! (measured from the buffers' capacity, `ReuseLane::cache_bytes`, in tests/model/reuse.rs). So
+//! caches are allocated lazily (on a stream's first frame on the lane) and at most `[reuse]
+//! max_streams` are kept per lane: beyond that the least recently used stream's cache is dropped
+//! (its next frame is computed in full).
 //!
 //! A reset ([`ReuseLane::reset`], the pipeline's `stream_break`: a reconnect, a new frame size)
 //! applies to the current stream's cache only.
@@ -17,12 +19,15 @@
 //! Must not: decide when a stream breaks (the pipeline does), or run anything.
 
 use super::encoder::ParkedCaches;
+use super::head::HeadCache;
 use super::ReuseLane;
 
 /// One stream's reuse state while it is not the lane's current stream.
 pub struct StreamCache {
     enc: ParkedCaches,
     head_out: Vec<f32>,
+    /// The own head's per-layer maps (`head.rs`), which belong to `head_out`.
+    head: HeadCache,
     last_size: u32,
     since_refresh: u32,
     period: u32,
@@ -35,6 +40,7 @@ impl Default for StreamCache {
         StreamCache {
             enc: ParkedCaches::default(),
             head_out: Vec::new(),
+            head: HeadCache::default(),
             last_size: 0,
             since_refresh: 0,
             period: 0,
@@ -45,7 +51,7 @@ impl Default for StreamCache {
 
 impl StreamCache {
     fn bytes(&self) -> usize {
-        self.enc.bytes() + self.head_out.capacity() * std::mem::size_of::<f32>()
+        self.enc.bytes() + self.head_out.capacity() * std::mem::size_of::<f32>() + self.head.bytes()
     }
 }
 
@@ -96,13 +102,15 @@ impl ReuseLane {
 
     /// Bytes held by the current stream's caches and the parked ones.
     pub fn cache_bytes(&self) -> (usize, usize) {
-        let own = self.enc.cache_bytes() + self.head_out.capacity() * std::mem::size_of::<f32>();
+        let own =
+            self.enc.cache_bytes() + self.head_out.capacity() * std::mem::size_of::<f32>() + self.head_cache.bytes();
         (own, self.parked.others.iter().map(|(_, c)| c.bytes()).sum())
     }
 
     fn swap_stream_state(&mut self, c: &mut StreamCache) {
         self.enc.swap_caches(&mut c.enc);
         std::mem::swap(&mut self.head_out, &mut c.head_out);
+        std::mem::swap(&mut self.head_cache, &mut c.head);
         std::mem::swap(&mut self.last_size, &mut c.last_size);
         std::mem::swap(&mut self.since_refresh, &mut c.since_refresh);
         std::mem::swap(&mut self.period, &mut c.period);

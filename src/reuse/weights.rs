@@ -106,7 +106,7 @@ impl<'a> Graph<'a> {
 }
 
 /// f32 or int64 tensor values as f32.
-fn values(t: &TensorProto) -> Result<Vec<f32>, String> {
+pub(super) fn values(t: &TensorProto) -> Result<Vec<f32>, String> {
     if !t.external_data.is_empty() {
         return Err("tensor stored outside the ONNX file".into());
     }
@@ -126,11 +126,31 @@ fn values(t: &TensorProto) -> Result<Vec<f32>, String> {
     }
 }
 
+/// The protobuf of the model the manifest names, its delta applied.
+pub fn load_proto(manifest: &Manifest) -> Result<ModelProto, ModelError> {
+    use tract_onnx::prelude::Framework;
+    let path = manifest.onnx_path();
+    let shown = path.display().to_string();
+    let mut proto =
+        tract_onnx::onnx().proto_model_for_path(&path).map_err(|source| ModelError::Onnx { path: shown, source })?;
+    if let Some(delta) = manifest.load_delta()? {
+        delta.apply(&mut proto)?;
+    }
+    Ok(proto)
+}
+
 impl EncoderWeights {
     /// Read the weights of the model the manifest names (its delta applied), packed in bf16
     /// under `[model] precision = "bf16"`.
     pub fn load(manifest: &Manifest) -> Result<EncoderWeights, ModelError> {
-        let mut w = Self::from_manifest_f32(manifest)?;
+        let proto = load_proto(manifest)?;
+        Self::from_manifest_proto(manifest, &proto)
+    }
+
+    /// [`EncoderWeights::load`] from the model's protobuf read by [`load_proto`] (packed in bf16
+    /// under `[model] precision = "bf16"`).
+    pub fn from_manifest_proto(manifest: &Manifest, proto: &ModelProto) -> Result<EncoderWeights, ModelError> {
+        let mut w = Self::from_proto_f32(manifest, proto)?;
         if bf16::precision() == Precision::Bf16 {
             w.pack_bf16();
         }
@@ -139,16 +159,12 @@ impl EncoderWeights {
 
     /// [`EncoderWeights::load`] in f32 whatever the process's precision.
     pub fn from_manifest_f32(manifest: &Manifest) -> Result<EncoderWeights, ModelError> {
-        use tract_onnx::prelude::Framework;
-        let path = manifest.onnx_path();
-        let shown = path.display().to_string();
-        let mut proto = tract_onnx::onnx()
-            .proto_model_for_path(&path)
-            .map_err(|source| ModelError::Onnx { path: shown.clone(), source })?;
-        if let Some(delta) = manifest.load_delta()? {
-            delta.apply(&mut proto)?;
-        }
-        Self::from_proto(&proto, manifest.tokens.width, manifest.num_blocks())
+        Self::from_proto_f32(manifest, &load_proto(manifest)?)
+    }
+
+    fn from_proto_f32(manifest: &Manifest, proto: &ModelProto) -> Result<EncoderWeights, ModelError> {
+        let shown = manifest.onnx_path().display().to_string();
+        Self::from_proto(proto, manifest.tokens.width, manifest.num_blocks())
             .map_err(|msg| ModelError::Manifest { path: shown, msg: format!("reuse executor: {msg}") })
     }
 

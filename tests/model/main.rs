@@ -23,5 +23,6 @@ mod post;
 mod precision;
 mod real_model_cut;
 mod reuse;
+mod reuse_head;
 mod subpixel_deconv;
 mod tiny_model_cut;

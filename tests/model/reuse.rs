@@ -371,9 +371,10 @@ fn two_streams_on_one_lane_keep_their_own_caches_and_a_reconnect_resets_only_its
     let (_, r) = run(&mut shared, &frame(0, 6), s);
     assert_eq!(r.refresh, None, "the other stream keeps reusing");
     assert!(r.active_fraction < 0.2);
-    // The caches' size: 5 [T, C] buffers per block (T = 65, C = 16, 4 blocks) + the head output.
+    // The caches' size: 5 [T, C] buffers per block (T = 65, C = 16, 4 blocks) + the head output
+    // + the own head's maps (the token grid [16, 8, 8], the logits [1, 16, 16]).
     let (cur, parked) = shared.cache_bytes();
-    let want_bytes = 5 * 65 * 16 * 4 * 4 + s as usize * s as usize * 4;
+    let want_bytes = 5 * 65 * 16 * 4 * 4 + s as usize * s as usize * 4 + (16 * 64 + 256) * 4;
     assert_eq!((cur, parked), (want_bytes, want_bytes));
     // A third stream beyond max_streams 2: the least recently used cache (stream 1's) goes.
     shared.set_config(ReuseConfig { max_streams: 2, ..cfg.clone() });
@@ -388,7 +389,9 @@ fn two_streams_on_one_lane_keep_their_own_caches_and_a_reconnect_resets_only_its
 }
 
 /// The real model at 448 px: one stream's cache is 5 [T, C] f32 buffers per block (T = 1025,
-/// C = 384, 12 blocks) plus the head output: 95.3 MB.
+/// C = 384, 12 blocks) plus the head output and the own head's maps (the token grid [384, 32,
+/// 32], the up-layers' inputs [256, 64, 64] and [128, 128, 128], the logits [1, 256, 256]): 109.7
+/// MB.
 #[test]
 fn real_model_cache_of_one_stream_at_448() {
     let Some(manifest) = common::real_manifest() else {
@@ -400,7 +403,8 @@ fn real_model_cache_of_one_stream_at_448() {
     run(&mut reuse, &image(448, 1), 448);
     let (cur, _) = reuse.cache_bytes();
     eprintln!("real model at 448: one stream's reuse cache holds {:.1} MB", cur as f64 / 1e6);
-    assert_eq!(cur, 5 * 1025 * 384 * 4 * 12 + 448 * 448 * 4);
+    let head = 384 * 32 * 32 + 256 * 64 * 64 + 128 * 128 * 128 + 256 * 256;
+    assert_eq!(cur, 5 * 1025 * 384 * 4 * 12 + 448 * 448 * 4 + head * 4);
 }
 
 // --- Reuse + reduction with clusters carried across frames (`[reuse] carry_clusters`). ---
