@@ -17,7 +17,7 @@ use ailurus::reuse::{FrameReport, Refresh, ReuseConfig, ReuseLane, ReuseModel};
 
 use common::{max_abs_diff, noise_image as image};
 
-fn options(sizes: &[u32]) -> SegmenterOptions {
+pub(crate) fn options(sizes: &[u32]) -> SegmenterOptions {
     SegmenterOptions {
         sizes: sizes.to_vec(),
         reduce: ReduceConfig { strategy: "none".into(), ..ReduceConfig::default() },

@@ -10,23 +10,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ailurus::engine::StageTimes;
-use ailurus::model::{Segmenter, SegmenterOptions};
-use ailurus::reduce::ReduceConfig;
+use ailurus::model::Segmenter;
 use ailurus::reuse::head::{HeadCache, HeadExec, HeadStats, HeadWeights};
 use ailurus::reuse::{ReuseConfig, ReuseModel};
 
 use common::{max_abs_diff, uniform};
 
 fn model(manifest: &std::path::Path, sizes: &[u32]) -> Arc<ReuseModel> {
-    let opts = SegmenterOptions {
-        sizes: sizes.to_vec(),
-        reduce: ReduceConfig { strategy: "none".into(), ..ReduceConfig::default() },
-        with_full: true,
-        verify_sha256: true,
-        fixed_middle: Vec::new(),
-        fixed_unreduced: false,
-        device: ailurus::choice::Device::Cpu,
-    };
+    let opts = super::reuse::options(sizes);
     let seg = Arc::new(Segmenter::load(manifest, &opts).unwrap());
     Arc::new(ReuseModel::new(seg).unwrap())
 }
