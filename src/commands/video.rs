@@ -163,6 +163,16 @@ struct Pass {
     stages: [Duration; 4],
 }
 
+impl Pass {
+    /// Add one reused frame's report.
+    fn tally(&mut self, r: &ailurus::reuse::FrameReport) {
+        self.active += r.active_fraction;
+        self.refreshes += r.refresh.is_some() as usize;
+        self.head_skipped += !r.head_ran as usize;
+        self.decision += r.decision;
+    }
+}
+
 /// Run every frame through `engine` in order; `after` reads the engine's per-frame stats.
 fn pass<E: Engine>(
     io: &Io,
@@ -295,29 +305,18 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
                     e.refresh_period(),
                     r.encoder.active
                 );
-                p.active += r.active_fraction;
-                p.refreshes += r.refresh.is_some() as usize;
-                p.head_skipped += !r.head_ran as usize;
-                p.decision += r.decision;
+                p.tally(r);
             })?;
             let name = if floor > 0.0 { format!("reuse t={t} min={floor}") } else { format!("reuse t={t}") };
-            rows.push(row(&clip, name, &p, reference));
+            rows.push(row(&clip, name.clone(), &p, reference));
             if m > 0 && m < n {
                 // Reuse + reduction: reuse before the cut, AiluRus and the middle on M tokens.
                 let st = Setting { input_size: o.size, m };
                 let p = pass(&io, &mut reuse, &frames, st, ReuseLane::reset, |e, p| {
                     let r = e.last_report();
-                    p.active += r.active_fraction;
-                    p.refreshes += r.refresh.is_some() as usize;
-                    p.head_skipped += !r.head_ran as usize;
-                    p.decision += r.decision;
+                    p.tally(r);
                 })?;
-                let a = cfg.reduce.cut;
-                let name = if floor > 0.0 {
-                    format!("reuse t={t} min={floor} + a={a} M={m}")
-                } else {
-                    format!("reuse t={t} + a={a} M={m}")
-                };
+                let name = format!("{name} + a={} M={m}", cfg.reduce.cut);
                 rows.push(row(&clip, name, &p, reference));
             }
             reuse.set_config(ReuseConfig { carry_clusters: true, ..base.clone() });
@@ -341,17 +340,9 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
                         r.carry.middle_time
                     );
                     reclusters += r.carry.reclustered.is_some() as usize;
-                    p.active += r.active_fraction;
-                    p.refreshes += r.refresh.is_some() as usize;
-                    p.head_skipped += !r.head_ran as usize;
-                    p.decision += r.decision;
+                    p.tally(r);
                 })?;
-                let a = cfg.reduce.cut;
-                let name = if floor > 0.0 {
-                    format!("reuse t={t} min={floor} carry a={a} M={cm}")
-                } else {
-                    format!("reuse t={t} carry a={a} M={cm}")
-                };
+                let name = format!("{name} carry a={} M={cm}", cfg.reduce.cut);
                 log::info!("{clip} {name}: re-clustered on {reclusters} of {} frames", frames.len());
                 rows.push(row(&clip, name, &p, reference));
             }

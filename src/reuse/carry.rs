@@ -145,7 +145,7 @@ impl ClusterCarry {
         } else if grid != self.grid || m != self.m_asked {
             Some(Recluster::NewShape)
         } else {
-            reference_scores(patches, &self.reference, c, &mut self.scores);
+            super::encoder::scores(patches, &self.reference, c, &mut self.scores);
             stats.changed = self.scores.iter().filter(|&&s| s >= threshold).count();
             (stats.changed as f32 > recluster_above * n as f32).then_some(Recluster::TooManyChanged)
         };
@@ -250,19 +250,6 @@ pub fn nearest_centre(
         }
     }
     best
-}
-
-/// `out[i] = |x_i - r_i| / |r_i|` per row of `c` (as the encoder's gates).
-fn reference_scores(x: &[f32], reference: &[f32], c: usize, out: &mut Vec<f32>) {
-    out.clear();
-    out.extend(x.chunks_exact(c).zip(reference.chunks_exact(c)).map(|(xr, rr)| {
-        let (mut d2, mut r2) = (0f32, 0f32);
-        for (a, b) in xr.iter().zip(rr) {
-            d2 += (a - b) * (a - b);
-            r2 += b * b;
-        }
-        (d2 / r2.max(1e-12)).sqrt()
-    }));
 }
 
 /// The carried clusters, the middle's executor and its buffers (one per lane).

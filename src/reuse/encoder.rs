@@ -389,8 +389,9 @@ impl ReuseEncoder {
     }
 }
 
-/// `scores[i] = |x_i - r_i| / |r_i|` per row of `c`.
-fn scores(x: &[f32], reference: &[f32], c: usize, out: &mut Vec<f32>) {
+/// `scores[i] = |x_i - r_i| / |r_i|` per row of `c` (the gates' change score; also the carried
+/// clusters' per-patch change in `carry.rs`).
+pub(super) fn scores(x: &[f32], reference: &[f32], c: usize, out: &mut Vec<f32>) {
     out.clear();
     out.extend(x.chunks_exact(c).zip(reference.chunks_exact(c)).map(|(xr, rr)| {
         let (mut d2, mut r2) = (0f32, 0f32);

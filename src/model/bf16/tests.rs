@@ -1,16 +1,7 @@
 //! The bf16 kernels against f64 references of the rounded operands.
 
 use super::*;
-
-fn lcg(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect()
-}
+use crate::model::sgemm::tests::lcg;
 
 #[test]
 fn rounding_is_to_nearest_even() {
