@@ -54,16 +54,19 @@ fn main() {
         }
         // The linear layers in bf16 (`[model] precision = "bf16"`), where the CPU has it: the
         // same product with the weight packed once and the rows rounded per call (counted).
-        if !transposed && bf16::Kernel::Avx512Bf16.supported() && m == t {
+        for kernel in [bf16::Kernel::Amx, bf16::Kernel::Avx512Bf16] {
+            if transposed || !kernel.supported() || m != t {
+                continue;
+            }
             let packed = bf16::PackedBf16::pack(&w, k, n);
             let mut best = f64::MAX;
             for _ in 0..15 {
                 let t0 = Instant::now();
-                bf16::linear_bf16_at(bf16::Kernel::Avx512Bf16, &a, &packed, None, None, m, &mut c).unwrap();
+                bf16::linear_bf16_at(kernel, &a, &packed, None, None, m, &mut c).unwrap();
                 best = best.min(t0.elapsed().as_secs_f64());
             }
             let f = 2.0 * (m * k * n) as f64;
-            line += &format!("  {} {:.1} GFLOP/s", bf16::Kernel::Avx512Bf16.name(), f / best / 1e9);
+            line += &format!("  {} {:.1} GFLOP/s", kernel.name(), f / best / 1e9);
         }
         println!("{line}");
     }

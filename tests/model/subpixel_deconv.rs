@@ -90,7 +90,8 @@ fn subpixel_real_model_head_equals_tract_and_keeps_the_pattern() {
 fn bf16_deconv_matches_the_scatter_of_the_rounded_operands() {
     use ailurus::model::bf16::{from_bf16, to_bf16, Kernel};
     use ailurus::model::deconv::{deconv_bf16, Taps};
-    let kernels: Vec<Kernel> = [Kernel::Avx512Bf16, Kernel::Portable].into_iter().filter(|k| k.supported()).collect();
+    let kernels: Vec<Kernel> =
+        [Kernel::Amx, Kernel::Avx512Bf16, Kernel::Portable].into_iter().filter(|k| k.supported()).collect();
     let r = |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| from_bf16(to_bf16(v))).collect() };
     for (i, &(ci, h, w, co)) in
         [(1, 1, 1, 1), (3, 5, 7, 2), (8, 9, 4, 40), (4, 70, 30, 3), (33, 6, 6, 64)].iter().enumerate()

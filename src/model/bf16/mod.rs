@@ -58,7 +58,7 @@ impl Precision {
     pub fn supported(self) -> bool {
         match self {
             Precision::F32 => true,
-            Precision::Bf16 => kernel_level() == Kernel::Avx512Bf16,
+            Precision::Bf16 => kernel_level() != Kernel::Portable,
         }
     }
 
@@ -75,6 +75,8 @@ impl Precision {
 /// The kernels of the packed bf16 product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
+    /// Intel AMX (`tdpbf16ps` on 16 x 16 tiles, `amx.rs`): 32 x 32 blocks of C.
+    Amx,
     /// `vdpbf16ps` on 512-bit registers, a 12 x 32 tile.
     Avx512Bf16,
     /// Plain Rust, the same tile and sums (tests; any CPU).
@@ -84,6 +86,7 @@ pub enum Kernel {
 impl Kernel {
     pub fn name(self) -> &'static str {
         match self {
+            Kernel::Amx => "ailurus-amx-bf16",
             Kernel::Avx512Bf16 => "ailurus-avx512bf16",
             Kernel::Portable => "ailurus-bf16-portable",
         }
@@ -97,15 +100,20 @@ impl Kernel {
                 use std::arch::is_x86_feature_detected as has;
                 has!("avx512bf16") && has!("avx512f") && has!("avx512bw") && has!("avx512vl")
             }
+            // The rows are rounded with AVX512-BF16 (every AMX CPU has it).
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => Kernel::Avx512Bf16.supported() && amx::permitted(),
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx512Bf16 => false,
+            Kernel::Avx512Bf16 | Kernel::Amx => false,
         }
     }
 }
 
 /// The best bf16 kernel of this CPU.
 pub fn kernel_level() -> Kernel {
-    if Kernel::Avx512Bf16.supported() {
+    if Kernel::Amx.supported() {
+        Kernel::Amx
+    } else if Kernel::Avx512Bf16.supported() {
         Kernel::Avx512Bf16
     } else {
         Kernel::Portable
@@ -330,6 +338,11 @@ unsafe fn product(
 ) {
     debug_assert!(rows == 0 || a.len() >= (rows - 1) * rsa + k2);
     debug_assert!(b.len() >= n.div_ceil(NR) * k2 * NR);
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Amx {
+        // SAFETY: as the caller promises; the CPU has AMX and this process may use it.
+        return unsafe { amx::product(a, rsa, rows, b, k2, n, c, rsc) };
+    }
     let panels = n.div_ceil(NR);
     for p0 in (0..k2).step_by(KC2) {
         let kc2 = KC2.min(k2 - p0);
@@ -385,7 +398,7 @@ fn round_u16(kernel: Kernel, src: &[f32], dst: &mut [u16]) {
     match kernel {
         // SAFETY: the CPU has AVX512-BF16 (checked by the caller).
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Bf16 => unsafe { avx512::round_u16(src, dst) },
+        Kernel::Avx512Bf16 | Kernel::Amx => unsafe { avx512::round_u16(src, dst) },
         _ => src.iter().zip(dst).for_each(|(s, d)| *d = to_bf16(*s)),
     }
 }
@@ -399,7 +412,7 @@ fn round_rows(kernel: Kernel, x: &[f32], rsx: usize, k: usize, a: &mut [u32]) {
         match kernel {
             // SAFETY: the CPU has AVX512-BF16 (checked by the caller).
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Bf16 => unsafe { avx512::round_row(src, dst) },
+            Kernel::Avx512Bf16 | Kernel::Amx => unsafe { avx512::round_row(src, dst) },
             _ => {
                 for (p, d) in dst.iter_mut().enumerate() {
                     let hi = src.get(2 * p + 1).map_or(0, |&v| to_bf16(v) as u32);
@@ -432,6 +445,8 @@ fn portable_tile(kc2: usize, a: &[u32], rsa: usize, b: &[u32], c: &mut [f32], rs
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod heads;

@@ -33,7 +33,8 @@ fn packing_round_trips_the_rounded_weight() {
 /// row blocks.
 #[test]
 fn every_kernel_matches_the_rounded_f64_product() {
-    let kernels: Vec<Kernel> = [Kernel::Avx512Bf16, Kernel::Portable].into_iter().filter(|k| k.supported()).collect();
+    let kernels: Vec<Kernel> =
+        [Kernel::Amx, Kernel::Avx512Bf16, Kernel::Portable].into_iter().filter(|k| k.supported()).collect();
     eprintln!("bf16 kernels tested: {kernels:?}");
     for (i, &(t, k, n)) in [(1, 2, 1), (13, 7, 33), (25, 300, 65), (200, 64, 100), (5, 384, 32)].iter().enumerate() {
         let x = lcg(t * k, 3 * i as u64 + 1);
@@ -81,7 +82,8 @@ fn bf16_stays_close_to_the_f32_product() {
 #[test]
 fn bf16_attention_matches_the_rounded_f64_formula() {
     use crate::model::attention::{attend_with, reference, Products};
-    let kernels: Vec<Kernel> = [Kernel::Avx512Bf16, Kernel::Portable].into_iter().filter(|k| k.supported()).collect();
+    let kernels: Vec<Kernel> =
+        [Kernel::Amx, Kernel::Avx512Bf16, Kernel::Portable].into_iter().filter(|k| k.supported()).collect();
     let r = |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| from_bf16(to_bf16(v))).collect() };
     for (i, &(t, h, d, block)) in [(1, 1, 2, 4), (37, 3, 7, 16), (70, 2, 64, 32), (33, 1, 33, 256)].iter().enumerate() {
         let q = lcg(t * h * d, 10 + i as u64);
