@@ -84,7 +84,7 @@ const fn taps_of(p: usize) -> [(isize, usize); 2] {
 }
 
 /// The sub-pixel transposed convolution on plain slices: `x` is `[ci, h, w]`, `kernel`
-/// `[co, ci, 4, 4]`, `bias` `[co]`, `out` `[co, 2h, 2w]`.
+/// `[co, ci, 4, 4]`, `bias` `[co]`, `out` `[co, 2h, 2w]`, on the process's ISA level.
 #[allow(clippy::too_many_arguments)]
 pub fn deconv(
     x: &[f32],
@@ -96,6 +96,35 @@ pub fn deconv(
     co: usize,
     out: &mut [f32],
 ) -> TractResult<()> {
+    deconv_at(super::isa::level(), x, kernel, bias, ci, h, w, co, out)
+}
+
+/// Which GEMM a level's deconvolutions run on: our AVX-512 kernel where the start-up race chose
+/// it (it wins on full-width AVX-512: Intel Xeon), else the `gemm` crate (on AMD Zen 4's
+/// 256-bit units our kernel was 1.3-1.5x slower on these shapes).
+pub fn kernel_name(level: super::isa::Level) -> &'static str {
+    match level {
+        super::isa::Level::Avx512 => "ailurus-avx512",
+        _ => "gemm-crate",
+    }
+}
+
+/// [`deconv`] on `level`'s GEMM (tests force each level the CPU has). At `avx512` the products
+/// run position-major (`C = X_tap K_tap`, positions x C_out) so that the kernel slice, read at a
+/// stride of 16, is the operand our kernel packs and the input rows are read in place.
+#[allow(clippy::too_many_arguments)]
+pub fn deconv_at(
+    level: super::isa::Level,
+    x: &[f32],
+    kernel: &[f32],
+    bias: &[f32],
+    ci: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
+    ensure!(level.supported(), "SubpixelDeconv: this CPU cannot run {level}");
     ensure!(
         x.len() == ci * h * w && kernel.len() == co * ci * 16 && bias.len() == co && out.len() == co * 4 * h * w,
         "SubpixelDeconv: x {}, kernel {}, bias {}, out {} values for C_in {ci}, {h}x{w}, C_out {co}",
@@ -106,6 +135,9 @@ pub fn deconv(
     );
     if out.is_empty() {
         return Ok(());
+    }
+    if level == super::isa::Level::Avx512 {
+        return position_major(level, x, kernel, bias, ci, h, w, co, out);
     }
     // Zero-bordered input [ci, h + 2, w + 2], plus slack: the two padding columns of the last
     // row of a block read a little past a plane (values that are computed and never written).
@@ -132,6 +164,76 @@ pub fn deconv(
         }
         xp[ci * plane..].fill(0.0);
         parities(xp, kernel, bias, ci, h, w, co, out)
+    })
+}
+
+/// [`deconv_at`] position-major on our GEMM: the input copied once into a zero-bordered
+/// `[(h + 2) (w + 2) + slack, C_in]` grid, then per block and tap `C (positions x C_out) +=
+/// X_tap (positions x C_in, rows of the grid in place) K_tap (C_in x C_out, the kernel read at
+/// strides 16 and 16 C_in, packed by the GEMM)`.
+#[allow(clippy::too_many_arguments)]
+fn position_major(
+    level: super::isa::Level,
+    x: &[f32],
+    kernel: &[f32],
+    bias: &[f32],
+    ci: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
+    let wp = w + 2;
+    let plane = (h + 2) * wp;
+    XP.with(|xp| {
+        let mut xp = xp.borrow_mut();
+        // Slack as in `deconv`: the padding columns of a block's last row read past the plane.
+        let len = (plane + 2 * wp + 2) * ci;
+        if xp.len() < len {
+            xp.resize(len, 0.0);
+        }
+        let xp = &mut xp[..len];
+        // The border rows (and the slack) are zeroed here, each interior row with its two border
+        // columns by its own task: the transpose runs on every thread (serial, it cost the 2-thread
+        // head 5 ms at 448 px).
+        xp[..wp * ci].fill(0.0);
+        xp[(h + 1) * wp * ci..].fill(0.0);
+        let dst = super::attention::OutPtr(xp.as_mut_ptr());
+        super::attention::par_for(h, move |y| {
+            let dst = dst;
+            // SAFETY: bordered row y + 1 (wp positions of ci values) is this task's only; in
+            // bounds (len above).
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.0.add((y + 1) * wp * ci), wp * ci) };
+            row[..ci].fill(0.0);
+            row[(w + 1) * ci..].fill(0.0);
+            for c in 0..ci {
+                for (xx, v) in x[(c * h + y) * w..][..w].iter().enumerate() {
+                    row[(xx + 1) * ci + c] = *v;
+                }
+            }
+            Ok(())
+        })?;
+        let xp = &xp[..];
+        blocks(h, w, co, bias, Layout::PositionMajor, out, |start, n, tap, first, acc| {
+            debug_assert!((start + n) * ci <= xp.len() && acc.len() >= n * co);
+            let g = super::sgemm::Gemm {
+                m: n,
+                n: co,
+                k: ci,
+                a: xp[start * ci..].as_ptr(),
+                rsa: ci,
+                b: kernel[tap..].as_ptr(),
+                rsb: 16,
+                csb: ci * 16,
+                c: acc.as_mut_ptr(),
+                rsc: co,
+                accumulate: !first,
+            };
+            // SAFETY: A is n rows of ci values of xp (in bounds, see the slack); B's element (c, o)
+            // is kernel[(o * ci + c) * 16 + tap], in bounds; C is acc, n x co; the level is
+            // supported (checked by the caller).
+            unsafe { g.run(level) };
+        })
     })
 }
 
@@ -349,7 +451,8 @@ impl Op for SubpixelDeconv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        let products = if self.bf16.is_some() { super::bf16::kernel_level().name() } else { "gemm crate" };
+        let products =
+            if self.bf16.is_some() { super::bf16::kernel_level().name() } else { kernel_name(super::isa::level()) };
         Ok(vec![format!("ConvTranspose 4x4/2 as 4 parities x 2x2 taps, {products}")])
     }
 

@@ -208,7 +208,7 @@ pub fn kernels() -> Vec<(&'static str, String)> {
         ("linear", linear),
         ("attention", format!("{}+tract-softmax", products(&gemm))),
         ("layernorm", "ailurus-rowwise".into()),
-        ("deconv", products("gemm-crate")),
+        ("deconv", products(super::deconv::kernel_name(level()))),
         ("reducer-dot", if avx { "ailurus-avx" } else { "ailurus-portable" }.into()),
     ]
 }

@@ -7,7 +7,8 @@ use crate::common;
 
 use std::path::Path;
 
-use ailurus::model::deconv::{deconv, reference, swap};
+use ailurus::model::deconv::{deconv, deconv_at, reference, swap};
+use ailurus::model::isa::Level;
 use ailurus::model::{cut, Manifest};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
@@ -26,17 +27,19 @@ fn deconv_matches_the_textbook_scatter_on_random_inputs() {
         let k = random(co * ci * 16, seed + 2);
         let b = random(co, seed + 3);
         let want = reference(&x, &k, &b, ci, h, w, co);
-        let mut first: Option<Vec<u32>> = None;
-        for threads in [1, 2] {
-            let ex = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
-            let mut got = vec![f32::NAN; co * 4 * h * w];
-            multithread_tract_scope(ex, || deconv(&x, &k, &b, ci, h, w, co, &mut got)).unwrap();
-            let err = max_diff(&got, &want);
-            assert!(err < 1e-5, "C_in {ci}, {h}x{w}, C_out {co}, {threads} thread(s): max error {err}");
-            let bits: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
-            match &first {
-                None => first = Some(bits),
-                Some(f) => assert!(*f == bits, "C_in {ci}, {h}x{w}, C_out {co}: 1 and 2 threads differ in bits"),
+        for level in [Level::Avx512, Level::Avx2, Level::Neon, Level::Portable].into_iter().filter(|l| l.supported()) {
+            let mut first: Option<Vec<u32>> = None;
+            for threads in [1, 2] {
+                let ex = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+                let mut got = vec![f32::NAN; co * 4 * h * w];
+                multithread_tract_scope(ex, || deconv_at(level, &x, &k, &b, ci, h, w, co, &mut got)).unwrap();
+                let err = max_diff(&got, &want);
+                assert!(err < 1e-5, "C_in {ci}, {h}x{w}, C_out {co}, {level}, {threads} thread(s): max error {err}");
+                let bits: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+                match &first {
+                    None => first = Some(bits),
+                    Some(f) => assert!(*f == bits, "C_in {ci}, {h}x{w}, C_out {co}, {level}: 1 and 2 threads differ"),
+                }
             }
         }
     }
