@@ -44,6 +44,46 @@ pub struct SubpixelDeconv {
     /// The kernel's 16 taps rounded to bf16 and packed (`[model] precision = "bf16"`; the
     /// products then run on `bf16.rs`'s kernel); the f32 kernel input stays for the shapes.
     pub bf16: Option<Taps>,
+    /// The f32 kernel tap-major, for the position-major path (level `avx512`, f32).
+    pub f32_taps: Option<F32Taps>,
+}
+
+/// A deconvolution kernel tap-major: `[16, C_in, C_out]`, each tap a row-major `C_in x C_out`
+/// matrix, so the GEMM packs its panels with plain row copies (gathering them from the
+/// `[C_out, C_in, 4, 4]` kernel at a stride of 16 floats per call cost 12% of the head's
+/// deconvolutions at 1 thread; rearranging per call cost more than it saved). Built once at the
+/// swap and shared by every plan ([`f32_taps`]).
+pub struct TapMajor(pub Vec<f32>);
+
+impl std::fmt::Debug for TapMajor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TapMajor({} values)", self.0.len())
+    }
+}
+
+/// A tap-major kernel shared by identity (see [`TapMajor`]).
+pub type F32Taps = super::bf16::Shared<TapMajor>;
+
+/// The tap-major copy of `kernel` (`[co, ci, 4, 4]`), interned by content: every plan (all input
+/// sizes) that swaps the same kernel gets the same copy.
+pub fn f32_taps(kernel: &[f32], ci: usize, co: usize) -> F32Taps {
+    assert_eq!(kernel.len(), co * ci * 16, "f32_taps: {} values for [{co}, {ci}, 4, 4]", kernel.len());
+    let mut t = vec![0f32; kernel.len()];
+    for (oc, taps) in kernel.chunks_exact(16).enumerate() {
+        let (o, c) = (oc / ci, oc % ci);
+        for (tap, v) in taps.iter().enumerate() {
+            t[(tap * ci + c) * co + o] = *v;
+        }
+    }
+    static LIVE: std::sync::Mutex<Vec<std::sync::Weak<TapMajor>>> = std::sync::Mutex::new(Vec::new());
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    live.retain(|w| w.strong_count() > 0);
+    if let Some(s) = live.iter().filter_map(std::sync::Weak::upgrade).find(|s| s.0 == t) {
+        return super::bf16::Shared(s);
+    }
+    let s = Arc::new(TapMajor(t));
+    live.push(Arc::downgrade(&s));
+    super::bf16::Shared(s)
 }
 
 /// The 16 taps of a deconvolution kernel in bf16: tap `ky * 4 + kx` as a packed `C_in x C_out`
@@ -124,7 +164,26 @@ pub fn deconv_at(
     co: usize,
     out: &mut [f32],
 ) -> TractResult<()> {
+    deconv_with_taps(level, x, kernel, None, bias, ci, h, w, co, out)
+}
+
+/// [`deconv_at`] with the kernel's tap-major copy ([`f32_taps`]) for the `avx512` path; the
+/// products are the same (bit for bit), only the packing reads differ.
+#[allow(clippy::too_many_arguments)]
+pub fn deconv_with_taps(
+    level: super::isa::Level,
+    x: &[f32],
+    kernel: &[f32],
+    taps: Option<&[f32]>,
+    bias: &[f32],
+    ci: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
     ensure!(level.supported(), "SubpixelDeconv: this CPU cannot run {level}");
+    ensure!(taps.is_none_or(|t| t.len() == kernel.len()), "SubpixelDeconv: tap-major kernel of another size");
     ensure!(
         x.len() == ci * h * w && kernel.len() == co * ci * 16 && bias.len() == co && out.len() == co * 4 * h * w,
         "SubpixelDeconv: x {}, kernel {}, bias {}, out {} values for C_in {ci}, {h}x{w}, C_out {co}",
@@ -137,7 +196,7 @@ pub fn deconv_at(
         return Ok(());
     }
     if level == super::isa::Level::Avx512 {
-        return position_major(level, x, kernel, bias, ci, h, w, co, out);
+        return position_major(level, x, kernel, taps, bias, ci, h, w, co, out);
     }
     // Zero-bordered input [ci, h + 2, w + 2], plus slack: the two padding columns of the last
     // row of a block read a little past a plane (values that are computed and never written).
@@ -176,6 +235,7 @@ fn position_major(
     level: super::isa::Level,
     x: &[f32],
     kernel: &[f32],
+    taps: Option<&[f32]>,
     bias: &[f32],
     ci: usize,
     h: usize,
@@ -216,22 +276,28 @@ fn position_major(
         let xp = &xp[..];
         blocks(h, w, co, bias, Layout::PositionMajor, out, |start, n, tap, first, acc| {
             debug_assert!((start + n) * ci <= xp.len() && acc.len() >= n * co);
+            // B (C_in x C_out) of this tap: rows of the tap-major copy, or gathered from the
+            // kernel (element (c, o) at (o * ci + c) * 16 + tap).
+            let (b, rsb, csb) = match taps {
+                Some(t) => (t[tap * ci * co..].as_ptr(), co, 1),
+                None => (kernel[tap..].as_ptr(), 16, ci * 16),
+            };
             let g = super::sgemm::Gemm {
                 m: n,
                 n: co,
                 k: ci,
                 a: xp[start * ci..].as_ptr(),
                 rsa: ci,
-                b: kernel[tap..].as_ptr(),
-                rsb: 16,
-                csb: ci * 16,
+                b,
+                rsb,
+                csb,
                 c: acc.as_mut_ptr(),
                 rsc: co,
                 accumulate: !first,
             };
             // SAFETY: A is n rows of ci values of xp (in bounds, see the slack); B's element (c, o)
-            // is kernel[(o * ci + c) * 16 + tap], in bounds; C is acc, n x co; the level is
-            // supported (checked by the caller).
+            // is taps[(tap * ci + c) * co + o] or kernel[(o * ci + c) * 16 + tap], in bounds
+            // (lengths checked by the caller); C is acc, n x co; the level is supported.
             unsafe { g.run(level) };
         })
     })
@@ -478,9 +544,11 @@ impl EvalOp for SubpixelDeconv {
             deconv_bf16(super::bf16::kernel_level(), x, taps, b, ci, h, w, co, o.as_slice_mut::<f32>()?)?;
             return Ok(tvec!(out.into_tvalue()));
         }
-        deconv(
+        deconv_with_taps(
+            super::isa::level(),
             x.as_slice::<f32>()?,
             k.as_slice::<f32>()?,
+            self.f32_taps.as_ref().map(|t| &t.0 .0[..]),
             b.as_slice::<f32>()?,
             ci,
             h,
@@ -558,7 +626,14 @@ pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
             }
             super::bf16::Precision::F32 => None,
         };
-        let op = SubpixelDeconv { bf16 };
+        let f32_taps = if bf16.is_none() && super::isa::level() == super::isa::Level::Avx512 {
+            let k = model.outlet_fact(node.inputs[1])?.konst.clone().context("SubpixelDeconv: kernel")?;
+            let (co, ci) = (k.shape()[0], k.shape()[1]);
+            Some(f32_taps(k.try_as_plain_ram()?.as_slice::<f32>()?, ci, co))
+        } else {
+            None
+        };
+        let op = SubpixelDeconv { bf16, f32_taps };
         let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?;
         patch.apply(model)?;
         swapped += 1;

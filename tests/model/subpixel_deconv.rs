@@ -7,7 +7,7 @@ use crate::common;
 
 use std::path::Path;
 
-use ailurus::model::deconv::{deconv, deconv_at, reference, swap};
+use ailurus::model::deconv::{deconv, deconv_at, deconv_with_taps, f32_taps, reference, swap};
 use ailurus::model::isa::Level;
 use ailurus::model::{cut, Manifest};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
@@ -40,6 +40,19 @@ fn deconv_matches_the_textbook_scatter_on_random_inputs() {
                     None => first = Some(bits),
                     Some(f) => assert!(*f == bits, "C_in {ci}, {h}x{w}, C_out {co}, {level}: 1 and 2 threads differ"),
                 }
+                // With the kernel's tap-major copy (what the swapped op holds): the same bits.
+                let taps = f32_taps(&k, ci, co);
+                let mut with = vec![f32::NAN; co * 4 * h * w];
+                let ex = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+                multithread_tract_scope(ex, || {
+                    deconv_with_taps(level, &x, &k, Some(&taps.0 .0), &b, ci, h, w, co, &mut with)
+                })
+                .unwrap();
+                let bits_with: Vec<u32> = with.iter().map(|v| v.to_bits()).collect();
+                assert!(
+                    first.as_ref() == Some(&bits_with),
+                    "C_in {ci}, {h}x{w}, C_out {co}, {level}: tap-major differs"
+                );
             }
         }
     }
@@ -123,4 +136,15 @@ fn bf16_deconv_matches_the_scatter_of_the_rounded_operands() {
         let exact = reference(&x, &k, &b, ci, h, w, co);
         assert!(max_diff(first.as_ref().unwrap(), &exact) > 0.0 || ci * co == 1);
     }
+}
+
+/// Every plan that swaps the same kernel shares one tap-major copy (the memory target).
+#[test]
+fn equal_kernels_share_one_tap_major_copy() {
+    let (a, b) = (random(3 * 5 * 16, 7), random(3 * 5 * 16, 8));
+    let (x, y, z) = (f32_taps(&a, 3, 5), f32_taps(&a.clone(), 3, 5), f32_taps(&b, 3, 5));
+    assert!(std::sync::Arc::ptr_eq(&x.0, &y.0));
+    assert!(!std::sync::Arc::ptr_eq(&x.0, &z.0));
+    // Tap 6 (ky 1, kx 2) of output channel 4, input channel 2.
+    assert_eq!(x.0 .0[(6 * 3 + 2) * 5 + 4], a[(4 * 3 + 2) * 16 + 6]);
 }
