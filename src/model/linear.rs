@@ -64,7 +64,13 @@ pub struct Linear {
     /// The weight rounded to bf16 and packed (`[model] precision = "bf16"`), held by the op
     /// (shared by every plan, see `bf16.rs`); the graph's f32 weight is then no input.
     pub packed: Option<Packed>,
+    /// The f32 weight packed once for our AVX-512 kernel (level `avx512`, f32: see
+    /// `sgemm::PackedF32`), held by the op in place of the graph's weight input.
+    pub packed_f32: Option<PackedF32>,
 }
+
+/// A packed f32 weight (shared by every plan, compared by identity).
+pub type PackedF32 = super::bf16::Shared<super::sgemm::PackedF32>;
 
 /// A packed bf16 weight (shared by every plan, compared by identity).
 pub type Packed = super::bf16::Shared<PackedBf16>;
@@ -178,6 +184,59 @@ pub fn linear_res_at(
     })
 }
 
+/// [`linear_res_at`] at `avx512` with the weight packed once (`sgemm::PackedF32`): the same
+/// sums, bit for bit.
+#[cfg(target_arch = "x86_64")]
+pub fn linear_packed(
+    x: &[f32],
+    w: &super::sgemm::PackedF32,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    t: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
+    let (k, n) = (w.k, w.n);
+    ensure!(Level::Avx512.supported(), "Linear: this CPU cannot run avx512");
+    ensure!(
+        x.len() == t * k && out.len() == t * n,
+        "Linear: x {} values for [{t}, {k}], out {} for [{t}, {n}]",
+        x.len(),
+        out.len()
+    );
+    if t * n == 0 {
+        return Ok(());
+    }
+    init_rows(out, n, bias, residual)?;
+    if k == 0 {
+        return Ok(());
+    }
+    let block = rows_per_thread(t, 8);
+    let dst = OutPtr(out.as_mut_ptr());
+    par_for(t.div_ceil(block), move |i| {
+        let dst = dst;
+        let r0 = i * block;
+        let rows = block.min(t - r0);
+        let g = Gemm {
+            m: rows,
+            n,
+            k,
+            // SAFETY (of the offsets): rows r0..r0+rows of x and out are in bounds.
+            a: unsafe { x.as_ptr().add(r0 * k) },
+            rsa: k,
+            b: std::ptr::null(),
+            rsb: 0,
+            csb: 0,
+            c: unsafe { dst.0.add(r0 * n) },
+            rsc: n,
+            accumulate: true,
+        };
+        // SAFETY: x is [t, k], out [t, n] (lengths checked above); rows r0..r0+rows of out
+        // belong to this block only; the CPU has AVX-512 (checked above).
+        unsafe { g.run_packed(w) };
+        Ok(())
+    })
+}
+
 /// Rows per block when `t` rows are split over tract's threads (one block each, a multiple of
 /// `align`), or all of them on one thread.
 pub(crate) fn rows_per_thread(t: usize, align: usize) -> usize {
@@ -207,7 +266,7 @@ pub fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, t: usize, k: usize,
 impl Linear {
     /// x, the weight unless packed, the bias when there is one, the residual when folded in.
     fn n_inputs(&self) -> usize {
-        1 + self.packed.is_none() as usize + self.bias as usize + self.residual as usize
+        1 + (self.packed.is_none() && self.packed_f32.is_none()) as usize + self.bias as usize + self.residual as usize
     }
 
     fn out_shape(&self, t: TDim, n: TDim) -> TVec<TDim> {
@@ -225,9 +284,10 @@ impl Op for Linear {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        let kernel = match &self.packed {
-            Some(_) => super::bf16::kernel_level().name(),
-            None => super::isa::level().gemm_kernel(),
+        let kernel = match (&self.packed, &self.packed_f32) {
+            (Some(_), _) => super::bf16::kernel_level().name(),
+            (None, Some(_)) => "ailurus-avx512 (weight packed once)",
+            (None, None) => super::isa::level().gemm_kernel(),
         };
         let r = if self.residual { "r + " } else { "" };
         Ok(vec![format!("{r}x W{} on {kernel}", if self.bias { " + b" } else { "" })])
@@ -262,6 +322,16 @@ impl EvalOp for Linear {
             super::bf16::linear_bf16_at(kernel, x.as_slice::<f32>()?, w, b, r, t, o.as_slice_mut::<f32>()?)?;
             return Ok(tvec!(out.into_tvalue()));
         }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(super::bf16::Shared(w)) = &self.packed_f32 {
+            ensure!(w.k == k, "Linear: x {xs:?} has K = {k}, the packed weight {}", w.k);
+            let shape: TVec<usize> = if self.layout.lead_one { tvec![1, t, w.n] } else { tvec![t, w.n] };
+            // SAFETY: `linear_packed` writes every element of the output.
+            let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
+            let mut o = out.try_as_plain_ram_mut()?;
+            linear_packed(x.as_slice::<f32>()?, w, b, r, t, o.as_slice_mut::<f32>()?)?;
+            return Ok(tvec!(out.into_tvalue()));
+        }
         let ws = inputs[1].shape();
         ensure!(!ws.is_empty(), "Linear: w {ws:?}");
         let n = ws[ws.len() - 1];
@@ -291,9 +361,10 @@ impl TypedOp for Linear {
         ensure!(inputs.iter().all(|f| f.datum_type == f32::datum_type()), "Linear: f32 only");
         let x = &inputs[0].shape;
         ensure!(x.rank() == self.layout.in_rank, "Linear: x {x:?}");
-        let n = match &self.packed {
-            Some(super::bf16::Shared(w)) => w.n.to_dim(),
-            None => {
+        let n = match (&self.packed, &self.packed_f32) {
+            (Some(super::bf16::Shared(w)), _) => w.n.to_dim(),
+            (None, Some(super::bf16::Shared(w))) => w.n.to_dim(),
+            (None, None) => {
                 let w = &inputs[1].shape;
                 ensure!(w.rank() >= 1, "Linear: w {w:?}");
                 w[w.rank() - 1].clone()
@@ -304,9 +375,10 @@ impl TypedOp for Linear {
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
         let x = &inputs[0].shape;
-        let kn = match &self.packed {
-            Some(super::bf16::Shared(w)) => (w.k * w.n).to_dim(),
-            None => inputs[1].shape.iter().product::<TDim>(),
+        let kn = match (&self.packed, &self.packed_f32) {
+            (Some(super::bf16::Shared(w)), _) => (w.k * w.n).to_dim(),
+            (None, Some(super::bf16::Shared(w))) => (w.k * w.n).to_dim(),
+            (None, None) => inputs[1].shape.iter().product::<TDim>(),
         };
         Ok(tvec!((Cost::FMA(f32::datum_type()), x[self.layout.m_axis].clone() * kn)))
     }
@@ -473,6 +545,12 @@ pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
 /// [`swap`] in `precision` (bf16: the weights rounded and packed into the ops; tests call this
 /// rather than change the process-wide setting).
 pub fn swap_at(model: &mut TypedModel, precision: Precision) -> TractResult<usize> {
+    swap_with(model, precision, super::isa::level() == super::isa::Level::Avx512)
+}
+
+/// [`swap_at`], with f32 weights packed into the ops for our AVX-512 kernel when `pack_f32`
+/// (what [`swap_at`] does at level `avx512`; such a plan runs only on AVX-512 CPUs).
+pub fn swap_with(model: &mut TypedModel, precision: Precision, pack_f32: bool) -> TractResult<usize> {
     let mut swapped = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
@@ -495,10 +573,18 @@ pub fn swap_at(model: &mut TypedModel, precision: Precision) -> TractResult<usiz
             }
             _ => None,
         };
+        // f32 on our AVX-512 kernel: the weight packed once, here (see `sgemm::PackedF32`).
+        let packed_f32 = if packed.is_none() && pack_f32 {
+            let k = weight.len() / n;
+            let wf = weight.try_as_plain_ram()?;
+            Some(super::bf16::Shared(super::sgemm::intern(super::sgemm::PackedF32::pack(wf.as_slice::<f32>()?, k, n))))
+        } else {
+            None
+        };
         let mut patch = TypedModelPatch::default();
         let name = |model: &TypedModel, id: usize| format!("{}.linear", model.node(id).name);
         let mut taps = tvec![patch.tap_model(model, node.inputs[0])?];
-        if packed.is_none() {
+        if packed.is_none() && packed_f32.is_none() {
             taps.push(match &f.scale {
                 Some(_) => patch.add_const(format!("{}.w", name(model, id)), weight.clone())?,
                 None => patch.tap_model(model, node.inputs[1])?,
@@ -517,7 +603,7 @@ pub fn swap_at(model: &mut TypedModel, precision: Precision) -> TractResult<usiz
             taps.push(patch.tap_model(model, r)?);
         }
         let replaced = f.residual.map(|(add, _)| add).or(f.last).unwrap_or(value);
-        let op = Linear { layout, bias: bias.is_some(), residual: f.residual.is_some(), packed };
+        let op = Linear { layout, bias: bias.is_some(), residual: f.residual.is_some(), packed, packed_f32 };
         let wire = patch.wire_node(name(model, replaced), op, &taps)?;
         patch.shunt_outside(model, OutletId::new(replaced, 0), wire[0])?;
         patch.apply(model)?;

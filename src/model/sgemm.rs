@@ -113,6 +113,27 @@ impl Gemm {
         }
     }
 
+    /// `C (+)= A W` with the weight packed once ([`PackedF32`]; `self.b`, `rsb` and `csb` are
+    /// not read): the same products as [`Gemm::run`] at [`Level::Avx512`], bit for bit, without
+    /// packing B on every call (a tenth of a linear layer at T = 257).
+    ///
+    /// # Safety
+    /// As [`Gemm::run`] for A and C; `w` is `k x n`; the CPU has AVX-512 F/BW/VL and FMA.
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn run_packed(&self, w: &PackedF32) {
+        assert!(w.k == self.k && w.n == self.n, "run_packed: [{}, {}] weight for K {} N {}", w.k, w.n, self.k, self.n);
+        if self.m == 0 || self.n == 0 || self.k == 0 {
+            // SAFETY: as the caller promises (no B is read for k = 0).
+            return unsafe { self.run(Level::Avx512) };
+        }
+        // SAFETY: as the caller promises.
+        unsafe {
+            self.blocked_with(12, 32, Some(w), |kc, a, rsa, pb, c, rsc, rows, cols, first| {
+                avx512::kernel(kc, a, rsa, pb, c, rsc, rows, cols, first)
+            })
+        }
+    }
+
     /// The blocked loop nest around a `mr x nr` tile kernel.
     #[allow(clippy::type_complexity)]
     unsafe fn blocked(
@@ -121,21 +142,41 @@ impl Gemm {
         nr: usize,
         kernel: impl Fn(usize, *const f32, usize, *const f32, *mut f32, usize, usize, usize, bool),
     ) {
+        // SAFETY: as the caller promises.
+        unsafe { self.blocked_with(mr, nr, None, kernel) }
+    }
+
+    /// [`Gemm::blocked`], B's panels from `pre` (packed for `nr` = 32) or packed here per call.
+    #[allow(clippy::type_complexity)]
+    unsafe fn blocked_with(
+        &self,
+        mr: usize,
+        nr: usize,
+        pre: Option<&PackedF32>,
+        kernel: impl Fn(usize, *const f32, usize, *const f32, *mut f32, usize, usize, usize, bool),
+    ) {
         let g = *self;
+        debug_assert!(pre.is_none() || nr == PackedF32::NR);
         PACK.with(|p| {
             let mut p = p.borrow_mut();
-            let (_, pb) = &mut *p;
+            let (_, buf) = &mut *p;
             let kc_max = KC.min(g.k);
             let need_b = NC.min(g.n.next_multiple_of(nr)) * kc_max;
-            if pb.len() < need_b {
-                pb.resize(need_b, 0.0);
+            if pre.is_none() && buf.len() < need_b {
+                buf.resize(need_b, 0.0);
             }
             for j0 in (0..g.n).step_by(NC) {
                 let nc = NC.min(g.n - j0);
                 for k0 in (0..g.k).step_by(KC) {
                     let kc = KC.min(g.k - k0);
-                    // SAFETY: B's rows k0..k0+kc, columns j0..j0+nc, are in bounds (caller).
-                    unsafe { pack_b(&g, k0, kc, j0, nc, nr, pb) };
+                    let pb: &[f32] = match pre {
+                        Some(w) => w.block(j0, k0, kc),
+                        None => {
+                            // SAFETY: B's rows k0..k0+kc, columns j0..j0+nc, are in bounds (caller).
+                            unsafe { pack_b(&g, k0, kc, j0, nc, nr, buf) };
+                            buf
+                        }
+                    };
                     let first = k0 == 0 && !g.accumulate;
                     for m0 in (0..g.m).step_by(MC) {
                         let mc = MC.min(g.m - m0);
@@ -156,6 +197,88 @@ impl Gemm {
             }
         })
     }
+}
+
+/// A `K x N` weight packed once into the panels [`Gemm::blocked`] packs per call for the
+/// AVX-512 tile (N in blocks of [`NC`] columns, each K in chunks of [`KC`] rows, each chunk
+/// 32-column panels of `kc x 32`, zero past N): the linear layers hold it at [`Level::Avx512`] in
+/// place of their f32 weight (same memory), see `linear.rs`.
+#[derive(PartialEq)]
+pub struct PackedF32 {
+    pub k: usize,
+    pub n: usize,
+    data: Vec<f32>,
+}
+
+impl std::fmt::Debug for PackedF32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedF32({} x {})", self.k, self.n)
+    }
+}
+
+impl PackedF32 {
+    /// Columns per panel (the AVX-512 tile's).
+    pub const NR: usize = 32;
+
+    /// Pack `w` (`k x n`, row-major).
+    pub fn pack(w: &[f32], k: usize, n: usize) -> PackedF32 {
+        assert_eq!(w.len(), k * n, "PackedF32::pack: {} values for [{k}, {n}]", w.len());
+        let nr = Self::NR;
+        let len: usize = (0..n).step_by(NC).map(|j0| NC.min(n - j0).next_multiple_of(nr) * k).sum();
+        let mut data = vec![0f32; len];
+        let g = Gemm {
+            m: 0,
+            n,
+            k,
+            a: std::ptr::null(),
+            rsa: 0,
+            b: w.as_ptr(),
+            rsb: n,
+            csb: 1,
+            c: std::ptr::null_mut(),
+            rsc: 0,
+            accumulate: false,
+        };
+        let mut at = 0;
+        for j0 in (0..n).step_by(NC) {
+            let nc = NC.min(n - j0);
+            for k0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - k0);
+                let size = nc.next_multiple_of(nr) * kc;
+                // SAFETY: B is w, k x n row-major; rows k0..k0+kc, columns j0..j0+nc in bounds.
+                unsafe { pack_b(&g, k0, kc, j0, nc, nr, &mut data[at..at + size]) };
+                at += size;
+            }
+        }
+        PackedF32 { k, n, data }
+    }
+
+    /// The panels of columns `j0..` (a multiple of [`NC`]), rows `k0..k0 + kc`.
+    fn block(&self, j0: usize, k0: usize, kc: usize) -> &[f32] {
+        let nc = NC.min(self.n - j0).next_multiple_of(Self::NR);
+        let at = j0 * self.k + nc * k0;
+        &self.data[at..at + nc * kc]
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// The shared copy of `p` (interned by content, as `bf16::intern`: every plan that packs the same
+/// weight gets the same `Arc`).
+pub fn intern(p: PackedF32) -> std::sync::Arc<PackedF32> {
+    use std::sync::{Arc, Mutex, Weak};
+    static LIVE: Mutex<Vec<Weak<PackedF32>>> = Mutex::new(Vec::new());
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    live.retain(|w| w.strong_count() > 0);
+    if let Some(s) = live.iter().filter_map(Weak::upgrade).find(|s| **s == p) {
+        return s;
+    }
+    let p = Arc::new(p);
+    live.push(Arc::downgrade(&p));
+    p
 }
 
 /// B rows `k0..k0+kc`, columns `j0..j0+nc`, as `nr`-column panels: `dst[jp][p][jj]`, zero
@@ -311,6 +434,58 @@ pub(crate) mod tests {
                 ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect()
+    }
+
+    /// The weight packed once gives the bits of packing per call (AVX-512 CPUs), on shapes
+    /// that cross the N blocks (`NC`), the K chunks (`KC`), a panel's last columns and a tile's
+    /// last rows; and sharing by content.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn packed_once_equals_packed_per_call() {
+        if !Level::Avx512.supported() {
+            eprintln!("no AVX-512: skipped");
+            return;
+        }
+        for (i, &(m, k, n)) in
+            [(1, 1, 1), (13, 7, 33), (25, 300, 400), (200, 600, 800), (7, 256, 384)].iter().enumerate()
+        {
+            let a = lcg(m * k, 5 * i as u64 + 1);
+            let w = lcg(k * n, 5 * i as u64 + 2);
+            let c0 = lcg(m * n, 5 * i as u64 + 3);
+            let p = PackedF32::pack(&w, k, n);
+            for accumulate in [false, true] {
+                let (mut c1, mut c2) = (c0.clone(), c0.clone());
+                let g = |c: &mut Vec<f32>| Gemm {
+                    m,
+                    n,
+                    k,
+                    a: a.as_ptr(),
+                    rsa: k,
+                    b: w.as_ptr(),
+                    rsb: n,
+                    csb: 1,
+                    c: c.as_mut_ptr(),
+                    rsc: n,
+                    accumulate,
+                };
+                // SAFETY: the buffers hold the shapes; the CPU has AVX-512.
+                unsafe {
+                    g(&mut c1).run(Level::Avx512);
+                    g(&mut c2).run_packed(&p);
+                }
+                let want = reference(&g(&mut c0.clone()), &a, &w, &c0);
+                let err = c2.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+                assert!(err < 1e-4, "[{m}x{k}]x[{k}x{n}] acc {accumulate}: {err}");
+                assert!(
+                    c1.iter().zip(&c2).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "[{m}x{k}]x[{k}x{n}]: bits differ"
+                );
+            }
+        }
+        let w = lcg(64 * 40, 9);
+        let (x, y) = (intern(PackedF32::pack(&w, 64, 40)), intern(PackedF32::pack(&w, 64, 40)));
+        assert!(std::sync::Arc::ptr_eq(&x, &y));
+        assert!(!std::sync::Arc::ptr_eq(&x, &intern(PackedF32::pack(&lcg(64 * 40, 10), 64, 40))));
     }
 
     /// Every level this CPU has (x86: avx512, avx2, portable; aarch64 under qemu in CI: neon,

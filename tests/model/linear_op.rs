@@ -8,7 +8,7 @@ use crate::common;
 use std::path::Path;
 
 use ailurus::model::isa::Level;
-use ailurus::model::linear::{linear, linear_at, linear_res_at, reference, swap, Linear};
+use ailurus::model::linear::{linear, linear_at, linear_res_at, reference, swap, swap_with, Linear};
 use ailurus::model::sgemm::{self, Gemm};
 use ailurus::model::{attention, cut, Manifest};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
@@ -244,7 +244,7 @@ fn bf16_swap_stays_close_to_f32_and_drops_the_f32_weights() {
             .sum()
     };
     let mut f = a.clone();
-    swap_at(&mut f, Precision::F32).unwrap();
+    swap_with(&mut f, Precision::F32, false).unwrap();
     let (f32_consts, bf16_consts) = (consts(&f), consts(&b));
     // q, k, v, output projection (c x c) and fc1, fc2 (c x 2c: the tiny model's MLP is twice its
     // width, tools/make_tiny_vit.py) per block.
@@ -253,4 +253,9 @@ fn bf16_swap_stays_close_to_f32_and_drops_the_f32_weights() {
         f32_consts - bf16_consts >= weights * 9 / 10,
         "f32 plan constants {f32_consts}, bf16 plan {bf16_consts}: the linear weights ({weights}) should leave"
     );
+    // At level avx512 the f32 swap packs the weights into the ops as well (sgemm::PackedF32):
+    // they leave the plan's constants, as with bf16; elsewhere they stay.
+    let mut p = a.clone();
+    swap_with(&mut p, Precision::F32, true).unwrap();
+    assert!(f32_consts - consts(&p) >= weights * 9 / 10, "f32 packed plan constants {}", consts(&p));
 }
