@@ -153,7 +153,9 @@ pub fn start(
         config: cfg.pipeline.clone(),
         streams: counters,
     };
-    Ok((Pipeline::start(parts, stop)?, running))
+    let pipeline = Pipeline::start(parts, stop.clone())?;
+    crate::model::memory::spawn_trimmer(stop);
+    Ok((pipeline, running))
 }
 
 /// The source the pipeline reads, how, and the named streams behind it (if any).
