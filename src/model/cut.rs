@@ -210,7 +210,7 @@ static OWN_OPS: AtomicBool = AtomicBool::new(true);
 
 /// Whether CPU plans built from now on get our own ops where they apply (`[model] cpu_ops`):
 /// [`super::attention::FusedAttention`], [`super::linear::Linear`], [`super::layernorm::LayerNorm`]
-/// and [`super::deconv::SubpixelDeconv`].
+/// [`super::deconv::SubpixelDeconv`] and [`super::pointwise::PlaneSum`].
 pub fn set_own_ops(on: bool) {
     OWN_OPS.store(on, Ordering::Relaxed);
 }
@@ -223,9 +223,10 @@ pub fn optimize(mut decluttered: TypedModel) -> TractResult<TypedModel> {
         let linears = super::linear::swap(&mut decluttered)?;
         let norms = super::layernorm::swap(&mut decluttered)?;
         let deconvs = super::deconv::swap(&mut decluttered)?;
+        let pointwise = super::pointwise::swap(&mut decluttered)?;
         log::debug!(
             "CPU plan: {fused} attention(s) fused, {linears} linear layer(s) on gemm, {norms} layer norm(s) in one op, \
-             {deconvs} transposed convolution(s) as sub-pixel"
+             {deconvs} transposed convolution(s) as sub-pixel, {pointwise} 1x1 convolution(s) as plane sums"
         );
     }
     let mut optimized = decluttered.into_optimized()?;

@@ -77,6 +77,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod manifest;
 pub mod memory;
+pub mod pointwise;
 pub mod segmenter;
 pub mod sgemm;
 pub mod share;

@@ -19,6 +19,7 @@ mod golden;
 mod inspect_models;
 mod layernorm_op;
 mod linear_op;
+mod pointwise;
 mod post;
 mod precision;
 mod real_model_cut;
