@@ -224,9 +224,11 @@ pub fn optimize(mut decluttered: TypedModel) -> TractResult<TypedModel> {
         let norms = super::layernorm::swap(&mut decluttered)?;
         let deconvs = super::deconv::swap(&mut decluttered)?;
         let pointwise = super::pointwise::swap(&mut decluttered)?;
+        let (epilogues, projections) = super::deconv::fuse(&mut decluttered)?;
         log::debug!(
             "CPU plan: {fused} attention(s) fused, {linears} linear layer(s) on gemm, {norms} layer norm(s) in one op, \
-             {deconvs} transposed convolution(s) as sub-pixel, {pointwise} 1x1 convolution(s) as plane sums"
+             {deconvs} transposed convolution(s) as sub-pixel ({epilogues} with BatchNorm/ReLU as they write, \
+             {projections} with the 1x1 convolution), {pointwise} 1x1 convolution(s) as plane sums"
         );
     }
     let mut optimized = decluttered.into_optimized()?;

@@ -13,7 +13,8 @@
 //! turns a 1x1 convolution to one channel into `NIHW,I->NOHW` with a constant `[C]` kernel, and
 //! the bias into an `Add`; batch 1, f32); others stay tract's. `[model] cpu_ops = "tract"` turns it off.
 //! `tests/model/pointwise.rs` checks it against the f64 [`reference`] and the head against
-//! tract's.
+//! tract's. Where it follows one of our deconvolutions (the focus head), `deconv::fuse` then
+//! folds it into the deconvolution's write-out (`deconv/epilogue.rs`), so the plan runs it there.
 
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;

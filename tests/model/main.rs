@@ -9,6 +9,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod deconv_epilogue;
 mod delta;
 // Built with `--features cuda`, `[model] device` runs in the cuda binary (tests/cuda/main.rs),
 // beside the other GPU tests.

@@ -1,5 +1,5 @@
 //! The head's transposed convolutions as sub-pixel convolutions (`[model] cpu_ops = "ailurus"`,
-//! src/model/deconv.rs): the kernel against the textbook scatter on random inputs, at 1 and 2
+//! src/model/deconv/): the kernel against the textbook scatter on random inputs, at 1 and 2
 //! threads; and the head with the swap against tract's own `Deconv`, on the tiny test ViT (one
 //! ConvTranspose) and the real model (three), which must keep the shape the swap looks for.
 

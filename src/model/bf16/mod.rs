@@ -373,7 +373,7 @@ unsafe fn product(
 }
 
 /// `c += a w`: `a` is `rows` rows of `w.k.div_ceil(2)` bf16 pairs at stride `rsa`, `c`
-/// `rows x w.n` at row stride `rsc` (the head's sub-pixel deconvolution, `deconv.rs`).
+/// `rows x w.n` at row stride `rsc` (the head's sub-pixel deconvolution, `deconv/`).
 ///
 /// # Safety
 /// `c.add(i * rsc + j)` is writable for `i < rows`, `j < w.n`, and aliased by nothing else;

@@ -22,16 +22,24 @@
 //!
 //! [`swap`] replaces every `Deconv` of exactly that shape in a decluttered graph (NCHW, batch 1,
 //! one group, kernel 4, stride 2, padding 1, no output adjustment, constant OIHW kernel); others
-//! stay tract's. `[model] cpu_ops = "tract"` turns it off (`cut::set_own_ops`). `tests/subpixel_deconv.rs` checks [`deconv`] against the
-//! textbook scatter ([`reference`]) on random inputs, and the head against tract's.
+//! stay tract's. `[model] cpu_ops = "tract"` turns it off (`cut::set_own_ops`).
+//! `tests/model/subpixel_deconv.rs` checks [`deconv`] against the textbook scatter
+//! ([`reference`]) on random inputs, and the head against tract's. Where the op holds its kernel
+//! as packed taps (`avx512` f32, or bf16) the plan no longer keeps the f32 kernel as an input.
+//! [`fuse`] then folds the BatchNorm, ReLU and 1x1 convolution after each deconvolution into its
+//! write-out ([`Epilogue`], `epilogue.rs`).
 
 use std::cell::RefCell;
 
 use tract_core::internal::*;
-use tract_core::ops::cnn::{Deconv, KernelFormat, PaddingSpec};
-use tract_core::ops::nn::DataFormat;
 
 use super::bf16::{Kernel, PackedBf16};
+
+mod epilogue;
+mod op;
+
+pub use epilogue::{fuse, Epilogue};
+pub use op::swap;
 
 /// Output positions (padded-width grid) per block: the `C_out x POSITIONS` accumulator is 512 KB
 /// at 64 channels, half this CPU's L2.
@@ -46,6 +54,9 @@ pub struct SubpixelDeconv {
     pub bf16: Option<Taps>,
     /// The f32 kernel tap-major, for the position-major path (level `avx512`, f32).
     pub f32_taps: Option<F32Taps>,
+    /// The BatchNorm, ReLU and 1x1 convolution after it, applied as the output is written
+    /// ([`fuse`]).
+    pub epilogue: Option<Epilogue>,
 }
 
 /// A deconvolution kernel tap-major: `[16, C_in, C_out]`, each tap a row-major `C_in x C_out`
@@ -182,13 +193,42 @@ pub fn deconv_with_taps(
     co: usize,
     out: &mut [f32],
 ) -> TractResult<()> {
+    deconv_fused(level, x, kernel, taps, bias, ci, h, w, co, None, out)
+}
+
+/// [`deconv_with_taps`] followed by `epilogue` (if any), applied as each block writes its
+/// pixels: `out` then holds [`Epilogue::channels_out`] channels of `2h x 2w`.
+#[allow(clippy::too_many_arguments)]
+pub fn deconv_fused(
+    level: super::isa::Level,
+    x: &[f32],
+    kernel: &[f32],
+    taps: Option<&[f32]>,
+    bias: &[f32],
+    ci: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    epilogue: Option<&Epilogue>,
+    out: &mut [f32],
+) -> TractResult<()> {
     ensure!(level.supported(), "SubpixelDeconv: this CPU cannot run {level}");
-    ensure!(taps.is_none_or(|t| t.len() == kernel.len()), "SubpixelDeconv: tap-major kernel of another size");
+    if let Some(e) = epilogue {
+        e.check(co)?;
+    }
+    // The kernel may be left out (empty) where the tap-major copy is given and used.
+    let taps_only = kernel.is_empty() && taps.is_some() && level == super::isa::Level::Avx512;
+    let co_out = epilogue.map_or(co, |e| e.channels_out(co));
     ensure!(
-        x.len() == ci * h * w && kernel.len() == co * ci * 16 && bias.len() == co && out.len() == co * 4 * h * w,
-        "SubpixelDeconv: x {}, kernel {}, bias {}, out {} values for C_in {ci}, {h}x{w}, C_out {co}",
+        x.len() == ci * h * w
+            && (taps_only || kernel.len() == co * ci * 16)
+            && taps.is_none_or(|t| t.len() == co * ci * 16)
+            && bias.len() == co
+            && out.len() == co_out * 4 * h * w,
+        "SubpixelDeconv: x {}, kernel {}, taps {:?}, bias {}, out {} values for C_in {ci}, {h}x{w}, C_out {co} ({co_out} written)",
         x.len(),
         kernel.len(),
+        taps.map(<[f32]>::len),
         bias.len(),
         out.len()
     );
@@ -196,7 +236,7 @@ pub fn deconv_with_taps(
         return Ok(());
     }
     if level == super::isa::Level::Avx512 {
-        return position_major(level, x, kernel, taps, bias, ci, h, w, co, out);
+        return position_major(level, x, kernel, taps, bias, ci, h, w, co, epilogue, out);
     }
     // Zero-bordered input [ci, h + 2, w + 2], plus slack: the two padding columns of the last
     // row of a block read a little past a plane (values that are computed and never written).
@@ -222,7 +262,7 @@ pub fn deconv_with_taps(
             }
         }
         xp[ci * plane..].fill(0.0);
-        parities(xp, kernel, bias, ci, h, w, co, out)
+        parities(xp, kernel, bias, ci, h, w, co, epilogue, out)
     })
 }
 
@@ -241,6 +281,7 @@ fn position_major(
     h: usize,
     w: usize,
     co: usize,
+    epilogue: Option<&Epilogue>,
     out: &mut [f32],
 ) -> TractResult<()> {
     let wp = w + 2;
@@ -274,7 +315,7 @@ fn position_major(
             Ok(())
         })?;
         let xp = &xp[..];
-        blocks(h, w, co, bias, Layout::PositionMajor, out, |start, n, tap, first, acc| {
+        blocks(h, w, co, bias, Layout::PositionMajor, epilogue, out, |start, n, tap, first, acc| {
             debug_assert!((start + n) * ci <= xp.len() && acc.len() >= n * co);
             // B (C_in x C_out) of this tap: rows of the tap-major copy, or gathered from the
             // kernel (element (c, o) at (o * ci + c) * 16 + tap).
@@ -319,10 +360,31 @@ pub fn deconv_bf16(
     co: usize,
     out: &mut [f32],
 ) -> TractResult<()> {
+    deconv_bf16_fused(kernel, x, taps, bias, ci, h, w, co, None, out)
+}
+
+/// [`deconv_bf16`] followed by `epilogue`, as [`deconv_fused`].
+#[allow(clippy::too_many_arguments)]
+pub fn deconv_bf16_fused(
+    kernel: Kernel,
+    x: &[f32],
+    taps: &Taps,
+    bias: &[f32],
+    ci: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    epilogue: Option<&Epilogue>,
+    out: &mut [f32],
+) -> TractResult<()> {
     ensure!(kernel.supported(), "SubpixelDeconv: this CPU cannot run {}", kernel.name());
+    if let Some(e) = epilogue {
+        e.check(co)?;
+    }
+    let co_out = epilogue.map_or(co, |e| e.channels_out(co));
     ensure!(
-        x.len() == ci * h * w && bias.len() == co && out.len() == co * 4 * h * w && taps.0.len() == 16,
-        "SubpixelDeconv: x {}, bias {}, out {} values for C_in {ci}, {h}x{w}, C_out {co}",
+        x.len() == ci * h * w && bias.len() == co && out.len() == co_out * 4 * h * w && taps.0.len() == 16,
+        "SubpixelDeconv: x {}, bias {}, out {} values for C_in {ci}, {h}x{w}, C_out {co} ({co_out} written)",
         x.len(),
         bias.len(),
         out.len()
@@ -351,7 +413,7 @@ pub fn deconv_bf16(
         }
         let xpt = &xpt[..];
         // C (positions x C_out) += X_tap (positions x C_in, rows of xpt) W_tap, per tap.
-        blocks(h, w, co, bias, Layout::PositionMajor, out, |start, n, tap, first, acc| {
+        blocks(h, w, co, bias, Layout::PositionMajor, epilogue, out, |start, n, tap, first, acc| {
             if first {
                 acc.fill(0.0);
             }
@@ -381,6 +443,7 @@ fn blocks(
     co: usize,
     bias: &[f32],
     layout: Layout,
+    epilogue: Option<&Epilogue>,
     out: &mut [f32],
     tap_product: impl Fn(usize, usize, usize, bool, &mut [f32]) + Sync + Send,
 ) -> TractResult<()> {
@@ -413,26 +476,18 @@ fn blocks(
                 }
             }
             let (oh, ow) = (2 * h, 2 * w);
-            for (o, bo) in bias.iter().enumerate() {
-                for y in 0..ny {
-                    // SAFETY: row 2 (y0 + y) + py of channel o, columns 2x + px, x < w: this
-                    // parity's pixels, written by this block only.
-                    unsafe {
-                        let dst = outp.0.add((o * oh + 2 * (y0 + y) + py) * ow + px);
-                        match layout {
-                            Layout::ChannelMajor => {
-                                for (x, v) in acc[o * n + y * wp..][..w].iter().enumerate() {
-                                    *dst.add(2 * x) = v + bo;
-                                }
-                            }
-                            Layout::PositionMajor => {
-                                for x in 0..w {
-                                    *dst.add(2 * x) = acc[(y * wp + x) * co + o] + bo;
-                                }
-                            }
-                        }
-                    }
-                }
+            let acc = &acc[..];
+            for y in 0..ny {
+                let oy = 2 * (y0 + y) + py;
+                // Channel o of input column x in this row of the block.
+                let get = |o: usize, x: usize| match layout {
+                    Layout::ChannelMajor => acc[o * n + y * wp + x],
+                    Layout::PositionMajor => acc[(y * wp + x) * co + o],
+                };
+                // SAFETY: row oy of each written channel, columns 2x + px (x < w): this
+                // parity's pixels, written by this block only; the output holds every written
+                // channel (checked by the callers).
+                unsafe { epilogue::write_row(epilogue, bias, w, get, |j| outp.0.add((j * oh + oy) * ow + px)) };
             }
             Ok(())
         })
@@ -449,11 +504,12 @@ fn parities(
     h: usize,
     w: usize,
     co: usize,
+    epilogue: Option<&Epilogue>,
     out: &mut [f32],
 ) -> TractResult<()> {
     let plane = (h + 2) * (w + 2);
     // C (C_out x positions) += K_tap (C_out x C_in, read in place) X_tap (C_in x positions).
-    blocks(h, w, co, bias, Layout::ChannelMajor, out, |start, n, tap, first, acc| {
+    blocks(h, w, co, bias, Layout::ChannelMajor, epilogue, out, |start, n, tap, first, acc| {
         debug_assert!((ci - 1) * plane + start + n <= xp.len());
         // SAFETY: acc is [co, n]; the kernel slice [co, ci] at tap (ky, kx) is
         // kernel[(o * ci + c) * 16 + ky * 4 + kx], in bounds; input element c of position
@@ -509,134 +565,4 @@ pub fn reference(x: &[f32], kernel: &[f32], bias: &[f32], ci: usize, h: usize, w
         }
     }
     out.into_iter().map(|v| v as f32).collect()
-}
-
-impl Op for SubpixelDeconv {
-    fn name(&self) -> StaticName {
-        "SubpixelDeconv".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
-        let products =
-            if self.bf16.is_some() { super::bf16::kernel_level().name() } else { kernel_name(super::isa::level()) };
-        Ok(vec![format!("ConvTranspose 4x4/2 as 4 parities x 2x2 taps, {products}")])
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for SubpixelDeconv {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        ensure!(inputs.len() == 3, "SubpixelDeconv: {} inputs", inputs.len());
-        let (xs, ks) = (inputs[0].shape(), inputs[1].shape());
-        ensure!(xs.len() == 4 && xs[0] == 1, "SubpixelDeconv: input {xs:?}, expected [1, C, H, W]");
-        ensure!(ks.len() == 4 && ks[1] == xs[1] && ks[2] == 4 && ks[3] == 4, "SubpixelDeconv: kernel {ks:?}");
-        let (ci, h, w, co) = (xs[1], xs[2], xs[3], ks[0]);
-        // SAFETY: `deconv` writes every output element (each pixel belongs to one parity).
-        let mut out = unsafe { Tensor::uninitialized::<f32>(&[1, co, 2 * h, 2 * w])? };
-        let plain = |i: usize| inputs[i].try_as_plain_ram();
-        let (x, k, b) = (plain(0)?, plain(1)?, plain(2)?);
-        if let Some(taps) = &self.bf16 {
-            let o = &mut out.try_as_plain_ram_mut()?;
-            let (x, b) = (x.as_slice::<f32>()?, b.as_slice::<f32>()?);
-            deconv_bf16(super::bf16::kernel_level(), x, taps, b, ci, h, w, co, o.as_slice_mut::<f32>()?)?;
-            return Ok(tvec!(out.into_tvalue()));
-        }
-        deconv_with_taps(
-            super::isa::level(),
-            x.as_slice::<f32>()?,
-            k.as_slice::<f32>()?,
-            self.f32_taps.as_ref().map(|t| &t.0 .0[..]),
-            b.as_slice::<f32>()?,
-            ci,
-            h,
-            w,
-            co,
-            out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
-        )?;
-        Ok(tvec!(out.into_tvalue()))
-    }
-}
-
-impl TypedOp for SubpixelDeconv {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs.len() == 3 && inputs.iter().all(|f| f.datum_type == f32::datum_type()));
-        let (x, k) = (&inputs[0].shape, &inputs[1].shape);
-        ensure!(x.len() == 4 && k.len() == 4, "SubpixelDeconv: input {x:?}, kernel {k:?}");
-        Ok(tvec!(f32::fact([x[0].clone(), k[0].clone(), x[2].clone() * 2, x[3].clone() * 2])))
-    }
-
-    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let (x, k) = (&inputs[0].shape, &inputs[1].shape);
-        // Each input pixel meets each output channel through 4 of the 16 taps per parity: 16
-        // multiply-adds per (input pixel, C_in, C_out), as the scatter.
-        let fma = x[1].clone() * x[2].clone() * x[3].clone() * k[0].clone() * 16;
-        Ok(tvec!((Cost::FMA(f32::datum_type()), fma)))
-    }
-
-    as_op!();
-}
-
-/// Whether `node` is a `Deconv` [`SubpixelDeconv`] computes exactly.
-fn matches(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
-    let Some(op) = node.op_as::<Deconv>() else { return Ok(false) };
-    if node.inputs.len() != 3 {
-        return Ok(false);
-    }
-    let ps = &op.pool_spec;
-    let x = model.outlet_fact(node.inputs[0])?;
-    let k = model.outlet_fact(node.inputs[1])?;
-    let b = model.outlet_fact(node.inputs[2])?;
-    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|d| *d == 1));
-    let explicit_1 = matches!(&ps.padding, PaddingSpec::Explicit(a, e) if a.iter().chain(e.iter()).all(|p| *p == 1));
-    Ok(ps.data_format == DataFormat::NCHW
-        && ps.kernel_shape.as_slice() == [4, 4]
-        && ps.strides.as_ref().is_some_and(|s| s.as_slice() == [2, 2])
-        && ones(&ps.dilations)
-        && explicit_1
-        && op.group == 1
-        && op.kernel_format == KernelFormat::OIHW
-        && op.adjustments.iter().all(|a| *a == 0)
-        && [x, k, b].iter().all(|f| f.datum_type == f32::datum_type())
-        && x.rank() == 4
-        && x.shape[0] == 1.to_dim()
-        && k.konst.is_some()
-        && k.rank() == 4
-        && k.shape[1] == x.shape[1]
-        && b.rank() == 1
-        && b.shape[0] == k.shape[0])
-}
-
-/// Replace every matching `Deconv` of a decluttered graph with [`SubpixelDeconv`]; returns how
-/// many.
-pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
-    let mut swapped = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        if !matches(model, node)? {
-            continue;
-        }
-        let bf16 = match super::bf16::precision() {
-            super::bf16::Precision::Bf16 => {
-                let k = model.outlet_fact(node.inputs[1])?.konst.clone().context("SubpixelDeconv: kernel")?;
-                let (co, ci) = (k.shape()[0], k.shape()[1]);
-                Some(Taps::pack(k.try_as_plain_ram()?.as_slice::<f32>()?, ci, co))
-            }
-            super::bf16::Precision::F32 => None,
-        };
-        let f32_taps = if bf16.is_none() && super::isa::level() == super::isa::Level::Avx512 {
-            let k = model.outlet_fact(node.inputs[1])?.konst.clone().context("SubpixelDeconv: kernel")?;
-            let (co, ci) = (k.shape()[0], k.shape()[1]);
-            Some(f32_taps(k.try_as_plain_ram()?.as_slice::<f32>()?, ci, co))
-        } else {
-            None
-        };
-        let op = SubpixelDeconv { bf16, f32_taps };
-        let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?;
-        patch.apply(model)?;
-        swapped += 1;
-    }
-    Ok(swapped)
 }

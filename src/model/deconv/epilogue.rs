@@ -1,0 +1,232 @@
+//! What follows a deconvolution in the head, done where its output is written (issue #18: time
+//! and memory).
+//!
+//! After each `ConvTranspose` the saliency head runs a BatchNorm (a per-channel `Mul` and `Add`
+//! after declutter) and a ReLU (`Max` with 0): tract runs them as one more pass over each output
+//! (an `OptBinChain`, 2.3 ms of the head at 448 px, 2 threads, Intel Xeon). After the last one, the
+//! 1x1 convolution to one channel ([`super::super::pointwise::PlaneSum`]) reads the 64-channel
+//! output once more. That output, `[64, 256, 256]` (16.8 MB at 448 px), was the largest tensor
+//! of a frame, alive beside the layer's input and the bordered copy: the top of `ailurus run`'s
+//! resident memory. [`Epilogue`] applies the per-channel steps to each block's accumulator as the
+//! block writes its pixels and, with a projection, writes the 1x1 convolution's sums instead of
+//! the channels: the 16.8 MB tensor is never made.
+//!
+//! The arithmetic is tract's, in tract's order (`((v + b) * s + t).max(f)` per channel, then the
+//! projection's sum over channels in channel order from 0, as [`plane_sum`]), so the fused head
+//! equals the unfused one (`tests/model/deconv_epilogue.rs`).
+//!
+//! [`plane_sum`]: super::super::pointwise::plane_sum
+
+use std::hash::{Hash, Hasher};
+
+use tract_core::internal::*;
+
+use super::SubpixelDeconv;
+use crate::model::attention::only_successor;
+use crate::model::pointwise::PlaneSum;
+
+/// Per-channel steps after the deconvolution's bias, in this order where present: `v * scale`,
+/// `v + shift`, `max(v, floor)` (one value, or one per output channel); then optionally the
+/// projection to `project.len() / C_out` channels (`[C_out', C_out]` weights, no bias).
+#[derive(Clone, Default)]
+pub struct Epilogue {
+    pub scale: Option<Vec<f32>>,
+    pub shift: Option<Vec<f32>>,
+    pub floor: Option<Vec<f32>>,
+    pub project: Option<Vec<f32>>,
+}
+
+impl std::fmt::Debug for Epilogue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = |v: &Option<Vec<f32>>| v.as_ref().map_or(0, Vec::len);
+        write!(
+            f,
+            "Epilogue(scale {}, shift {}, max {}, projection {} weights)",
+            n(&self.scale),
+            n(&self.shift),
+            n(&self.floor),
+            n(&self.project)
+        )
+    }
+}
+
+impl PartialEq for Epilogue {
+    fn eq(&self, other: &Self) -> bool {
+        self.fields().zip(other.fields()).all(|(a, b)| match (a, b) {
+            (Some(a), Some(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            (a, b) => a.is_none() && b.is_none(),
+        })
+    }
+}
+
+impl Eq for Epilogue {}
+
+impl Hash for Epilogue {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for f in self.fields() {
+            f.map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()).hash(state);
+        }
+    }
+}
+
+impl Epilogue {
+    fn fields(&self) -> impl Iterator<Item = Option<&Vec<f32>>> {
+        [&self.scale, &self.shift, &self.floor, &self.project].into_iter().map(Option::as_ref)
+    }
+
+    /// Channels written for a deconvolution with `co` output channels.
+    pub fn channels_out(&self, co: usize) -> usize {
+        self.project.as_ref().map_or(co, |p| p.len() / co.max(1))
+    }
+
+    /// Whether the values fit `co` channels (steps: 1 or `co` values; projection: a multiple of
+    /// `co`, at least one row).
+    pub fn check(&self, co: usize) -> TractResult<()> {
+        for (name, s) in [("scale", &self.scale), ("shift", &self.shift), ("floor", &self.floor)] {
+            if let Some(s) = s {
+                ensure!(
+                    s.len() == 1 || s.len() == co,
+                    "deconvolution epilogue: {} {name} values for {co} channels",
+                    s.len()
+                );
+            }
+        }
+        if let Some(p) = &self.project {
+            ensure!(
+                co > 0 && !p.is_empty() && p.len() % co == 0,
+                "deconvolution epilogue: {} projection weights for {co} channels",
+                p.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// Channel `o`'s steps as `(scale, shift, floor)`; absent steps change nothing.
+    fn channel(&self, o: usize) -> (f32, f32, f32) {
+        let at = |s: &Option<Vec<f32>>, none: f32| s.as_ref().map_or(none, |v| v[if v.len() == 1 { 0 } else { o }]);
+        (at(&self.scale, 1.0), at(&self.shift, 0.0), at(&self.floor, f32::NEG_INFINITY))
+    }
+}
+
+/// Write one output row of one parity: `get(o, x)` is the accumulator of channel `o` at input
+/// column `x` (bias not added), `row(j)` the address of output channel `j`'s row at the parity's
+/// first column; pixels are every second value from there. Without an epilogue: `v + bias`.
+///
+/// # Safety
+/// `row(j)` must be valid for writes at offsets `0, 2, .., 2 (w - 1)` for every written channel
+/// `j` (the epilogue's [`Epilogue::channels_out`], else `bias.len()`), and no other thread may
+/// touch those values meanwhile.
+pub(super) unsafe fn write_row(
+    e: Option<&Epilogue>,
+    bias: &[f32],
+    w: usize,
+    get: impl Fn(usize, usize) -> f32,
+    row: impl Fn(usize) -> *mut f32,
+) {
+    let co = bias.len();
+    let Some(e) = e else {
+        for (o, b) in bias.iter().enumerate() {
+            let dst = row(o);
+            for x in 0..w {
+                *dst.add(2 * x) = get(o, x) + b;
+            }
+        }
+        return;
+    };
+    let Some(p) = &e.project else {
+        for (o, b) in bias.iter().enumerate() {
+            let (s, t, f) = e.channel(o);
+            let dst = row(o);
+            for x in 0..w {
+                *dst.add(2 * x) = ((get(o, x) + b) * s + t).max(f);
+            }
+        }
+        return;
+    };
+    for j in 0..p.len() / co {
+        let dst = row(j);
+        for x in 0..w {
+            *dst.add(2 * x) = 0.0;
+        }
+    }
+    for (o, b) in bias.iter().enumerate() {
+        let (s, t, f) = e.channel(o);
+        for j in 0..p.len() / co {
+            let (wj, dst) = (p[j * co + o], row(j));
+            for x in 0..w {
+                *dst.add(2 * x) += wj * ((get(o, x) + b) * s + t).max(f);
+            }
+        }
+    }
+}
+
+/// The values of a constant that applies per channel to a `[1, co, H, W]` tensor: one value, or
+/// `co` of shape `[1, co, 1, 1]`.
+fn per_channel(model: &TypedModel, outlet: OutletId, co: usize) -> TractResult<Option<Vec<f32>>> {
+    let f = model.outlet_fact(outlet)?;
+    let Some(k) = &f.konst else { return Ok(None) };
+    if f.datum_type != f32::datum_type() {
+        return Ok(None);
+    }
+    let s = k.shape();
+    let ok = k.len() == 1 || (s.len() == 4 && s[1] == co && s[0] == 1 && s[2] == 1 && s[3] == 1);
+    Ok(ok.then(|| k.try_as_plain_ram().ok().and_then(|r| r.as_slice::<f32>().ok().map(<[f32]>::to_vec))).flatten())
+}
+
+/// Fold the per-channel `Mul`, `Add` and `Max` after each [`SubpixelDeconv`] of a decluttered
+/// graph (in that order, each optional) and a following one-channel 1x1 convolution
+/// ([`PlaneSum`]) into the deconvolution; returns (deconvolutions given an epilogue, of which
+/// projections). Run after `deconv::swap` and `pointwise::swap`.
+pub fn fuse(model: &mut TypedModel) -> TractResult<(usize, usize)> {
+    let (mut fused, mut projected) = (0, 0);
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(op) = node.op_as::<SubpixelDeconv>() else { continue };
+        if op.epilogue.is_some() {
+            continue;
+        }
+        let fact = model.outlet_fact(OutletId::new(id, 0))?;
+        let Ok(co) = fact.shape[1].to_usize() else { continue };
+        let shape = fact.shape.clone();
+        let (mut e, mut last, mut next_step) = (Epilogue::default(), OutletId::new(id, 0), 0);
+        while let Some(succ) = only_successor(model, last) {
+            let n = model.node(succ.node);
+            let step = match n.op.name().as_ref() {
+                "Mul" => 0,
+                "Add" => 1,
+                "Max" => 2,
+                _ => break,
+            };
+            if step < next_step || n.inputs.len() != 2 || model.outlet_fact(OutletId::new(n.id, 0))?.shape != shape {
+                break;
+            }
+            let Some(values) = per_channel(model, n.inputs[1 - succ.slot], co)? else { break };
+            *[&mut e.scale, &mut e.shift, &mut e.floor][step] = Some(values);
+            (last, next_step) = (OutletId::new(n.id, 0), step + 1);
+        }
+        if let Some(succ) = only_successor(model, last) {
+            let n = model.node(succ.node);
+            if n.op_as::<PlaneSum>().is_some() && succ.slot == 0 {
+                let k = model.outlet_fact(n.inputs[1])?;
+                if let Some(w) = k.konst.as_ref().filter(|k| k.len() == co && k.datum_type() == f32::datum_type()) {
+                    e.project = Some(w.try_as_plain_ram()?.as_slice::<f32>()?.to_vec());
+                    last = OutletId::new(n.id, 0);
+                }
+            }
+        }
+        if e == Epilogue::default() {
+            continue;
+        }
+        e.check(co)?;
+        projected += e.project.is_some() as usize;
+        let mut patch = TypedModelPatch::default();
+        let taps = node.inputs.iter().map(|o| patch.tap_model(model, *o)).collect::<TractResult<TVec<_>>>()?;
+        let name = format!("{}.fused", model.node(last.node).name);
+        let op = SubpixelDeconv { epilogue: Some(e), ..op.clone() };
+        let wire = patch.wire_node(name, op, &taps)?;
+        patch.shunt_outside(model, last, wire[0])?;
+        patch.apply(model)?;
+        fused += 1;
+    }
+    Ok((fused, projected))
+}
