@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use ailurus::model::deconv::{deconv_with_taps, f32_taps, kernel_name};
+use ailurus::model::deconv::{deconv_fused, f32_taps, kernel_name};
 use ailurus::model::isa::Level;
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
@@ -23,7 +23,7 @@ fn main() {
                 for _ in 0..7 {
                     for (i, &l) in levels.iter().enumerate() {
                         let t0 = Instant::now();
-                        deconv_with_taps(l, &x, &k, Some(&taps.0 .0), &b, ci, h, h, co, &mut out).unwrap();
+                        deconv_fused(l, &x, &k, Some(&taps.0 .0), &b, ci, h, h, co, None, &mut out).unwrap();
                         best[i] = best[i].min(t0.elapsed().as_secs_f64());
                     }
                 }

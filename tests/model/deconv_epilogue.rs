@@ -9,9 +9,7 @@ use crate::common;
 
 use std::path::Path;
 
-use ailurus::model::deconv::{
-    deconv_at, deconv_bf16, deconv_bf16_fused, deconv_fused, f32_taps, fuse, reference, Epilogue, Taps,
-};
+use ailurus::model::deconv::{deconv_at, deconv_bf16, deconv_fused, f32_taps, fuse, reference, Epilogue, Taps};
 use ailurus::model::isa::Level;
 use ailurus::model::{cut, pointwise, Manifest};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
@@ -149,12 +147,12 @@ fn bf16_epilogue_equals_the_separate_passes() {
         for e in epilogues(co, seed + 3) {
             for kernel in [Kernel::Amx, Kernel::Avx512Bf16, Kernel::Portable].into_iter().filter(|k| k.supported()) {
                 let mut plain = vec![f32::NAN; co * 4 * h * w];
-                deconv_bf16(kernel, &x, &taps, &b, ci, h, w, co, &mut plain).unwrap();
+                deconv_bf16(kernel, &x, &taps, &b, ci, h, w, co, None, &mut plain).unwrap();
                 let separate = unfused(&e, &plain, co, 4 * h * w);
                 for threads in [1, 2] {
                     let mut got = vec![f32::NAN; e.channels_out(co) * 4 * h * w];
                     multithread_tract_scope(executor(threads), || {
-                        deconv_bf16_fused(kernel, &x, &taps, &b, ci, h, w, co, Some(&e), &mut got)
+                        deconv_bf16(kernel, &x, &taps, &b, ci, h, w, co, Some(&e), &mut got)
                     })
                     .unwrap();
                     assert!(

@@ -7,7 +7,7 @@ use crate::common;
 
 use std::path::Path;
 
-use ailurus::model::deconv::{deconv, deconv_at, deconv_with_taps, f32_taps, reference, swap};
+use ailurus::model::deconv::{deconv, deconv_at, deconv_fused, f32_taps, reference, swap};
 use ailurus::model::isa::Level;
 use ailurus::model::{cut, Manifest};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
@@ -45,7 +45,7 @@ fn deconv_matches_the_textbook_scatter_on_random_inputs() {
                 let mut with = vec![f32::NAN; co * 4 * h * w];
                 let ex = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
                 multithread_tract_scope(ex, || {
-                    deconv_with_taps(level, &x, &k, Some(&taps.0 .0), &b, ci, h, w, co, &mut with)
+                    deconv_fused(level, &x, &k, Some(&taps.0 .0), &b, ci, h, w, co, None, &mut with)
                 })
                 .unwrap();
                 let bits_with: Vec<u32> = with.iter().map(|v| v.to_bits()).collect();
@@ -123,7 +123,8 @@ fn bf16_deconv_matches_the_scatter_of_the_rounded_operands() {
             for threads in [1, 2] {
                 let ex = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
                 let mut got = vec![f32::NAN; co * 4 * h * w];
-                multithread_tract_scope(ex, || deconv_bf16(kernel, &x, &taps, &b, ci, h, w, co, &mut got)).unwrap();
+                multithread_tract_scope(ex, || deconv_bf16(kernel, &x, &taps, &b, ci, h, w, co, None, &mut got))
+                    .unwrap();
                 let err = max_diff(&got, &want);
                 assert!(err < 1e-5 * (ci as f32).max(4.0), "C_in {ci}, {h}x{w}, C_out {co}, {kernel:?}: {err}");
                 if let Some(f) = &first {

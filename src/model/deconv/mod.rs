@@ -175,29 +175,13 @@ pub fn deconv_at(
     co: usize,
     out: &mut [f32],
 ) -> TractResult<()> {
-    deconv_with_taps(level, x, kernel, None, bias, ci, h, w, co, out)
+    deconv_fused(level, x, kernel, None, bias, ci, h, w, co, None, out)
 }
 
-/// [`deconv_at`] with the kernel's tap-major copy ([`f32_taps`]) for the `avx512` path; the
-/// products are the same (bit for bit), only the packing reads differ.
-#[allow(clippy::too_many_arguments)]
-pub fn deconv_with_taps(
-    level: super::isa::Level,
-    x: &[f32],
-    kernel: &[f32],
-    taps: Option<&[f32]>,
-    bias: &[f32],
-    ci: usize,
-    h: usize,
-    w: usize,
-    co: usize,
-    out: &mut [f32],
-) -> TractResult<()> {
-    deconv_fused(level, x, kernel, taps, bias, ci, h, w, co, None, out)
-}
-
-/// [`deconv_with_taps`] followed by `epilogue` (if any), applied as each block writes its
-/// pixels: `out` then holds [`Epilogue::channels_out`] channels of `2h x 2w`.
+/// [`deconv_at`] with the kernel's tap-major copy ([`f32_taps`]) for the `avx512` path (the
+/// products are the same, bit for bit, only the packing reads differ; `kernel` may then be
+/// empty), followed by `epilogue` (if any), applied as each block writes its pixels: `out` then
+/// holds [`Epilogue::channels_out`] channels of `2h x 2w`.
 #[allow(clippy::too_many_arguments)]
 pub fn deconv_fused(
     level: super::isa::Level,
@@ -347,25 +331,9 @@ fn position_major(
 /// [`deconv`] with the products in bf16 on `kernel` (`taps`: the kernel packed by
 /// [`Taps::pack`]): the input rounded once into bordered, position-major channel pairs, so a
 /// tap's product for a block of positions reads rows of it in place (`C = X_tap W_tap`, positions
-/// x C_out).
+/// x C_out); then `epilogue`, as [`deconv_fused`].
 #[allow(clippy::too_many_arguments)]
 pub fn deconv_bf16(
-    kernel: Kernel,
-    x: &[f32],
-    taps: &Taps,
-    bias: &[f32],
-    ci: usize,
-    h: usize,
-    w: usize,
-    co: usize,
-    out: &mut [f32],
-) -> TractResult<()> {
-    deconv_bf16_fused(kernel, x, taps, bias, ci, h, w, co, None, out)
-}
-
-/// [`deconv_bf16`] followed by `epilogue`, as [`deconv_fused`].
-#[allow(clippy::too_many_arguments)]
-pub fn deconv_bf16_fused(
     kernel: Kernel,
     x: &[f32],
     taps: &Taps,

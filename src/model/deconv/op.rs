@@ -5,7 +5,7 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{Deconv, KernelFormat, PaddingSpec};
 use tract_core::ops::nn::DataFormat;
 
-use super::{deconv_bf16_fused, deconv_fused, f32_taps, kernel_name, SubpixelDeconv, Taps};
+use super::{deconv_bf16, deconv_fused, f32_taps, kernel_name, SubpixelDeconv, Taps};
 
 impl Op for SubpixelDeconv {
     fn name(&self) -> StaticName {
@@ -49,18 +49,7 @@ impl EvalOp for SubpixelDeconv {
         let (x, b) = (x.as_slice::<f32>()?, b.as_slice::<f32>()?);
         let o = &mut out.try_as_plain_ram_mut()?;
         if let Some(taps) = &self.bf16 {
-            deconv_bf16_fused(
-                crate::model::bf16::kernel_level(),
-                x,
-                taps,
-                b,
-                ci,
-                h,
-                w,
-                co,
-                e,
-                o.as_slice_mut::<f32>()?,
-            )?;
+            deconv_bf16(crate::model::bf16::kernel_level(), x, taps, b, ci, h, w, co, e, o.as_slice_mut::<f32>()?)?;
             return Ok(tvec!(out.into_tvalue()));
         }
         let k = if self.n_inputs() == 3 { Some(plain(1)?) } else { None };

@@ -349,7 +349,7 @@ fn axis_plan(len_in: usize, len_out: usize) -> Vec<Taps2> {
 /// One up-layer on `[ci, h, w]` into `out` (`[co, 2h, 2w]`), bias included, no ReLU.
 fn up(ly: &UpLayer, x: &[f32], h: usize, w: usize, out: &mut [f32]) -> TractResult<()> {
     match &ly.taps {
-        Some(t) => deconv_bf16(kernel_level(), x, t, &ly.bias, ly.ci, h, w, ly.co, out),
+        Some(t) => deconv_bf16(kernel_level(), x, t, &ly.bias, ly.ci, h, w, ly.co, None, out),
         None => deconv(x, &ly.kernel, &ly.bias, ly.ci, h, w, ly.co, out),
     }
 }
