@@ -48,6 +48,7 @@ fn unfused(e: &Epilogue, y: &[f32], co: usize, hw: usize) -> Vec<f32> {
 }
 
 /// The same in f64 from the f64 scatter.
+#[allow(clippy::too_many_arguments)]
 fn textbook(e: &Epilogue, x: &[f32], k: &[f32], b: &[f32], ci: usize, h: usize, w: usize, co: usize) -> Vec<f32> {
     let y = reference(x, k, b, ci, h, w, co);
     let hw = 4 * h * w;

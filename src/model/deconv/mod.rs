@@ -404,7 +404,8 @@ enum Layout {
 /// `tap_product(start, n, tap, first, acc)` adds one of the parity's four taps into the block's
 /// accumulator (`n` positions of the padded-width grid starting at bordered position `start`,
 /// kernel tap `ky * 4 + kx`, `first`: overwrite), then the parity's pixels are written with the
-/// bias.
+/// bias and the epilogue ([`epilogue::write_row`]).
+#[allow(clippy::too_many_arguments)]
 fn blocks(
     h: usize,
     w: usize,

@@ -98,7 +98,7 @@ impl TypedOp for SubpixelDeconv {
         // convolution C_out more per output pixel and channel written.
         let mut fma = x[1].clone() * x[2].clone() * x[3].clone() * b[0].clone() * 16;
         if let Some(p) = self.epilogue.as_ref().and_then(|e| e.project.as_ref()) {
-            fma = fma + x[2].clone() * x[3].clone() * 4 * p.len();
+            fma += x[2].clone() * x[3].clone() * 4 * p.len();
         }
         Ok(tvec!((Cost::FMA(f32::datum_type()), fma)))
     }
