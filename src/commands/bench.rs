@@ -45,6 +45,9 @@ pub struct BenchOptions {
     /// Put ONNX Runtime ("ort") in a peer table, at these thread counts.
     pub peer: Option<String>,
     pub peer_threads: Vec<usize>,
+    /// The peer table's reduced setting: the fastest with at least this mask IoU against
+    /// unreduced.
+    pub peer_min_iou: f64,
     /// Precisions of the ailurus rows in the peer table (`[model] precision`).
     pub peer_precisions: Vec<ailurus::model::bf16::Precision>,
     /// A fine-tuned manifest (same model plus a `[delta]`): its `ailurus` rows are added as
@@ -380,10 +383,10 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
 }
 
 /// The peer table (`--peer ort`): ailurus unreduced and at its fastest setting with mask IoU
-/// >= 0.97 (from `rows`) against ONNX Runtime, per thread count.
+/// >= `--peer-min-iou` (from `rows`) against ONNX Runtime, per thread count.
 pub fn run_peer(cfg: &Config, o: &BenchOptions, rows: &[Row]) -> Result<super::peer::PeerTable> {
     let photos = load_photos(&o.photos)?;
-    let reduced = super::peer::pick_reduced(rows, o.size, 0.97);
+    let reduced = super::peer::pick_reduced(rows, o.size, o.peer_min_iou);
     super::peer::run(cfg, &photos, &o.photos, o.size, reduced.as_ref(), &o.peer_threads, o.reps, &o.peer_precisions)
 }
 
@@ -541,9 +544,13 @@ pub struct Args {
     bias_off: bool,
     /// Also run a peer on the same photos and print a peer table: "ort" (ONNX Runtime's full
     /// model through tools/ort_bench.py) against ailurus unreduced and at its fastest setting
-    /// with mask IoU >= 0.97 against unreduced.
+    /// with mask IoU >= --peer-min-iou against unreduced.
     #[arg(long, value_parser = ["ort"])]
     peer: Option<String>,
+    /// The fidelity floor of the peer table's reduced setting: the fastest swept setting with
+    /// at least this mean mask IoU against unreduced (none reaches it: the most faithful one).
+    #[arg(long, default_value_t = 0.97, value_parser = parse_iou)]
+    peer_min_iou: f64,
     /// Thread counts for the peer table (both engines).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     peer_threads: Vec<usize>,
@@ -616,6 +623,7 @@ pub fn command(b: Args) -> Result<()> {
         reps: b.reps,
         peer: b.peer.clone(),
         peer_threads: b.peer_threads.clone(),
+        peer_min_iou: b.peer_min_iou,
         peer_precisions: b.precisions,
         finetuned: b.finetuned.map(|f| cfg.resolve(&f)),
     };
@@ -630,4 +638,12 @@ pub fn command(b: Args) -> Result<()> {
         print!("{}", super::peer::format(&peer, opts.size, opts.photos.len()));
     }
     Ok(())
+}
+
+/// An IoU in [0, 1] (`--peer-min-iou`).
+fn parse_iou(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not an IoU between 0 and 1")),
+    }
 }
