@@ -65,6 +65,47 @@ pub struct CarryStats {
 /// "not a centre".
 const NONE: u32 = u32::MAX;
 
+/// One stream's carried partition while another stream's frames run ([`ClusterCarry`]'s state).
+#[derive(Default)]
+struct ParkedClusters {
+    red: Reduction,
+    reference: Vec<f32>,
+    grid: (usize, usize),
+    m_asked: usize,
+    /// False: the stream's next frame re-clusters (also the state of a stream never seen).
+    valid: bool,
+    center_of: Vec<u32>,
+}
+
+/// Bytes of a carried state's buffers besides the middle's caches (their capacity).
+fn state_bytes(f32s: [&Vec<f32>; 3], center_of: &Vec<u32>, red: &Reduction) -> usize {
+    let n = f32s.iter().map(|v| v.capacity()).sum::<usize>()
+        + center_of.capacity()
+        + red.merged.capacity()
+        + red.sizes.capacity()
+        + red.assign.capacity()
+        + red.centers.capacity();
+    n * 4
+}
+
+/// One stream's carried clusters and carried middle while another stream's frames run
+/// ([`CarryMiddle::swap_state`]).
+#[derive(Default)]
+pub struct ParkedCarry {
+    clusters: ParkedClusters,
+    enc: super::encoder::ParkedCaches,
+    mid: Vec<f32>,
+    full: Vec<f32>,
+}
+
+impl ParkedCarry {
+    /// Bytes its buffers hold (their capacity).
+    pub fn bytes(&self) -> usize {
+        let c = &self.clusters;
+        self.enc.bytes() + state_bytes([&self.mid, &self.full, &c.reference], &c.center_of, &c.red)
+    }
+}
+
 /// The carried partition of one lane and its references.
 pub struct ClusterCarry {
     reducer: Box<dyn Reducer>,
@@ -111,6 +152,17 @@ impl ClusterCarry {
     /// The next frame re-clusters.
     pub fn reset(&mut self) {
         self.valid = false;
+    }
+
+    /// Exchange the carried partition and its references with `parked` (another stream's; see
+    /// `streams.rs`). The reducer and the per-frame scratch stay.
+    fn swap_state(&mut self, parked: &mut ParkedClusters) {
+        std::mem::swap(&mut self.red, &mut parked.red);
+        std::mem::swap(&mut self.reference, &mut parked.reference);
+        std::mem::swap(&mut self.grid, &mut parked.grid);
+        std::mem::swap(&mut self.m_asked, &mut parked.m_asked);
+        std::mem::swap(&mut self.valid, &mut parked.valid);
+        std::mem::swap(&mut self.center_of, &mut parked.center_of);
     }
 
     /// The current partition and merged tokens.
@@ -293,6 +345,21 @@ impl CarryMiddle {
     pub fn reset(&mut self) {
         self.clusters.reset();
         self.enc.reset();
+    }
+
+    /// Exchange the carried state (partition, references, the middle's caches and last output)
+    /// with another stream's: a swap of buffers, no copy.
+    pub fn swap_state(&mut self, parked: &mut ParkedCarry) {
+        self.clusters.swap_state(&mut parked.clusters);
+        self.enc.swap_caches(&mut parked.enc);
+        std::mem::swap(&mut self.mid, &mut parked.mid);
+        std::mem::swap(&mut self.full, &mut parked.full);
+    }
+
+    /// Bytes the carried state holds (as [`ParkedCarry::bytes`]).
+    pub fn bytes(&self) -> usize {
+        let c = &self.clusters;
+        self.enc.cache_bytes() + state_bytes([&self.mid, &self.full, &c.reference], &c.center_of, &c.red)
     }
 
     /// The unfolded tokens of the last frame that ran the middle (`[prefix + n, c]`, the head's

@@ -30,7 +30,8 @@
 //!   a source reconnect).
 //!
 //! Several streams on one lane: each stream keeps its own caches (`streams.rs`, at most
-//! `max_streams` per lane), swapped in when its frames arrive ([`ReuseLane::switch_stream`]).
+//! `max_streams` per lane; the carried clusters and the carried middle's caches included),
+//! swapped in when its frames arrive ([`ReuseLane::switch_stream`]).
 //!
 //! Must not: pre/postprocess frames, or build the segmenter's plans (it shares them).
 
@@ -622,6 +623,7 @@ impl Engine for ReuseLane {
         self.key_bias = reduce.proportional_attention;
         self.head_out.clear();
         self.head_cache.clear();
+        self.drop_parked();
         Ok(())
     }
 

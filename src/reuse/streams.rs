@@ -2,8 +2,9 @@
 //! the streams take turns, and each stream's frame must be compared with that stream's last
 //! frame, not with the other camera's. A lane keeps one [`StreamCache`] per stream it has seen
 //! (the encoder's per-block keys, values, branch outputs and references, the head output and
-//! the head's maps, the refresh state) and swaps the stream's in when its frames arrive: a swap
-//! of buffers, no copy.
+//! the head's maps, the refresh state, and with `carry_clusters` the carried partition, its
+//! references and the carried middle's caches) and swaps the stream's in when its frames
+//! arrive: a swap of buffers, no copy.
 //!
 //! Memory: one cache holds 5 `[T, C]` f32 buffers per block plus the head output and the own
 //! head's maps (`head/`: every up-layer's input and the logits); for the shipped ViT-S at 448 px
@@ -18,6 +19,7 @@
 //!
 //! Must not: decide when a stream breaks (the pipeline does), or run anything.
 
+use super::carry::ParkedCarry;
 use super::encoder::ParkedCaches;
 use super::head::HeadCache;
 use super::ReuseLane;
@@ -32,6 +34,10 @@ pub struct StreamCache {
     since_refresh: u32,
     period: u32,
     last_m: usize,
+    /// The carried clusters and the carried middle (reuse + reduction with `carry_clusters`),
+    /// and whether the stream's last frame ran them.
+    carry: ParkedCarry,
+    carried: bool,
 }
 
 impl Default for StreamCache {
@@ -45,13 +51,18 @@ impl Default for StreamCache {
             since_refresh: 0,
             period: 0,
             last_m: usize::MAX,
+            carry: ParkedCarry::default(),
+            carried: false,
         }
     }
 }
 
 impl StreamCache {
     fn bytes(&self) -> usize {
-        self.enc.bytes() + self.head_out.capacity() * std::mem::size_of::<f32>() + self.head.bytes()
+        self.enc.bytes()
+            + self.head_out.capacity() * std::mem::size_of::<f32>()
+            + self.head.bytes()
+            + self.carry.bytes()
     }
 }
 
@@ -102,8 +113,10 @@ impl ReuseLane {
 
     /// Bytes held by the current stream's caches and the parked ones.
     pub fn cache_bytes(&self) -> (usize, usize) {
-        let own =
-            self.enc.cache_bytes() + self.head_out.capacity() * std::mem::size_of::<f32>() + self.head_cache.bytes();
+        let own = self.enc.cache_bytes()
+            + self.head_out.capacity() * std::mem::size_of::<f32>()
+            + self.head_cache.bytes()
+            + self.carry.bytes();
         (own, self.parked.others.iter().map(|(_, c)| c.bytes()).sum())
     }
 
@@ -115,11 +128,13 @@ impl ReuseLane {
         std::mem::swap(&mut self.since_refresh, &mut c.since_refresh);
         std::mem::swap(&mut self.period, &mut c.period);
         std::mem::swap(&mut self.last_m, &mut c.last_m);
-        // The carried clusters and the carried middle's caches (reuse + reduction with
-        // `carry_clusters`) are not parked per stream: a switch re-clusters and recomputes the
-        // middle of the incoming stream's next frame (its stem still reuses). Correct, not
-        // the cheapest: parking them too is left for later.
-        self.carry.reset();
-        self.carried = false;
+        self.carry.swap_state(&mut c.carry);
+        std::mem::swap(&mut self.carried, &mut c.carried);
+    }
+
+    /// Drop the parked streams' caches (the reducer changed, `reconfigure`: what they hold was
+    /// computed with the old one): each one's next frame is computed in full.
+    pub(super) fn drop_parked(&mut self) {
+        self.parked.others.clear();
     }
 }

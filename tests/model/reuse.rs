@@ -556,6 +556,37 @@ fn carried_clusters_recluster_on_the_refresh_rules() {
     assert_eq!(run_m(&mut reuse, &y, m10).1.carry.reclustered, f, "a reset (reconnect)");
 }
 
+/// Two streams alternating on one lane with carried clusters: each stream's partition and
+/// carried middle are parked with its caches, so after its first frame every frame of either
+/// stream is carried (no re-cluster at a switch) and equals what a lane of its own gives, bit for
+/// bit; a reducer change (a reload) drops the parked streams' state.
+#[test]
+fn two_streams_on_one_lane_keep_their_carried_clusters() {
+    let cfg = carried(0.01);
+    let (_, mut shared) = carry_lanes(cfg.clone());
+    let mut own = [carry_lanes(cfg.clone()).1, carry_lanes(cfg).1];
+    let scenes = [image(112, 51), image(112, 52)];
+    let frame = |stream: usize, k: usize| with_patch_changed(&scenes[stream], 112, k % 8, (3 * k + stream) % 8);
+    for k in 0..5 {
+        for (stream, alone) in own.iter_mut().enumerate() {
+            assert!(shared.switch_stream(stream));
+            let x = frame(stream, k);
+            let (got, r) = run_m(&mut shared, &x, M20);
+            let (want, _) = run_m(alone, &x, M20);
+            assert_eq!(got, want, "stream {stream} frame {k}: as on a lane of its own");
+            assert_eq!(partition_of(&shared), partition_of(alone), "stream {stream} frame {k}");
+            let expect = if k == 0 { Some(Recluster::Refresh) } else { None };
+            assert_eq!(r.carry.reclustered, expect, "stream {stream} frame {k}");
+        }
+    }
+    let (cur, parked) = shared.cache_bytes();
+    assert!(parked > 0 && parked == cur, "one parked stream as large as the current one: {parked} vs {cur}");
+    shared.reconfigure(&ReduceConfig { cut: 2, m: 20, ..ReduceConfig::default() }).unwrap();
+    assert_eq!(shared.parked_streams(), Vec::<usize>::new(), "a new reducer drops the parked state");
+    assert!(shared.switch_stream(0));
+    assert_eq!(run_m(&mut shared, &frame(0, 5), M20).1.carry.reclustered, Some(Recluster::Refresh));
+}
+
 /// What the budget controller prices reuse with (`budget::reuse`): the lane reports the
 /// scheduled-refresh period in force and the one a reset starts with, as its schedule runs.
 #[test]
