@@ -29,9 +29,8 @@
 //! - a reset: the first frame, a new input size, or [`ReuseLane::reset`] (the pipeline's hook for
 //!   a source reconnect).
 //!
-//! Several streams on one lane: each stream keeps its own caches (`streams.rs`, at most
-//! `max_streams` per lane; the carried clusters and the carried middle's caches included),
-//! swapped in when its frames arrive ([`ReuseLane::switch_stream`]).
+//! Several streams on one lane: each keeps its own caches, carried clusters included (`streams.rs`,
+//! at most `max_streams` per lane), swapped in when its frames arrive ([`ReuseLane::switch_stream`]).
 //!
 //! Must not: pre/postprocess frames, or build the segmenter's plans (it shares them).
 
