@@ -259,10 +259,14 @@ impl ReuseEncoder {
         x_cur.clear();
         x_cur.extend_from_slice(x);
         stats.gate_time = std::time::Duration::ZERO;
+        let gated = !refresh && gate.threshold > 0.0;
         for b in blocks.clone() {
             let g0 = std::time::Instant::now();
             let first = b == blocks.start;
-            let a = self.select(b, &x_cur, t, gate, refresh, if first { force } else { &[] });
+            if first && gated {
+                scores(&x_cur, &self.caches[b].reference, self.w.width, &mut self.s.scores);
+            }
+            let a = self.select(t, gate, refresh, if first { force } else { &[] });
             stats.gate_time += g0.elapsed();
             stats.active.push(a);
             if first {
@@ -272,6 +276,13 @@ impl ReuseEncoder {
             stats.macs += a as f64 * (row + key * t as f64);
             self.block(b, &x_cur, t, a, bias)?;
             std::mem::swap(&mut x_cur, &mut self.s.next);
+            // The next block's change scores now, while its input (just written) is in cache:
+            // later it came from memory (0.5-0.9 ms a block at 448 px, Intel Xeon).
+            if gated && b + 1 < blocks.end {
+                let g1 = std::time::Instant::now();
+                scores(&x_cur, &self.caches[b + 1].reference, self.w.width, &mut self.s.scores);
+                stats.gate_time += g1.elapsed();
+            }
         }
         out.clear();
         if blocks.end == self.w.blocks.len() {
@@ -287,16 +298,15 @@ impl ReuseEncoder {
     }
 
     /// The active rows of block `b` into `s.active` (sorted; the rows in `force` always among
-    /// them); returns their count.
-    fn select(&mut self, b: usize, x: &[f32], t: usize, gate: Gate, refresh: bool, force: &[usize]) -> usize {
-        let c = self.w.width;
+    /// them) from the block input's change scores in `s.scores` (computed by the caller unless
+    /// every row runs); returns their count.
+    fn select(&mut self, t: usize, gate: Gate, refresh: bool, force: &[usize]) -> usize {
         let s = &mut self.s;
         s.active.clear();
         if refresh || gate.threshold <= 0.0 {
             s.active.extend(0..t);
             return t;
         }
-        scores(x, &self.caches[b].reference, c, &mut s.scores);
         let p = self.prefix;
         s.order.clear();
         s.order.extend((p..t).filter(|&i| s.scores[i] >= gate.threshold));
@@ -394,10 +404,10 @@ impl ReuseEncoder {
 ///
 /// Rows in blocks of [`SCORE_ROWS`] on tract's threads, each row's squares summed in
 /// [`SCORE_LANES`] running sums that the compiler keeps in vector registers (one running sum per
-/// row is a chain of `c` dependent adds: 2.2x slower on a real block's rows in cache). Inside a
-/// frame the rows come from memory (the block's products evicted them), and the 12 blocks'
-/// scores cost 0.5-0.9 ms each either way: most of the reuse decision's 7-8 ms per frame at
-/// 448 px (Intel Xeon, 2 threads; 1.8-2.0% of a full frame).
+/// row is a chain of `c` dependent adds: 2.2x slower on a real block's rows in cache). Scored
+/// after the block before, while its output is in cache (`run_blocks`): the decision 7.1-8.1 ->
+/// 6.5-6.7 ms per frame at 448 px (Intel Xeon, 2 threads; 1.7% of a full frame), most of it
+/// reading the references from memory.
 pub(super) fn scores(x: &[f32], reference: &[f32], c: usize, out: &mut Vec<f32>) {
     let rows = (x.len() / c.max(1)).min(reference.len() / c.max(1));
     out.clear();
