@@ -65,34 +65,45 @@ pub struct CarryStats {
 /// "not a centre".
 const NONE: u32 = u32::MAX;
 
-/// One stream's carried partition while another stream's frames run ([`ClusterCarry`]'s state).
+/// The carried partition and its references ([`ClusterCarry`]'s state across frames; what a
+/// stream parks while another stream's frames run).
 #[derive(Default)]
-struct ParkedClusters {
+struct Carried {
     red: Reduction,
+    /// Each patch token's stem output when it was last assigned, `[n, c]`.
     reference: Vec<f32>,
     grid: (usize, usize),
+    /// The M asked for (the reducer may give fewer).
     m_asked: usize,
     /// False: the stream's next frame re-clusters (also the state of a stream never seen).
     valid: bool,
     center_of: Vec<u32>,
 }
 
-/// Bytes of a carried state's buffers besides the middle's caches (their capacity).
-fn state_bytes(f32s: [&Vec<f32>; 3], center_of: &Vec<u32>, red: &Reduction) -> usize {
-    let n = f32s.iter().map(|v| v.capacity()).sum::<usize>()
-        + center_of.capacity()
-        + red.merged.capacity()
-        + red.sizes.capacity()
-        + red.assign.capacity()
-        + red.centers.capacity();
-    n * 4
+impl Carried {
+    /// Bytes its buffers hold (their capacity).
+    fn bytes(&self) -> usize {
+        let r = &self.red;
+        let n = self.reference.capacity()
+            + self.center_of.capacity()
+            + r.merged.capacity()
+            + r.sizes.capacity()
+            + r.assign.capacity()
+            + r.centers.capacity();
+        n * 4
+    }
+}
+
+/// Bytes of the carried middle's last outputs (their capacity).
+fn outputs_bytes(mid: &Vec<f32>, full: &Vec<f32>) -> usize {
+    (mid.capacity() + full.capacity()) * std::mem::size_of::<f32>()
 }
 
 /// One stream's carried clusters and carried middle while another stream's frames run
 /// ([`CarryMiddle::swap_state`]).
 #[derive(Default)]
 pub struct ParkedCarry {
-    clusters: ParkedClusters,
+    clusters: Carried,
     enc: super::encoder::ParkedCaches,
     mid: Vec<f32>,
     full: Vec<f32>,
@@ -101,8 +112,7 @@ pub struct ParkedCarry {
 impl ParkedCarry {
     /// Bytes its buffers hold (their capacity).
     pub fn bytes(&self) -> usize {
-        let c = &self.clusters;
-        self.enc.bytes() + state_bytes([&self.mid, &self.full, &c.reference], &c.center_of, &c.red)
+        self.enc.bytes() + self.clusters.bytes() + outputs_bytes(&self.mid, &self.full)
     }
 }
 
@@ -110,14 +120,7 @@ impl ParkedCarry {
 pub struct ClusterCarry {
     reducer: Box<dyn Reducer>,
     radius: usize,
-    red: Reduction,
-    /// Each patch token's stem output when it was last assigned, `[n, c]`.
-    reference: Vec<f32>,
-    grid: (usize, usize),
-    /// The M asked for (the reducer may give fewer).
-    m_asked: usize,
-    valid: bool,
-    center_of: Vec<u32>,
+    s: Carried,
     scores: Vec<f32>,
     touched: Vec<bool>,
     /// Touched cluster ids, ascending.
@@ -129,12 +132,7 @@ impl ClusterCarry {
         Ok(ClusterCarry {
             reducer: reduce::build_on_device(cfg)?,
             radius: cfg.ailurus.radius,
-            red: Reduction::default(),
-            reference: Vec::new(),
-            grid: (0, 0),
-            m_asked: 0,
-            valid: false,
-            center_of: Vec::new(),
+            s: Carried::default(),
             scores: Vec::new(),
             touched: Vec::new(),
             force: Vec::new(),
@@ -145,29 +143,24 @@ impl ClusterCarry {
     pub fn reconfigure(&mut self, cfg: &ReduceConfig) -> Result<(), reduce::BuildError> {
         self.reducer = reduce::build_on_device(cfg)?;
         self.radius = cfg.ailurus.radius;
-        self.valid = false;
+        self.s.valid = false;
         Ok(())
     }
 
     /// The next frame re-clusters.
     pub fn reset(&mut self) {
-        self.valid = false;
+        self.s.valid = false;
     }
 
     /// Exchange the carried partition and its references with `parked` (another stream's; see
     /// `streams.rs`). The reducer and the per-frame scratch stay.
-    fn swap_state(&mut self, parked: &mut ParkedClusters) {
-        std::mem::swap(&mut self.red, &mut parked.red);
-        std::mem::swap(&mut self.reference, &mut parked.reference);
-        std::mem::swap(&mut self.grid, &mut parked.grid);
-        std::mem::swap(&mut self.m_asked, &mut parked.m_asked);
-        std::mem::swap(&mut self.valid, &mut parked.valid);
-        std::mem::swap(&mut self.center_of, &mut parked.center_of);
+    fn swap_state(&mut self, parked: &mut Carried) {
+        std::mem::swap(&mut self.s, parked);
     }
 
     /// The current partition and merged tokens.
     pub fn reduction(&self) -> &Reduction {
-        &self.red
+        &self.s.red
     }
 
     /// The touched cluster ids of the last step (ascending).
@@ -192,12 +185,12 @@ impl ClusterCarry {
         let n = reduce::check_shape("carry", patches, c, grid)?;
         stats.changed = 0;
         stats.moved = 0;
-        let why = if recluster || !self.valid {
+        let why = if recluster || !self.s.valid {
             Some(Recluster::Refresh)
-        } else if grid != self.grid || m != self.m_asked {
+        } else if grid != self.s.grid || m != self.s.m_asked {
             Some(Recluster::NewShape)
         } else {
-            super::encoder::scores(patches, &self.reference, c, &mut self.scores);
+            super::encoder::scores(patches, &self.s.reference, c, &mut self.scores);
             stats.changed = self.scores.iter().filter(|&&s| s >= threshold).count();
             (stats.changed as f32 > recluster_above * n as f32).then_some(Recluster::TooManyChanged)
         };
@@ -207,10 +200,10 @@ impl ClusterCarry {
             stats.changed = n;
         } else {
             stats.moved = self.reassign(patches, c, threshold);
-            merge_means(patches, c, self.red.m, &mut self.red);
+            merge_means(patches, c, self.s.red.m, &mut self.s.red);
         }
         stats.touched = self.force.len();
-        Ok(self.red.m)
+        Ok(self.s.red.m)
     }
 
     fn recluster(
@@ -220,24 +213,24 @@ impl ClusterCarry {
         grid: (usize, usize),
         m: usize,
     ) -> Result<(), reduce::ReduceError> {
-        self.reducer.reduce(patches, c, grid, m, &mut self.red)?;
-        self.reference.clear();
-        self.reference.extend_from_slice(patches);
-        self.center_of.clear();
-        self.center_of.resize(grid.0 * grid.1, NONE);
-        for (id, &t) in self.red.centers.iter().enumerate() {
-            self.center_of[t as usize] = id as u32;
+        self.reducer.reduce(patches, c, grid, m, &mut self.s.red)?;
+        self.s.reference.clear();
+        self.s.reference.extend_from_slice(patches);
+        self.s.center_of.clear();
+        self.s.center_of.resize(grid.0 * grid.1, NONE);
+        for (id, &t) in self.s.red.centers.iter().enumerate() {
+            self.s.center_of[t as usize] = id as u32;
         }
-        (self.grid, self.m_asked, self.valid) = (grid, m, true);
+        (self.s.grid, self.s.m_asked, self.s.valid) = (grid, m, true);
         self.force.clear();
-        self.force.extend(0..self.red.m);
+        self.force.extend(0..self.s.red.m);
         Ok(())
     }
 
     /// Re-assign the tokens whose score reached `threshold` (scores from `step`); returns how
     /// many moved. Fills `force` with the touched clusters (those a token left or joined).
     fn reassign(&mut self, patches: &[f32], c: usize, threshold: f32) -> usize {
-        let m = self.red.m;
+        let m = self.s.red.m;
         self.touched.clear();
         self.touched.resize(m, false);
         let mut moved = 0;
@@ -245,19 +238,19 @@ impl ClusterCarry {
             if self.scores[i] < threshold {
                 continue;
             }
-            let old = self.red.assign[i];
-            let new = if self.center_of[i] != NONE {
-                self.center_of[i]
+            let old = self.s.red.assign[i];
+            let new = if self.s.center_of[i] != NONE {
+                self.s.center_of[i]
             } else {
-                nearest_centre(patches, c, i, self.grid, self.radius, &self.red.centers, &self.center_of)
+                nearest_centre(patches, c, i, self.s.grid, self.radius, &self.s.red.centers, &self.s.center_of)
             };
-            self.red.assign[i] = new;
+            self.s.red.assign[i] = new;
             if old != new {
                 self.touched[old as usize] = true;
                 self.touched[new as usize] = true;
                 moved += 1;
             }
-            self.reference[i * c..(i + 1) * c].copy_from_slice(&patches[i * c..(i + 1) * c]);
+            self.s.reference[i * c..(i + 1) * c].copy_from_slice(&patches[i * c..(i + 1) * c]);
         }
         self.force.clear();
         self.force.extend((0..m).filter(|&id| self.touched[id]));
@@ -358,8 +351,7 @@ impl CarryMiddle {
 
     /// Bytes the carried state holds (as [`ParkedCarry::bytes`]).
     pub fn bytes(&self) -> usize {
-        let c = &self.clusters;
-        self.enc.cache_bytes() + state_bytes([&self.mid, &self.full, &c.reference], &c.center_of, &c.red)
+        self.enc.cache_bytes() + self.clusters.s.bytes() + outputs_bytes(&self.mid, &self.full)
     }
 
     /// The unfolded tokens of the last frame that ran the middle (`[prefix + n, c]`, the head's
@@ -370,7 +362,7 @@ impl CarryMiddle {
 
     /// The last frame's partition.
     pub fn partition(&self, input_size: u32, out: &mut Partition) {
-        out.copy_from(&self.clusters.red, self.clusters.grid, input_size);
+        out.copy_from(&self.clusters.s.red, self.clusters.s.grid, input_size);
     }
 
     /// One frame on the stem's output `stem` (`[prefix + n, c]`, blocks 0..cut-1 run) with the
@@ -398,7 +390,7 @@ impl CarryMiddle {
             g.refresh,
             stats,
         )?;
-        let red = &self.clusters.red;
+        let red = &self.clusters.s.red;
         self.middle_in.clear();
         self.middle_in.extend_from_slice(&stem[..prefix * c]);
         self.middle_in.extend_from_slice(&red.merged[..m * c]);
@@ -418,7 +410,7 @@ impl CarryMiddle {
             self.full.clear();
             self.full.extend_from_slice(&self.mid[..prefix * c]);
             self.full.resize((prefix + n) * c, 0.0);
-            unfold(&self.mid[prefix * c..], c, &self.clusters.red.assign[..n], &mut self.full[prefix * c..]);
+            unfold(&self.mid[prefix * c..], c, &self.clusters.s.red.assign[..n], &mut self.full[prefix * c..]);
         }
         stats.cluster_time = (t1 - t0) + t2.elapsed();
         stats.middle_time = t2 - t1;
@@ -467,7 +459,7 @@ mod tests {
         let mut st = CarryStats::default();
         cc.step(&x0, c, grid, 12, 0.1, 1.0, false, &mut st).unwrap();
         assert_eq!(st.reclustered, Some(Recluster::Refresh));
-        let (centers, before) = (cc.red.centers.clone(), cc.red.assign.clone());
+        let (centers, before) = (cc.s.red.centers.clone(), cc.s.red.assign.clone());
         // Change every third token a lot, the rest not at all.
         let mut x1 = x0.clone();
         let changed: Vec<usize> = (0..n).step_by(3).collect();
@@ -477,7 +469,7 @@ mod tests {
         }
         cc.step(&x1, c, grid, 12, 0.1, 1.0, false, &mut st).unwrap();
         assert_eq!((st.reclustered, st.changed), (None, changed.len()));
-        assert_eq!(cc.red.centers, centers, "centres are carried");
+        assert_eq!(cc.s.red.centers, centers, "centres are carried");
         let mut touched = vec![false; centers.len()];
         for i in 0..n {
             let want = if let Some(id) = centers.iter().position(|&t| t as usize == i) {
@@ -487,7 +479,7 @@ mod tests {
             } else {
                 before[i]
             };
-            assert_eq!(cc.red.assign[i], want, "token {i}");
+            assert_eq!(cc.s.red.assign[i], want, "token {i}");
             if before[i] != want {
                 touched[before[i] as usize] = true;
                 touched[want as usize] = true;
@@ -496,9 +488,9 @@ mod tests {
         let want: Vec<usize> = (0..centers.len()).filter(|&id| touched[id]).collect();
         assert_eq!(cc.touched(), &want[..]);
         // The merged tokens are the member means of the new partition.
-        let mut r = Reduction { assign: cc.red.assign.clone(), ..Reduction::default() };
+        let mut r = Reduction { assign: cc.s.red.assign.clone(), ..Reduction::default() };
         merge_means(&x1, c, centers.len(), &mut r);
-        assert_eq!((&r.merged, &r.sizes), (&cc.red.merged, &cc.red.sizes));
+        assert_eq!((&r.merged, &r.sizes), (&cc.s.red.merged, &cc.s.red.sizes));
     }
 
     #[test]
@@ -516,7 +508,7 @@ mod tests {
         // The partition is the reducer's, as on the per-frame path.
         let mut r = Reduction::default();
         AilurusReducer::new(&AilurusConfig::default()).reduce(&x, c, grid, 12, &mut r).unwrap();
-        assert_eq!((&cc.red.assign, &cc.red.centers), (&r.assign, &r.centers));
+        assert_eq!((&cc.s.red.assign, &cc.s.red.centers), (&r.assign, &r.centers));
         assert_eq!(step(&mut cc, &x, 12, grid, 0.5, false), (None, 0), "identical: nothing touched");
         assert_eq!(step(&mut cc, &x, 12, grid, 0.5, true).0, Some(Recluster::Refresh));
         assert_eq!(step(&mut cc, &x, 10, grid, 0.5, false).0, Some(Recluster::NewShape), "new M");
