@@ -165,12 +165,12 @@ pub(super) unsafe fn write_row(
 fn per_channel(model: &TypedModel, outlet: OutletId, co: usize) -> TractResult<Option<Vec<f32>>> {
     let f = model.outlet_fact(outlet)?;
     let Some(k) = &f.konst else { return Ok(None) };
-    if f.datum_type != f32::datum_type() {
+    let s = k.shape();
+    let per_channel = k.len() == 1 || s == [1, co, 1, 1];
+    if f.datum_type != f32::datum_type() || !per_channel {
         return Ok(None);
     }
-    let s = k.shape();
-    let ok = k.len() == 1 || (s.len() == 4 && s[1] == co && s[0] == 1 && s[2] == 1 && s[3] == 1);
-    Ok(ok.then(|| k.try_as_plain_ram().ok().and_then(|r| r.as_slice::<f32>().ok().map(<[f32]>::to_vec))).flatten())
+    Ok(Some(k.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()))
 }
 
 /// Fold the per-channel `Mul`, `Add` and `Max` after each [`SubpixelDeconv`] of a decluttered
