@@ -58,7 +58,7 @@ fn main() {
             if transposed || !kernel.supported() || m != t {
                 continue;
             }
-            let packed = bf16::PackedBf16::pack(&w, k, n);
+            let packed = bf16::Packed16::pack(&w, k, n);
             let mut best = f64::MAX;
             for _ in 0..15 {
                 let t0 = Instant::now();

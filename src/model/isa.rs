@@ -199,7 +199,10 @@ pub fn kernels() -> Vec<(&'static str, String)> {
     let gemm = level().gemm_kernel().to_string();
     let bf16 = super::bf16::precision() == super::bf16::Precision::Bf16;
     let products = |f32: &str| if bf16 { super::bf16::kernel_level().name().to_string() } else { f32.to_string() };
-    let linear = products(&gemm);
+    let linear = match super::bf16::precision() {
+        super::bf16::Precision::F16 => super::f16::kernel_level().name().to_string(),
+        _ => products(&gemm),
+    };
     #[cfg(target_arch = "x86_64")]
     let avx = std::arch::is_x86_feature_detected!("avx");
     #[cfg(not(target_arch = "x86_64"))]

@@ -26,7 +26,7 @@ use tract_core::ops::einsum::EinSum;
 use tract_linalg::multithread::{current_tract_executor, Executor};
 
 use super::attention::{par_for, OutPtr};
-use super::bf16::{PackedBf16, Precision};
+use super::bf16::{Packed16, Precision};
 use super::isa::Level;
 use super::sgemm::Gemm;
 
@@ -73,7 +73,7 @@ pub struct Linear {
 pub type PackedF32 = super::bf16::Shared<super::sgemm::PackedF32>;
 
 /// A packed bf16 weight (shared by every plan, compared by identity).
-pub type Packed = super::bf16::Shared<PackedBf16>;
+pub type Packed = super::bf16::Shared<Packed16>;
 
 /// `out[t, n] = bias[n] + sum_k x[t, k] w[k, n]` on row-major slices: `x` is `[t, k]`, `w`
 /// `[k, n]`, `out` `[t, n]`, on the process's ISA level (`isa.rs`). One GEMM call, or with a multithreaded tract executor one per
@@ -285,6 +285,7 @@ impl Op for Linear {
 
     fn info(&self) -> TractResult<Vec<String>> {
         let kernel = match (&self.packed, &self.packed_f32) {
+            (Some(w), _) if w.0.format == super::bf16::Format::F16 => super::f16::kernel_level().name(),
             (Some(_), _) => super::bf16::kernel_level().name(),
             (None, Some(_)) => "ailurus-avx512 (weight packed once)",
             (None, None) => super::isa::level().gemm_kernel(),
@@ -315,11 +316,16 @@ impl EvalOp for Linear {
         if let Some(super::bf16::Shared(w)) = &self.packed {
             ensure!(w.k == k, "Linear: x {xs:?} has K = {k}, the packed weight {}", w.k);
             let shape: TVec<usize> = if self.layout.lead_one { tvec![1, t, w.n] } else { tvec![t, w.n] };
-            // SAFETY: `linear_bf16` writes every element of the output.
+            // SAFETY: `linear_bf16_at` and `linear_f16_at` write every element of the output.
             let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
             let mut o = out.try_as_plain_ram_mut()?;
-            let kernel = super::bf16::kernel_level();
-            super::bf16::linear_bf16_at(kernel, x.as_slice::<f32>()?, w, b, r, t, o.as_slice_mut::<f32>()?)?;
+            let (x, o) = (x.as_slice::<f32>()?, o.as_slice_mut::<f32>()?);
+            match w.format {
+                super::bf16::Format::Bf16 => {
+                    super::bf16::linear_bf16_at(super::bf16::kernel_level(), x, w, b, r, t, o)?
+                }
+                super::bf16::Format::F16 => super::f16::linear_f16_at(super::f16::kernel_level(), x, w, b, r, t, o)?,
+            }
             return Ok(tvec!(out.into_tvalue()));
         }
         #[cfg(target_arch = "x86_64")]
@@ -565,13 +571,19 @@ pub fn swap_with(model: &mut TypedModel, precision: Precision, pack_f32: bool) -
             Some(c) => Arc::new(scaled(&konst, c)?),
             None => konst,
         };
-        let packed = match precision {
-            Precision::Bf16 => {
+        let format = match precision {
+            Precision::Bf16 => Some(super::bf16::Format::Bf16),
+            Precision::F16 => Some(super::bf16::Format::F16),
+            Precision::F32 => None,
+        };
+        let packed = match format {
+            Some(format) => {
                 let k = weight.len() / n;
                 let wf = weight.try_as_plain_ram()?;
-                Some(super::bf16::Shared(super::bf16::intern(PackedBf16::pack(wf.as_slice::<f32>()?, k, n))))
+                let p = Packed16::pack_as(format, wf.as_slice::<f32>()?, k, n);
+                Some(super::bf16::Shared(super::bf16::intern(p)))
             }
-            _ => None,
+            None => None,
         };
         // f32 on our AVX-512 kernel: the weight packed once, here (see `sgemm::PackedF32`).
         let packed_f32 = if packed.is_none() && pack_f32 {

@@ -69,6 +69,7 @@ pub mod cut;
 pub mod deconv;
 pub mod delta;
 pub mod device;
+pub mod f16;
 pub mod inspect;
 pub mod io;
 pub mod isa;

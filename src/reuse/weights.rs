@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use tract_onnx::pb::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
 
-use crate::model::bf16::{self, PackedBf16, Precision};
+use crate::model::bf16::{self, Packed16, Precision};
 use crate::model::{Manifest, ModelError};
 
 /// One pre-norm ViT block: `y = x + ls1 * proj(attn(ln1(x)))`, `z = y + ls2 * fc2(gelu(fc1(ln2(y))))`.
@@ -45,7 +45,7 @@ pub struct BlockWeights {
     /// The six weights rounded to bf16 and packed (`[model] precision = "bf16"`, see
     /// [`EncoderWeights::pack_bf16`]), in the order q, k, v, output projection, fc1, fc2; their
     /// f32 matrices are then dropped.
-    pub packed: Option<Box<[Arc<PackedBf16>; 6]>>,
+    pub packed: Option<Box<[Arc<Packed16>; 6]>>,
 }
 
 /// Every block plus the final norm, and the name of the embedding tensor (block 0's input).
@@ -173,7 +173,7 @@ impl EncoderWeights {
     pub fn pack_bf16(&mut self) {
         let (c, f) = (self.width, self.mlp);
         for b in &mut self.blocks {
-            let pack = |w: &mut Vec<f32>, k: usize, n: usize| bf16::intern(PackedBf16::pack(&std::mem::take(w), k, n));
+            let pack = |w: &mut Vec<f32>, k: usize, n: usize| bf16::intern(Packed16::pack(&std::mem::take(w), k, n));
             b.packed = Some(Box::new([
                 pack(&mut b.wq, c, c),
                 pack(&mut b.wk, c, c),

@@ -2,7 +2,7 @@
 //! issue #18).
 //!
 //! A linear layer's weight is rounded to bf16 once, when the plan is built, and packed for the
-//! kernel ([`PackedBf16`]); per call the token rows are rounded to bf16 too, and the products are
+//! kernel ([`Packed16`]); per call the token rows are rounded to bf16 too, and the products are
 //! summed in f32. The fused attention (`attention.rs`) packs each call's keys and values once
 //! ([`PackedHeads`]) and rounds the query rows and the softmax weights per block; the softmax
 //! stays f32. Both products are summed in f32 (a bf16 x bf16 product is exact in f32, so the only loss is the two roundings
@@ -36,11 +36,9 @@ use tract_core::internal::{ensure, TractResult};
 use super::attention::{par_for, OutPtr};
 
 crate::choice_enum! {
-    /// `[model] precision`: the number format of the linear layers' products.
-    ///
-    /// (No "f16" yet: ARMv8.2 FP16 without FHM, as on the Jetson Orin's Cortex-A78AE, sums in
-    /// f16, and there is no ARM machine here to measure what that costs in fidelity or gains.)
-    pub enum Precision { F32 = "f32", Bf16 = "bf16" }
+    /// `[model] precision`: the number format of the linear layers' products (bf16: also the
+    /// attention's and the head's; f16: the linear layers only, see `f16/`).
+    pub enum Precision { F32 = "f32", Bf16 = "bf16", F16 = "f16" }
 }
 
 /// Columns per packed panel (two 16-lane registers).
@@ -59,6 +57,7 @@ impl Precision {
         match self {
             Precision::F32 => true,
             Precision::Bf16 => kernel_level() != Kernel::Portable,
+            Precision::F16 => super::f16::kernel_level() != super::f16::Kernel::Portable,
         }
     }
 
@@ -67,6 +66,11 @@ impl Precision {
         match self {
             _ if self.supported() => None,
             Precision::Bf16 => Some("this CPU lacks AVX512-BF16 (x86 only: AMD Zen 4+, Intel Cooper Lake+)".into()),
+            Precision::F16 => Some(
+                "this CPU lacks f16 arithmetic (FEAT_FP16 on ARMv8.2+ such as the Jetson Orin's Cortex-A78AE; \
+                 AVX512-FP16 on Intel Sapphire Rapids+)"
+                    .into(),
+            ),
             Precision::F32 => None,
         }
     }
@@ -140,6 +144,7 @@ pub fn set_precision(want: Precision) -> Precision {
 pub fn precision() -> Precision {
     match PRECISION.load(Ordering::Relaxed) {
         1 => Precision::Bf16,
+        2 => Precision::F16,
         _ => Precision::F32,
     }
 }
@@ -158,19 +163,54 @@ pub fn from_bf16(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
-/// A `K x N` weight rounded to bf16 and packed in panels (see the module doc).
-#[derive(Debug, PartialEq, Eq)]
-pub struct PackedBf16 {
-    pub k: usize,
-    pub n: usize,
-    /// `n.div_ceil(NR)` panels of `k.div_ceil(2) x NR` pairs.
-    data: Vec<u32>,
+/// The 16-bit number format of a packed weight (and of the rows it is multiplied with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// bfloat16: 8 exponent bits, 8 significant bits; products summed in f32 (this module).
+    Bf16,
+    /// IEEE binary16: 5 exponent bits, 11 significant bits; products summed in f16 over short
+    /// runs of K, then in f32 (`f16/`).
+    F16,
 }
 
-impl PackedBf16 {
-    /// Round and pack `w` (`k x n`, row-major).
-    pub fn pack(w: &[f32], k: usize, n: usize) -> PackedBf16 {
-        assert_eq!(w.len(), k * n, "PackedBf16::pack: {} values for [{k}, {n}]", w.len());
+impl Format {
+    /// f32 to this format, rounded to nearest even.
+    pub fn round(self, x: f32) -> u16 {
+        match self {
+            Format::Bf16 => to_bf16(x),
+            Format::F16 => super::f16::to_f16(x),
+        }
+    }
+
+    /// This format to f32 (exact).
+    pub fn widen(self, h: u16) -> f32 {
+        match self {
+            Format::Bf16 => from_bf16(h),
+            Format::F16 => super::f16::from_f16(h),
+        }
+    }
+}
+
+/// A `K x N` weight rounded to a 16-bit format and packed in panels of pairs (see the module
+/// doc; the f16 kernels read the same layout).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Packed16 {
+    pub k: usize,
+    pub n: usize,
+    pub format: Format,
+    /// `n.div_ceil(NR)` panels of `k.div_ceil(2) x NR` pairs.
+    pub(crate) data: Vec<u32>,
+}
+
+impl Packed16 {
+    /// Round `w` (`k x n`, row-major) to bf16 and pack it.
+    pub fn pack(w: &[f32], k: usize, n: usize) -> Packed16 {
+        Packed16::pack_as(Format::Bf16, w, k, n)
+    }
+
+    /// Round `w` (`k x n`, row-major) to `format` and pack it.
+    pub fn pack_as(format: Format, w: &[f32], k: usize, n: usize) -> Packed16 {
+        assert_eq!(w.len(), k * n, "Packed16::pack: {} values for [{k}, {n}]", w.len());
         let k2 = k.div_ceil(2);
         let mut data = vec![0u32; n.div_ceil(NR) * k2 * NR];
         for (jp, panel) in data.chunks_exact_mut(k2 * NR).enumerate() {
@@ -180,22 +220,22 @@ impl PackedBf16 {
                     if j >= n {
                         break;
                     }
-                    let at = |r: usize| if r < k { to_bf16(w[r * n + j]) as u32 } else { 0 };
+                    let at = |r: usize| if r < k { format.round(w[r * n + j]) as u32 } else { 0 };
                     *pair = at(2 * p) | (at(2 * p + 1) << 16);
                 }
             }
         }
-        PackedBf16 { k, n, data }
+        Packed16 { k, n, format, data }
     }
 
-    /// The weight in f32 again (each value rounded to bf16), `k x n` row-major (tests).
+    /// The weight in f32 again (each value rounded to the format), `k x n` row-major (tests).
     pub fn unpack(&self) -> Vec<f32> {
         let k2 = self.k.div_ceil(2);
         let mut w = vec![0f32; self.k * self.n];
         for r in 0..self.k {
             for j in 0..self.n {
                 let pair = self.data[(j / NR) * k2 * NR + (r / 2) * NR + j % NR];
-                w[r * self.n + j] = from_bf16((pair >> (16 * (r % 2))) as u16);
+                w[r * self.n + j] = self.format.widen((pair >> (16 * (r % 2))) as u16);
             }
         }
         w
@@ -230,12 +270,12 @@ impl<T> Hash for Shared<T> {
 }
 
 /// (k, n, hash of the packed data) -> live packed weights.
-type Table = HashMap<(usize, usize, u64), Vec<Weak<PackedBf16>>>;
+type Table = HashMap<(usize, usize, u64), Vec<Weak<Packed16>>>;
 static TABLE: Mutex<Option<Table>> = Mutex::new(None);
 
 /// The shared copy of `p` (interned by content: every plan that packs the same weight gets the
 /// same `Arc`).
-pub fn intern(p: PackedBf16) -> Arc<PackedBf16> {
+pub fn intern(p: Packed16) -> Arc<Packed16> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     p.data.hash(&mut h);
     let key = (p.k, p.n, h.finish());
@@ -258,7 +298,7 @@ thread_local! {
 /// `out[t, n] = bias[n] + sum_k x[t, k] w[k, n]` with `x` and `w` rounded to bf16 and the sums
 /// in f32, on this CPU's bf16 kernel; rows split over tract's threads as in
 /// [`super::linear::linear`].
-pub fn linear_bf16(x: &[f32], w: &PackedBf16, bias: Option<&[f32]>, t: usize, out: &mut [f32]) -> TractResult<()> {
+pub fn linear_bf16(x: &[f32], w: &Packed16, bias: Option<&[f32]>, t: usize, out: &mut [f32]) -> TractResult<()> {
     linear_bf16_at(kernel_level(), x, w, bias, None, t, out)
 }
 
@@ -266,7 +306,7 @@ pub fn linear_bf16(x: &[f32], w: &PackedBf16, bias: Option<&[f32]>, t: usize, ou
 pub fn linear_bf16_at(
     kernel: Kernel,
     x: &[f32],
-    w: &PackedBf16,
+    w: &Packed16,
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
     t: usize,
@@ -274,6 +314,7 @@ pub fn linear_bf16_at(
 ) -> TractResult<()> {
     let (k, n) = (w.k, w.n);
     ensure!(kernel.supported(), "Linear bf16: this CPU cannot run {}", kernel.name());
+    ensure!(w.format == Format::Bf16, "Linear bf16: the packed weight is {:?}", w.format);
     ensure!(
         x.len() == t * k && out.len() == t * n,
         "Linear bf16: x {} values for [{t}, {k}], out {} for [{t}, {n}]",
@@ -302,7 +343,7 @@ pub fn linear_bf16_at(
 }
 
 /// `c += x w` for one thread's rows: round the rows to bf16 pairs, then [`product`].
-fn block_product(kernel: Kernel, x: &[f32], w: &PackedBf16, rows: usize, c: &mut [f32]) {
+fn block_product(kernel: Kernel, x: &[f32], w: &Packed16, rows: usize, c: &mut [f32]) {
     let (k, n) = (w.k, w.n);
     let k2 = k.div_ceil(2);
     ROWS.with(|buf| {
@@ -383,12 +424,13 @@ pub unsafe fn product_packed(
     a: &[u32],
     rsa: usize,
     rows: usize,
-    w: &PackedBf16,
+    w: &Packed16,
     c: *mut f32,
     rsc: usize,
 ) {
     let k2 = w.k.div_ceil(2);
     assert!(rows == 0 || a.len() >= (rows - 1) * rsa + k2);
+    assert_eq!(w.format, Format::Bf16, "product_packed: an f16 weight");
     // SAFETY: as the caller promises.
     unsafe { product(kernel, a, rsa, rows, &w.data, k2, w.n, c, rsc) }
 }
@@ -455,11 +497,11 @@ mod tests;
 
 pub use heads::{attention_logits, attention_values, PackedHeads};
 
-/// The product of the bf16-rounded operands in f64 (tests).
-pub fn reference(x: &[f32], w: &PackedBf16, bias: Option<&[f32]>, t: usize) -> Vec<f32> {
+/// The product of the operands rounded to `w`'s format, in f64 (tests).
+pub fn reference(x: &[f32], w: &Packed16, bias: Option<&[f32]>, t: usize) -> Vec<f32> {
     let (k, n) = (w.k, w.n);
     let wf = w.unpack();
-    let r = |v: f32| from_bf16(to_bf16(v)) as f64;
+    let r = |v: f32| w.format.widen(w.format.round(v)) as f64;
     let mut out = vec![0f32; t * n];
     for i in 0..t {
         for j in 0..n {

@@ -20,7 +20,7 @@ fn rounding_is_to_nearest_even() {
 fn packing_round_trips_the_rounded_weight() {
     for &(k, n) in &[(1, 1), (7, 33), (64, 32), (5, 70)] {
         let w = lcg(k * n, (k * 31 + n) as u64);
-        let p = PackedBf16::pack(&w, k, n);
+        let p = Packed16::pack(&w, k, n);
         let back = p.unpack();
         for (a, b) in w.iter().zip(&back) {
             assert_eq!(from_bf16(to_bf16(*a)), *b, "[{k}, {n}]");
@@ -38,7 +38,7 @@ fn every_kernel_matches_the_rounded_f64_product() {
     eprintln!("bf16 kernels tested: {kernels:?}");
     for (i, &(t, k, n)) in [(1, 2, 1), (13, 7, 33), (25, 300, 65), (200, 64, 100), (5, 384, 32)].iter().enumerate() {
         let x = lcg(t * k, 3 * i as u64 + 1);
-        let w = PackedBf16::pack(&lcg(k * n, 3 * i as u64 + 2), k, n);
+        let w = Packed16::pack(&lcg(k * n, 3 * i as u64 + 2), k, n);
         let bias = lcg(n, 3 * i as u64 + 3);
         for b in [None, Some(&bias[..])] {
             let want = reference(&x, &w, b, t);
@@ -64,7 +64,7 @@ fn bf16_stays_close_to_the_f32_product() {
     let (t, k, n) = (40, 384, 96);
     let x = lcg(t * k, 7);
     let wf = lcg(k * n, 8);
-    let w = PackedBf16::pack(&wf, k, n);
+    let w = Packed16::pack(&wf, k, n);
     let exact = super::super::linear::reference(&x, &wf, None, t, k, n);
     let mut out = vec![0f32; t * n];
     linear_bf16(&x, &w, None, t, &mut out).unwrap();
@@ -112,10 +112,10 @@ fn bf16_attention_matches_the_rounded_f64_formula() {
 #[test]
 fn equal_weights_are_packed_once() {
     let w = lcg(64 * 40, 11);
-    let a = intern(PackedBf16::pack(&w, 64, 40));
-    let b = intern(PackedBf16::pack(&w, 64, 40));
+    let a = intern(Packed16::pack(&w, 64, 40));
+    let b = intern(Packed16::pack(&w, 64, 40));
     assert!(Arc::ptr_eq(&a, &b));
-    let c = intern(PackedBf16::pack(&lcg(64 * 40, 12), 64, 40));
+    let c = intern(Packed16::pack(&lcg(64 * 40, 12), 64, 40));
     assert!(!Arc::ptr_eq(&a, &c));
 }
 
@@ -123,6 +123,6 @@ fn equal_weights_are_packed_once() {
 fn precision_names() {
     use crate::choice::Named;
     assert_eq!(Precision::from_name("bf16"), Some(Precision::Bf16));
-    assert_eq!(Precision::from_name("f16"), None);
+    assert_eq!(Precision::from_name("f16"), Some(Precision::F16));
     assert!(Precision::F32.supported());
 }

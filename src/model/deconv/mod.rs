@@ -33,7 +33,7 @@ use std::cell::RefCell;
 
 use tract_core::internal::*;
 
-use super::bf16::{Kernel, PackedBf16};
+use super::bf16::{Kernel, Packed16};
 
 mod epilogue;
 mod op;
@@ -99,16 +99,16 @@ pub fn f32_taps(kernel: &[f32], ci: usize, co: usize) -> F32Taps {
 
 /// The 16 taps of a deconvolution kernel in bf16: tap `ky * 4 + kx` as a packed `C_in x C_out`
 /// matrix (each shared by every plan with the same kernel), compared by identity.
-pub type Taps = super::bf16::Shared<Vec<Arc<PackedBf16>>>;
+pub type Taps = super::bf16::Shared<Vec<Arc<Packed16>>>;
 
-impl super::bf16::Shared<Vec<Arc<PackedBf16>>> {
+impl super::bf16::Shared<Vec<Arc<Packed16>>> {
     /// Round and pack `kernel` (`[co, ci, 4, 4]`).
     pub fn pack(kernel: &[f32], ci: usize, co: usize) -> Taps {
         assert_eq!(kernel.len(), co * ci * 16);
         let taps = (0..16)
             .map(|tap| {
                 let w: Vec<f32> = (0..ci * co).map(|i| kernel[((i % co) * ci + i / co) * 16 + tap]).collect();
-                super::bf16::intern(PackedBf16::pack(&w, ci, co))
+                super::bf16::intern(Packed16::pack(&w, ci, co))
             })
             .collect();
         super::bf16::Shared(Arc::new(taps))

@@ -151,7 +151,8 @@ pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
                 let (co, ci) = (k.shape()[0], k.shape()[1]);
                 Some(Taps::pack(k.try_as_plain_ram()?.as_slice::<f32>()?, ci, co))
             }
-            crate::model::bf16::Precision::F32 => None,
+            // f16 covers the linear layers only (see `f16/`): the head stays f32.
+            crate::model::bf16::Precision::F32 | crate::model::bf16::Precision::F16 => None,
         };
         let f32_taps = if bf16.is_none() && crate::model::isa::level() == crate::model::isa::Level::Avx512 {
             let k = model.outlet_fact(node.inputs[1])?.konst.clone().context("SubpixelDeconv: kernel")?;

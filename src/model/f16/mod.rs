@@ -1,0 +1,283 @@
+//! The linear layers in IEEE binary16 (`[model] precision = "f16"`, issue #18): for the
+//! Jetson's Cortex-A78AE (ARMv8.2 FEAT_FP16: `fmla v.8h`, eight f16 multiply-adds per
+//! instruction, twice the f32 rate) and, on x86, Intel's AVX512-FP16 (Sapphire Rapids and later).
+//!
+//! Those CPUs multiply and add in f16 (no f32 accumulation: that needs FEAT_FHM, which the
+//! A78AE lacks). A whole row of K = 1536 summed in f16 would lose digits with every term, so the
+//! kernels sum in f16 over runs of [`KCH`] pairs of K only, then add each run's sum into the
+//! f32 output. Per output value the arithmetic is fixed, whatever the kernel:
+//! - x and W are rounded to f16 (nearest even); W once at the plan's build, packed in the
+//!   pair layout of the bf16 kernels ([`Packed16`] with [`Format::F16`]), x per call;
+//! - two f16 sums per output, one over the even k and one over the odd k (a pair lane: the
+//!   32-bit lane holding (k, k + 1) of a row meets the same lane of the panel), each a chain of
+//!   f16 fused multiply-adds (one rounding each) in k order, starting at zero for every run;
+//! - at the end of a run the output (f32) gets the even sum, then the odd sum added.
+//!
+//! So the AVX512-FP16 kernel, the NEON kernel and the portable one (plain Rust emulating each
+//! f16 fused multiply-add through f64, the tests' reference) give the same bits, and a mask
+//! computed on the Jetson in f16 is the one measured here on x86 (tests/`tests.rs` check each
+//! kernel the CPU has against the portable one bit for bit; under qemu-aarch64 that is the NEON
+//! kernel). The rows' rounding is also the same everywhere (IEEE round to nearest even).
+//!
+//! The attention's products and the head stay f32 in this mode (bf16 covers them; f16 kernels
+//! for them are not written). Everywhere without f16 arithmetic the plans stay f32, with one log
+//! line ([`super::bf16::Precision::fallback_reason`]).
+//!
+//! Own code: no maintained stable crate has an f16 GEMM that sums in f16 (the `gemm` crate's
+//! f16 path converts to f32 and computes in f32, which gains nothing over f32 weights in
+//! arithmetic).
+
+use std::cell::RefCell;
+
+use tract_core::internal::{ensure, TractResult};
+
+use super::attention::{par_for, OutPtr};
+use super::bf16::{Format, Packed16, NR};
+
+/// K pairs per f16 run: each of a run's two f16 sums has at most 32 terms (k < 64), about 3
+/// decimal digits of the run's magnitude; the runs are summed in f32.
+pub const KCH: usize = 32;
+/// K pairs per chunk of the blocked loop (a multiple of [`KCH`], so runs never straddle chunks).
+const KC2: usize = 128;
+/// Rows per block (as `bf16`'s).
+const MC: usize = 192;
+
+/// f32 to f16, rounded to nearest even (overflow to infinity, NaN stays NaN).
+pub fn to_f16(x: f32) -> u16 {
+    half::f16::from_f32(x).to_bits()
+}
+
+/// f16 to f32 (exact).
+pub fn from_f16(h: u16) -> f32 {
+    half::f16::from_bits(h).to_f32()
+}
+
+/// One f16 fused multiply-add, `round16(a b + c)` (operands are f16 values): the product is
+/// exact in f64 (22 significant bits) and so is the sum, unless the two are over 2^31 apart,
+/// when the smaller cannot move the f16 result anyway; then one rounding to f16.
+fn fma16(a: f32, b: f32, c: f32) -> f32 {
+    round16(a as f64 * b as f64 + c as f64) as f32
+}
+
+/// `v` rounded to the nearest f16 value, ties to even, past the largest one to infinity. Own
+/// code: `half::f16::from_f64` goes through f32 on x86 (F16C), rounding twice.
+fn round16(v: f64) -> f64 {
+    if !v.is_finite() {
+        return v;
+    }
+    // The f16 spacing at v: 2^(e - 10) for normal values (e = v's binary exponent), 2^-24
+    // (the subnormals') below 2^-14.
+    let e = ((v.to_bits() >> 52) & 0x7FF) as i32 - 1023;
+    let ulp = 2f64.powi(e.max(-14) - 10);
+    let r = (v / ulp).round_ties_even() * ulp;
+    if r.abs() > 65504.0 {
+        f64::INFINITY.copysign(v)
+    } else {
+        r
+    }
+}
+
+/// The f16 product kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// `vfmadd231ph` on 512-bit registers (x86 AVX512-FP16), a 12 x 32 tile.
+    Avx512Fp16,
+    /// `fmla v.8h` (aarch64 FEAT_FP16), a 6 x 16 tile.
+    NeonFp16,
+    /// Plain Rust emulating the same f16 arithmetic (tests; any CPU; slow).
+    Portable,
+}
+
+impl Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512Fp16 => "ailurus-avx512fp16",
+            Kernel::NeonFp16 => "ailurus-neon-fp16",
+            Kernel::Portable => "ailurus-f16-portable",
+        }
+    }
+
+    pub fn supported(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Fp16 => {
+                use std::arch::is_x86_feature_detected as has;
+                has!("avx512fp16") && has!("avx512f") && has!("avx512bw") && has!("avx512vl")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Kernel::NeonFp16 => std::arch::is_aarch64_feature_detected!("fp16"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The register tile: (rows, columns).
+    fn tile(self) -> (usize, usize) {
+        match self {
+            Kernel::Avx512Fp16 => (12, 32),
+            Kernel::NeonFp16 => (6, 16),
+            Kernel::Portable => (4, 32),
+        }
+    }
+}
+
+/// The best f16 kernel of this CPU.
+pub fn kernel_level() -> Kernel {
+    [Kernel::Avx512Fp16, Kernel::NeonFp16].into_iter().find(|k| k.supported()).unwrap_or(Kernel::Portable)
+}
+
+thread_local! {
+    /// A block's token rows in f16 pairs (reused: steady calls allocate nothing).
+    static ROWS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `out[t, n] = residual[t, n] + bias[n] + sum_k x[t, k] w[k, n]` in the f16 arithmetic of
+/// the module doc, on `kernel`; rows split over tract's threads as in
+/// [`super::linear::linear`].
+pub fn linear_f16_at(
+    kernel: Kernel,
+    x: &[f32],
+    w: &Packed16,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    t: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
+    let (k, n) = (w.k, w.n);
+    ensure!(kernel.supported(), "Linear f16: this CPU cannot run {}", kernel.name());
+    ensure!(w.format == Format::F16, "Linear f16: the packed weight is {:?}", w.format);
+    ensure!(
+        x.len() == t * k && out.len() == t * n,
+        "Linear f16: x {} values for [{t}, {k}], out {} for [{t}, {n}]",
+        x.len(),
+        out.len()
+    );
+    if t * n == 0 {
+        return Ok(());
+    }
+    super::linear::init_rows(out, n, bias, residual)?;
+    if k == 0 {
+        return Ok(());
+    }
+    let block = super::linear::rows_per_thread(t, kernel.tile().0);
+    let dst = OutPtr(out.as_mut_ptr());
+    par_for(t.div_ceil(block), move |i| {
+        let dst = dst;
+        let r0 = i * block;
+        let rows = block.min(t - r0);
+        let k2 = k.div_ceil(2);
+        ROWS.with(|buf| {
+            let mut a = buf.borrow_mut();
+            if a.len() < rows * k2 {
+                a.resize(rows * k2, 0);
+            }
+            let a = &mut a[..rows * k2];
+            for (r, dst) in a.chunks_exact_mut(k2).enumerate() {
+                round_row(kernel, &x[(r0 + r) * k..(r0 + r + 1) * k], dst);
+            }
+            // SAFETY: rows r0..r0+rows of out are in bounds (lengths checked) and belong to this
+            // block only; the kernel is supported (checked).
+            unsafe { product(kernel, a, k2, rows, w, dst.0.add(r0 * n), n) };
+        });
+        Ok(())
+    })
+}
+
+/// One row rounded to f16 pairs (row `2p` in the low half); an odd length pads with zero.
+fn round_row(kernel: Kernel, src: &[f32], dst: &mut [u32]) {
+    let done = match kernel {
+        // SAFETY: the CPU has AVX512-FP16 (so AVX512F; checked by the caller).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Fp16 => unsafe { avx512::round_row(src, dst) },
+        // SAFETY: the CPU has FEAT_FP16 (checked by the caller).
+        #[cfg(target_arch = "aarch64")]
+        Kernel::NeonFp16 => unsafe { neon::round_row(src, dst) },
+        _ => 0,
+    };
+    for p in done..dst.len() {
+        let hi = src.get(2 * p + 1).map_or(0, |&v| to_f16(v) as u32);
+        dst[p] = to_f16(src[2 * p]) as u32 | (hi << 16);
+    }
+}
+
+/// `c[i, j] += sum_p a[i, p] w[p, j]` in the f16 arithmetic: `a` is `rows` rows of
+/// `w.k.div_ceil(2)` f16 pairs at stride `rsa`, `c` `rows x w.n` at row stride `rsc`.
+///
+/// # Safety
+/// `c.add(i * rsc + j)` is writable for `i < rows`, `j < w.n`, and aliased by nothing else;
+/// `kernel` is supported by this CPU.
+unsafe fn product(kernel: Kernel, a: &[u32], rsa: usize, rows: usize, w: &Packed16, c: *mut f32, rsc: usize) {
+    let (k2, n) = (w.k.div_ceil(2), w.n);
+    let (mr, nr) = kernel.tile();
+    debug_assert!(NR % nr == 0 && KC2 % KCH == 0);
+    assert!(rows == 0 || a.len() >= (rows - 1) * rsa + k2);
+    for p0 in (0..k2).step_by(KC2) {
+        let kc2 = KC2.min(k2 - p0);
+        for m0 in (0..rows).step_by(MC) {
+            let mc = MC.min(rows - m0);
+            for j0 in (0..n).step_by(nr) {
+                let cols = nr.min(n - j0);
+                // The panel's rows p0.. from column j0 % NR on (row stride NR).
+                let b = &w.data[((j0 / NR) * k2 + p0) * NR + j0 % NR..];
+                for i0 in (m0..m0 + mc).step_by(mr) {
+                    let tile = mr.min(m0 + mc - i0);
+                    let a = &a[i0 * rsa + p0..];
+                    // SAFETY: the tile's rows i0..i0+tile, columns j0..j0+cols are inside C
+                    // (caller); the slice spans them at stride rsc.
+                    let c = unsafe { std::slice::from_raw_parts_mut(c.add(i0 * rsc + j0), (tile - 1) * rsc + cols) };
+                    let t = Tile { kc2, a, rsa, b, rows: tile, cols };
+                    match kernel {
+                        // SAFETY: the CPU has AVX512-FP16 (caller); the tile's bounds hold.
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx512Fp16 => unsafe { avx512::tile(&t, c, rsc) },
+                        // SAFETY: the CPU has FEAT_FP16 (caller); the tile's bounds hold.
+                        #[cfg(target_arch = "aarch64")]
+                        Kernel::NeonFp16 => unsafe { neon::tile(&t, c, rsc) },
+                        _ => portable_tile(&t, c, rsc),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One register tile's operands: `rows` rows of `a` (`kc2` pairs each, at stride `rsa`; the
+/// chunk starts at a multiple of [`KCH`]) times `kc2` rows of `b` (pairs at stride [`NR`], the
+/// tile's `cols` columns first), added into `cols` columns of C.
+struct Tile<'a> {
+    kc2: usize,
+    a: &'a [u32],
+    rsa: usize,
+    b: &'a [u32],
+    rows: usize,
+    cols: usize,
+}
+
+/// The arithmetic of the module doc, one value at a time (the reference of the SIMD kernels).
+fn portable_tile(t: &Tile, c: &mut [f32], rsc: usize) {
+    let lo = |v: u32| from_f16(v as u16);
+    let hi = |v: u32| from_f16((v >> 16) as u16);
+    for i in 0..t.rows {
+        for j in 0..t.cols {
+            let out = &mut c[i * rsc + j];
+            for run in (0..t.kc2).step_by(KCH) {
+                let (mut even, mut odd) = (0f32, 0f32);
+                for p in run..(run + KCH).min(t.kc2) {
+                    let (a, b) = (t.a[i * t.rsa + p], t.b[p * NR + j]);
+                    even = fma16(lo(a), lo(b), even);
+                    odd = fma16(hi(a), hi(b), odd);
+                }
+                *out += even;
+                *out += odd;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+#[cfg(test)]
+mod tests;
