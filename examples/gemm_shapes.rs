@@ -3,13 +3,14 @@
 //! product (the model runs them as three 384-column ones, the shape of "proj"), then the
 //! projection, fc1, fc2, and the attention's two products per 256-row block ("qk": 256 x 64 by
 //! 64 x T, k read transposed; "pv": 256 x T by T x 64).
-//! The linear shapes also in bf16 where the CPU has AVX512-BF16 (`src/model/bf16.rs`).
+//! The linear shapes also in bf16 where the CPU has AVX512-BF16 (`src/model/bf16.rs`) and in
+//! f16 where it has f16 arithmetic (`src/model/f16/`).
 //! `cargo run --release --example gemm_shapes [T]`
 use std::time::Instant;
 
-use ailurus::model::bf16;
 use ailurus::model::isa::{self, Level};
 use ailurus::model::sgemm::Gemm;
+use ailurus::model::{bf16, f16};
 
 fn main() {
     let t: usize = std::env::args().nth(1).map(|s| s.parse().unwrap()).unwrap_or(1025);
@@ -63,6 +64,18 @@ fn main() {
             for _ in 0..15 {
                 let t0 = Instant::now();
                 bf16::linear_bf16_at(kernel, &a, &packed, None, None, m, &mut c).unwrap();
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+            let f = 2.0 * (m * k * n) as f64;
+            line += &format!("  {} {:.1} GFLOP/s", kernel.name(), f / best / 1e9);
+        }
+        let kernel = f16::kernel_level();
+        if !transposed && kernel != f16::Kernel::Portable && m == t {
+            let packed = bf16::Packed16::pack_as(bf16::Format::F16, &w, k, n);
+            let mut best = f64::MAX;
+            for _ in 0..15 {
+                let t0 = Instant::now();
+                f16::linear_f16_at(kernel, &a, &packed, None, None, m, &mut c).unwrap();
                 best = best.min(t0.elapsed().as_secs_f64());
             }
             let f = 2.0 * (m * k * n) as f64;

@@ -554,7 +554,7 @@ pub struct Args {
     /// Thread counts for the peer table (both engines).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     peer_threads: Vec<usize>,
-    /// Precisions of the ailurus rows of the peer table ("f32", "bf16"): each is timed at every
+    /// Precisions of the ailurus rows of the peer table ("f32", "bf16", "f16"): each is timed at every
     /// thread count, with mask IoU against the f32 unreduced masks; one the CPU lacks is skipped
     /// with a log line.
     #[arg(long, value_delimiter = ',', default_value = "f32", value_parser = super::parse_precision)]

@@ -126,7 +126,7 @@ pub fn pick_reduced(rows: &[Row], size: u32, min_iou: f64) -> Option<Row> {
 }
 
 /// Measure ailurus unreduced and at `reduced` with each thread count, at each of `precisions`
-/// (`[model] precision`; fidelity of the bf16 rows against the f32 unreduced masks of the same
+/// (`[model] precision`; fidelity of the bf16 and f16 rows against the f32 unreduced masks of the same
 /// run), then ONNX Runtime.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
