@@ -30,21 +30,14 @@ pub(super) unsafe fn tile(t: &Tile, c: &mut [f32], rsc: usize) {
     };
     let masks = [mask(0), mask(1)];
     for run in (0..kc2).step_by(KCH) {
-        let mut acc = [[_mm512_setzero_ph(); 2]; MR];
-        for p in run..(run + KCH).min(kc2) {
-            // SAFETY: p < kc2: inside the panel chunk and each row (see above).
-            unsafe {
-                let pb = t.b.as_ptr().add(p * NR);
-                let b0 = _mm512_castsi512_ph(_mm512_loadu_si512(pb as *const __m512i));
-                let b1 = _mm512_castsi512_ph(_mm512_loadu_si512(pb.add(16) as *const __m512i));
-                for (acc, row) in acc.iter_mut().zip(&rows_at) {
-                    let av = _mm512_castsi512_ph(_mm512_set1_epi32(*row.add(p) as i32));
-                    acc[0] = _mm512_fmadd_ph(av, b0, acc[0]);
-                    acc[1] = _mm512_fmadd_ph(av, b1, acc[1]);
-                }
+        // SAFETY: the run's pairs are inside the chunk (see above).
+        let acc = unsafe { sums(t.b.as_ptr(), &rows_at, run, (run + KCH).min(kc2)) };
+        // Constant bounds (the stores are masked or skipped), so the accumulators stay in
+        // registers: a dynamic row count here made LLVM keep them on the stack.
+        for (i, acc) in acc.iter().enumerate() {
+            if i >= rows {
+                break;
             }
-        }
-        for (i, acc) in acc.iter().enumerate().take(rows) {
             for (v, (x, &m)) in acc.iter().zip(&masks).enumerate() {
                 let u = _mm512_castph_si512(*x);
                 let even = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(u));
@@ -58,6 +51,31 @@ pub(super) unsafe fn tile(t: &Tile, c: &mut [f32], rsc: usize) {
             }
         }
     }
+}
+
+/// One run's f16 sums of the 12 x 32 tile: pairs `p0..p1` of each row times the panel rows.
+///
+/// # Safety
+/// AVX512-FP16 present; pairs `p0..p1` of each row and rows `p0..p1` of `b` (stride [`NR`], 32
+/// pairs read) are in bounds.
+#[inline]
+#[target_feature(enable = "avx512fp16,avx512f,avx512bw,avx512vl")]
+unsafe fn sums(b: *const u32, rows_at: &[*const u32; MR], p0: usize, p1: usize) -> [[__m512h; 2]; MR] {
+    let mut acc = [[_mm512_setzero_ph(); 2]; MR];
+    for p in p0..p1 {
+        // SAFETY: p is in bounds (caller).
+        unsafe {
+            let pb = b.add(p * NR);
+            let b0 = _mm512_castsi512_ph(_mm512_loadu_si512(pb as *const __m512i));
+            let b1 = _mm512_castsi512_ph(_mm512_loadu_si512(pb.add(16) as *const __m512i));
+            for (acc, row) in acc.iter_mut().zip(rows_at) {
+                let av = _mm512_castsi512_ph(_mm512_set1_epi32(*row.add(p) as i32));
+                acc[0] = _mm512_fmadd_ph(av, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ph(av, b1, acc[1]);
+            }
+        }
+    }
+    acc
 }
 
 /// The whole 16-value groups of a row rounded to f16 pairs (`vcvtps2ph`, nearest even);

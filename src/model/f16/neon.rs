@@ -24,23 +24,13 @@ pub(super) unsafe fn tile(t: &Tile, c: &mut [f32], rsc: usize) {
     debug_assert!(c.len() >= (rows - 1) * rsc + cols);
     // Rows past `rows` re-read the last row (in bounds); their sums are not stored.
     let rows_at: [*const u32; MR] = std::array::from_fn(|i| unsafe { t.a.as_ptr().add(i.min(rows - 1) * t.rsa) });
-    let zero = vreinterpretq_f16_u32(vdupq_n_u32(0));
     for run in (0..kc2).step_by(KCH) {
-        let mut acc = [[zero; 4]; MR];
-        for p in run..(run + KCH).min(kc2) {
-            // SAFETY: p < kc2: inside the panel chunk and each row (see above).
-            unsafe {
-                let pb = t.b.as_ptr().add(p * NR);
-                let b: [float16x8_t; 4] = std::array::from_fn(|v| vreinterpretq_f16_u32(vld1q_u32(pb.add(4 * v))));
-                for (acc, row) in acc.iter_mut().zip(&rows_at) {
-                    let av = vreinterpretq_f16_u32(vld1q_dup_u32(row.add(p)));
-                    for (x, b) in acc.iter_mut().zip(&b) {
-                        *x = vfmaq_f16(*x, av, *b);
-                    }
-                }
+        // SAFETY: the run's pairs are inside the chunk (see above).
+        let acc = unsafe { sums(t.b.as_ptr(), &rows_at, run, (run + KCH).min(kc2)) };
+        for (i, acc) in acc.iter().enumerate() {
+            if i >= rows {
+                break;
             }
-        }
-        for (i, acc) in acc.iter().enumerate().take(rows) {
             for (v, x) in acc.iter().enumerate() {
                 let j0 = 4 * v;
                 if j0 >= cols {
@@ -70,6 +60,34 @@ pub(super) unsafe fn tile(t: &Tile, c: &mut [f32], rsc: usize) {
             }
         }
     }
+}
+
+/// One run's f16 sums of the 6 x 16 tile: pairs `p0..p1` of each row times the panel rows (a
+/// function of its own, whose accumulators LLVM keeps in registers; inside the run loop it
+/// kept them on the stack).
+///
+/// # Safety
+/// FEAT_FP16 present; pairs `p0..p1` of each row and rows `p0..p1` of `b` (stride [`NR`], 16
+/// pairs read) are in bounds.
+#[inline]
+#[target_feature(enable = "neon,fp16")]
+unsafe fn sums(b: *const u32, rows_at: &[*const u32; MR], p0: usize, p1: usize) -> [[float16x8_t; 4]; MR] {
+    let zero = vreinterpretq_f16_u32(vdupq_n_u32(0));
+    let mut acc = [[zero; 4]; MR];
+    for p in p0..p1 {
+        // SAFETY: p is in bounds (caller).
+        unsafe {
+            let pb = b.add(p * NR);
+            let b: [float16x8_t; 4] = std::array::from_fn(|v| vreinterpretq_f16_u32(vld1q_u32(pb.add(4 * v))));
+            for (acc, row) in acc.iter_mut().zip(rows_at) {
+                let av = vreinterpretq_f16_u32(vld1q_dup_u32(row.add(p)));
+                for (x, b) in acc.iter_mut().zip(&b) {
+                    *x = vfmaq_f16(*x, av, *b);
+                }
+            }
+        }
+    }
+    acc
 }
 
 /// The whole 8-value groups of a row rounded to f16 pairs (`fcvtn`, nearest even under the
