@@ -43,9 +43,10 @@ pub const ROWS: usize = 256;
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct FusedAttention {
     pub bias: bool,
-    /// Both products in bf16 (`[model] precision = "bf16"`, see `bf16.rs`): q, k, v and the
-    /// softmax weights rounded, sums in f32; the softmax itself stays f32.
-    pub bf16: bool,
+    /// Both products in a 16-bit format (`[model] precision = "bf16"` or "f16", see `bf16/`
+    /// and `f16/`): q, k, v and the softmax weights rounded, sums as the format's kernels do
+    /// them; the softmax itself stays f32. `None`: f32.
+    pub half: Option<super::bf16::Format>,
 }
 
 /// The kernels of the attention's two products.
@@ -55,10 +56,24 @@ pub enum Products {
     F32(super::isa::Level),
     /// bf16 operands, f32 sums.
     Bf16(super::bf16::Kernel),
+    /// f16 operands, f16 sums over runs of K, f32 between (`f16/`).
+    F16(super::f16::Kernel),
+}
+
+impl Products {
+    /// The 16-bit kernel, if any.
+    fn half(self) -> Option<super::bf16::Half> {
+        match self {
+            Products::F32(_) => None,
+            Products::Bf16(k) => Some(k.into()),
+            Products::F16(k) => Some(k.into()),
+        }
+    }
 }
 
 thread_local! {
-    /// The keys and values of the attention being computed, packed for [`Products::Bf16`].
+    /// The keys and values of the attention being computed, packed for [`Products::Bf16`] and
+    /// [`Products::F16`].
     static HEADS: RefCell<super::bf16::PackedHeads> = RefCell::new(Default::default());
     /// The keys of the attention being computed, transposed per head (`[h, d, t]`) for
     /// [`Products::F32`]: the first product's B then has contiguous rows, which the GEMM packs
@@ -265,7 +280,8 @@ pub fn attend_with(
                 }
             });
         }
-        Products::Bf16(kernel) => {
+        Products::Bf16(_) | Products::F16(_) => {
+            let kernel = products.half().expect("a 16-bit kernel");
             ensure!(kernel.supported(), "FusedAttention: this CPU cannot run {}", kernel.name());
             HEADS.with(|p| p.borrow_mut().pack(kernel, k, v, (t, h, d)));
         }
@@ -279,7 +295,7 @@ pub fn attend_with(
 }
 
 /// The (head, row block) tasks of [`attend_with`] (`heads`: the packed keys and values for
-/// [`Products::Bf16`]).
+/// [`Products::Bf16`] and [`Products::F16`]).
 #[allow(clippy::too_many_arguments)]
 fn attend_blocks(
     products: Products,
@@ -340,7 +356,8 @@ fn attend_blocks(
                     };
                     unsafe { g.run(level) };
                 }
-                Products::Bf16(kernel) => {
+                Products::Bf16(_) | Products::F16(_) => {
+                    let kernel = products.half().expect("a 16-bit kernel");
                     super::bf16::attention_logits(kernel, q, heads, (r0, rows, head), (t, h, d), logits, stride)
                 }
             }
@@ -371,7 +388,8 @@ fn attend_blocks(
                         };
                         g.run(level);
                     }
-                    Products::Bf16(kernel) => {
+                    Products::Bf16(_) | Products::F16(_) => {
+                        let kernel = products.half().expect("a 16-bit kernel");
                         super::bf16::attention_values(kernel, logits, stride, rows, heads, head, (t, h, d), dst)
                     }
                 }
@@ -429,7 +447,10 @@ impl Op for FusedAttention {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        let products = if self.bf16 { super::bf16::kernel_level().name() } else { super::isa::level().gemm_kernel() };
+        let products = match self.half {
+            Some(f) => super::bf16::Half::best(f).name(),
+            None => super::isa::level().gemm_kernel(),
+        };
         Ok(vec![format!("{ROWS}-row blocks, {products} + tract softmax kernels, key bias: {}", self.bias)])
     }
 
@@ -456,8 +477,11 @@ impl EvalOp for FusedAttention {
         let (q, k, v) = (plain(0)?, plain(1)?, plain(2)?);
         let bias = if self.bias { Some(plain(3)?) } else { None };
         let bias = bias.as_ref().map(|b| b.as_slice::<f32>()).transpose()?;
-        let products =
-            if self.bf16 { Products::Bf16(super::bf16::kernel_level()) } else { Products::F32(super::isa::level()) };
+        let products = match self.half {
+            Some(super::bf16::Format::Bf16) => Products::Bf16(super::bf16::kernel_level()),
+            Some(super::bf16::Format::F16) => Products::F16(super::f16::kernel_level()),
+            None => Products::F32(super::isa::level()),
+        };
         attend_with(
             products,
             ROWS,
@@ -583,8 +607,7 @@ pub fn fuse(model: &mut TypedModel) -> TractResult<usize> {
         let name = format!("{}.fused", model.node(found.out).name);
         let mut patch = TypedModelPatch::default();
         let taps = found.inputs.iter().map(|o| patch.tap_model(model, *o)).collect::<TractResult<TVec<_>>>()?;
-        let bf16 = super::bf16::precision() == super::bf16::Precision::Bf16;
-        let op = FusedAttention { bias: taps.len() == 4, bf16 };
+        let op = FusedAttention { bias: taps.len() == 4, half: super::bf16::precision().format() };
         let wire = patch.wire_node(name, op, &taps)?;
         patch.shunt_outside(model, OutletId::new(found.out, 0), wire[0])?;
         patch.apply(model)?;

@@ -197,12 +197,9 @@ pub fn cpu_features() -> String {
 /// kernel) pairs (bench header and CSV).
 pub fn kernels() -> Vec<(&'static str, String)> {
     let gemm = level().gemm_kernel().to_string();
-    let bf16 = super::bf16::precision() == super::bf16::Precision::Bf16;
-    let products = |f32: &str| if bf16 { super::bf16::kernel_level().name().to_string() } else { f32.to_string() };
-    let linear = match super::bf16::precision() {
-        super::bf16::Precision::F16 => super::f16::kernel_level().name().to_string(),
-        _ => products(&gemm),
-    };
+    let half = super::bf16::precision().format().map(super::bf16::Half::best);
+    let products = |f32: &str| half.map_or(f32, |h| h.name()).to_string();
+    let linear = products(&gemm);
     #[cfg(target_arch = "x86_64")]
     let avx = std::arch::is_x86_feature_detected!("avx");
     #[cfg(not(target_arch = "x86_64"))]

@@ -285,8 +285,7 @@ impl Op for Linear {
 
     fn info(&self) -> TractResult<Vec<String>> {
         let kernel = match (&self.packed, &self.packed_f32) {
-            (Some(w), _) if w.0.format == super::bf16::Format::F16 => super::f16::kernel_level().name(),
-            (Some(_), _) => super::bf16::kernel_level().name(),
+            (Some(w), _) => super::bf16::Half::best(w.0.format).name(),
             (None, Some(_)) => "ailurus-avx512 (weight packed once)",
             (None, None) => super::isa::level().gemm_kernel(),
         };
@@ -316,16 +315,10 @@ impl EvalOp for Linear {
         if let Some(super::bf16::Shared(w)) = &self.packed {
             ensure!(w.k == k, "Linear: x {xs:?} has K = {k}, the packed weight {}", w.k);
             let shape: TVec<usize> = if self.layout.lead_one { tvec![1, t, w.n] } else { tvec![t, w.n] };
-            // SAFETY: `linear_bf16_at` and `linear_f16_at` write every element of the output.
+            // SAFETY: `linear_16` writes every element of the output.
             let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
             let mut o = out.try_as_plain_ram_mut()?;
-            let (x, o) = (x.as_slice::<f32>()?, o.as_slice_mut::<f32>()?);
-            match w.format {
-                super::bf16::Format::Bf16 => {
-                    super::bf16::linear_bf16_at(super::bf16::kernel_level(), x, w, b, r, t, o)?
-                }
-                super::bf16::Format::F16 => super::f16::linear_f16_at(super::f16::kernel_level(), x, w, b, r, t, o)?,
-            }
+            super::bf16::linear_16(x.as_slice::<f32>()?, w, b, r, t, o.as_slice_mut::<f32>()?)?;
             return Ok(tvec!(out.into_tvalue()));
         }
         #[cfg(target_arch = "x86_64")]
@@ -571,12 +564,7 @@ pub fn swap_with(model: &mut TypedModel, precision: Precision, pack_f32: bool) -
             Some(c) => Arc::new(scaled(&konst, c)?),
             None => konst,
         };
-        let format = match precision {
-            Precision::Bf16 => Some(super::bf16::Format::Bf16),
-            Precision::F16 => Some(super::bf16::Format::F16),
-            Precision::F32 => None,
-        };
-        let packed = match format {
+        let packed = match precision.format() {
             Some(format) => {
                 let k = weight.len() / n;
                 let wf = weight.try_as_plain_ram()?;

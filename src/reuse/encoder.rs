@@ -352,9 +352,9 @@ impl ReuseEncoder {
                 s.xa[r * c..(r + 1) * c].copy_from_slice(&x[i * c..(i + 1) * c]);
             }
             let p = w.packed.as_deref();
-            // Layer `i` of the block (q, k, v, projection, fc1, fc2) on `a` rows: f32, or bf16 when packed.
+            // Layer `i` of the block (q, k, v, projection, fc1, fc2) on `a` rows: f32, or bf16 / f16 when packed.
             let lin = |i: usize, x: &[f32], wf: &[f32], b: &[f32], k: usize, n: usize, out: &mut [f32]| match p {
-                Some(p) => bf16::linear_bf16(x, &p[i], Some(b), a, out),
+                Some(p) => bf16::linear_16(x, &p[i], Some(b), None, a, out),
                 None => linear::linear(x, wf, Some(b), a, k, n, out),
             };
             layernorm::layer_norm(&s.xa, &w.ln1.0, &w.ln1.1, c, w.ln1.2, &mut s.ln)?;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use tract_onnx::pb::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
 
-use crate::model::bf16::{self, Packed16, Precision};
+use crate::model::bf16::{self, Packed16};
 use crate::model::{Manifest, ModelError};
 
 /// One pre-norm ViT block: `y = x + ls1 * proj(attn(ln1(x)))`, `z = y + ls2 * fc2(gelu(fc1(ln2(y))))`.
@@ -151,8 +151,8 @@ impl EncoderWeights {
     /// under `[model] precision = "bf16"`).
     pub fn from_manifest_proto(manifest: &Manifest, proto: &ModelProto) -> Result<EncoderWeights, ModelError> {
         let mut w = Self::from_proto_f32(manifest, proto)?;
-        if bf16::precision() == Precision::Bf16 {
-            w.pack_bf16();
+        if let Some(format) = bf16::precision().format() {
+            w.pack_16(format);
         }
         Ok(w)
     }
@@ -171,9 +171,16 @@ impl EncoderWeights {
     /// Round every block's six weights to bf16 and pack them for the bf16 kernel (the linear
     /// layers then run as in the bf16 plans); the f32 matrices are dropped.
     pub fn pack_bf16(&mut self) {
+        self.pack_16(bf16::Format::Bf16)
+    }
+
+    /// [`EncoderWeights::pack_bf16`] in `format` (bf16 or f16).
+    pub fn pack_16(&mut self, format: bf16::Format) {
         let (c, f) = (self.width, self.mlp);
         for b in &mut self.blocks {
-            let pack = |w: &mut Vec<f32>, k: usize, n: usize| bf16::intern(Packed16::pack(&std::mem::take(w), k, n));
+            let pack = |w: &mut Vec<f32>, k: usize, n: usize| {
+                bf16::intern(Packed16::pack_as(format, &std::mem::take(w), k, n))
+            };
             b.packed = Some(Box::new([
                 pack(&mut b.wq, c, c),
                 pack(&mut b.wk, c, c),

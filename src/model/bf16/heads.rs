@@ -1,10 +1,10 @@
-//! The fused attention's two products in bf16 (`super::super::attention` calls these per
-//! (head, row block)): every head's keys and values packed once per call, the query rows and the
-//! softmax weights rounded per block.
+//! The fused attention's two products in bf16 or f16 ([`Half`]; `super::super::attention` calls
+//! these per (head, row block)): every head's keys and values packed once per call, the query
+//! rows and the softmax weights rounded per block.
 
 use std::cell::RefCell;
 
-use super::{product, round_rows, round_u16, Kernel, NR};
+use super::{Half, NR};
 
 thread_local! {
     /// A row block's A operand of the attention in bf16 pairs.
@@ -26,7 +26,7 @@ pub struct PackedHeads {
 
 impl PackedHeads {
     /// Pack `k` and `v` (`[t, h, d]`); reuses the buffers.
-    pub fn pack(&mut self, kernel: Kernel, k: &[f32], v: &[f32], (t, h, d): (usize, usize, usize)) {
+    pub fn pack(&mut self, kernel: Half, k: &[f32], v: &[f32], (t, h, d): (usize, usize, usize)) {
         assert!(k.len() == t * h * d && v.len() == t * h * d);
         let (d2, t2) = (d.div_ceil(2), t.div_ceil(2));
         self.per_k = t.div_ceil(NR) * d2 * NR;
@@ -41,8 +41,8 @@ impl PackedHeads {
             half.resize(2 * t * row, 0);
             let (hk, hv) = half.split_at_mut(t * row);
             for (n, (rk, rv)) in hk.chunks_exact_mut(row).zip(hv.chunks_exact_mut(row)).enumerate() {
-                round_u16(kernel, &k[n * h * d..(n + 1) * h * d], &mut rk[..h * d]);
-                round_u16(kernel, &v[n * h * d..(n + 1) * h * d], &mut rv[..h * d]);
+                kernel.round_u16(&k[n * h * d..(n + 1) * h * d], &mut rk[..h * d]);
+                kernel.round_u16(&v[n * h * d..(n + 1) * h * d], &mut rv[..h * d]);
             }
             for head in 0..h {
                 // kᵀ: B[p][n] = channels (2p, 2p + 1) of key n.
@@ -83,7 +83,7 @@ impl PackedHeads {
 /// `logits[r, n] = q[r0 + r, head, :] . k[n, head, :]` for `r < rows`, `n < t`, at row stride
 /// `stride`; `q` is `[t, h, d]`, the keys packed in `packed`. Overwrites the logits.
 pub fn attention_logits(
-    kernel: Kernel,
+    kernel: Half,
     q: &[f32],
     packed: &PackedHeads,
     (r0, rows, head): (usize, usize, usize),
@@ -97,13 +97,13 @@ pub fn attention_logits(
     ATT.with(|buf| {
         let mut a = buf.borrow_mut();
         a.resize(rows * d2, 0);
-        round_rows(kernel, &q[r0 * h * d + head * d..], h * d, d, &mut a);
+        kernel.round_rows(&q[r0 * h * d + head * d..], h * d, d, &mut a);
         for row in logits.chunks_mut(stride).take(rows) {
             row[..t].fill(0.0);
         }
         let b = &packed.k[head * packed.per_k..(head + 1) * packed.per_k];
         // SAFETY: logits holds rows x t at stride `stride` (asserted); the kernel is supported.
-        unsafe { product(kernel, &a, d2, rows, b, d2, t, logits.as_mut_ptr(), stride) };
+        unsafe { kernel.product(&a, d2, rows, b, d2, t, logits.as_mut_ptr(), stride) };
     })
 }
 
@@ -115,7 +115,7 @@ pub fn attention_logits(
 /// `dst.add(r * h * d + j)` is writable for `r < rows`, `j < d`, and aliased by nothing else.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn attention_values(
-    kernel: Kernel,
+    kernel: Half,
     w: &[f32],
     stride: usize,
     rows: usize,
@@ -130,13 +130,13 @@ pub unsafe fn attention_values(
     ATT.with(|buf| {
         let mut a = buf.borrow_mut();
         a.resize(rows * t2, 0);
-        round_rows(kernel, w, stride, t, &mut a);
+        kernel.round_rows(w, stride, t, &mut a);
         for r in 0..rows {
             // SAFETY: row r's d values are writable (caller).
             unsafe { std::slice::from_raw_parts_mut(dst.add(r * h * d), d).fill(0.0) };
         }
         let b = &packed.v[head * packed.per_v..(head + 1) * packed.per_v];
         // SAFETY: dst rows as the caller promises; the kernel is supported (asserted).
-        unsafe { product(kernel, &a, t2, rows, b, t2, d, dst, h * d) };
+        unsafe { kernel.product(&a, t2, rows, b, t2, d, dst, h * d) };
     })
 }

@@ -61,6 +61,15 @@ impl Precision {
         }
     }
 
+    /// The 16-bit format of the products (`None`: f32).
+    pub fn format(self) -> Option<Format> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(Format::Bf16),
+            Precision::F16 => Some(Format::F16),
+        }
+    }
+
     /// Why `self` falls back to f32 on this CPU (`None` when it does not).
     pub fn fallback_reason(self) -> Option<String> {
         match self {
@@ -302,6 +311,22 @@ pub fn linear_bf16(x: &[f32], w: &Packed16, bias: Option<&[f32]>, t: usize, out:
     linear_bf16_at(kernel_level(), x, w, bias, None, t, out)
 }
 
+/// `out = residual + bias + x w` in `w`'s format (bf16 here, f16 in `f16/`), on this CPU's best
+/// kernel for it.
+pub fn linear_16(
+    x: &[f32],
+    w: &Packed16,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    t: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
+    match w.format {
+        Format::Bf16 => linear_bf16_at(kernel_level(), x, w, bias, residual, t, out),
+        Format::F16 => super::f16::linear_f16_at(super::f16::kernel_level(), x, w, bias, residual, t, out),
+    }
+}
+
 /// [`linear_bf16`] on `kernel` (tests force each one the CPU has).
 pub fn linear_bf16_at(
     kernel: Kernel,
@@ -413,26 +438,18 @@ unsafe fn product(
     }
 }
 
-/// `c += a w`: `a` is `rows` rows of `w.k.div_ceil(2)` bf16 pairs at stride `rsa`, `c`
-/// `rows x w.n` at row stride `rsc` (the head's sub-pixel deconvolution, `deconv/`).
+/// `c += a w`: `a` is `rows` rows of `w.k.div_ceil(2)` pairs of `w`'s format at stride `rsa`,
+/// `c` `rows x w.n` at row stride `rsc` (the head's sub-pixel deconvolution, `deconv/`).
 ///
 /// # Safety
 /// `c.add(i * rsc + j)` is writable for `i < rows`, `j < w.n`, and aliased by nothing else;
 /// `kernel` is supported by this CPU.
-pub unsafe fn product_packed(
-    kernel: Kernel,
-    a: &[u32],
-    rsa: usize,
-    rows: usize,
-    w: &Packed16,
-    c: *mut f32,
-    rsc: usize,
-) {
+pub unsafe fn product_packed(kernel: Half, a: &[u32], rsa: usize, rows: usize, w: &Packed16, c: *mut f32, rsc: usize) {
     let k2 = w.k.div_ceil(2);
     assert!(rows == 0 || a.len() >= (rows - 1) * rsa + k2);
-    assert_eq!(w.format, Format::Bf16, "product_packed: an f16 weight");
+    assert_eq!(w.format, kernel.format(), "product_packed: a {:?} weight on {}", w.format, kernel.name());
     // SAFETY: as the caller promises.
-    unsafe { product(kernel, a, rsa, rows, &w.data, k2, w.n, c, rsc) }
+    unsafe { kernel.product(a, rsa, rows, &w.data, k2, w.n, c, rsc) }
 }
 
 /// Round `src` to bf16 into `dst` (same length).
@@ -491,10 +508,12 @@ fn portable_tile(kc2: usize, a: &[u32], rsa: usize, b: &[u32], c: &mut [f32], rs
 mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod half;
 mod heads;
 #[cfg(test)]
 mod tests;
 
+pub use half::Half;
 pub use heads::{attention_logits, attention_values, PackedHeads};
 
 /// The product of the operands rounded to `w`'s format, in f64 (tests).

@@ -15,7 +15,7 @@
 //! bias. Same multiply-adds, no 16x intermediate, no overlap-add. The GEMMs are the `gemm`
 //! crate's; blocks of (parity, rows) run on tract's executor.
 //!
-//! With `[model] precision = "bf16"` the products run in bf16 ([`deconv_bf16`]): the kernel's
+//! With `[model] precision = "bf16"` (or "f16") the products run in bf16 (f16) ([`deconv_bf16`]): the kernel's
 //! taps are rounded and packed once at the swap ([`Taps`]), the input once per call into
 //! position-major channel pairs, so each tap's product (`positions x C_in` times `C_in x C_out`)
 //! reads it in place; sums in f32.
@@ -33,7 +33,7 @@ use std::cell::RefCell;
 
 use tract_core::internal::*;
 
-use super::bf16::{Kernel, Packed16};
+use super::bf16::{Format, Half, Packed16};
 
 mod epilogue;
 mod op;
@@ -49,9 +49,9 @@ const POSITIONS: usize = 2048;
 /// 4, 4]` (tract's OIHW), bias `[C_out]`; output `[1, C_out, 2H, 2W]`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct SubpixelDeconv {
-    /// The kernel's 16 taps rounded to bf16 and packed (`[model] precision = "bf16"`; the
-    /// products then run on `bf16.rs`'s kernel); the f32 kernel input stays for the shapes.
-    pub bf16: Option<Taps>,
+    /// The kernel's 16 taps rounded to bf16 or f16 and packed (`[model] precision = "bf16"` or
+    /// "f16"; the products then run on that format's kernel).
+    pub half: Option<Taps>,
     /// The f32 kernel tap-major, for the position-major path (level `avx512`, f32).
     pub f32_taps: Option<F32Taps>,
     /// The BatchNorm, ReLU and 1x1 convolution after it, applied as the output is written
@@ -97,18 +97,23 @@ pub fn f32_taps(kernel: &[f32], ci: usize, co: usize) -> F32Taps {
     super::bf16::Shared(s)
 }
 
-/// The 16 taps of a deconvolution kernel in bf16: tap `ky * 4 + kx` as a packed `C_in x C_out`
+/// The 16 taps of a deconvolution kernel in bf16 or f16: tap `ky * 4 + kx` as a packed `C_in x C_out`
 /// matrix (each shared by every plan with the same kernel), compared by identity.
 pub type Taps = super::bf16::Shared<Vec<Arc<Packed16>>>;
 
 impl super::bf16::Shared<Vec<Arc<Packed16>>> {
-    /// Round and pack `kernel` (`[co, ci, 4, 4]`).
+    /// Round `kernel` (`[co, ci, 4, 4]`) to bf16 and pack it.
     pub fn pack(kernel: &[f32], ci: usize, co: usize) -> Taps {
+        Taps::pack_as(Format::Bf16, kernel, ci, co)
+    }
+
+    /// Round `kernel` (`[co, ci, 4, 4]`) to `format` and pack it.
+    pub fn pack_as(format: Format, kernel: &[f32], ci: usize, co: usize) -> Taps {
         assert_eq!(kernel.len(), co * ci * 16);
         let taps = (0..16)
             .map(|tap| {
                 let w: Vec<f32> = (0..ci * co).map(|i| kernel[((i % co) * ci + i / co) * 16 + tap]).collect();
-                super::bf16::intern(Packed16::pack(&w, ci, co))
+                super::bf16::intern(Packed16::pack_as(format, &w, ci, co))
             })
             .collect();
         super::bf16::Shared(Arc::new(taps))
@@ -328,13 +333,13 @@ fn position_major(
     })
 }
 
-/// [`deconv`] with the products in bf16 on `kernel` (`taps`: the kernel packed by
-/// [`Taps::pack`]): the input rounded once into bordered, position-major channel pairs, so a
+/// [`deconv`] with the products in bf16 or f16 on `kernel` (`taps`: the kernel packed by
+/// [`Taps::pack_as`] in its format): the input rounded once into bordered, position-major channel pairs, so a
 /// tap's product for a block of positions reads rows of it in place (`C = X_tap W_tap`, positions
 /// x C_out); then `epilogue`, as [`deconv_fused`].
 #[allow(clippy::too_many_arguments)]
 pub fn deconv_bf16(
-    kernel: Kernel,
+    kernel: impl Into<Half>,
     x: &[f32],
     taps: &Taps,
     bias: &[f32],
@@ -345,7 +350,10 @@ pub fn deconv_bf16(
     epilogue: Option<&Epilogue>,
     out: &mut [f32],
 ) -> TractResult<()> {
+    let kernel: Half = kernel.into();
     ensure!(kernel.supported(), "SubpixelDeconv: this CPU cannot run {}", kernel.name());
+    let format = kernel.format();
+    ensure!(taps.0.iter().all(|t| t.format == format), "SubpixelDeconv: taps not in {format:?}");
     if let Some(e) = epilogue {
         e.check(co)?;
     }
@@ -374,8 +382,8 @@ pub fn deconv_bf16(
                 let lo = &x[(2 * c2 * h + y) * w..][..w];
                 let hi = (2 * c2 + 1 < ci).then(|| &x[((2 * c2 + 1) * h + y) * w..][..w]);
                 for xx in 0..w {
-                    let hv = hi.map_or(0, |r| super::bf16::to_bf16(r[xx]) as u32);
-                    xpt[((y + 1) * wp + xx + 1) * ci2 + c2] = super::bf16::to_bf16(lo[xx]) as u32 | (hv << 16);
+                    let hv = hi.map_or(0, |r| format.round(r[xx]) as u32);
+                    xpt[((y + 1) * wp + xx + 1) * ci2 + c2] = format.round(lo[xx]) as u32 | (hv << 16);
                 }
             }
         }

@@ -13,8 +13,8 @@ impl Op for SubpixelDeconv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        let products = if self.bf16.is_some() {
-            crate::model::bf16::kernel_level().name()
+        let products = if let Some(taps) = &self.half {
+            crate::model::bf16::Half::best(taps.0[0].format).name()
         } else {
             kernel_name(crate::model::isa::level())
         };
@@ -48,8 +48,9 @@ impl EvalOp for SubpixelDeconv {
         let mut out = unsafe { Tensor::uninitialized::<f32>(&[1, co_out, 2 * h, 2 * w])? };
         let (x, b) = (x.as_slice::<f32>()?, b.as_slice::<f32>()?);
         let o = &mut out.try_as_plain_ram_mut()?;
-        if let Some(taps) = &self.bf16 {
-            deconv_bf16(crate::model::bf16::kernel_level(), x, taps, b, ci, h, w, co, e, o.as_slice_mut::<f32>()?)?;
+        if let Some(taps) = &self.half {
+            let kernel = crate::model::bf16::Half::best(taps.0[0].format);
+            deconv_bf16(kernel, x, taps, b, ci, h, w, co, e, o.as_slice_mut::<f32>()?)?;
             return Ok(tvec!(out.into_tvalue()));
         }
         let k = if self.n_inputs() == 3 { Some(plain(1)?) } else { None };
@@ -71,7 +72,7 @@ impl SubpixelDeconv {
     /// `[x, bias]` when the op holds its kernel (packed taps: the f32 kernel is then not kept
     /// in the plan, 8.9 MB for the focus head), else `[x, kernel, bias]`.
     fn n_inputs(&self) -> usize {
-        if self.bf16.is_some() || self.f32_taps.is_some() {
+        if self.half.is_some() || self.f32_taps.is_some() {
             2
         } else {
             3
@@ -145,23 +146,22 @@ pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
         if !matches(model, node)? {
             continue;
         }
-        let bf16 = match crate::model::bf16::precision() {
-            crate::model::bf16::Precision::Bf16 => {
+        let half = match crate::model::bf16::precision().format() {
+            Some(format) => {
                 let k = model.outlet_fact(node.inputs[1])?.konst.clone().context("SubpixelDeconv: kernel")?;
                 let (co, ci) = (k.shape()[0], k.shape()[1]);
-                Some(Taps::pack(k.try_as_plain_ram()?.as_slice::<f32>()?, ci, co))
+                Some(Taps::pack_as(format, k.try_as_plain_ram()?.as_slice::<f32>()?, ci, co))
             }
-            // f16 covers the linear layers only (see `f16/`): the head stays f32.
-            crate::model::bf16::Precision::F32 | crate::model::bf16::Precision::F16 => None,
+            None => None,
         };
-        let f32_taps = if bf16.is_none() && crate::model::isa::level() == crate::model::isa::Level::Avx512 {
+        let f32_taps = if half.is_none() && crate::model::isa::level() == crate::model::isa::Level::Avx512 {
             let k = model.outlet_fact(node.inputs[1])?.konst.clone().context("SubpixelDeconv: kernel")?;
             let (co, ci) = (k.shape()[0], k.shape()[1]);
             Some(f32_taps(k.try_as_plain_ram()?.as_slice::<f32>()?, ci, co))
         } else {
             None
         };
-        let op = SubpixelDeconv { bf16, f32_taps, epilogue: None };
+        let op = SubpixelDeconv { half, f32_taps, epilogue: None };
         let inputs: TVec<OutletId> = match op.n_inputs() {
             2 => tvec![node.inputs[0], node.inputs[2]],
             _ => node.inputs.iter().copied().collect(),

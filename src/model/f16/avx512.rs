@@ -95,3 +95,21 @@ pub(super) unsafe fn round_row(src: &[f32], dst: &mut [u32]) -> usize {
     }
     whole / 2
 }
+
+/// The whole 16-value groups of `src` rounded to f16 (`vcvtps2ph`, nearest even); returns how
+/// many values it wrote (the caller rounds the rest).
+///
+/// # Safety
+/// AVX512F present; `dst.len() == src.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn round_u16(src: &[f32], dst: &mut [u16]) -> usize {
+    let whole = src.len() / 16 * 16;
+    for (s, d) in src[..whole].chunks_exact(16).zip(dst.chunks_exact_mut(16)) {
+        // SAFETY: 16 values in, 16 out.
+        unsafe {
+            let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_loadu_ps(s.as_ptr()));
+            _mm256_storeu_si256(d.as_mut_ptr() as *mut __m256i, h);
+        }
+    }
+    whole
+}

@@ -180,14 +180,14 @@ pub fn linear_f16_at(
             }
             // SAFETY: rows r0..r0+rows of out are in bounds (lengths checked) and belong to this
             // block only; the kernel is supported (checked).
-            unsafe { product(kernel, a, k2, rows, w, dst.0.add(r0 * n), n) };
+            unsafe { product(kernel, a, k2, rows, &w.data, k2, n, dst.0.add(r0 * n), n) };
         });
         Ok(())
     })
 }
 
 /// One row rounded to f16 pairs (row `2p` in the low half); an odd length pads with zero.
-fn round_row(kernel: Kernel, src: &[f32], dst: &mut [u32]) {
+pub(crate) fn round_row(kernel: Kernel, src: &[f32], dst: &mut [u32]) {
     let done = match kernel {
         // SAFETY: the CPU has AVX512-FP16 (so AVX512F; checked by the caller).
         #[cfg(target_arch = "x86_64")]
@@ -203,17 +203,44 @@ fn round_row(kernel: Kernel, src: &[f32], dst: &mut [u32]) {
     }
 }
 
-/// `c[i, j] += sum_p a[i, p] w[p, j]` in the f16 arithmetic: `a` is `rows` rows of
-/// `w.k.div_ceil(2)` f16 pairs at stride `rsa`, `c` `rows x w.n` at row stride `rsc`.
+/// `src` rounded to f16 (same length).
+pub(crate) fn round_u16(kernel: Kernel, src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len());
+    let done = match kernel {
+        // SAFETY: the CPU has AVX512-FP16 (so AVX512F; checked by the caller).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Fp16 => unsafe { avx512::round_u16(src, dst) },
+        // SAFETY: the CPU has FEAT_FP16 (checked by the caller).
+        #[cfg(target_arch = "aarch64")]
+        Kernel::NeonFp16 => unsafe { neon::round_u16(src, dst) },
+        _ => 0,
+    };
+    src[done..].iter().zip(&mut dst[done..]).for_each(|(s, d)| *d = to_f16(*s));
+}
+
+/// `c[i, j] += sum_p a[i, p] b[p, j]` in the f16 arithmetic: `a` is `rows` rows of `k2` f16
+/// pairs at stride `rsa`, `b` `n.div_ceil(NR)` packed panels of `k2 x NR` pairs, `c` `rows x n`
+/// at row stride `rsc`.
 ///
 /// # Safety
-/// `c.add(i * rsc + j)` is writable for `i < rows`, `j < w.n`, and aliased by nothing else;
+/// `c.add(i * rsc + j)` is writable for `i < rows`, `j < n`, and aliased by nothing else;
 /// `kernel` is supported by this CPU.
-unsafe fn product(kernel: Kernel, a: &[u32], rsa: usize, rows: usize, w: &Packed16, c: *mut f32, rsc: usize) {
-    let (k2, n) = (w.k.div_ceil(2), w.n);
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn product(
+    kernel: Kernel,
+    a: &[u32],
+    rsa: usize,
+    rows: usize,
+    b: &[u32],
+    k2: usize,
+    n: usize,
+    c: *mut f32,
+    rsc: usize,
+) {
     let (mr, nr) = kernel.tile();
     debug_assert!(NR % nr == 0 && KC2 % KCH == 0);
     assert!(rows == 0 || a.len() >= (rows - 1) * rsa + k2);
+    assert!(b.len() >= n.div_ceil(NR) * k2 * NR);
     for p0 in (0..k2).step_by(KC2) {
         let kc2 = KC2.min(k2 - p0);
         for m0 in (0..rows).step_by(MC) {
@@ -221,7 +248,7 @@ unsafe fn product(kernel: Kernel, a: &[u32], rsa: usize, rows: usize, w: &Packed
             for j0 in (0..n).step_by(nr) {
                 let cols = nr.min(n - j0);
                 // The panel's rows p0.. from column j0 % NR on (row stride NR).
-                let b = &w.data[((j0 / NR) * k2 + p0) * NR + j0 % NR..];
+                let b = &b[((j0 / NR) * k2 + p0) * NR + j0 % NR..];
                 for i0 in (m0..m0 + mc).step_by(mr) {
                     let tile = mr.min(m0 + mc - i0);
                     let a = &a[i0 * rsa + p0..];

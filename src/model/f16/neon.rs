@@ -108,3 +108,22 @@ pub(super) unsafe fn round_row(src: &[f32], dst: &mut [u32]) -> usize {
     }
     whole / 2
 }
+
+/// The whole 8-value groups of `src` rounded to f16 (`fcvtn`); returns how many values it
+/// wrote (the caller rounds the rest).
+///
+/// # Safety
+/// FEAT_FP16 present; `dst.len() == src.len()`.
+#[target_feature(enable = "neon,fp16")]
+pub(super) unsafe fn round_u16(src: &[f32], dst: &mut [u16]) -> usize {
+    let whole = src.len() / 8 * 8;
+    for (s, d) in src[..whole].chunks_exact(8).zip(dst.chunks_exact_mut(8)) {
+        // SAFETY: 8 values in, 8 out.
+        unsafe {
+            let lo = vcvt_f16_f32(vld1q_f32(s.as_ptr()));
+            let hi = vcvt_f16_f32(vld1q_f32(s.as_ptr().add(4)));
+            vst1q_u16(d.as_mut_ptr(), vreinterpretq_u16_f16(vcombine_f16(lo, hi)));
+        }
+    }
+    whole
+}

@@ -118,3 +118,60 @@ fn a_bf16_weight_is_refused() {
     let e = linear_f16_at(Kernel::Portable, &lcg(8, 2), &w, None, None, 1, &mut out).unwrap_err();
     assert!(e.to_string().contains("Bf16"), "{e}");
 }
+
+/// The fused attention with both products in f16: every kernel this CPU has equals the
+/// portable one bit for bit, and all stay within f16's error of the f64 formula on the
+/// f16-rounded q, k, v (odd T and D, several row blocks, key bias on and off).
+#[test]
+fn f16_attention_matches_the_emulation_and_the_formula() {
+    use crate::model::attention::{attend_with, reference, Products};
+    let kernels: Vec<Kernel> = [Kernel::Avx512Fp16, Kernel::NeonFp16].into_iter().filter(|k| k.supported()).collect();
+    let r = |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| from_f16(to_f16(v))).collect() };
+    for (i, &(t, h, d, block)) in [(1, 1, 2, 4), (37, 3, 7, 16), (150, 2, 64, 32), (33, 1, 33, 256)].iter().enumerate()
+    {
+        let q = lcg(t * h * d, 50 + i as u64);
+        let k = lcg(t * h * d, 60 + i as u64);
+        let v = lcg(t * h * d, 70 + i as u64);
+        let bias: Vec<f32> = lcg(t, 80 + i as u64).iter().map(|b| b * 4.0).collect();
+        for b in [None, Some(&bias[..])] {
+            let want = reference(&r(&q), &r(&k), &r(&v), b, t, h, d);
+            let scale = want.iter().map(|x| x.abs()).fold(0.0, f32::max).max(1e-3);
+            let mut emulated = vec![f32::NAN; t * h * d];
+            attend_with(Products::F16(Kernel::Portable), block, &q, &k, &v, b, t, h, d, &mut emulated).unwrap();
+            let err = emulated.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(err < scale / 256.0, "[{t}, {h}, {d}] block {block}: {err} of {scale}");
+            for &kernel in &kernels {
+                let mut out = vec![f32::NAN; t * h * d];
+                attend_with(Products::F16(kernel), block, &q, &k, &v, b, t, h, d, &mut out).unwrap();
+                let differ = out.iter().zip(&emulated).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(differ, 0, "[{t}, {h}, {d}] block {block} {kernel:?}");
+            }
+        }
+    }
+}
+
+/// The head's sub-pixel deconvolution with f16 taps: every kernel equals the portable one bit
+/// for bit, and both stay within f16's error of the textbook scatter of the rounded operands.
+#[test]
+fn f16_deconv_matches_the_emulation_and_the_scatter() {
+    use crate::model::deconv::{deconv_bf16, reference, Taps};
+    let kernels: Vec<Kernel> = [Kernel::Avx512Fp16, Kernel::NeonFp16].into_iter().filter(|k| k.supported()).collect();
+    let r = |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| from_f16(to_f16(v))).collect() };
+    for (i, &(ci, h, w, co)) in [(1, 1, 1, 1), (3, 5, 7, 2), (8, 9, 4, 40), (150, 6, 6, 64)].iter().enumerate() {
+        let seed = 90 + 10 * i as u64;
+        let (x, k, b) = (lcg(ci * h * w, seed + 1), lcg(co * ci * 16, seed + 2), lcg(co, seed + 3));
+        let want = reference(&r(&x), &r(&k), &b, ci, h, w, co);
+        let taps = Taps::pack_as(Format::F16, &k, ci, co);
+        let mut emulated = vec![f32::NAN; co * 4 * h * w];
+        deconv_bf16(Kernel::Portable, &x, &taps, &b, ci, h, w, co, None, &mut emulated).unwrap();
+        let scale = want.iter().map(|x| x.abs()).fold(1.0, f32::max);
+        let err = emulated.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(err < scale / 256.0, "C_in {ci}, {h}x{w}, C_out {co}: {err} of {scale}");
+        for &kernel in &kernels {
+            let mut out = vec![f32::NAN; co * 4 * h * w];
+            deconv_bf16(kernel, &x, &taps, &b, ci, h, w, co, None, &mut out).unwrap();
+            let differ = out.iter().zip(&emulated).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differ, 0, "C_in {ci}, {h}x{w}, C_out {co} {kernel:?}");
+        }
+    }
+}

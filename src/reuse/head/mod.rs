@@ -37,7 +37,7 @@ use std::sync::Arc;
 use tract_core::internal::*;
 
 use crate::engine::EngineError;
-use crate::model::bf16::kernel_level;
+use crate::model::bf16::Half;
 use crate::model::deconv::{deconv, deconv_bf16};
 use crate::model::f32s;
 use tract_onnx::prelude::{tvec, Tensor};
@@ -349,7 +349,7 @@ fn axis_plan(len_in: usize, len_out: usize) -> Vec<Taps2> {
 /// One up-layer on `[ci, h, w]` into `out` (`[co, 2h, 2w]`), bias included, no ReLU.
 fn up(ly: &UpLayer, x: &[f32], h: usize, w: usize, out: &mut [f32]) -> TractResult<()> {
     match &ly.taps {
-        Some(t) => deconv_bf16(kernel_level(), x, t, &ly.bias, ly.ci, h, w, ly.co, None, out),
+        Some(t) => deconv_bf16(Half::best(t.0[0].format), x, t, &ly.bias, ly.ci, h, w, ly.co, None, out),
         None => deconv(x, &ly.kernel, &ly.bias, ly.ci, h, w, ly.co, out),
     }
 }

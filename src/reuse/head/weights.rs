@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use tract_onnx::pb::{ModelProto, NodeProto, TensorProto};
 
-use crate::model::bf16::{precision, Precision};
+use crate::model::bf16::precision;
 use crate::model::deconv::Taps;
 
 /// One `ConvTranspose` 4x4/2 pad 1 with its BatchNorm folded in.
@@ -73,7 +73,7 @@ impl HeadWeights {
         let ints = |n: &NodeProto, a: &str| attr(n, a).map(|a| a.ints.clone());
         let mut node = g.node.iter().find(|n| n.op_type == "ConvTranspose").ok_or("no ConvTranspose (head)")?;
         let (mut layers, mut ci) = (Vec::new(), width);
-        let bf16 = precision() == Precision::Bf16;
+        let half = precision().format();
         while node.op_type == "ConvTranspose" {
             let name = &node.name;
             let ok = ints(node, "kernel_shape").is_none_or(|k| k == [4, 4])
@@ -122,7 +122,7 @@ impl HeadWeights {
                     }
                 }
             }
-            let taps = bf16.then(|| Taps::pack(&kernel, ci, co));
+            let taps = half.map(|f| Taps::pack_as(f, &kernel, ci, co));
             layers.push(UpLayer { ci, co, kernel, bias, relu, taps });
             ci = co;
             node = n;
@@ -177,7 +177,7 @@ impl HeadWeights {
         let (mut layers, mut ci) = (Vec::new(), width);
         for &co in channels {
             let kernel = rnd(co * ci * 16, 1.0 / (4.0 * ci as f32).sqrt());
-            let taps = (precision() == Precision::Bf16).then(|| Taps::pack(&kernel, ci, co));
+            let taps = precision().format().map(|f| Taps::pack_as(f, &kernel, ci, co));
             layers.push(UpLayer { ci, co, kernel, bias: rnd(co, 0.1), relu: true, taps });
             ci = co;
         }
