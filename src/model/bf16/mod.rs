@@ -36,8 +36,8 @@ use tract_core::internal::{ensure, TractResult};
 use super::attention::{par_for, OutPtr};
 
 crate::choice_enum! {
-    /// `[model] precision`: the number format of the linear layers' products (bf16: also the
-    /// attention's and the head's; f16: the linear layers only, see `f16/`).
+    /// `[model] precision`: the number format of the products (linear layers, attention, the
+    /// head's deconvolutions; see this module and `f16/`).
     pub enum Precision { F32 = "f32", Bf16 = "bf16", F16 = "f16" }
 }
 

@@ -1,6 +1,8 @@
-//! The linear layers in IEEE binary16 (`[model] precision = "f16"`, issue #18): for the
-//! Jetson's Cortex-A78AE (ARMv8.2 FEAT_FP16: `fmla v.8h`, eight f16 multiply-adds per
-//! instruction, twice the f32 rate) and, on x86, Intel's AVX512-FP16 (Sapphire Rapids and later).
+//! The products in IEEE binary16 (`[model] precision = "f16"`, issue #18): for the Jetson's
+//! Cortex-A78AE (ARMv8.2 FEAT_FP16: `fmla v.8h`, eight f16 multiply-adds per instruction, twice
+//! the f32 rate) and, on x86, Intel's AVX512-FP16 (Sapphire Rapids and later). The linear layers
+//! (here), the attention's two products and the head's deconvolutions (through
+//! [`super::bf16::Half`], on the same pair layout as bf16) all run on these kernels.
 //!
 //! Those CPUs multiply and add in f16 (no f32 accumulation: that needs FEAT_FHM, which the
 //! A78AE lacks). A whole row of K = 1536 summed in f16 would lose digits with every term, so the
@@ -15,13 +17,12 @@
 //!
 //! So the AVX512-FP16 kernel, the NEON kernel and the portable one (plain Rust emulating each
 //! f16 fused multiply-add through f64, the tests' reference) give the same bits, and a mask
-//! computed on the Jetson in f16 is the one measured here on x86 (tests/`tests.rs` check each
-//! kernel the CPU has against the portable one bit for bit; under qemu-aarch64 that is the NEON
+//! computed on the Jetson in f16 is the one measured here on x86 (`tests.rs` checks each kernel
+//! the CPU has against the portable one bit for bit; under qemu-aarch64 that is the NEON
 //! kernel). The rows' rounding is also the same everywhere (IEEE round to nearest even).
-//!
-//! The attention's products and the head stay f32 in this mode (bf16 covers them; f16 kernels
-//! for them are not written). Everywhere without f16 arithmetic the plans stay f32, with one log
-//! line ([`super::bf16::Precision::fallback_reason`]).
+//! LayerNorm, softmax, GELU and the sums between runs stay f32. Everywhere without f16
+//! arithmetic the plans stay f32, with one log line
+//! ([`super::bf16::Precision::fallback_reason`]).
 //!
 //! Own code: no maintained stable crate has an f16 GEMM that sums in f16 (the `gemm` crate's
 //! f16 path converts to f32 and computes in f32, which gains nothing over f32 weights in
