@@ -19,7 +19,7 @@ const MR: usize = 12;
 #[target_feature(enable = "avx512fp16,avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn tile(t: &Tile, c: &mut [f32], rsc: usize) {
     let (kc2, rows, cols) = (t.kc2, t.rows, t.cols);
-    debug_assert!(rows >= 1 && rows <= MR && cols <= 32);
+    debug_assert!((1..=MR).contains(&rows) && cols <= 32);
     debug_assert!(t.b.len() >= (kc2 - 1) * NR + 32 && t.a.len() > (rows - 1) * t.rsa + kc2 - 1);
     debug_assert!(c.len() >= (rows - 1) * rsc + cols);
     // Rows past `rows` re-read the last row (in bounds); their sums are not stored.

@@ -239,7 +239,7 @@ pub(crate) unsafe fn product(
     rsc: usize,
 ) {
     let (mr, nr) = kernel.tile();
-    debug_assert!(NR % nr == 0 && KC2 % KCH == 0);
+    debug_assert!(NR.is_multiple_of(nr) && KC2.is_multiple_of(KCH));
     assert!(rows == 0 || a.len() >= (rows - 1) * rsa + k2);
     assert!(b.len() >= n.div_ceil(NR) * k2 * NR);
     for p0 in (0..k2).step_by(KC2) {

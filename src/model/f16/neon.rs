@@ -19,7 +19,7 @@ const MR: usize = 6;
 #[target_feature(enable = "neon,fp16")]
 pub(super) unsafe fn tile(t: &Tile, c: &mut [f32], rsc: usize) {
     let (kc2, rows, cols) = (t.kc2, t.rows, t.cols);
-    debug_assert!(rows >= 1 && rows <= MR && cols <= 16);
+    debug_assert!((1..=MR).contains(&rows) && cols <= 16);
     debug_assert!(t.b.len() >= (kc2 - 1) * NR + 16 && t.a.len() > (rows - 1) * t.rsa + kc2 - 1);
     debug_assert!(c.len() >= (rows - 1) * rsc + cols);
     // Rows past `rows` re-read the last row (in bounds); their sums are not stored.
