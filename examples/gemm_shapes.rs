@@ -63,7 +63,7 @@ fn main() {
             let mut best = f64::MAX;
             for _ in 0..15 {
                 let t0 = Instant::now();
-                bf16::linear_bf16_at(kernel, &a, &packed, None, None, m, &mut c).unwrap();
+                bf16::linear_16_at(kernel, &a, &packed, None, None, m, &mut c).unwrap();
                 best = best.min(t0.elapsed().as_secs_f64());
             }
             let f = 2.0 * (m * k * n) as f64;
@@ -75,7 +75,7 @@ fn main() {
             let mut best = f64::MAX;
             for _ in 0..15 {
                 let t0 = Instant::now();
-                f16::linear_f16_at(kernel, &a, &packed, None, None, m, &mut c).unwrap();
+                bf16::linear_16_at(kernel, &a, &packed, None, None, m, &mut c).unwrap();
                 best = best.min(t0.elapsed().as_secs_f64());
             }
             let f = 2.0 * (m * k * n) as f64;

@@ -47,6 +47,14 @@ impl Half {
         }
     }
 
+    /// Rows of the kernel's register tile (row blocks split between threads align to it).
+    pub(crate) fn tile_rows(self) -> usize {
+        match self {
+            Half::Bf16(_) => super::MR,
+            Half::F16(k) => k.tile().0,
+        }
+    }
+
     pub fn supported(self) -> bool {
         match self {
             Half::Bf16(k) => k.supported(),

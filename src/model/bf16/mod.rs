@@ -300,15 +300,8 @@ pub fn intern(p: Packed16) -> Arc<Packed16> {
 }
 
 thread_local! {
-    /// A block's token rows in bf16 pairs (reused: steady calls allocate nothing).
+    /// A block's token rows in pairs (reused: steady calls allocate nothing).
     static ROWS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// `out[t, n] = bias[n] + sum_k x[t, k] w[k, n]` with `x` and `w` rounded to bf16 and the sums
-/// in f32, on this CPU's bf16 kernel; rows split over tract's threads as in
-/// [`super::linear::linear`].
-pub fn linear_bf16(x: &[f32], w: &Packed16, bias: Option<&[f32]>, t: usize, out: &mut [f32]) -> TractResult<()> {
-    linear_bf16_at(kernel_level(), x, w, bias, None, t, out)
 }
 
 /// `out = residual + bias + x w` in `w`'s format (bf16 here, f16 in `f16/`), on this CPU's best
@@ -321,15 +314,14 @@ pub fn linear_16(
     t: usize,
     out: &mut [f32],
 ) -> TractResult<()> {
-    match w.format {
-        Format::Bf16 => linear_bf16_at(kernel_level(), x, w, bias, residual, t, out),
-        Format::F16 => super::f16::linear_f16_at(super::f16::kernel_level(), x, w, bias, residual, t, out),
-    }
+    linear_16_at(Half::best(w.format), x, w, bias, residual, t, out)
 }
 
-/// [`linear_bf16`] on `kernel` (tests force each one the CPU has).
-pub fn linear_bf16_at(
-    kernel: Kernel,
+/// [`linear_16`] on `kernel`, a bf16 or an f16 one matching `w`'s format (tests force each one
+/// the CPU has): per row block of tract's threads (as [`super::linear::linear`]), the rows
+/// rounded to pairs, then the kernel's product.
+pub fn linear_16_at(
+    kernel: impl Into<Half>,
     x: &[f32],
     w: &Packed16,
     bias: Option<&[f32]>,
@@ -337,12 +329,14 @@ pub fn linear_bf16_at(
     t: usize,
     out: &mut [f32],
 ) -> TractResult<()> {
+    let kernel: Half = kernel.into();
     let (k, n) = (w.k, w.n);
-    ensure!(kernel.supported(), "Linear bf16: this CPU cannot run {}", kernel.name());
-    ensure!(w.format == Format::Bf16, "Linear bf16: the packed weight is {:?}", w.format);
+    ensure!(kernel.supported(), "Linear: this CPU cannot run {}", kernel.name());
+    ensure!(w.format == kernel.format(), "Linear: a {:?} weight on {}", w.format, kernel.name());
     ensure!(
         x.len() == t * k && out.len() == t * n,
-        "Linear bf16: x {} values for [{t}, {k}], out {} for [{t}, {n}]",
+        "Linear {:?}: x {} values for [{t}, {k}], out {} for [{t}, {n}]",
+        w.format,
         x.len(),
         out.len()
     );
@@ -353,33 +347,25 @@ pub fn linear_bf16_at(
     if k == 0 {
         return Ok(());
     }
-    let block = super::linear::rows_per_thread(t, MR);
+    let block = super::linear::rows_per_thread(t, kernel.tile_rows());
     let dst = OutPtr(out.as_mut_ptr());
+    let k2 = k.div_ceil(2);
     par_for(t.div_ceil(block), move |i| {
         let dst = dst;
         let r0 = i * block;
         let rows = block.min(t - r0);
-        // SAFETY: rows r0..r0+rows of out are in bounds (lengths checked) and belong to this
-        // block only.
-        let c = unsafe { std::slice::from_raw_parts_mut(dst.0.add(r0 * n), rows * n) };
-        block_product(kernel, &x[r0 * k..(r0 + rows) * k], w, rows, c);
+        ROWS.with(|buf| {
+            let mut a = buf.borrow_mut();
+            if a.len() < rows * k2 {
+                a.resize(rows * k2, 0);
+            }
+            let a = &mut a[..rows * k2];
+            kernel.round_rows(&x[r0 * k..(r0 + rows) * k], k, k, a);
+            // SAFETY: rows r0..r0+rows of out are in bounds (lengths checked) and belong to this
+            // block only; the kernel is supported (checked).
+            unsafe { kernel.product(a, k2, rows, &w.data, k2, n, dst.0.add(r0 * n), n) };
+        });
         Ok(())
-    })
-}
-
-/// `c += x w` for one thread's rows: round the rows to bf16 pairs, then [`product`].
-fn block_product(kernel: Kernel, x: &[f32], w: &Packed16, rows: usize, c: &mut [f32]) {
-    let (k, n) = (w.k, w.n);
-    let k2 = k.div_ceil(2);
-    ROWS.with(|buf| {
-        let mut a = buf.borrow_mut();
-        if a.len() < rows * k2 {
-            a.resize(rows * k2, 0);
-        }
-        let a = &mut a[..rows * k2];
-        round_rows(kernel, x, k, k, a);
-        // SAFETY: `c` holds rows x n values at stride n.
-        unsafe { product(kernel, a, k2, rows, &w.data, k2, n, c.as_mut_ptr(), n) };
     })
 }
 

@@ -44,7 +44,7 @@ fn every_kernel_matches_the_rounded_f64_product() {
             let want = reference(&x, &w, b, t);
             for &kernel in &kernels {
                 let mut out = vec![f32::NAN; t * n];
-                linear_bf16_at(kernel, &x, &w, b, None, t, &mut out).unwrap();
+                linear_16_at(kernel, &x, &w, b, None, t, &mut out).unwrap();
                 let err = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
                 // f32 sums of exact products: rounding only, relative to sqrt(k) terms.
                 assert!(
@@ -67,7 +67,7 @@ fn bf16_stays_close_to_the_f32_product() {
     let w = Packed16::pack(&wf, k, n);
     let exact = super::super::linear::reference(&x, &wf, None, t, k, n);
     let mut out = vec![0f32; t * n];
-    linear_bf16(&x, &w, None, t, &mut out).unwrap();
+    linear_16(&x, &w, None, None, t, &mut out).unwrap();
     let scale = exact.iter().map(|v| v.abs()).fold(0.0, f32::max);
     let err = out.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(err < scale / 128.0, "max error {err} for sums up to {scale}");

@@ -9,7 +9,7 @@
 //! kernels sum in f16 over runs of [`KCH`] pairs of K only, then add each run's sum into the
 //! f32 output. Per output value the arithmetic is fixed, whatever the kernel:
 //! - x and W are rounded to f16 (nearest even); W once at the plan's build, packed in the
-//!   pair layout of the bf16 kernels ([`Packed16`] with [`Format::F16`]), x per call;
+//!   pair layout of the bf16 kernels ([`super::bf16::Packed16`] in [`super::bf16::Format::F16`]), x per call;
 //! - two f16 sums per output, one over the even k and one over the odd k (a pair lane: the
 //!   32-bit lane holding (k, k + 1) of a row meets the same lane of the panel), each a chain of
 //!   f16 fused multiply-adds (one rounding each) in k order, starting at zero for every run;
@@ -28,12 +28,7 @@
 //! f16 path converts to f32 and computes in f32, which gains nothing over f32 weights in
 //! arithmetic).
 
-use std::cell::RefCell;
-
-use tract_core::internal::{ensure, TractResult};
-
-use super::attention::{par_for, OutPtr};
-use super::bf16::{Format, Packed16, NR};
+use super::bf16::NR;
 
 /// K pairs per f16 run: each of a run's two f16 sums has at most 64 terms (k < 128), good to
 /// about 3 decimal digits of the run's magnitude; the runs are summed in f32. Measured on 8
@@ -116,7 +111,7 @@ impl Kernel {
     }
 
     /// The register tile: (rows, columns).
-    fn tile(self) -> (usize, usize) {
+    pub(crate) fn tile(self) -> (usize, usize) {
         match self {
             Kernel::Avx512Fp16 => (12, 32),
             Kernel::NeonFp16 => (6, 16),
@@ -128,63 +123,6 @@ impl Kernel {
 /// The best f16 kernel of this CPU.
 pub fn kernel_level() -> Kernel {
     [Kernel::Avx512Fp16, Kernel::NeonFp16].into_iter().find(|k| k.supported()).unwrap_or(Kernel::Portable)
-}
-
-thread_local! {
-    /// A block's token rows in f16 pairs (reused: steady calls allocate nothing).
-    static ROWS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// `out[t, n] = residual[t, n] + bias[n] + sum_k x[t, k] w[k, n]` in the f16 arithmetic of
-/// the module doc, on `kernel`; rows split over tract's threads as in
-/// [`super::linear::linear`].
-pub fn linear_f16_at(
-    kernel: Kernel,
-    x: &[f32],
-    w: &Packed16,
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    t: usize,
-    out: &mut [f32],
-) -> TractResult<()> {
-    let (k, n) = (w.k, w.n);
-    ensure!(kernel.supported(), "Linear f16: this CPU cannot run {}", kernel.name());
-    ensure!(w.format == Format::F16, "Linear f16: the packed weight is {:?}", w.format);
-    ensure!(
-        x.len() == t * k && out.len() == t * n,
-        "Linear f16: x {} values for [{t}, {k}], out {} for [{t}, {n}]",
-        x.len(),
-        out.len()
-    );
-    if t * n == 0 {
-        return Ok(());
-    }
-    super::linear::init_rows(out, n, bias, residual)?;
-    if k == 0 {
-        return Ok(());
-    }
-    let block = super::linear::rows_per_thread(t, kernel.tile().0);
-    let dst = OutPtr(out.as_mut_ptr());
-    par_for(t.div_ceil(block), move |i| {
-        let dst = dst;
-        let r0 = i * block;
-        let rows = block.min(t - r0);
-        let k2 = k.div_ceil(2);
-        ROWS.with(|buf| {
-            let mut a = buf.borrow_mut();
-            if a.len() < rows * k2 {
-                a.resize(rows * k2, 0);
-            }
-            let a = &mut a[..rows * k2];
-            for (r, dst) in a.chunks_exact_mut(k2).enumerate() {
-                round_row(kernel, &x[(r0 + r) * k..(r0 + r + 1) * k], dst);
-            }
-            // SAFETY: rows r0..r0+rows of out are in bounds (lengths checked) and belong to this
-            // block only; the kernel is supported (checked).
-            unsafe { product(kernel, a, k2, rows, &w.data, k2, n, dst.0.add(r0 * n), n) };
-        });
-        Ok(())
-    })
 }
 
 /// One row rounded to f16 pairs (row `2p` in the low half); an odd length pads with zero.

@@ -2,6 +2,7 @@
 //! emulation against the f64 product of the rounded operands.
 
 use super::*;
+use crate::model::bf16::{linear_16_at, Format, Packed16};
 use crate::model::sgemm::tests::lcg;
 
 #[test]
@@ -48,10 +49,10 @@ fn every_kernel_equals_the_emulation_bit_for_bit() {
         let res = lcg(t * n, 5 * i as u64 + 4);
         for (b, r) in [(None, None), (Some(&bias[..]), None), (Some(&bias[..]), Some(&res[..]))] {
             let mut want = vec![f32::NAN; t * n];
-            linear_f16_at(Kernel::Portable, &x, &w, b, r, t, &mut want).unwrap();
+            linear_16_at(Kernel::Portable, &x, &w, b, r, t, &mut want).unwrap();
             for &kernel in &kernels {
                 let mut out = vec![f32::NAN; t * n];
-                linear_f16_at(kernel, &x, &w, b, r, t, &mut out).unwrap();
+                linear_16_at(kernel, &x, &w, b, r, t, &mut out).unwrap();
                 let differ = out.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
                 assert_eq!(differ, 0, "[{t}x{k}]x[{k}x{n}] {kernel:?} bias {} residual {}", b.is_some(), r.is_some());
             }
@@ -70,7 +71,7 @@ fn the_emulation_matches_the_rounded_f64_product() {
         let bias = lcg(n, 7 * i as u64 + 3);
         let want = crate::model::bf16::reference(&x, &w, Some(&bias), t);
         let mut out = vec![f32::NAN; t * n];
-        linear_f16_at(Kernel::Portable, &x, &w, Some(&bias), None, t, &mut out).unwrap();
+        linear_16_at(Kernel::Portable, &x, &w, Some(&bias), None, t, &mut out).unwrap();
         let scale = want.iter().map(|v| v.abs()).fold(1.0, f32::max);
         let runs = k.div_ceil(2 * KCH) as f32;
         let err = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
@@ -90,17 +91,10 @@ fn f16_is_closer_to_f32_than_bf16() {
         let w = Packed16::pack_as(format, &wf, k, n);
         let mut out = vec![0f32; t * n];
         match format {
-            Format::F16 => linear_f16_at(Kernel::Portable, &x, &w, None, None, t, &mut out).unwrap(),
-            Format::Bf16 => crate::model::bf16::linear_bf16_at(
-                crate::model::bf16::Kernel::Portable,
-                &x,
-                &w,
-                None,
-                None,
-                t,
-                &mut out,
-            )
-            .unwrap(),
+            Format::F16 => linear_16_at(Kernel::Portable, &x, &w, None, None, t, &mut out).unwrap(),
+            Format::Bf16 => {
+                linear_16_at(crate::model::bf16::Kernel::Portable, &x, &w, None, None, t, &mut out).unwrap()
+            }
         }
         out.iter().zip(&exact).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt()
     };
@@ -115,7 +109,7 @@ fn f16_is_closer_to_f32_than_bf16() {
 fn a_bf16_weight_is_refused() {
     let w = Packed16::pack(&lcg(8 * 4, 1), 8, 4);
     let mut out = vec![0f32; 4];
-    let e = linear_f16_at(Kernel::Portable, &lcg(8, 2), &w, None, None, 1, &mut out).unwrap_err();
+    let e = linear_16_at(Kernel::Portable, &lcg(8, 2), &w, None, None, 1, &mut out).unwrap_err();
     assert!(e.to_string().contains("Bf16"), "{e}");
 }
 
