@@ -123,6 +123,21 @@ pub trait FrameIo: Send + Sync {
     fn postprocess(&self, raw: &[f32], input_size: u32, w: u32, h: u32, rs: &mut Resampler, mask: &mut Mask);
 }
 
+/// An output with NaN or infinity is an error: the frame is skipped and counted, not turned into
+/// a silently empty mask (with `[model] precision = "f16"` a value past f16's range, 65504,
+/// would end up there). One pass over the output, after every engine's `infer`.
+pub fn check_output(raw: &[f32], input_size: u32) -> Result<(), EngineError> {
+    let bad = raw.iter().filter(|x| !x.is_finite()).count();
+    if bad == 0 {
+        return Ok(());
+    }
+    let hint = match crate::model::bf16::precision() {
+        crate::model::bf16::Precision::F16 => " ([model] precision = \"f16\": a value past f16's range?)",
+        _ => "",
+    };
+    Err(EngineError::NonFinite { input_size, bad, total: raw.len(), hint })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("inference at {input_size}px, M={m}: {source:#}")]
@@ -134,9 +149,24 @@ pub enum EngineError {
     },
     #[error("no plan for input size {0}")]
     NoPlan(u32),
+    #[error("inference at {input_size}px: the output has {bad} non-finite values of {total}{hint}")]
+    NonFinite { input_size: u32, bad: usize, total: usize, hint: &'static str },
     #[error("reload: {0}")]
     Reconfigure(#[source] crate::reduce::BuildError),
 }
 
 /// The most inference lanes `[pipeline] lanes` accepts.
 pub const MAX_LANES: usize = 16;
+
+#[cfg(test)]
+mod output_tests {
+    use super::*;
+
+    #[test]
+    fn a_non_finite_output_is_an_error_that_counts_and_names_the_size() {
+        assert!(check_output(&[0.0, 1.0, -3.5], 448).is_ok());
+        let e = check_output(&[0.0, f32::NAN, f32::INFINITY, 2.0], 448).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("inference at 448px: the output has 2 non-finite values of 4"), "{msg}");
+    }
+}

@@ -111,6 +111,7 @@ impl FrameRunner {
         io.preprocess(frame, setting.input_size, &mut self.rs, &mut self.input);
         self.times.preprocess = t0.elapsed();
         self.m_used = engine.infer(&self.input, setting, &mut self.times, &mut self.raw)?;
+        crate::engine::check_output(&self.raw, setting.input_size)?;
         let t1 = std::time::Instant::now();
         io.postprocess(&self.raw, setting.input_size, frame.width, frame.height, &mut self.rs, mask);
         self.times.postprocess = t1.elapsed();

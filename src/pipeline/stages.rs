@@ -232,7 +232,9 @@ pub(super) fn infer_loop(
         let setting = sh.controller(frame.stream_index).refine(setting);
         let mut raw = raw_pool.try_recv().unwrap_or_default();
         sh.metrics.lane_infer_started(lane);
-        let res = engine.infer(&input, setting, &mut times, &mut raw).map(|_| ());
+        let res = engine
+            .infer(&input, setting, &mut times, &mut raw)
+            .and_then(|_| crate::engine::check_output(&raw, setting.input_size));
         sh.metrics.lane_infer_finished(lane);
         // The lane is free for the next input; it still counts as running this ticket until
         // the result is handed on, so postprocess waits for it (see `Reorder`).

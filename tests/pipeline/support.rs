@@ -20,6 +20,8 @@ use ailurus::source::{FrameSource, SourceError};
 pub struct FakeEngine {
     sizes: Vec<SizeInfo>,
     pub fail_seq: Option<u64>,
+    /// The frame whose output has a NaN (the inference itself succeeds).
+    pub nan_seq: Option<u64>,
     pub work: Duration,
     /// When set, the sleep of frame `seq` (instead of `work`): frames that finish out of order.
     pub work_for: Option<fn(u64) -> Duration>,
@@ -72,6 +74,7 @@ impl FakeEngine {
         FakeEngine {
             sizes: vec![SizeInfo { input_size: 56, n_tokens: 16 }, SizeInfo { input_size: 28, n_tokens: 4 }],
             fail_seq: None,
+            nan_seq: None,
             work,
             work_for: None,
             infers: AtomicU64::new(0),
@@ -169,6 +172,9 @@ impl FakeEngine {
         out.clear();
         out.push(input[0]);
         out.push(setting.m.min(n) as f32 / n as f32);
+        if self.nan_seq == Some(input[1] as u64) {
+            out[1] = f32::NAN;
+        }
         Ok(setting.m.min(n))
     }
 }
