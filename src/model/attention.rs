@@ -249,19 +249,49 @@ pub fn attend_with(
     d: usize,
     out: &mut [f32],
 ) -> TractResult<()> {
+    attend_rows_with(products, block, q, k, v, bias, t, t, h, d, out)
+}
+
+/// The products a plan's attention runs on in this process: `[model] precision` and the ISA
+/// level (the reuse executor's attention follows it too).
+pub fn products() -> Products {
+    match super::bf16::precision() {
+        super::bf16::Precision::F32 => Products::F32(super::isa::level()),
+        super::bf16::Precision::Bf16 => Products::Bf16(super::bf16::kernel_level()),
+        super::bf16::Precision::F16 => Products::F16(super::f16::kernel_level()),
+    }
+}
+
+/// [`attend_with`] for `a` query rows (`q`, `out`: `[a, h, d]`) against `t` keys and values
+/// (`[t, h, d]`): the reuse executor's active rows. A row's result does not depend on which
+/// other rows are there (each product sums in the same order).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rows_with(
+    products: Products,
+    block: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    bias: Option<&[f32]>,
+    a: usize,
+    t: usize,
+    h: usize,
+    d: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
     let len = t * h * d;
     ensure!(
-        q.len() == len && k.len() == len && v.len() == len && out.len() == len,
-        "FusedAttention: q {}, k {}, v {}, out {} values for [{t}, {h}, {d}]",
+        q.len() == a * h * d && k.len() == len && v.len() == len && out.len() == a * h * d,
+        "FusedAttention: q {}, out {} values for [{a}, {h}, {d}], k {}, v {} for [{t}, {h}, {d}]",
         q.len(),
+        out.len(),
         k.len(),
-        v.len(),
-        out.len()
+        v.len()
     );
     if let Some(b) = bias {
         ensure!(b.len() == t, "FusedAttention: key bias has {} values for T = {t}", b.len());
     }
-    if len == 0 {
+    if len == 0 || a == 0 {
         return Ok(());
     }
     ensure!(block > 0, "FusedAttention: empty row block");
@@ -289,7 +319,7 @@ pub fn attend_with(
     HEADS.with(|heads| {
         KT.with(|kt| {
             let (heads, kt) = (&*heads.borrow(), &kt.borrow()[..]);
-            attend_blocks(products, heads, kt, block, q, v, bias, (t, h, d), out)
+            attend_blocks(products, heads, kt, block, q, v, bias, (a, t, h, d), out)
         })
     })
 }
@@ -305,22 +335,22 @@ fn attend_blocks(
     q: &[f32],
     v: &[f32],
     bias: Option<&[f32]>,
-    (t, h, d): (usize, usize, usize),
+    (a, t, h, d): (usize, usize, usize, usize),
     out: &mut [f32],
 ) -> TractResult<()> {
     // Blocks of even size (at most `block` rows): 1025 rows as 5 x 205 rather than 4 x 256 + 1,
     // whose tiny last blocks left one thread idle at the end (2 threads, Intel Xeon: 9.7 -> 8.3 ms
     // at T = 1025, 4.0 -> 3.8 at T = 737, 2.1 -> 2.0 at T = 513; 1 thread unchanged; timed
     // interleaved).
-    let blocks = t.div_ceil(block);
-    let block = t.div_ceil(blocks);
+    let blocks = a.div_ceil(block);
+    let block = a.div_ceil(blocks);
     let tasks = h * blocks;
     let out = OutPtr(out.as_mut_ptr());
     let task = move |i: usize| -> TractResult<()> {
         let out = out;
         let (head, b) = (i % h, i / h);
         let r0 = b * block;
-        let rows = block.min(t - r0);
+        let rows = block.min(a - r0);
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             let s = &mut *s;
@@ -337,7 +367,7 @@ fn attend_blocks(
             // logits[r, n] = q[r0 + r, head, :] . k[n, head, :]
             match products {
                 Products::F32(level) => {
-                    // SAFETY (the offsets and the call): q is [t, h, d]: rows r0..r0+rows of
+                    // SAFETY (the offsets and the call): q is [a, h, d]: rows r0..r0+rows of
                     // head `head` are at (r0 + r) * h * d + head * d + j, j < d, all in bounds;
                     // kt is [h, d, t] (at least t * h * d values); logits is rows x stride; the
                     // level is supported (checked above).

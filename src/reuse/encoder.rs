@@ -28,9 +28,10 @@ use std::ops::Range;
 
 use tract_core::internal::*;
 
-use super::attend::attend_rows_bias;
+use super::attend::attend_rows;
 use super::weights::EncoderWeights;
-use crate::model::{attention, bf16, layernorm, linear};
+use crate::model::attention::Products;
+use crate::model::{bf16, layernorm, linear};
 
 /// One block's cache, `[T, C]` each.
 #[derive(Default)]
@@ -353,6 +354,12 @@ impl ReuseEncoder {
             }
             let p = w.packed.as_deref();
             // Layer `i` of the block (q, k, v, projection, fc1, fc2) on `a` rows: f32, or bf16 / f16 when packed.
+            // The attention's products in the weights' format (f32: this CPU's ISA level).
+            let products = match p.map(|p| p[0].format) {
+                None => Products::F32(crate::model::isa::level()),
+                Some(bf16::Format::Bf16) => Products::Bf16(bf16::kernel_level()),
+                Some(bf16::Format::F16) => Products::F16(crate::model::f16::kernel_level()),
+            };
             let lin = |i: usize, x: &[f32], wf: &[f32], b: &[f32], k: usize, n: usize, out: &mut [f32]| match p {
                 Some(p) => bf16::linear_16(x, &p[i], Some(b), None, a, out),
                 None => linear::linear(x, wf, Some(b), a, k, n, out),
@@ -362,7 +369,7 @@ impl ReuseEncoder {
             if all {
                 lin(1, &s.ln, &w.wk, &w.bk, c, c, &mut cache.k)?;
                 lin(2, &s.ln, &w.wv, &w.bv, c, c, &mut cache.v)?;
-                attention::attend(&s.q, &cache.k, &cache.v, bias, t, h, c / h, &mut s.att)?;
+                attend_rows(products, &s.q, &cache.k, &cache.v, bias, t, t, h, c / h, &mut s.att)?;
             } else {
                 lin(1, &s.ln, &w.wk, &w.bk, c, c, &mut s.k)?;
                 lin(2, &s.ln, &w.wv, &w.bv, c, c, &mut s.v)?;
@@ -370,7 +377,7 @@ impl ReuseEncoder {
                     cache.k[i * c..(i + 1) * c].copy_from_slice(&s.k[r * c..(r + 1) * c]);
                     cache.v[i * c..(i + 1) * c].copy_from_slice(&s.v[r * c..(r + 1) * c]);
                 }
-                attend_rows_bias(&s.q, &cache.k, &cache.v, bias, a, t, h, c / h, &mut s.att)?;
+                attend_rows(products, &s.q, &cache.k, &cache.v, bias, a, t, h, c / h, &mut s.att)?;
             }
             lin(3, &s.att, &w.wo, &w.bo, c, c, &mut s.o)?;
             scale_rows(&mut s.o, &w.ls1);

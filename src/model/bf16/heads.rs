@@ -81,7 +81,8 @@ impl PackedHeads {
 
 /// One (head, row block) of the fused attention's first product in bf16:
 /// `logits[r, n] = q[r0 + r, head, :] . k[n, head, :]` for `r < rows`, `n < t`, at row stride
-/// `stride`; `q` is `[t, h, d]`, the keys packed in `packed`. Overwrites the logits.
+/// `stride`; `q` is `[a, h, d]` (any number of query rows), the `t` keys packed in `packed`.
+/// Overwrites the logits.
 pub fn attention_logits(
     kernel: Half,
     q: &[f32],
@@ -91,7 +92,7 @@ pub fn attention_logits(
     logits: &mut [f32],
     stride: usize,
 ) {
-    assert!(kernel.supported() && q.len() == t * h * d && r0 + rows <= t && head < h);
+    assert!(kernel.supported() && q.len().is_multiple_of(h * d) && r0 + rows <= q.len() / (h * d) && head < h);
     assert!(rows == 0 || logits.len() >= (rows - 1) * stride + t);
     let d2 = d.div_ceil(2);
     ATT.with(|buf| {

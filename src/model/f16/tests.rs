@@ -5,6 +5,30 @@ use super::*;
 use crate::model::bf16::{linear_16_at, Format, Packed16};
 use crate::model::sgemm::tests::lcg;
 
+/// The own rounding equals `half`'s (IEEE nearest even) on every kind of value: a stride
+/// through all f32 bit patterns, plus the edges (ties, the overflow threshold, subnormals).
+#[test]
+fn own_rounding_equals_half() {
+    let same = |b: u32| {
+        let x = f32::from_bits(b);
+        let (ours, theirs) = (to_f16(x), half::f16::from_f32(x).to_bits());
+        if x.is_nan() {
+            assert!(half::f16::from_bits(ours).is_nan(), "{b:#x}: NaN -> {ours:#x}");
+        } else {
+            assert_eq!(ours, theirs, "{x:e} ({b:#x})");
+        }
+    };
+    (0..u32::MAX).step_by(997).for_each(same);
+    for x in
+        [65504.0f32, 65519.99, 65520.0, 65536.0, 2f32.powi(-14), 2f32.powi(-24), 2f32.powi(-25), 3.0 * 2f32.powi(-26)]
+    {
+        for s in [1.0, -1.0] {
+            let b = (x * s).to_bits();
+            (b.saturating_sub(3)..=b.saturating_add(3)).for_each(same);
+        }
+    }
+}
+
 #[test]
 fn rounding_and_the_emulated_fma_are_ieee() {
     assert_eq!(to_f16(1.0), 0x3C00);
