@@ -159,7 +159,7 @@ pub fn configure_cpu(model: &ModelConfig) {
     cut::set_own_ops(own);
     let want = model.precision.get();
     if want != bf16::Precision::F32 && !own {
-        log::warn!("[model] precision = \"{want}\" needs cpu_ops = \"ailurus\"; the linear layers stay f32");
+        log::warn!("[model] precision = \"{want}\" needs cpu_ops = \"ailurus\"; the products stay f32");
         bf16::set_precision(bf16::Precision::F32);
     } else {
         bf16::set_precision(want);

@@ -141,7 +141,7 @@ pub fn set_precision(want: Precision) -> Precision {
     let used = match want.fallback_reason() {
         None => want,
         Some(why) => {
-            log::warn!("[model] precision = \"{want}\": {why}; the linear layers stay f32");
+            log::warn!("[model] precision = \"{want}\": {why}; the products stay f32");
             Precision::F32
         }
     };
