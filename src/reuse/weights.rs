@@ -7,9 +7,10 @@
 //! layer scales, fc1/fc2. A fine-tuned delta in the manifest is applied to the initializers first,
 //! as for the tract plans. Anything missing is a start-up error naming the file and the node.
 //!
-//! Under `[model] precision = "bf16"` the six matrices of each block are rounded and packed once
-//! for the bf16 kernel (`model/bf16`), as the plans' linear layers are, and the f32 copies
-//! dropped; the attention's products, LayerNorm and GELU stay f32 in the reuse executor.
+//! Under `[model] precision = "bf16"` or "f16" the six matrices of each block are rounded and
+//! packed once for that format's kernel (`model/bf16`, `model/f16`), as the plans' linear layers
+//! are, and the f32 copies dropped; the executor's attention follows the weights' format
+//! (`encoder.rs`); LayerNorm and GELU stay f32.
 //!
 //! Must not: run anything (that is `encoder.rs`).
 
