@@ -28,9 +28,8 @@ use std::ops::Range;
 
 use tract_core::internal::*;
 
-use super::attend::attend_rows;
 use super::weights::EncoderWeights;
-use crate::model::attention::Products;
+use crate::model::attention::{attend_rows_with, Products, ROWS};
 use crate::model::{bf16, layernorm, linear};
 
 /// One block's cache, `[T, C]` each.
@@ -369,7 +368,7 @@ impl ReuseEncoder {
             if all {
                 lin(1, &s.ln, &w.wk, &w.bk, c, c, &mut cache.k)?;
                 lin(2, &s.ln, &w.wv, &w.bv, c, c, &mut cache.v)?;
-                attend_rows(products, &s.q, &cache.k, &cache.v, bias, t, t, h, c / h, &mut s.att)?;
+                attend_rows_with(products, ROWS, &s.q, &cache.k, &cache.v, bias, t, t, h, c / h, &mut s.att)?;
             } else {
                 lin(1, &s.ln, &w.wk, &w.bk, c, c, &mut s.k)?;
                 lin(2, &s.ln, &w.wv, &w.bv, c, c, &mut s.v)?;
@@ -377,7 +376,7 @@ impl ReuseEncoder {
                     cache.k[i * c..(i + 1) * c].copy_from_slice(&s.k[r * c..(r + 1) * c]);
                     cache.v[i * c..(i + 1) * c].copy_from_slice(&s.v[r * c..(r + 1) * c]);
                 }
-                attend_rows(products, &s.q, &cache.k, &cache.v, bias, a, t, h, c / h, &mut s.att)?;
+                attend_rows_with(products, ROWS, &s.q, &cache.k, &cache.v, bias, a, t, h, c / h, &mut s.att)?;
             }
             lin(3, &s.att, &w.wo, &w.bo, c, c, &mut s.o)?;
             scale_rows(&mut s.o, &w.ls1);

@@ -34,7 +34,6 @@
 //!
 //! Must not: pre/postprocess frames, or build the segmenter's plans (it shares them).
 
-pub mod attend;
 pub mod carry;
 pub mod encoder;
 pub mod head;

@@ -141,3 +141,52 @@ fn fused_real_model_equals_tract_attention_and_keeps_the_pattern() {
     };
     check_model(&manifest, 224, 4, 4, 1e-4);
 }
+
+/// A subset of query rows (the reuse executor's active rows, `attend_rows_with`) gets exactly
+/// what the full attention gives those rows, bit for bit, on every kind of products this CPU
+/// has (each f32 ISA level, the bf16 and f16 kernels), with and without a key bias; and the
+/// f32 rows match the textbook formula.
+#[test]
+fn a_subset_of_rows_equals_those_rows_of_the_full_attention() {
+    use ailurus::model::attention::{attend_rows_with, attend_with, Products};
+    use ailurus::model::{bf16, f16};
+    let mut kinds: Vec<Products> = Level::all_supported().into_iter().map(Products::F32).collect();
+    kinds.extend(
+        [bf16::Kernel::Amx, bf16::Kernel::Avx512Bf16, bf16::Kernel::Portable]
+            .into_iter()
+            .filter(|k| k.supported())
+            .map(Products::Bf16),
+    );
+    kinds.extend(
+        [f16::Kernel::Avx512Fp16, f16::Kernel::NeonFp16, f16::Kernel::Portable]
+            .into_iter()
+            .filter(|k| k.supported())
+            .map(Products::F16),
+    );
+    let (t, h, d) = (300, 3, 16);
+    let (q, k, v) = (random(t * h * d, 91), random(t * h * d, 92), random(t * h * d, 93));
+    let bias: Vec<f32> = (0..t).map(|i| ((i % 5) as f32 + 1.0).ln()).collect();
+    let rows = [0usize, 5, 6, 130, 255, 256, 299];
+    let qa: Vec<f32> = rows.iter().flat_map(|&r| q[r * h * d..(r + 1) * h * d].to_vec()).collect();
+    for bias in [None, Some(&bias[..])] {
+        let want = reference(&q, &k, &v, bias, t, h, d);
+        for &p in &kinds {
+            let mut full = vec![f32::NAN; t * h * d];
+            attend_with(p, ROWS, &q, &k, &v, bias, t, h, d, &mut full).unwrap();
+            let mut some = vec![f32::NAN; rows.len() * h * d];
+            attend_rows_with(p, ROWS, &qa, &k, &v, bias, rows.len(), t, h, d, &mut some).unwrap();
+            for (i, &r) in rows.iter().enumerate() {
+                let (a, b) = (&some[i * h * d..(i + 1) * h * d], &full[r * h * d..(r + 1) * h * d]);
+                assert!(
+                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{p:?} bias {}: row {r}",
+                    bias.is_some()
+                );
+                if let Products::F32(_) = p {
+                    let err = max_diff(a, &want[r * h * d..(r + 1) * h * d]);
+                    assert!(err < 1e-5, "{p:?}: row {r} off the formula by {err}");
+                }
+            }
+        }
+    }
+}
