@@ -252,16 +252,6 @@ pub fn attend_with(
     attend_rows_with(products, block, q, k, v, bias, t, t, h, d, out)
 }
 
-/// The products a plan's attention runs on in this process: `[model] precision` and the ISA
-/// level (the reuse executor's attention follows it too).
-pub fn products() -> Products {
-    match super::bf16::precision() {
-        super::bf16::Precision::F32 => Products::F32(super::isa::level()),
-        super::bf16::Precision::Bf16 => Products::Bf16(super::bf16::kernel_level()),
-        super::bf16::Precision::F16 => Products::F16(super::f16::kernel_level()),
-    }
-}
-
 /// [`attend_with`] for `a` query rows (`q`, `out`: `[a, h, d]`) against `t` keys and values
 /// (`[t, h, d]`): the reuse executor's active rows. A row's result does not depend on which
 /// other rows are there (each product sums in the same order).
