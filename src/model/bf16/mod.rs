@@ -388,36 +388,75 @@ unsafe fn product(
     c: *mut f32,
     rsc: usize,
 ) {
-    debug_assert!(rows == 0 || a.len() >= (rows - 1) * rsa + k2);
-    debug_assert!(b.len() >= n.div_ceil(NR) * k2 * NR);
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Amx {
         // SAFETY: as the caller promises; the CPU has AMX and this process may use it.
         return unsafe { amx::product(a, rsa, rows, b, k2, n, c, rsc) };
     }
-    let panels = n.div_ceil(NR);
-    for p0 in (0..k2).step_by(KC2) {
-        let kc2 = KC2.min(k2 - p0);
+    let each = |t: &Tile, c: &mut [f32]| match kernel {
+        // SAFETY: the CPU has AVX512-BF16 (caller); `t.a` holds `t.rows` rows of t.kc2 pairs at
+        // stride t.rsa, `t.b` t.kc2 x NR pairs, `c` `t.rows` rows of `t.cols` values at stride
+        // rsc (`blocked`).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Bf16 => unsafe { avx512::tile(t.kc2, t.a, t.rsa, t.b, c, rsc, t.rows, t.cols) },
+        _ => portable_tile(t.kc2, t.a, t.rsa, t.b, c, rsc, t.rows, t.cols),
+    };
+    // SAFETY: as the caller promises.
+    unsafe { blocked(a, rsa, rows, b, k2, n, c, rsc, (MR, NR), KC2, each) }
+}
+
+/// One register tile's operands: `rows` rows of `a` (`kc2` pairs each, at stride `rsa`) times
+/// `kc2` rows of `b` (pairs at stride [`NR`], the tile's `cols` columns first), added into
+/// `cols` columns of C.
+pub(crate) struct Tile<'a> {
+    pub kc2: usize,
+    pub a: &'a [u32],
+    pub rsa: usize,
+    pub b: &'a [u32],
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// The blocked loop nest of the packed products (bf16 here, f16 in `f16/`) around a kernel's
+/// `mr x nr` register tile: chunks of `kc2` pairs of K (L1), blocks of [`MC`] rows (L2), then
+/// the tiles, each handed to `tile` with its C rows (at stride `rsc`). `nr` divides [`NR`]:
+/// a tile reads its columns of a panel at the panel's row stride.
+///
+/// # Safety
+/// As [`product`]'s: `c.add(i * rsc + j)` is writable for `i < rows`, `j < n`, and aliased by
+/// nothing else; `a` holds `rows` rows of `k2` pairs at stride `rsa`, `b` the packed panels.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn blocked(
+    a: &[u32],
+    rsa: usize,
+    rows: usize,
+    b: &[u32],
+    k2: usize,
+    n: usize,
+    c: *mut f32,
+    rsc: usize,
+    (mr, nr): (usize, usize),
+    kc: usize,
+    tile: impl Fn(&Tile, &mut [f32]),
+) {
+    debug_assert!(NR.is_multiple_of(nr));
+    assert!(rows == 0 || a.len() >= (rows - 1) * rsa + k2);
+    assert!(b.len() >= n.div_ceil(NR) * k2 * NR);
+    for p0 in (0..k2).step_by(kc) {
+        let kc2 = kc.min(k2 - p0);
         for m0 in (0..rows).step_by(MC) {
             let mc = MC.min(rows - m0);
-            for jp in 0..panels {
-                let cols = NR.min(n - jp * NR);
-                let b = &b[(jp * k2 + p0) * NR..(jp * k2 + p0 + kc2) * NR];
-                for i0 in (m0..m0 + mc).step_by(MR) {
-                    let tile = MR.min(m0 + mc - i0);
+            for j0 in (0..n).step_by(nr) {
+                let cols = nr.min(n - j0);
+                // The panel's rows p0.. from column j0 % NR on (row stride NR).
+                let b = &b[((j0 / NR) * k2 + p0) * NR + j0 % NR..];
+                for i0 in (m0..m0 + mc).step_by(mr) {
+                    let rows = mr.min(m0 + mc - i0);
                     let a = &a[i0 * rsa + p0..];
-                    // SAFETY: the tile's rows i0..i0+tile, columns jp*NR..+cols are inside C
+                    // SAFETY: the tile's rows i0..i0+rows, columns j0..j0+cols are inside C
                     // (caller); the slice spans them at stride rsc.
-                    let c =
-                        unsafe { std::slice::from_raw_parts_mut(c.add(i0 * rsc + jp * NR), (tile - 1) * rsc + cols) };
-                    match kernel {
-                        // SAFETY: the CPU has AVX512-BF16 (caller); `a` holds `tile` rows of
-                        // kc2 pairs at stride rsa, `b` kc2 x NR pairs, `c` `tile` rows of
-                        // `cols` values at stride rsc.
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx512Bf16 => unsafe { avx512::tile(kc2, a, rsa, b, c, rsc, tile, cols) },
-                        _ => portable_tile(kc2, a, rsa, b, c, rsc, tile, cols),
-                    }
+                    let c = unsafe { std::slice::from_raw_parts_mut(c.add(i0 * rsc + j0), (rows - 1) * rsc + cols) };
+                    tile(&Tile { kc2, a, rsa, b, rows, cols }, c);
                 }
             }
         }

@@ -28,7 +28,7 @@
 //! f16 path converts to f32 and computes in f32, which gains nothing over f32 weights in
 //! arithmetic).
 
-use super::bf16::NR;
+use super::bf16::{blocked, Tile, NR};
 
 /// K pairs per f16 run: each of a run's two f16 sums has at most 64 terms (k < 128), good to
 /// about 3 decimal digits of the run's magnitude; the runs are summed in f32. Measured on 8
@@ -37,8 +37,6 @@ use super::bf16::NR;
 pub const KCH: usize = 64;
 /// K pairs per chunk of the blocked loop (a multiple of [`KCH`], so runs never straddle chunks).
 const KC2: usize = 128;
-/// Rows per block (as `bf16`'s).
-const MC: usize = 192;
 
 /// f32 to f16, rounded to nearest even (overflow to infinity, NaN stays NaN). Own bit
 /// arithmetic, inlined into the callers' loops (the deconvolution rounds its input value by
@@ -200,50 +198,19 @@ pub(crate) unsafe fn product(
     c: *mut f32,
     rsc: usize,
 ) {
-    let (mr, nr) = kernel.tile();
-    debug_assert!(NR.is_multiple_of(nr) && KC2.is_multiple_of(KCH));
-    assert!(rows == 0 || a.len() >= (rows - 1) * rsa + k2);
-    assert!(b.len() >= n.div_ceil(NR) * k2 * NR);
-    for p0 in (0..k2).step_by(KC2) {
-        let kc2 = KC2.min(k2 - p0);
-        for m0 in (0..rows).step_by(MC) {
-            let mc = MC.min(rows - m0);
-            for j0 in (0..n).step_by(nr) {
-                let cols = nr.min(n - j0);
-                // The panel's rows p0.. from column j0 % NR on (row stride NR).
-                let b = &b[((j0 / NR) * k2 + p0) * NR + j0 % NR..];
-                for i0 in (m0..m0 + mc).step_by(mr) {
-                    let tile = mr.min(m0 + mc - i0);
-                    let a = &a[i0 * rsa + p0..];
-                    // SAFETY: the tile's rows i0..i0+tile, columns j0..j0+cols are inside C
-                    // (caller); the slice spans them at stride rsc.
-                    let c = unsafe { std::slice::from_raw_parts_mut(c.add(i0 * rsc + j0), (tile - 1) * rsc + cols) };
-                    let t = Tile { kc2, a, rsa, b, rows: tile, cols };
-                    match kernel {
-                        // SAFETY: the CPU has AVX512-FP16 (caller); the tile's bounds hold.
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx512Fp16 => unsafe { avx512::tile(&t, c, rsc) },
-                        // SAFETY: the CPU has FEAT_FP16 (caller); the tile's bounds hold.
-                        #[cfg(target_arch = "aarch64")]
-                        Kernel::NeonFp16 => unsafe { neon::tile(&t, c, rsc) },
-                        _ => portable_tile(&t, c, rsc),
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// One register tile's operands: `rows` rows of `a` (`kc2` pairs each, at stride `rsa`; the
-/// chunk starts at a multiple of [`KCH`]) times `kc2` rows of `b` (pairs at stride [`NR`], the
-/// tile's `cols` columns first), added into `cols` columns of C.
-struct Tile<'a> {
-    kc2: usize,
-    a: &'a [u32],
-    rsa: usize,
-    b: &'a [u32],
-    rows: usize,
-    cols: usize,
+    let each = |t: &Tile, c: &mut [f32]| match kernel {
+        // SAFETY: the CPU has AVX512-FP16 (caller); the tile's bounds hold (`blocked`).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Fp16 => unsafe { avx512::tile(t, c, rsc) },
+        // SAFETY: the CPU has FEAT_FP16 (caller); the tile's bounds hold (`blocked`).
+        #[cfg(target_arch = "aarch64")]
+        Kernel::NeonFp16 => unsafe { neon::tile(t, c, rsc) },
+        _ => portable_tile(t, c, rsc),
+    };
+    // Chunks of KC2 pairs, a multiple of KCH: the runs start at multiples of KCH everywhere.
+    debug_assert!(KC2.is_multiple_of(KCH));
+    // SAFETY: as the caller promises.
+    unsafe { blocked(a, rsa, rows, b, k2, n, c, rsc, kernel.tile(), KC2, each) }
 }
 
 /// The arithmetic of the module doc, one value at a time (the reference of the SIMD kernels).
