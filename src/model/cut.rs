@@ -221,12 +221,13 @@ pub fn optimize(mut decluttered: TypedModel) -> TractResult<TypedModel> {
     if OWN_OPS.load(Ordering::Relaxed) {
         let fused = super::attention::fuse(&mut decluttered)?;
         let linears = super::linear::swap(&mut decluttered)?;
+        let mlps = super::mlp::fuse(&mut decluttered)?;
         let norms = super::layernorm::swap(&mut decluttered)?;
         let deconvs = super::deconv::swap(&mut decluttered)?;
         let pointwise = super::pointwise::swap(&mut decluttered)?;
         let (epilogues, projections) = super::deconv::fuse(&mut decluttered)?;
         log::debug!(
-            "CPU plan: {fused} attention(s) fused, {linears} linear layer(s) on gemm, {norms} layer norm(s) in one op, \
+            "CPU plan: {fused} attention(s) fused, {linears} linear layer(s) on gemm ({mlps} MLP(s) as one op), {norms} layer norm(s) in one op, \
              {deconvs} transposed convolution(s) as sub-pixel ({epilogues} with BatchNorm/ReLU as they write, \
              {projections} with the 1x1 convolution), {pointwise} 1x1 convolution(s) as plane sums"
         );

@@ -139,49 +139,7 @@ pub fn linear_res_at(
     n: usize,
     out: &mut [f32],
 ) -> TractResult<()> {
-    ensure!(level.supported(), "Linear: this CPU cannot run {level}");
-    ensure!(
-        x.len() == t * k && w.len() == k * n && out.len() == t * n,
-        "Linear: x {} values for [{t}, {k}], w {} for [{k}, {n}], out {} for [{t}, {n}]",
-        x.len(),
-        w.len(),
-        out.len()
-    );
-    if t * n == 0 {
-        return Ok(());
-    }
-    init_rows(out, n, bias, residual)?;
-    if k == 0 {
-        return Ok(());
-    }
-    // One block of rows per thread: each packs the weight once, as one call on one thread would.
-    let block = rows_per_thread(t, 8);
-    let dst = OutPtr(out.as_mut_ptr());
-    par_for(t.div_ceil(block), move |i| {
-        let dst = dst;
-        let r0 = i * block;
-        let rows = block.min(t - r0);
-        // out[r0.., :] += x[r0.., :] . w
-        let g = Gemm {
-            m: rows,
-            n,
-            k,
-            // SAFETY (of the offsets): rows r0..r0+rows of x and out are in bounds.
-            a: unsafe { x.as_ptr().add(r0 * k) },
-            rsa: k,
-            b: w.as_ptr(),
-            rsb: n,
-            csb: 1,
-            c: unsafe { dst.0.add(r0 * n) },
-            rsc: n,
-            accumulate: true,
-        };
-        // SAFETY: x is [t, k] at row stride k, w [k, n] at row stride n, out [t, n] at row
-        // stride n (lengths checked above); rows r0..r0+rows of out belong to this block only;
-        // the level is supported (checked above).
-        unsafe { g.run(level) };
-        Ok(())
-    })
+    apply(Weight::F32 { w, k, n, level }, x, bias, residual, t, out)
 }
 
 /// [`linear_res_at`] at `avx512` with the weight packed once (`sgemm::PackedF32`): the same
@@ -195,8 +153,114 @@ pub fn linear_packed(
     t: usize,
     out: &mut [f32],
 ) -> TractResult<()> {
-    let (k, n) = (w.k, w.n);
-    ensure!(Level::Avx512.supported(), "Linear: this CPU cannot run avx512");
+    apply(Weight::PackedF32(w), x, bias, residual, t, out)
+}
+
+/// A linear layer's weight as a kernel reads it.
+#[derive(Clone, Copy, Debug)]
+pub enum Weight<'a> {
+    /// The f32 matrix (`k x n`, row-major) on the GEMM of an ISA level.
+    F32 { w: &'a [f32], k: usize, n: usize, level: Level },
+    /// The f32 weight packed once for our AVX-512 kernel (`sgemm::PackedF32`).
+    #[cfg(target_arch = "x86_64")]
+    PackedF32(&'a super::sgemm::PackedF32),
+    /// A bf16 or f16 weight on a kernel of its format.
+    Half(&'a Packed16, super::bf16::Half),
+}
+
+impl Weight<'_> {
+    pub fn k(&self) -> usize {
+        match *self {
+            Weight::F32 { k, .. } => k,
+            #[cfg(target_arch = "x86_64")]
+            Weight::PackedF32(w) => w.k,
+            Weight::Half(w, _) => w.k,
+        }
+    }
+
+    pub fn n(&self) -> usize {
+        match *self {
+            Weight::F32 { n, .. } => n,
+            #[cfg(target_arch = "x86_64")]
+            Weight::PackedF32(w) => w.n,
+            Weight::Half(w, _) => w.n,
+        }
+    }
+
+    /// The kernel runs on this CPU and the weight is what it reads.
+    pub(crate) fn check(&self) -> TractResult<()> {
+        match *self {
+            Weight::F32 { w, k, n, level } => {
+                ensure!(level.supported(), "Linear: this CPU cannot run {level}");
+                ensure!(w.len() == k * n, "Linear: w {} values for [{k}, {n}]", w.len());
+            }
+            #[cfg(target_arch = "x86_64")]
+            Weight::PackedF32(_) => ensure!(Level::Avx512.supported(), "Linear: this CPU cannot run avx512"),
+            Weight::Half(w, kernel) => {
+                ensure!(kernel.supported(), "Linear: this CPU cannot run {}", kernel.name());
+                ensure!(w.format == kernel.format(), "Linear: a {:?} weight on {}", w.format, kernel.name());
+            }
+        }
+        Ok(())
+    }
+
+    /// Row blocks split between threads align to the kernel's register tile.
+    pub(crate) fn tile_rows(&self) -> usize {
+        match *self {
+            Weight::Half(_, kernel) => kernel.tile_rows(),
+            _ => 8,
+        }
+    }
+
+    /// `out[i, :] += x[i, :] W` for `rows` rows (`x` at row stride K, `out` at row stride N),
+    /// on this thread.
+    ///
+    /// # Safety
+    /// `out.add(i * N + j)` is writable for `i < rows`, `j < N` and aliased by nothing else;
+    /// [`Weight::check`] passed.
+    pub(crate) unsafe fn add_rows(&self, x: &[f32], rows: usize, out: *mut f32) {
+        let (k, n) = (self.k(), self.n());
+        assert!(x.len() >= rows * k, "Linear: {} values for {rows} rows of {k}", x.len());
+        let g = |b: *const f32| Gemm {
+            m: rows,
+            n,
+            k,
+            a: x.as_ptr(),
+            rsa: k,
+            b,
+            rsb: n,
+            csb: 1,
+            c: out,
+            rsc: n,
+            accumulate: true,
+        };
+        // SAFETY: x holds rows x k values (asserted), w k x n (checked), out as the caller
+        // promises; the kernel is supported (checked).
+        unsafe {
+            match *self {
+                Weight::F32 { w, level, .. } => g(w.as_ptr()).run(level),
+                #[cfg(target_arch = "x86_64")]
+                Weight::PackedF32(w) => g(std::ptr::null()).run_packed(w),
+                Weight::Half(w, kernel) => super::bf16::add_rows_16(kernel, x, w, rows, out),
+            }
+        }
+    }
+}
+
+/// `out = residual + bias + x W` for `t` rows (`x`: `[t, K]`, `out` and `residual`: `[t, N]`),
+/// one block of rows per tract thread (each packs the weight once, as one call on one thread
+/// would; the row split measured 1-2% faster at 2 threads than the `gemm` crate's own rayon
+/// split, `examples/linear_check.rs`).
+pub fn apply(
+    weight: Weight,
+    x: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    t: usize,
+    out: &mut [f32],
+) -> TractResult<()> {
+    weight.check()?;
+    let (k, n) = (weight.k(), weight.n());
     ensure!(
         x.len() == t * k && out.len() == t * n,
         "Linear: x {} values for [{t}, {k}], out {} for [{t}, {n}]",
@@ -210,29 +274,15 @@ pub fn linear_packed(
     if k == 0 {
         return Ok(());
     }
-    let block = rows_per_thread(t, 8);
+    let block = rows_per_thread(t, weight.tile_rows());
     let dst = OutPtr(out.as_mut_ptr());
     par_for(t.div_ceil(block), move |i| {
         let dst = dst;
         let r0 = i * block;
         let rows = block.min(t - r0);
-        let g = Gemm {
-            m: rows,
-            n,
-            k,
-            // SAFETY (of the offsets): rows r0..r0+rows of x and out are in bounds.
-            a: unsafe { x.as_ptr().add(r0 * k) },
-            rsa: k,
-            b: std::ptr::null(),
-            rsb: 0,
-            csb: 0,
-            c: unsafe { dst.0.add(r0 * n) },
-            rsc: n,
-            accumulate: true,
-        };
-        // SAFETY: x is [t, k], out [t, n] (lengths checked above); rows r0..r0+rows of out
-        // belong to this block only; the CPU has AVX-512 (checked above).
-        unsafe { g.run_packed(w) };
+        // SAFETY: rows r0..r0+rows of out are in bounds (lengths checked) and belong to this
+        // block only; the weight was checked.
+        unsafe { weight.add_rows(&x[r0 * k..(r0 + rows) * k], rows, dst.0.add(r0 * n)) };
         Ok(())
     })
 }
@@ -265,7 +315,7 @@ pub fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, t: usize, k: usize,
 
 impl Linear {
     /// x, the weight unless packed, the bias when there is one, the residual when folded in.
-    fn n_inputs(&self) -> usize {
+    pub(crate) fn n_inputs(&self) -> usize {
         1 + (self.packed.is_none() && self.packed_f32.is_none()) as usize + self.bias as usize + self.residual as usize
     }
 
@@ -301,56 +351,48 @@ impl EvalOp for Linear {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         ensure!(inputs.len() == self.n_inputs(), "Linear: {} inputs", inputs.len());
-        let xs = inputs[0].shape();
-        ensure!(xs.len() == self.layout.in_rank, "Linear: x {xs:?}");
-        let t = xs[self.layout.m_axis];
-        let k: usize = xs[self.layout.m_axis + 1..].iter().product();
-        let plain = |i: usize| inputs[i].try_as_plain_ram();
-        let last = inputs.len() - 1;
-        let r = if self.residual { Some(plain(last)?) } else { None };
-        let r = r.as_ref().map(|r| r.as_slice::<f32>()).transpose()?;
-        let b = if self.bias { Some(plain(last - self.residual as usize)?) } else { None };
-        let b = b.as_ref().map(|b| b.as_slice::<f32>()).transpose()?;
-        let x = plain(0)?;
-        if let Some(super::bf16::Shared(w)) = &self.packed {
-            ensure!(w.k == k, "Linear: x {xs:?} has K = {k}, the packed weight {}", w.k);
-            let shape: TVec<usize> = if self.layout.lead_one { tvec![1, t, w.n] } else { tvec![t, w.n] };
-            // SAFETY: `linear_16` writes every element of the output.
-            let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
-            let mut o = out.try_as_plain_ram_mut()?;
-            super::bf16::linear_16(x.as_slice::<f32>()?, w, b, r, t, o.as_slice_mut::<f32>()?)?;
-            return Ok(tvec!(out.into_tvalue()));
-        }
-        #[cfg(target_arch = "x86_64")]
-        if let Some(super::bf16::Shared(w)) = &self.packed_f32 {
-            ensure!(w.k == k, "Linear: x {xs:?} has K = {k}, the packed weight {}", w.k);
-            let shape: TVec<usize> = if self.layout.lead_one { tvec![1, t, w.n] } else { tvec![t, w.n] };
-            // SAFETY: `linear_packed` writes every element of the output.
-            let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
-            let mut o = out.try_as_plain_ram_mut()?;
-            linear_packed(x.as_slice::<f32>()?, w, b, r, t, o.as_slice_mut::<f32>()?)?;
-            return Ok(tvec!(out.into_tvalue()));
-        }
-        let ws = inputs[1].shape();
-        ensure!(!ws.is_empty(), "Linear: w {ws:?}");
-        let n = ws[ws.len() - 1];
-        ensure!(ws.iter().product::<usize>() == k * n, "Linear: x {xs:?} and w {ws:?} disagree on K");
-        let shape: TVec<usize> = if self.layout.lead_one { tvec![1, t, n] } else { tvec![t, n] };
-        // SAFETY: `linear` writes every element of the output.
+        let (t, k) = self.rows(inputs[0].shape())?;
+        let views = inputs.iter().map(|i| i.try_as_plain_ram()).collect::<TractResult<TVec<_>>>()?;
+        let slices = views.iter().map(|v| v.as_slice::<f32>()).collect::<TractResult<TVec<_>>>()?;
+        let (w, b, r) = self.parts(&slices[1..], k)?;
+        let shape: TVec<usize> = if self.layout.lead_one { tvec![1, t, w.n()] } else { tvec![t, w.n()] };
+        // SAFETY: `apply` writes every element of the output.
         let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
-        let w = plain(1)?;
-        linear_res_at(
-            super::isa::level(),
-            x.as_slice::<f32>()?,
-            w.as_slice::<f32>()?,
-            b,
-            r,
-            t,
-            k,
-            n,
-            out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
-        )?;
+        apply(w, slices[0], b, r, t, out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?)?;
         Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+/// A linear layer's weight, bias and residual, as [`Linear::parts`] finds them.
+pub(crate) type Parts<'a> = (Weight<'a>, Option<&'a [f32]>, Option<&'a [f32]>);
+
+impl Linear {
+    /// `(T, K)` of an input `x` of shape `xs`.
+    pub(crate) fn rows(&self, xs: &[usize]) -> TractResult<(usize, usize)> {
+        ensure!(xs.len() == self.layout.in_rank, "Linear: x {xs:?}");
+        Ok((xs[self.layout.m_axis], xs[self.layout.m_axis + 1..].iter().product()))
+    }
+
+    /// The weight (packed in the op, or the f32 matrix among `rest`), the bias and the residual:
+    /// `rest` is the op's inputs after `x`, in their order.
+    pub(crate) fn parts<'a>(&'a self, rest: &[&'a [f32]], k: usize) -> TractResult<Parts<'a>> {
+        ensure!(rest.len() + 1 == self.n_inputs(), "Linear: {} inputs", rest.len() + 1);
+        let (w, rest) = match (&self.packed, &self.packed_f32) {
+            (Some(super::bf16::Shared(w)), _) => (Weight::Half(w, super::bf16::Half::best(w.format)), rest),
+            #[cfg(target_arch = "x86_64")]
+            (None, Some(super::bf16::Shared(w))) => (Weight::PackedF32(w), rest),
+            #[cfg(not(target_arch = "x86_64"))]
+            (None, Some(_)) => bail!("Linear: an AVX-512 weight on {}", std::env::consts::ARCH),
+            (None, None) => {
+                let w = rest[0];
+                ensure!(k > 0 && w.len().is_multiple_of(k), "Linear: w {} values for K = {k}", w.len());
+                (Weight::F32 { w, k, n: w.len() / k, level: super::isa::level() }, &rest[1..])
+            }
+        };
+        ensure!(w.k() == k, "Linear: x has K = {k}, the weight {}", w.k());
+        let b = self.bias.then(|| rest[0]);
+        let r = self.residual.then(|| rest[self.bias as usize]);
+        Ok((w, b, r))
     }
 }
 

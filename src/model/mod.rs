@@ -78,6 +78,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod manifest;
 pub mod memory;
+pub mod mlp;
 pub mod pointwise;
 pub mod segmenter;
 pub mod sgemm;

@@ -20,6 +20,7 @@ mod golden;
 mod inspect_models;
 mod layernorm_op;
 mod linear_op;
+mod mlp_op;
 mod pointwise;
 mod post;
 mod precision;

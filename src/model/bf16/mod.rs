@@ -31,9 +31,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use tract_core::internal::{ensure, TractResult};
-
-use super::attention::{par_for, OutPtr};
+use tract_core::internal::TractResult;
 
 crate::choice_enum! {
     /// `[model] precision`: the number format of the products (linear layers, attention, the
@@ -329,43 +327,27 @@ pub fn linear_16_at(
     t: usize,
     out: &mut [f32],
 ) -> TractResult<()> {
-    let kernel: Half = kernel.into();
+    super::linear::apply(super::linear::Weight::Half(w, kernel.into()), x, bias, residual, t, out)
+}
+
+/// `out[i, :] += x[i, :] w` for `rows` rows on this thread (`x` at row stride K, `out` at N): the
+/// rows rounded to pairs, then `kernel`'s product.
+///
+/// # Safety
+/// `out.add(i * N + j)` is writable for `i < rows`, `j < N` and aliased by nothing else; the
+/// kernel is supported and of `w`'s format.
+pub(crate) unsafe fn add_rows_16(kernel: Half, x: &[f32], w: &Packed16, rows: usize, out: *mut f32) {
     let (k, n) = (w.k, w.n);
-    ensure!(kernel.supported(), "Linear: this CPU cannot run {}", kernel.name());
-    ensure!(w.format == kernel.format(), "Linear: a {:?} weight on {}", w.format, kernel.name());
-    ensure!(
-        x.len() == t * k && out.len() == t * n,
-        "Linear {:?}: x {} values for [{t}, {k}], out {} for [{t}, {n}]",
-        w.format,
-        x.len(),
-        out.len()
-    );
-    if t * n == 0 {
-        return Ok(());
-    }
-    super::linear::init_rows(out, n, bias, residual)?;
-    if k == 0 {
-        return Ok(());
-    }
-    let block = super::linear::rows_per_thread(t, kernel.tile_rows());
-    let dst = OutPtr(out.as_mut_ptr());
     let k2 = k.div_ceil(2);
-    par_for(t.div_ceil(block), move |i| {
-        let dst = dst;
-        let r0 = i * block;
-        let rows = block.min(t - r0);
-        ROWS.with(|buf| {
-            let mut a = buf.borrow_mut();
-            if a.len() < rows * k2 {
-                a.resize(rows * k2, 0);
-            }
-            let a = &mut a[..rows * k2];
-            kernel.round_rows(&x[r0 * k..(r0 + rows) * k], k, k, a);
-            // SAFETY: rows r0..r0+rows of out are in bounds (lengths checked) and belong to this
-            // block only; the kernel is supported (checked).
-            unsafe { kernel.product(a, k2, rows, &w.data, k2, n, dst.0.add(r0 * n), n) };
-        });
-        Ok(())
+    ROWS.with(|buf| {
+        let mut a = buf.borrow_mut();
+        if a.len() < rows * k2 {
+            a.resize(rows * k2, 0);
+        }
+        let a = &mut a[..rows * k2];
+        kernel.round_rows(&x[..rows * k], k, k, a);
+        // SAFETY: as the caller promises.
+        unsafe { kernel.product(a, k2, rows, &w.data, k2, n, out, n) };
     })
 }
 
