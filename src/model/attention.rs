@@ -27,7 +27,7 @@ use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::{Softmax, SoftmaxKind};
 use tract_linalg::multithread::{current_tract_executor, Executor};
 
-use super::sgemm::Gemm;
+use super::sgemm::{Gemm, PackedF32};
 
 /// Query rows per block, at most (the rows are split into blocks of even size). Measured at
 /// T = 1028 (examples/attn_check.rs), 1 and 2 threads: 32 and 64 rows lose 10-30% to the GEMMs'
@@ -80,6 +80,11 @@ thread_local! {
     /// with plain copies, and the transpose runs once per call instead of once per row block
     /// (it was a tenth of the product at T = 1025).
     static KT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per head, its keys transposed (`d x t`) and its values (`t x d`) packed once for our
+    /// AVX-512 kernel ([`Level::Avx512`](super::isa::Level), f32): every row block's two products
+    /// read them in place. Packed per block instead, the copies were 12% of the attention at
+    /// T = 1028 (`perf`, Intel Xeon, 1 thread).
+    static PACKED: RefCell<Vec<(PackedF32, PackedF32)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The tract kernel the softmax uses (exp and sum), made once per thread.
@@ -286,6 +291,22 @@ pub fn attend_rows_with(
     }
     ensure!(block > 0, "FusedAttention: empty row block");
     match products {
+        Products::F32(super::isa::Level::Avx512) => {
+            ensure!(super::isa::Level::Avx512.supported(), "FusedAttention: this CPU cannot run avx512");
+            PACKED.with(|p| {
+                let mut p = p.borrow_mut();
+                p.resize_with(h, || (PackedF32::empty(), PackedF32::empty()));
+                for (head, (pk, pv)) in p.iter_mut().enumerate() {
+                    // SAFETY: k and v are [t, h, d] (lengths checked): head `head`'s keys as a
+                    // d x t matrix are at k[head * d + p + j * h * d], its values as t x d at
+                    // v[head * d + p * h * d + j].
+                    unsafe {
+                        pk.repack(k.as_ptr().add(head * d), 1, h * d, d, t);
+                        pv.repack(v.as_ptr().add(head * d), h * d, 1, t, d);
+                    }
+                }
+            });
+        }
         Products::F32(level) => {
             ensure!(level.supported(), "FusedAttention: this CPU cannot run {level}");
             KT.with(|kt| {
@@ -308,10 +329,20 @@ pub fn attend_rows_with(
     }
     HEADS.with(|heads| {
         KT.with(|kt| {
-            let (heads, kt) = (&*heads.borrow(), &kt.borrow()[..]);
-            attend_blocks(products, heads, kt, block, q, v, bias, (a, t, h, d), out)
+            PACKED.with(|packed| {
+                let keys = Keys { half: &heads.borrow(), kt: &kt.borrow(), packed: &packed.borrow() };
+                attend_blocks(products, &keys, block, q, v, bias, (a, t, h, d), out)
+            })
         })
     })
+}
+
+/// The keys (and values) as the products read them: packed for a 16-bit kernel, transposed for
+/// the f32 GEMMs of the other levels, packed per head for our AVX-512 kernel.
+struct Keys<'a> {
+    half: &'a super::bf16::PackedHeads,
+    kt: &'a [f32],
+    packed: &'a [(PackedF32, PackedF32)],
 }
 
 /// The (head, row block) tasks of [`attend_with`] (`heads`: the packed keys and values for
@@ -319,8 +350,7 @@ pub fn attend_rows_with(
 #[allow(clippy::too_many_arguments)]
 fn attend_blocks(
     products: Products,
-    heads: &super::bf16::PackedHeads,
-    kt: &[f32],
+    keys: &Keys,
     block: usize,
     q: &[f32],
     v: &[f32],
@@ -367,18 +397,23 @@ fn attend_blocks(
                         k: d,
                         a: unsafe { q.as_ptr().add(r0 * h * d + head * d) },
                         rsa: h * d,
-                        b: unsafe { kt.as_ptr().add(head * d * t) },
+                        b: unsafe { keys.kt.as_ptr().add(head * d * t) },
                         rsb: t,
                         csb: 1,
                         c: logits.as_mut_ptr(),
                         rsc: stride,
                         accumulate: false,
                     };
-                    unsafe { g.run(level) };
+                    match keys.packed.get(head) {
+                        // SAFETY: as above; the packed keys are this call's (d x t).
+                        #[cfg(target_arch = "x86_64")]
+                        Some((pk, _)) if level == super::isa::Level::Avx512 => unsafe { g.run_packed(pk) },
+                        _ => unsafe { g.run(level) },
+                    }
                 }
                 Products::Bf16(_) | Products::F16(_) => {
                     let kernel = products.half().expect("a 16-bit kernel");
-                    super::bf16::attention_logits(kernel, q, heads, (r0, rows, head), (t, h, d), logits, stride)
+                    super::bf16::attention_logits(kernel, q, keys.half, (r0, rows, head), (t, h, d), logits, stride)
                 }
             }
             for (r, row) in logits.chunks_exact_mut(stride).enumerate() {
@@ -406,11 +441,15 @@ fn attend_blocks(
                             rsc: h * d,
                             accumulate: false,
                         };
-                        g.run(level);
+                        match keys.packed.get(head) {
+                            #[cfg(target_arch = "x86_64")]
+                            Some((_, pv)) if level == super::isa::Level::Avx512 => g.run_packed(pv),
+                            _ => g.run(level),
+                        }
                     }
                     Products::Bf16(_) | Products::F16(_) => {
                         let kernel = products.half().expect("a 16-bit kernel");
-                        super::bf16::attention_values(kernel, logits, stride, rows, heads, head, (t, h, d), dst)
+                        super::bf16::attention_values(kernel, logits, stride, rows, keys.half, head, (t, h, d), dst)
                     }
                 }
                 for (r, sum) in sums[..rows].iter().enumerate() {

@@ -223,18 +223,36 @@ impl PackedF32 {
     /// Pack `w` (`k x n`, row-major).
     pub fn pack(w: &[f32], k: usize, n: usize) -> PackedF32 {
         assert_eq!(w.len(), k * n, "PackedF32::pack: {} values for [{k}, {n}]", w.len());
+        let mut p = PackedF32 { k: 0, n: 0, data: Vec::new() };
+        // SAFETY: w is k x n row-major (asserted).
+        unsafe { p.repack(w.as_ptr(), n, 1, k, n) };
+        p
+    }
+
+    /// An empty one, for [`PackedF32::repack`].
+    pub const fn empty() -> PackedF32 {
+        PackedF32 { k: 0, n: 0, data: Vec::new() }
+    }
+
+    /// Pack the `k x n` matrix whose element (p, j) is at `b[p * rsb + j * csb]` into `self`,
+    /// reusing its buffer (the attention's keys and values, once per head and frame).
+    ///
+    /// # Safety
+    /// Every such element for `p < k`, `j < n` is readable.
+    pub unsafe fn repack(&mut self, b: *const f32, rsb: usize, csb: usize, k: usize, n: usize) {
         let nr = Self::NR;
         let len: usize = (0..n).step_by(NC).map(|j0| NC.min(n - j0).next_multiple_of(nr) * k).sum();
-        let mut data = vec![0f32; len];
+        self.data.resize(len, 0.0);
+        (self.k, self.n) = (k, n);
         let g = Gemm {
             m: 0,
             n,
             k,
             a: std::ptr::null(),
             rsa: 0,
-            b: w.as_ptr(),
-            rsb: n,
-            csb: 1,
+            b,
+            rsb,
+            csb,
             c: std::ptr::null_mut(),
             rsc: 0,
             accumulate: false,
@@ -245,12 +263,11 @@ impl PackedF32 {
             for k0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - k0);
                 let size = nc.next_multiple_of(nr) * kc;
-                // SAFETY: B is w, k x n row-major; rows k0..k0+kc, columns j0..j0+nc in bounds.
-                unsafe { pack_b(&g, k0, kc, j0, nc, nr, &mut data[at..at + size]) };
+                // SAFETY: rows k0..k0+kc, columns j0..j0+nc of B are readable (caller).
+                unsafe { pack_b(&g, k0, kc, j0, nc, nr, &mut self.data[at..at + size]) };
                 at += size;
             }
         }
-        PackedF32 { k, n, data }
     }
 
     /// The panels of columns `j0..` (a multiple of [`NC`]), rows `k0..k0 + kc`.
