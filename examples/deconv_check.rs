@@ -15,7 +15,7 @@ fn main() {
             let k: Vec<f32> = (0..co * ci * 16).map(|i| ((i * 104729) % 1000) as f32 / 1e4 - 0.05).collect();
             let b = vec![0.1f32; co];
             let mut out = vec![0f32; co * 4 * h * h];
-            // The swapped op holds the tap-major copy (used at avx512).
+            // The swapped op holds the packed taps (used at avx512).
             let taps = f32_taps(&k, ci, co);
             let mut best = vec![f64::MAX; levels.len()];
             let ex = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
@@ -23,7 +23,7 @@ fn main() {
                 for _ in 0..7 {
                     for (i, &l) in levels.iter().enumerate() {
                         let t0 = Instant::now();
-                        deconv_fused(l, &x, &k, Some(&taps.0 .0), &b, ci, h, h, co, None, &mut out).unwrap();
+                        deconv_fused(l, &x, &k, Some(&taps.0), &b, ci, h, h, co, None, &mut out).unwrap();
                         best[i] = best[i].min(t0.elapsed().as_secs_f64());
                     }
                 }

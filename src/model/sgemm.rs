@@ -277,6 +277,15 @@ impl PackedF32 {
         &self.data[at..at + nc * kc]
     }
 
+    /// Element (p, j) of the packed matrix.
+    pub fn at(&self, p: usize, j: usize) -> f32 {
+        assert!(p < self.k && j < self.n, "PackedF32::at: ({p}, {j}) outside [{}, {}]", self.k, self.n);
+        let (j0, k0) = (j / NC * NC, p / KC * KC);
+        let kc = KC.min(self.k - k0);
+        let (jp, jj) = ((j - j0) / Self::NR, (j - j0) % Self::NR);
+        self.block(j0, k0, kc)[(jp * kc + p - k0) * Self::NR + jj]
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.data.len() * 4
@@ -393,8 +402,59 @@ mod avx512 {
         cols: usize,
         first: bool,
     ) {
+        // SAFETY: as the caller promises.
+        unsafe { kernel_runs(&[(pa, pb, kc)], rsa, c, rsc, rows, cols, first) }
+    }
+
+    /// The tile summed over several runs `(A, packed B panel, kc)` before C is touched once:
+    /// per run, its A rows (at stride `rsa`) times its panel.
+    ///
+    /// # Safety
+    /// As [`kernel`] for every run.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    pub(super) unsafe fn kernel_runs(
+        runs: &[(*const f32, *const f32, usize)],
+        rsa: usize,
+        c: *mut f32,
+        rsc: usize,
+        rows: usize,
+        cols: usize,
+        first: bool,
+    ) {
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            for &(pa, pb, kc) in runs {
+                acc = run(acc, kc, pa, rsa, pb, rows);
+            }
+            let mask = |v: usize| -> __mmask16 {
+                let n = cols.saturating_sub(v * 16).min(16);
+                ((1u32 << n) - 1) as __mmask16
+            };
+            let (m0, m1) = (mask(0), mask(1));
+            for (i, acc) in acc.iter().enumerate().take(rows) {
+                let row = c.add(i * rsc);
+                for (v, (x, m)) in acc.iter().zip([m0, m1]).enumerate() {
+                    let p = row.add(v * 16);
+                    let x = if first { *x } else { _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), *x) };
+                    _mm512_mask_storeu_ps(p, m, x);
+                }
+            }
+        }
+    }
+
+    /// One run's k-loop on the tile's sums (taken and returned by value, so they stay in
+    /// registers across runs).
+    #[inline(always)]
+    unsafe fn run(
+        mut acc: [[__m512; 2]; MR],
+        kc: usize,
+        pa: *const f32,
+        rsa: usize,
+        pb: *const f32,
+        rows: usize,
+    ) -> [[__m512; 2]; MR] {
+        unsafe {
             // Rows past `rows` re-read the last row (in bounds); their sums are not stored.
             let rows_at: [*const f32; MR] = std::array::from_fn(|i| pa.add(i.min(rows - 1) * rsa));
             let mut b = pb;
@@ -408,17 +468,67 @@ mod avx512 {
                 }
                 b = b.add(NR);
             }
-            let mask = |v: usize| -> __mmask16 {
-                let n = cols.saturating_sub(v * 16).min(16);
-                ((1u32 << n) - 1) as __mmask16
-            };
-            let (m0, m1) = (mask(0), mask(1));
-            for (i, acc) in acc.iter().enumerate().take(rows) {
-                let row = c.add(i * rsc);
-                for (v, (x, m)) in acc.iter().zip([m0, m1]).enumerate() {
-                    let p = row.add(v * 16);
-                    let x = if first { *x } else { _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), *x) };
-                    _mm512_mask_storeu_ps(p, m, x);
+            acc
+        }
+    }
+}
+
+/// `C (m x n) (+)= sum_r A_r W_r` on the AVX-512 kernel, each tile's sums kept in registers
+/// across all runs and C written once: the four taps of a deconvolution's output parity as one
+/// product with K = 4 C_in (as four accumulated GEMMs, C went through the cache four times and
+/// the kernel reloaded it per tap). Run `r`'s A rows are at `a_r + i * rsa`, `w_r.k` values
+/// each; every `w_r` has the same N.
+///
+/// # Safety
+/// Every A row `i < m` of every run holds `w_r.k` readable values; C's `m x n` at row stride
+/// `rsc` are writable and aliased by nothing else; the CPU has AVX-512 F/BW/VL and FMA.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn run_sum(
+    runs: &[(*const f32, &PackedF32)],
+    m: usize,
+    rsa: usize,
+    c: *mut f32,
+    rsc: usize,
+    accumulate: bool,
+) {
+    const MAX: usize = 16;
+    let Some(n) = runs.first().map(|r| r.1.n) else { return };
+    assert!(runs.iter().all(|r| r.1.n == n), "run_sum: runs of different N");
+    let (mr, nr) = (12, PackedF32::NR);
+    let mut segs = [(std::ptr::null(), std::ptr::null(), 0usize); MAX];
+    for j0 in (0..n).step_by(NC) {
+        let nc = NC.min(n - j0);
+        for m0 in (0..m).step_by(MC) {
+            let mc = MC.min(m - m0);
+            for jp in 0..nc.div_ceil(nr) {
+                let cols = nr.min(nc - jp * nr);
+                for ip in 0..mc.div_ceil(mr) {
+                    let (r0, rows) = (m0 + ip * mr, mr.min(mc - ip * mr));
+                    let mut count = 0;
+                    for &(a, w) in runs {
+                        for k0 in (0..w.k).step_by(KC) {
+                            let kc = KC.min(w.k - k0);
+                            assert!(count < MAX, "run_sum: more than {MAX} K chunks");
+                            // SAFETY (of the offsets): row r0 of this run's A, from column k0
+                            // (caller's bounds).
+                            segs[count] =
+                                (unsafe { a.add(r0 * rsa + k0) }, w.block(j0, k0, kc)[jp * kc * nr..].as_ptr(), kc);
+                            count += 1;
+                        }
+                    }
+                    // SAFETY: the tile's rows x cols are inside C, every run's rows hold its K
+                    // values (caller); each panel holds kc x nr values.
+                    unsafe {
+                        avx512::kernel_runs(
+                            &segs[..count],
+                            rsa,
+                            c.add(r0 * rsc + j0 + jp * nr),
+                            rsc,
+                            rows,
+                            cols,
+                            !accumulate,
+                        )
+                    };
                 }
             }
         }

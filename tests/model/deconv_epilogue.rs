@@ -123,11 +123,11 @@ fn epilogue_equals_the_separate_passes_on_every_level() {
                     assert!(bits(&got) == bits(&separate), "{case}: fused differs from the separate passes");
                     let err = max_diff(&got, &want);
                     assert!(err < 1e-4, "{case}: max error {err} against the f64 formula");
-                    // What the swapped op runs at avx512: the tap-major copy without the kernel.
+                    // What the swapped op runs at avx512: the packed taps without the kernel.
                     if level == Level::Avx512 {
                         let mut held = vec![f32::NAN; n];
                         multithread_tract_scope(executor(threads), || {
-                            deconv_fused(level, &x, &[], Some(&taps.0 .0), &b, ci, h, w, co, Some(&e), &mut held)
+                            deconv_fused(level, &x, &[], Some(&taps.0), &b, ci, h, w, co, Some(&e), &mut held)
                         })
                         .unwrap();
                         assert!(bits(&held) == bits(&separate), "{case}: taps without the kernel differ");

@@ -40,18 +40,18 @@ fn deconv_matches_the_textbook_scatter_on_random_inputs() {
                     None => first = Some(bits),
                     Some(f) => assert!(*f == bits, "C_in {ci}, {h}x{w}, C_out {co}, {level}: 1 and 2 threads differ"),
                 }
-                // With the kernel's tap-major copy (what the swapped op holds): the same bits.
+                // With the kernel's packed taps (what the swapped op holds): the same bits.
                 let taps = f32_taps(&k, ci, co);
                 let mut with = vec![f32::NAN; co * 4 * h * w];
                 let ex = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
                 multithread_tract_scope(ex, || {
-                    deconv_fused(level, &x, &k, Some(&taps.0 .0), &b, ci, h, w, co, None, &mut with)
+                    deconv_fused(level, &x, &k, Some(&taps.0), &b, ci, h, w, co, None, &mut with)
                 })
                 .unwrap();
                 let bits_with: Vec<u32> = with.iter().map(|v| v.to_bits()).collect();
                 assert!(
                     first.as_ref() == Some(&bits_with),
-                    "C_in {ci}, {h}x{w}, C_out {co}, {level}: tap-major differs"
+                    "C_in {ci}, {h}x{w}, C_out {co}, {level}: packed taps differ"
                 );
             }
         }
@@ -139,13 +139,13 @@ fn bf16_deconv_matches_the_scatter_of_the_rounded_operands() {
     }
 }
 
-/// Every plan that swaps the same kernel shares one tap-major copy (the memory target).
+/// Every plan that swaps the same kernel shares one copy of its packed taps (the memory target).
 #[test]
-fn equal_kernels_share_one_tap_major_copy() {
+fn equal_kernels_share_one_packed_copy() {
     let (a, b) = (random(3 * 5 * 16, 7), random(3 * 5 * 16, 8));
     let (x, y, z) = (f32_taps(&a, 3, 5), f32_taps(&a.clone(), 3, 5), f32_taps(&b, 3, 5));
     assert!(std::sync::Arc::ptr_eq(&x.0, &y.0));
     assert!(!std::sync::Arc::ptr_eq(&x.0, &z.0));
     // Tap 6 (ky 1, kx 2) of output channel 4, input channel 2.
-    assert_eq!(x.0 .0[(6 * 3 + 2) * 5 + 4], a[(4 * 3 + 2) * 16 + 6]);
+    assert_eq!(x.0 .0[6].at(2, 4), a[(4 * 3 + 2) * 16 + 6]);
 }

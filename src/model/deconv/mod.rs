@@ -52,47 +52,61 @@ pub struct SubpixelDeconv {
     /// The kernel's 16 taps rounded to bf16 or f16 and packed (`[model] precision = "bf16"` or
     /// "f16"; the products then run on that format's kernel).
     pub half: Option<Taps>,
-    /// The f32 kernel tap-major, for the position-major path (level `avx512`, f32).
+    /// The f32 kernel's taps packed, for the position-major path (level `avx512`, f32).
     pub f32_taps: Option<F32Taps>,
     /// The BatchNorm, ReLU and 1x1 convolution after it, applied as the output is written
     /// ([`fuse`]).
     pub epilogue: Option<Epilogue>,
 }
 
-/// A deconvolution kernel tap-major: `[16, C_in, C_out]`, each tap a row-major `C_in x C_out`
-/// matrix, so the GEMM packs its panels with plain row copies (gathering them from the
-/// `[C_out, C_in, 4, 4]` kernel at a stride of 16 floats per call cost 12% of the head's
-/// deconvolutions at 1 thread; rearranging per call cost more than it saved). Built once at the
-/// swap and shared by every plan ([`f32_taps`]).
-pub struct TapMajor(pub Vec<f32>);
+/// A deconvolution kernel's 16 taps, each a `C_in x C_out` matrix packed once for our AVX-512
+/// kernel (`sgemm::PackedF32`): the four taps of an output parity then run as one product
+/// ([`sgemm::run_sum`](super::sgemm::run_sum)) with nothing packed per call (gathering the taps
+/// from the `[C_out, C_in, 4, 4]` kernel at a stride of 16 floats per call cost 12% of the head's
+/// deconvolutions at 1 thread). Built once at the swap and shared by every plan ([`f32_taps`]).
+#[derive(PartialEq)]
+pub struct TapMajor(pub Vec<super::sgemm::PackedF32>);
 
 impl std::fmt::Debug for TapMajor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TapMajor({} values)", self.0.len())
+        write!(f, "TapMajor({} taps)", self.0.len())
     }
 }
 
-/// A tap-major kernel shared by identity (see [`TapMajor`]).
-pub type F32Taps = super::bf16::Shared<TapMajor>;
+impl TapMajor {
+    /// The 16 taps of `kernel` (`[co, ci, 4, 4]`), packed.
+    pub fn pack(kernel: &[f32], ci: usize, co: usize) -> TapMajor {
+        assert_eq!(kernel.len(), co * ci * 16, "f32_taps: {} values for [{co}, {ci}, 4, 4]", kernel.len());
+        let mut taps: Vec<_> = (0..16).map(|_| super::sgemm::PackedF32::empty()).collect();
+        Self::repack(&mut taps, kernel, ci, co);
+        TapMajor(taps)
+    }
 
-/// The tap-major copy of `kernel` (`[co, ci, 4, 4]`), interned by content: every plan (all input
-/// sizes) that swaps the same kernel gets the same copy.
-pub fn f32_taps(kernel: &[f32], ci: usize, co: usize) -> F32Taps {
-    assert_eq!(kernel.len(), co * ci * 16, "f32_taps: {} values for [{co}, {ci}, 4, 4]", kernel.len());
-    let mut t = vec![0f32; kernel.len()];
-    for (oc, taps) in kernel.chunks_exact(16).enumerate() {
-        let (o, c) = (oc / ci, oc % ci);
-        for (tap, v) in taps.iter().enumerate() {
-            t[(tap * ci + c) * co + o] = *v;
+    /// [`TapMajor::pack`] into `taps` (16), reusing their buffers.
+    fn repack(taps: &mut [super::sgemm::PackedF32], kernel: &[f32], ci: usize, co: usize) {
+        assert!(taps.len() == 16 && kernel.len() == co * ci * 16);
+        for (tap, t) in taps.iter_mut().enumerate() {
+            // SAFETY: element (c, o) of tap `tap` is kernel[(o * ci + c) * 16 + tap], in bounds
+            // (asserted).
+            unsafe { t.repack(kernel[tap..].as_ptr(), 16, ci * 16, ci, co) };
         }
     }
+}
+
+/// Packed taps shared by identity (see [`TapMajor`]).
+pub type F32Taps = super::bf16::Shared<TapMajor>;
+
+/// The packed taps of `kernel` (`[co, ci, 4, 4]`), interned by content: every plan (all input
+/// sizes) that swaps the same kernel gets the same copy.
+pub fn f32_taps(kernel: &[f32], ci: usize, co: usize) -> F32Taps {
+    let t = TapMajor::pack(kernel, ci, co);
     static LIVE: std::sync::Mutex<Vec<std::sync::Weak<TapMajor>>> = std::sync::Mutex::new(Vec::new());
     let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     live.retain(|w| w.strong_count() > 0);
-    if let Some(s) = live.iter().filter_map(std::sync::Weak::upgrade).find(|s| s.0 == t) {
+    if let Some(s) = live.iter().filter_map(std::sync::Weak::upgrade).find(|s| **s == t) {
         return super::bf16::Shared(s);
     }
-    let s = Arc::new(TapMajor(t));
+    let s = Arc::new(t);
     live.push(Arc::downgrade(&s));
     super::bf16::Shared(s)
 }
@@ -125,6 +139,8 @@ thread_local! {
     static ACC: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The bordered input (on the thread that runs the op).
     static XP: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The kernel's taps packed per call, when the op holds none (tests).
+    static TAPS: RefCell<Vec<super::sgemm::PackedF32>> = const { RefCell::new(Vec::new()) };
     /// The bordered input in bf16, position-major: `[(h + 2) * (w + 2) + slack, C_in / 2]`
     /// channel pairs (on the thread that runs the op).
     static XPT: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
@@ -183,7 +199,7 @@ pub fn deconv_at(
     deconv_fused(level, x, kernel, None, bias, ci, h, w, co, None, out)
 }
 
-/// [`deconv_at`] with the kernel's tap-major copy ([`f32_taps`]) for the `avx512` path (the
+/// [`deconv_at`] with the kernel's packed taps ([`f32_taps`]) for the `avx512` path (the
 /// products are the same, bit for bit, only the packing reads differ; `kernel` may then be
 /// empty), followed by `epilogue` (if any), applied as each block writes its pixels: `out` then
 /// holds [`Epilogue::channels_out`] channels of `2h x 2w`.
@@ -192,7 +208,7 @@ pub fn deconv_fused(
     level: super::isa::Level,
     x: &[f32],
     kernel: &[f32],
-    taps: Option<&[f32]>,
+    taps: Option<&TapMajor>,
     bias: &[f32],
     ci: usize,
     h: usize,
@@ -205,27 +221,28 @@ pub fn deconv_fused(
     if let Some(e) = epilogue {
         e.check(co)?;
     }
-    // The kernel may be left out (empty) where the tap-major copy is given and used.
+    // The kernel may be left out (empty) where the packed taps are given and used.
     let taps_only = kernel.is_empty() && taps.is_some() && level == super::isa::Level::Avx512;
     let co_out = epilogue.map_or(co, |e| e.channels_out(co));
     ensure!(
         x.len() == ci * h * w
             && (taps_only || kernel.len() == co * ci * 16)
-            && taps.is_none_or(|t| t.len() == co * ci * 16)
+            && taps.is_none_or(|t| t.0.len() == 16 && t.0.iter().all(|t| t.k == ci && t.n == co))
             && bias.len() == co
             && out.len() == co_out * 4 * h * w,
         "SubpixelDeconv: x {}, kernel {}, taps {:?}, bias {}, out {} values for C_in {ci}, {h}x{w}, C_out {co} ({co_out} written)",
         x.len(),
         kernel.len(),
-        taps.map(<[f32]>::len),
+        taps.map(|t| t.0.first().map(|t| (t.k, t.n))),
         bias.len(),
         out.len()
     );
     if out.is_empty() {
         return Ok(());
     }
+    #[cfg(target_arch = "x86_64")]
     if level == super::isa::Level::Avx512 {
-        return position_major(level, x, kernel, taps, bias, ci, h, w, co, epilogue, out);
+        return position_major(x, kernel, taps, bias, ci, h, w, co, epilogue, out);
     }
     // Zero-bordered input [ci, h + 2, w + 2], plus slack: the two padding columns of the last
     // row of a block read a little past a plane (values that are computed and never written).
@@ -255,16 +272,16 @@ pub fn deconv_fused(
     })
 }
 
-/// [`deconv_at`] position-major on our GEMM: the input copied once into a zero-bordered
-/// `[(h + 2) (w + 2) + slack, C_in]` grid, then per block and tap `C (positions x C_out) +=
-/// X_tap (positions x C_in, rows of the grid in place) K_tap (C_in x C_out, the kernel read at
-/// strides 16 and 16 C_in, packed by the GEMM)`.
+/// [`deconv_at`] position-major on our AVX-512 GEMM: the input copied once into a zero-bordered
+/// `[(h + 2) (w + 2) + slack, C_in]` grid, then per block and parity `C (positions x C_out) =
+/// sum over its 4 taps of X_tap (positions x C_in, rows of the grid in place) K_tap (C_in x
+/// C_out, packed)`, one product ([`super::sgemm::run_sum`]).
+#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn position_major(
-    level: super::isa::Level,
     x: &[f32],
     kernel: &[f32],
-    taps: Option<&[f32]>,
+    taps: Option<&TapMajor>,
     bias: &[f32],
     ci: usize,
     h: usize,
@@ -304,31 +321,24 @@ fn position_major(
             Ok(())
         })?;
         let xp = &xp[..];
-        blocks(h, w, co, bias, Layout::PositionMajor, epilogue, out, |start, n, tap, first, acc| {
-            debug_assert!((start + n) * ci <= xp.len() && acc.len() >= n * co);
-            // B (C_in x C_out) of this tap: rows of the tap-major copy, or gathered from the
-            // kernel (element (c, o) at (o * ci + c) * 16 + tap).
-            let (b, rsb, csb) = match taps {
-                Some(t) => (t[tap * ci * co..].as_ptr(), co, 1),
-                None => (kernel[tap..].as_ptr(), 16, ci * 16),
+        TAPS.with(|own| {
+            let mut own = own.borrow_mut();
+            let taps: &[super::sgemm::PackedF32] = match taps {
+                Some(t) => &t.0,
+                None => {
+                    own.resize_with(16, super::sgemm::PackedF32::empty);
+                    TapMajor::repack(&mut own, kernel, ci, co);
+                    &own
+                }
             };
-            let g = super::sgemm::Gemm {
-                m: n,
-                n: co,
-                k: ci,
-                a: xp[start * ci..].as_ptr(),
-                rsa: ci,
-                b,
-                rsb,
-                csb,
-                c: acc.as_mut_ptr(),
-                rsc: co,
-                accumulate: !first,
-            };
-            // SAFETY: A is n rows of ci values of xp (in bounds, see the slack); B's element (c, o)
-            // is taps[(tap * ci + c) * co + o] or kernel[(o * ci + c) * 16 + tap], in bounds
-            // (lengths checked by the caller); C is acc, n x co; the level is supported.
-            unsafe { g.run(level) };
+            blocks(h, w, co, bias, Layout::PositionMajor, epilogue, out, |parity, n, acc| {
+                debug_assert!(parity.iter().all(|&(start, _)| (start + n) * ci <= xp.len()) && acc.len() >= n * co);
+                let runs = parity.map(|(start, tap)| (xp[start * ci..].as_ptr(), &taps[tap]));
+                // SAFETY: each run's A is n rows of ci values of xp (in bounds, see the slack);
+                // its taps are ci x co (checked by the caller); C is acc, n x co; the caller
+                // checked the level (AVX-512).
+                unsafe { super::sgemm::run_sum(&runs, n, ci, acc.as_mut_ptr(), co, false) };
+            })
         })
     })
 }
@@ -389,14 +399,14 @@ pub fn deconv_bf16(
         }
         let xpt = &xpt[..];
         // C (positions x C_out) += X_tap (positions x C_in, rows of xpt) W_tap, per tap.
-        blocks(h, w, co, bias, Layout::PositionMajor, epilogue, out, |start, n, tap, first, acc| {
-            if first {
-                acc.fill(0.0);
+        blocks(h, w, co, bias, Layout::PositionMajor, epilogue, out, |parity, n, acc| {
+            acc.fill(0.0);
+            for &(start, tap) in parity {
+                let a = &xpt[start * ci2..(start + n) * ci2];
+                // SAFETY: acc holds n x co values at stride co; `a` n rows of ci2 pairs; the
+                // kernel is supported (checked above).
+                unsafe { super::bf16::product_packed(kernel, a, ci2, n, &taps.0[tap], acc.as_mut_ptr(), co) };
             }
-            let a = &xpt[start * ci2..(start + n) * ci2];
-            // SAFETY: acc holds n x co values at stride co; `a` n rows of ci2 pairs; the kernel
-            // is supported (checked above).
-            unsafe { super::bf16::product_packed(kernel, a, ci2, n, &taps.0[tap], acc.as_mut_ptr(), co) };
         })
     })
 }
@@ -409,10 +419,10 @@ enum Layout {
 }
 
 /// The four parities of a deconvolution in blocks of rows, run on tract's executor: per block,
-/// `tap_product(start, n, tap, first, acc)` adds one of the parity's four taps into the block's
-/// accumulator (`n` positions of the padded-width grid starting at bordered position `start`,
-/// kernel tap `ky * 4 + kx`, `first`: overwrite), then the parity's pixels are written with the
-/// bias and the epilogue ([`epilogue::write_row`]).
+/// `product(taps, n, acc)` writes the sum of the parity's four taps into the block's accumulator
+/// (`taps[i] = (start, tap)`: `n` positions of the padded-width grid starting at bordered
+/// position `start`, times kernel tap `ky * 4 + kx`), then the parity's pixels are written with
+/// the bias and the epilogue ([`epilogue::write_row`]).
 #[allow(clippy::too_many_arguments)]
 fn blocks(
     h: usize,
@@ -422,7 +432,7 @@ fn blocks(
     layout: Layout,
     epilogue: Option<&Epilogue>,
     out: &mut [f32],
-    tap_product: impl Fn(usize, usize, usize, bool, &mut [f32]) + Sync + Send,
+    product: impl Fn(&[(usize, usize); 4], usize, &mut [f32]) + Sync + Send,
 ) -> TractResult<()> {
     let wp = w + 2;
     let rows = (POSITIONS / wp).clamp(1, h);
@@ -441,17 +451,17 @@ fn blocks(
                 acc.resize(co * n, 0.0);
             }
             let acc = &mut acc[..co * n];
-            let mut first = true;
-            for (dy, ky) in taps_of(py) {
-                for (dx, kx) in taps_of(px) {
+            let mut taps = [(0, 0); 4];
+            for (i, (dy, ky)) in taps_of(py).into_iter().enumerate() {
+                for (j, (dx, kx)) in taps_of(px).into_iter().enumerate() {
                     // Input element (c, y + dy, x + dx) of output pixel (y, x), y0 <= y < y0 + ny,
                     // sits at bordered position (y + 1 + dy) * wp + (x + 1 + dx): for the block's
                     // positions p = (y - y0) * wp + x it is start + p.
                     let start = ((y0 as isize + 1 + dy) * wp as isize + 1 + dx) as usize;
-                    tap_product(start, n, ky * 4 + kx, first, acc);
-                    first = false;
+                    taps[2 * i + j] = (start, ky * 4 + kx);
                 }
             }
+            product(&taps, n, acc);
             let (oh, ow) = (2 * h, 2 * w);
             let acc = &acc[..];
             for y in 0..ny {
@@ -486,33 +496,36 @@ fn parities(
 ) -> TractResult<()> {
     let plane = (h + 2) * (w + 2);
     // C (C_out x positions) += K_tap (C_out x C_in, read in place) X_tap (C_in x positions).
-    blocks(h, w, co, bias, Layout::ChannelMajor, epilogue, out, |start, n, tap, first, acc| {
-        debug_assert!((ci - 1) * plane + start + n <= xp.len());
-        // SAFETY: acc is [co, n]; the kernel slice [co, ci] at tap (ky, kx) is
-        // kernel[(o * ci + c) * 16 + ky * 4 + kx], in bounds; input element c of position
-        // start + p is xp[c * plane + start + p], in xp (see the slack in `deconv`).
-        unsafe {
-            gemm::gemm(
-                co,
-                n,
-                ci,
-                acc.as_mut_ptr(),
-                1,
-                n as isize,
-                !first,
-                kernel.as_ptr().add(tap),
-                16,
-                (ci * 16) as isize,
-                xp.as_ptr().add(start),
-                1,
-                plane as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+    blocks(h, w, co, bias, Layout::ChannelMajor, epilogue, out, |taps, n, acc| {
+        for (i, &(start, tap)) in taps.iter().enumerate() {
+            let first = i == 0;
+            debug_assert!((ci - 1) * plane + start + n <= xp.len());
+            // SAFETY: acc is [co, n]; the kernel slice [co, ci] at tap (ky, kx) is
+            // kernel[(o * ci + c) * 16 + ky * 4 + kx], in bounds; input element c of position
+            // start + p is xp[c * plane + start + p], in xp (see the slack in `deconv`).
+            unsafe {
+                gemm::gemm(
+                    co,
+                    n,
+                    ci,
+                    acc.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    !first,
+                    kernel.as_ptr().add(tap),
+                    16,
+                    (ci * 16) as isize,
+                    xp.as_ptr().add(start),
+                    1,
+                    plane as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
         }
     })
 }

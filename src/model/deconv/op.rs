@@ -62,7 +62,7 @@ impl EvalOp for SubpixelDeconv {
             }
             None => &[],
         };
-        let taps = self.f32_taps.as_ref().map(|t| &t.0 .0[..]);
+        let taps = self.f32_taps.as_ref().map(|t| &*t.0);
         deconv_fused(crate::model::isa::level(), x, k, taps, b, ci, h, w, co, e, o.as_slice_mut::<f32>()?)?;
         Ok(tvec!(out.into_tvalue()))
     }
