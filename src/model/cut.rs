@@ -226,10 +226,11 @@ pub fn optimize(mut decluttered: TypedModel) -> TractResult<TypedModel> {
         let deconvs = super::deconv::swap(&mut decluttered)?;
         let pointwise = super::pointwise::swap(&mut decluttered)?;
         let (epilogues, projections) = super::deconv::fuse(&mut decluttered)?;
+        let chained = super::deconv::chain(&mut decluttered)?;
         log::debug!(
             "CPU plan: {fused} attention(s) fused, {linears} linear layer(s) on gemm ({mlps} MLP(s) as one op), {norms} layer norm(s) in one op, \
              {deconvs} transposed convolution(s) as sub-pixel ({epilogues} with BatchNorm/ReLU as they write, \
-             {projections} with the 1x1 convolution), {pointwise} 1x1 convolution(s) as plane sums"
+             {projections} with the 1x1 convolution, {chained} pair(s) passing [H, W, C]), {pointwise} 1x1 convolution(s) as plane sums"
         );
     }
     let mut optimized = decluttered.into_optimized()?;

@@ -231,3 +231,33 @@ fn fused_real_model_head_equals_tract_and_keeps_the_pattern() {
     };
     check_head(&manifest, 224, (3, 1), 1e-4);
 }
+
+/// The real head's deconvolutions chained in `[H, W, C]` (`deconv::chain`, level `avx512`) give
+/// the bits of the unchained head, and the chain covers both pairs.
+#[test]
+fn chained_real_model_head_equals_unchained_bit_for_bit() {
+    let Some(manifest) = common::real_manifest() else {
+        return;
+    };
+    if ailurus::model::isa::level() != Level::Avx512 {
+        eprintln!("no AVX-512: the chain needs the packed f32 taps; skipped");
+        return;
+    }
+    let m = Manifest::load(&manifest).unwrap();
+    let base = cut::load_base(&m.onnx_path()).unwrap();
+    let size = 224;
+    let mut plain = cut::head_decluttered(&base, &m, size).unwrap();
+    ailurus::model::deconv::swap(&mut plain).unwrap();
+    pointwise::swap(&mut plain).unwrap();
+    fuse(&mut plain).unwrap();
+    let mut chained = plain.clone();
+    assert_eq!(ailurus::model::deconv::chain(&mut chained).unwrap(), 2, "pairs chained");
+    let t = m.tokens.prefix + (size / m.tokens.patch) as usize * (size / m.tokens.patch) as usize;
+    let toks: TValue = Tensor::from_shape(&[1, t, m.tokens.width], &random(t * m.tokens.width, 11)).unwrap().into();
+    let run = |g: TypedModel| {
+        let out = g.into_optimized().unwrap().into_runnable().unwrap().run(tvec!(toks.clone())).unwrap();
+        ailurus::model::f32s(&out[0]).unwrap().to_vec()
+    };
+    let (a, b) = (run(plain), run(chained));
+    assert!(bits(&a) == bits(&b), "chained head differs by {}", max_diff(&a, &b));
+}

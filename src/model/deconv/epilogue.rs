@@ -160,6 +160,38 @@ pub(super) unsafe fn write_row(
     }
 }
 
+/// Write one output pixel's `co` channels, contiguous at `dst` (`[2H, 2W, C_out]` output):
+/// `src` holds its accumulators (bias not added). The arithmetic of [`write_row`], channel by
+/// channel, so both layouts hold the same values; no projection here.
+///
+/// # Safety
+/// `dst` is valid for writes of `bias.len()` values no other thread touches meanwhile.
+pub(super) unsafe fn write_pixel(e: Option<&Epilogue>, bias: &[f32], src: &[f32], dst: *mut f32) {
+    let co = bias.len();
+    // SAFETY: as the caller promises.
+    let dst = unsafe { std::slice::from_raw_parts_mut(dst, co) };
+    let Some(e) = e else {
+        dst.iter_mut().zip(src).zip(bias).for_each(|((d, v), b)| *d = v + b);
+        return;
+    };
+    debug_assert!(e.project.is_none());
+    fn full(v: &Option<Vec<f32>>, co: usize) -> Option<&[f32]> {
+        v.as_deref().filter(|v| v.len() == co)
+    }
+    if let (Some(s), Some(t), Some(f)) = (full(&e.scale, co), full(&e.shift, co), full(&e.floor, co)) {
+        // The usual case (a BatchNorm and a ReLU, expanded to every channel by `fuse`): one
+        // loop the compiler vectorises.
+        for (((((d, v), b), s), t), f) in dst.iter_mut().zip(src).zip(bias).zip(s).zip(t).zip(f) {
+            *d = ((v + b) * s + t).max(*f);
+        }
+        return;
+    }
+    for (o, (d, (v, b))) in dst.iter_mut().zip(src.iter().zip(bias)).enumerate() {
+        let (s, t, f) = e.channel(o);
+        *d = ((v + b) * s + t).max(f);
+    }
+}
+
 /// The values of a constant that applies per channel to a `[1, co, H, W]` tensor: one value, or
 /// `co` of shape `[1, co, 1, 1]`.
 fn per_channel(model: &TypedModel, outlet: OutletId, co: usize) -> TractResult<Option<Vec<f32>>> {
@@ -201,6 +233,9 @@ pub fn fuse(model: &mut TypedModel) -> TractResult<(usize, usize)> {
                 break;
             }
             let Some(values) = per_channel(model, n.inputs[1 - succ.slot], co)? else { break };
+            // One value for every channel (the ReLU's 0) becomes one per channel: the NHWC
+            // writer's vectorised loop ([`write_pixel`]) reads them side by side.
+            let values = if values.len() == 1 { vec![values[0]; co] } else { values };
             *[&mut e.scale, &mut e.shift, &mut e.floor][step] = Some(values);
             (last, next_step) = (OutletId::new(n.id, 0), step + 1);
         }

@@ -39,7 +39,7 @@ mod epilogue;
 mod op;
 
 pub use epilogue::{fuse, Epilogue};
-pub use op::swap;
+pub use op::{chain, swap};
 
 /// Output positions (padded-width grid) per block: the `C_out x POSITIONS` accumulator is 512 KB
 /// at 64 channels, half this CPU's L2.
@@ -57,6 +57,10 @@ pub struct SubpixelDeconv {
     /// The BatchNorm, ReLU and 1x1 convolution after it, applied as the output is written
     /// ([`fuse`]).
     pub epilogue: Option<Epilogue>,
+    /// The input is `[1, H, W, C_in]` (the deconvolution before it wrote it so, [`chain`]).
+    pub nhwc_in: bool,
+    /// The output is `[1, 2H, 2W, C_out]`, for the deconvolution after it ([`chain`]).
+    pub nhwc_out: bool,
 }
 
 /// A deconvolution kernel's 16 taps, each a `C_in x C_out` matrix packed once for our AVX-512
@@ -242,7 +246,7 @@ pub fn deconv_fused(
     }
     #[cfg(target_arch = "x86_64")]
     if level == super::isa::Level::Avx512 {
-        return position_major(x, kernel, taps, bias, ci, h, w, co, epilogue, out);
+        return position_major(x, kernel, taps, bias, (ci, h, w, co), epilogue, (false, false), out);
     }
     // Zero-bordered input [ci, h + 2, w + 2], plus slack: the two padding columns of the last
     // row of a block read a little past a plane (values that are computed and never written).
@@ -283,11 +287,9 @@ fn position_major(
     kernel: &[f32],
     taps: Option<&TapMajor>,
     bias: &[f32],
-    ci: usize,
-    h: usize,
-    w: usize,
-    co: usize,
+    (ci, h, w, co): (usize, usize, usize, usize),
     epilogue: Option<&Epilogue>,
+    (nhwc_in, nhwc_out): (bool, bool),
     out: &mut [f32],
 ) -> TractResult<()> {
     let wp = w + 2;
@@ -313,6 +315,10 @@ fn position_major(
             let row = unsafe { std::slice::from_raw_parts_mut(dst.0.add((y + 1) * wp * ci), wp * ci) };
             row[..ci].fill(0.0);
             row[(w + 1) * ci..].fill(0.0);
+            if nhwc_in {
+                row[ci..(w + 1) * ci].copy_from_slice(&x[y * w * ci..(y + 1) * w * ci]);
+                return Ok(());
+            }
             for c in 0..ci {
                 for (xx, v) in x[(c * h + y) * w..][..w].iter().enumerate() {
                     row[(xx + 1) * ci + c] = *v;
@@ -331,7 +337,8 @@ fn position_major(
                     &own
                 }
             };
-            blocks(h, w, co, bias, Layout::PositionMajor, epilogue, out, |parity, n, acc| {
+            let layout = if nhwc_out { Layout::PositionMajorNhwc } else { Layout::PositionMajor };
+            blocks(h, w, co, bias, layout, epilogue, out, |parity, n, acc| {
                 debug_assert!(parity.iter().all(|&(start, _)| (start + n) * ci <= xp.len()) && acc.len() >= n * co);
                 let runs = parity.map(|(start, tap)| (xp[start * ci..].as_ptr(), &taps[tap]));
                 // SAFETY: each run's A is n rows of ci values of xp (in bounds, see the slack);
@@ -341,6 +348,45 @@ fn position_major(
             })
         })
     })
+}
+
+/// [`deconv_fused`] at level `avx512` with its packed taps, reading `x` as `[H, W, C_in]` when
+/// `nhwc_in` and writing `out` as `[2H, 2W, C_out]` when `nhwc_out` (no projection then): two
+/// deconvolutions in a row pass their tensor position-major, as both compute it ([`chain`]),
+/// instead of transposing it to channels on the way out and back on the way in. The same
+/// values, bit for bit, in the other layout.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub fn deconv_nhwc(
+    x: &[f32],
+    taps: &TapMajor,
+    bias: &[f32],
+    (ci, h, w, co): (usize, usize, usize, usize),
+    epilogue: Option<&Epilogue>,
+    (nhwc_in, nhwc_out): (bool, bool),
+    out: &mut [f32],
+) -> TractResult<()> {
+    ensure!(super::isa::Level::Avx512.supported(), "SubpixelDeconv: this CPU cannot run avx512");
+    if let Some(e) = epilogue {
+        e.check(co)?;
+    }
+    let co_out = epilogue.map_or(co, |e| e.channels_out(co));
+    ensure!(!nhwc_out || co_out == co, "SubpixelDeconv: a projection's output is one plane, not [2H, 2W, C]");
+    ensure!(
+        x.len() == ci * h * w
+            && taps.0.len() == 16
+            && taps.0.iter().all(|t| t.k == ci && t.n == co)
+            && bias.len() == co
+            && out.len() == co_out * 4 * h * w,
+        "SubpixelDeconv: x {}, bias {}, out {} values for C_in {ci}, {h}x{w}, C_out {co} ({co_out} written)",
+        x.len(),
+        bias.len(),
+        out.len()
+    );
+    if out.is_empty() {
+        return Ok(());
+    }
+    position_major(x, &[], Some(taps), bias, (ci, h, w, co), epilogue, (nhwc_in, nhwc_out), out)
 }
 
 /// [`deconv`] with the products in bf16 or f16 on `kernel` (`taps`: the kernel packed by
@@ -411,11 +457,13 @@ pub fn deconv_bf16(
     })
 }
 
-/// How a block's accumulator is laid out: `[C_out, positions]` or `[positions, C_out]`.
+/// How a block's accumulator is laid out: `[C_out, positions]` or `[positions, C_out]`; and
+/// the output: `[C_out, 2H, 2W]`, or with `PositionMajorNhwc` `[2H, 2W, C_out]`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Layout {
     ChannelMajor,
     PositionMajor,
+    PositionMajorNhwc,
 }
 
 /// The four parities of a deconvolution in blocks of rows, run on tract's executor: per block,
@@ -466,10 +514,19 @@ fn blocks(
             let acc = &acc[..];
             for y in 0..ny {
                 let oy = 2 * (y0 + y) + py;
+                if layout == Layout::PositionMajorNhwc {
+                    for x in 0..w {
+                        let src = &acc[(y * wp + x) * co..][..co];
+                        // SAFETY: output pixel (oy, 2x + px), its co channels: this parity's,
+                        // written by this block only; in bounds (checked by the callers).
+                        unsafe { epilogue::write_pixel(epilogue, bias, src, outp.0.add((oy * ow + 2 * x + px) * co)) };
+                    }
+                    continue;
+                }
                 // Channel o of input column x in this row of the block.
                 let get = |o: usize, x: usize| match layout {
                     Layout::ChannelMajor => acc[o * n + y * wp + x],
-                    Layout::PositionMajor => acc[(y * wp + x) * co + o],
+                    _ => acc[(y * wp + x) * co + o],
                 };
                 // SAFETY: row oy of each written channel, columns 2x + px (x < w): this
                 // parity's pixels, written by this block only; the output holds every written

@@ -6,6 +6,7 @@ use tract_core::ops::cnn::{Deconv, KernelFormat, PaddingSpec};
 use tract_core::ops::nn::DataFormat;
 
 use super::{deconv_bf16, deconv_fused, f32_taps, kernel_name, SubpixelDeconv, Taps};
+use crate::model::attention::only_successor;
 
 impl Op for SubpixelDeconv {
     fn name(&self) -> StaticName {
@@ -26,7 +27,13 @@ impl Op for SubpixelDeconv {
                 format!(", then {} as it writes", names.join(" + "))
             }
         };
-        Ok(vec![format!("ConvTranspose 4x4/2 as 4 parities x 2x2 taps, {products}{then}")])
+        let layout = match (self.nhwc_in, self.nhwc_out) {
+            (false, false) => "",
+            (true, false) => ", reads [H, W, C]",
+            (false, true) => ", writes [2H, 2W, C]",
+            (true, true) => ", reads [H, W, C] and writes [2H, 2W, C]",
+        };
+        Ok(vec![format!("ConvTranspose 4x4/2 as 4 parities x 2x2 taps, {products}{then}{layout}")])
     }
 
     op_as_typed_op!();
@@ -41,13 +48,30 @@ impl EvalOp for SubpixelDeconv {
         ensure!(xs.len() == 4 && xs[0] == 1, "SubpixelDeconv: input {xs:?}, expected [1, C, H, W]");
         let plain = |i: usize| inputs[i].try_as_plain_ram();
         let (x, b) = (plain(0)?, plain(inputs.len() - 1)?);
-        let (ci, h, w, co) = (xs[1], xs[2], xs[3], b.len());
+        let (ci, h, w, co) = if self.nhwc_in { (xs[3], xs[1], xs[2], b.len()) } else { (xs[1], xs[2], xs[3], b.len()) };
         let e = self.epilogue.as_ref();
         let co_out = e.map_or(co, |e| e.channels_out(co));
+        let shape = if self.nhwc_out { [1, 2 * h, 2 * w, co_out] } else { [1, co_out, 2 * h, 2 * w] };
         // SAFETY: `deconv` writes every output element (each pixel belongs to one parity).
-        let mut out = unsafe { Tensor::uninitialized::<f32>(&[1, co_out, 2 * h, 2 * w])? };
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
         let (x, b) = (x.as_slice::<f32>()?, b.as_slice::<f32>()?);
         let o = &mut out.try_as_plain_ram_mut()?;
+        if self.nhwc_in || self.nhwc_out {
+            let taps = self.f32_taps.as_ref().context("SubpixelDeconv: [H, W, C] layouts need the packed f32 taps")?;
+            #[cfg(target_arch = "x86_64")]
+            super::deconv_nhwc(
+                x,
+                &taps.0,
+                b,
+                (ci, h, w, co),
+                e,
+                (self.nhwc_in, self.nhwc_out),
+                o.as_slice_mut::<f32>()?,
+            )?;
+            #[cfg(not(target_arch = "x86_64"))]
+            bail!("SubpixelDeconv: packed f32 taps ({taps:?}) on {}", std::env::consts::ARCH);
+            return Ok(tvec!(out.into_tvalue()));
+        }
         if let Some(taps) = &self.half {
             let kernel = crate::model::bf16::Half::best(taps.0[0].format);
             deconv_bf16(kernel, x, taps, b, ci, h, w, co, e, o.as_slice_mut::<f32>()?)?;
@@ -89,7 +113,9 @@ impl TypedOp for SubpixelDeconv {
             Some(e) if e.project.is_some() => e.channels_out(b[0].to_usize()?).to_dim(),
             _ => b[0].clone(),
         };
-        Ok(tvec!(f32::fact([x[0].clone(), co, x[2].clone() * 2, x[3].clone() * 2])))
+        let (h, w) = if self.nhwc_in { (&x[1], &x[2]) } else { (&x[2], &x[3]) };
+        let (h2, w2) = (h.clone() * 2, w.clone() * 2);
+        Ok(tvec!(f32::fact(if self.nhwc_out { [x[0].clone(), h2, w2, co] } else { [x[0].clone(), co, h2, w2] })))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
@@ -99,6 +125,7 @@ impl TypedOp for SubpixelDeconv {
         // convolution C_out more per output pixel and channel written.
         let mut fma = x[1].clone() * x[2].clone() * x[3].clone() * b[0].clone() * 16;
         if let Some(p) = self.epilogue.as_ref().and_then(|e| e.project.as_ref()) {
+            // (H W is x[2] x[3] here: a projection's deconvolution never reads [H, W, C].)
             fma += x[2].clone() * x[3].clone() * 4 * p.len();
         }
         Ok(tvec!((Cost::FMA(f32::datum_type()), fma)))
@@ -161,7 +188,7 @@ pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
         } else {
             None
         };
-        let op = SubpixelDeconv { half, f32_taps, epilogue: None };
+        let op = SubpixelDeconv { half, f32_taps, epilogue: None, nhwc_in: false, nhwc_out: false };
         let inputs: TVec<OutletId> = match op.n_inputs() {
             2 => tvec![node.inputs[0], node.inputs[2]],
             _ => node.inputs.iter().copied().collect(),
@@ -171,4 +198,33 @@ pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
         swapped += 1;
     }
     Ok(swapped)
+}
+
+/// Let each [`SubpixelDeconv`] on packed f32 taps (level `avx512`) whose output only feeds
+/// another such one (no projection between) write `[1, 2H, 2W, C]`, and that one read it
+/// ([`super::deconv_nhwc`]): both compute position-major, so the tensor between them skips a
+/// transpose on each side (the focus head's three deconvolutions: two such pairs). Run after
+/// [`super::fuse`]; returns how many pairs.
+pub fn chain(model: &mut TypedModel) -> TractResult<usize> {
+    let mut chained = 0;
+    for id in model.eval_order()? {
+        let Some(a) = model.node(id).op_as::<SubpixelDeconv>() else { continue };
+        if a.f32_taps.is_none() || a.nhwc_out || a.epilogue.as_ref().is_some_and(|e| e.project.is_some()) {
+            continue;
+        }
+        let Some(succ) = only_successor(model, OutletId::new(id, 0)) else { continue };
+        let Some(b) = model.node(succ.node).op_as::<SubpixelDeconv>() else { continue };
+        if succ.slot != 0 || b.f32_taps.is_none() || b.nhwc_in {
+            continue;
+        }
+        let a = SubpixelDeconv { nhwc_out: true, ..a.clone() };
+        let b = SubpixelDeconv { nhwc_in: true, ..b.clone() };
+        let inputs: TVec<TypedFact> = model.node_input_facts(id)?.into_iter().cloned().collect();
+        let fact = a.output_facts(&inputs.iter().collect::<TVec<_>>())?.remove(0);
+        model.node_mut(id).op = Box::new(a);
+        model.set_outlet_fact(OutletId::new(id, 0), fact)?;
+        model.node_mut(succ.node).op = Box::new(b);
+        chained += 1;
+    }
+    Ok(chained)
 }
