@@ -87,73 +87,7 @@ thread_local! {
     static PACKED: RefCell<Vec<(PackedF32, PackedF32)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The tract kernel the softmax uses (exp and sum), made once per thread.
-struct Kernels {
-    exp_sum: Box<dyn tract_linalg::reduce::MapReduce<f32, f32>>,
-}
-
-impl Kernels {
-    fn new() -> TractResult<Kernels> {
-        use tract_linalg::routines::Func;
-        Ok(Kernels { exp_sum: Func::Softmax2.map_reduce_f32()? })
-    }
-}
-
-/// Lanes of [`row_max`]'s accumulators: wide enough for the compiler to keep them in vector
-/// registers (SSE or AVX, whatever the build targets).
-const MAX_LANES: usize = 16;
-
-/// The largest value of `row`, after adding `bias` to it element-wise when given: one pass
-/// instead of an add pass and a max pass. tract's `ReduceMax` kernel took 40% of the softmax
-/// time on 1028-wide rows (per-call overhead, measured in session 5 with a since-removed timing example); this
-/// loop keeps 16 running maxima the compiler vectorises. The max of a set is exact in any order,
-/// so the result does not depend on the lane split. NaN compares false and is skipped here; it
-/// still reaches the output through the exp. Built for AVX2 too, and picked at run time.
-pub fn row_max(row: &mut [f32], bias: Option<&[f32]>) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        /// SAFETY (of calling it): the CPU has AVX2 (checked above).
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(row: &mut [f32], bias: Option<&[f32]>) -> f32 {
-            row_max_body(row, bias)
-        }
-        // SAFETY: AVX2 is present.
-        return unsafe { avx2(row, bias) };
-    }
-    row_max_body(row, bias)
-}
-
-#[inline(always)]
-fn row_max_body(row: &mut [f32], bias: Option<&[f32]>) -> f32 {
-    let mut m = [f32::NEG_INFINITY; MAX_LANES];
-    let mut chunks = row.chunks_exact_mut(MAX_LANES);
-    match bias {
-        Some(b) => {
-            let mut bc = b.chunks_exact(MAX_LANES);
-            for (c, bb) in (&mut chunks).zip(&mut bc) {
-                for ((x, b), m) in c.iter_mut().zip(bb).zip(&mut m) {
-                    *x += *b;
-                    *m = if *x > *m { *x } else { *m };
-                }
-            }
-            for (x, b) in chunks.into_remainder().iter_mut().zip(bc.remainder()) {
-                *x += *b;
-                m[0] = if *x > m[0] { *x } else { m[0] };
-            }
-        }
-        None => {
-            for c in &mut chunks {
-                for (x, m) in c.iter().zip(&mut m) {
-                    *m = if *x > *m { *x } else { *m };
-                }
-            }
-            for x in chunks.into_remainder().iter() {
-                m[0] = if *x > m[0] { *x } else { m[0] };
-            }
-        }
-    }
-    m.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
-}
+pub use super::softmax::row_max;
 
 /// Per-thread scratch: the logit block and the row sums. It grows to the largest block seen and
 /// is then reused, so a steady stream of frames allocates nothing here.
@@ -161,7 +95,7 @@ fn row_max_body(row: &mut [f32], bias: Option<&[f32]>) -> f32 {
 struct Scratch {
     logits: Vec<f32>,
     sums: Vec<f32>,
-    kernels: Option<Kernels>,
+    kernels: Option<super::softmax::ExpSum>,
 }
 
 /// Logit rows start on 64-byte boundaries: tract's softmax kernels handle an unaligned head and
@@ -375,7 +309,7 @@ fn attend_blocks(
             let mut s = s.borrow_mut();
             let s = &mut *s;
             if s.kernels.is_none() {
-                s.kernels = Some(Kernels::new()?);
+                s.kernels = Some(super::softmax::ExpSum::new()?);
             }
             if s.sums.len() < rows {
                 s.sums.resize(rows, 0.0);
@@ -419,7 +353,7 @@ fn attend_blocks(
             for (r, row) in logits.chunks_exact_mut(stride).enumerate() {
                 let row = &mut row[..t];
                 let max = row_max(row, bias);
-                sums[r] = kern.exp_sum.run_with_params(row, max)?;
+                sums[r] = kern.run(row, max)?;
             }
             // out[r0 + r, head, :] = exp-weights[r, :] . v[:, head, :], then / sum[r].
             // SAFETY: the destination rows (r0 + r) * h * d + head * d + j, j < d, belong to

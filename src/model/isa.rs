@@ -206,7 +206,14 @@ pub fn kernels() -> Vec<(&'static str, String)> {
     let avx = false;
     vec![
         ("linear", linear),
-        ("attention", format!("{}+tract-softmax", products(&gemm))),
+        (
+            "attention",
+            format!(
+                "{}+{}",
+                products(&gemm),
+                if level() == Level::Avx512 { "ailurus-softmax-avx512" } else { "tract-softmax" }
+            ),
+        ),
         ("layernorm", "ailurus-rowwise".into()),
         ("deconv", products(super::deconv::kernel_name(level()))),
         ("reducer-dot", if avx { "ailurus-avx" } else { "ailurus-portable" }.into()),

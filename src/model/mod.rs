@@ -83,6 +83,7 @@ pub mod pointwise;
 pub mod segmenter;
 pub mod sgemm;
 pub mod share;
+pub mod softmax;
 
 pub use device::{GpuModelError, ModelRuntime};
 pub use io::Io;
