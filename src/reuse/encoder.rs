@@ -359,9 +359,12 @@ impl ReuseEncoder {
                 Some(bf16::Format::Bf16) => Products::Bf16(bf16::kernel_level()),
                 Some(bf16::Format::F16) => Products::F16(crate::model::f16::kernel_level()),
             };
-            let lin = |i: usize, x: &[f32], wf: &[f32], b: &[f32], k: usize, n: usize, out: &mut [f32]| match p {
-                Some(p) => bf16::linear_16(x, &p[i], Some(b), None, a, out),
-                None => linear::linear(x, wf, Some(b), a, k, n, out),
+            let pf = w.packed_f32.as_deref();
+            let lin = |i: usize, x: &[f32], wf: &[f32], b: &[f32], k: usize, n: usize, out: &mut [f32]| match (p, pf) {
+                (Some(p), _) => bf16::linear_16(x, &p[i], Some(b), None, a, out),
+                #[cfg(target_arch = "x86_64")]
+                (None, Some(pf)) => linear::linear_packed(x, &pf[i], Some(b), None, a, out),
+                _ => linear::linear(x, wf, Some(b), a, k, n, out),
             };
             layernorm::layer_norm(&s.xa, &w.ln1.0, &w.ln1.1, c, w.ln1.2, &mut s.ln)?;
             lin(0, &s.ln, &w.wq, &w.bq, c, c, &mut s.q)?;

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use tract_onnx::pb::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
 
 use crate::model::bf16::{self, Packed16};
+use crate::model::sgemm::{self, PackedF32};
 use crate::model::{Manifest, ModelError};
 
 /// One pre-norm ViT block: `y = x + ls1 * proj(attn(ln1(x)))`, `z = y + ls2 * fc2(gelu(fc1(ln2(y))))`.
@@ -47,6 +48,9 @@ pub struct BlockWeights {
     /// [`EncoderWeights::pack_bf16`]), in the order q, k, v, output projection, fc1, fc2; their
     /// f32 matrices are then dropped.
     pub packed: Option<Box<[Arc<Packed16>; 6]>>,
+    /// The six f32 weights packed once for our AVX-512 kernel (level `avx512`, f32: see
+    /// [`EncoderWeights::pack_f32`]), in the same order; their f32 matrices are then dropped.
+    pub packed_f32: Option<Box<[Arc<PackedF32>; 6]>>,
 }
 
 /// Every block plus the final norm, and the name of the embedding tensor (block 0's input).
@@ -154,6 +158,8 @@ impl EncoderWeights {
         let mut w = Self::from_proto_f32(manifest, proto)?;
         if let Some(format) = bf16::precision().format() {
             w.pack_16(format);
+        } else if crate::model::isa::level() == crate::model::isa::Level::Avx512 {
+            w.pack_f32();
         }
         Ok(w)
     }
@@ -183,6 +189,25 @@ impl EncoderWeights {
                 bf16::intern(Packed16::pack_as(format, &std::mem::take(w), k, n))
             };
             b.packed = Some(Box::new([
+                pack(&mut b.wq, c, c),
+                pack(&mut b.wk, c, c),
+                pack(&mut b.wv, c, c),
+                pack(&mut b.wo, c, c),
+                pack(&mut b.w1, c, f),
+                pack(&mut b.w2, f, c),
+            ]));
+        }
+    }
+
+    /// Pack every block's six weights for our AVX-512 f32 kernel, as the plans' linear layers
+    /// hold theirs (the products are the same, bit for bit, without packing B on every call:
+    /// a tenth of a linear layer on a few hundred rows); the f32 matrices are dropped. The
+    /// weights are interned, so the ones a plan packed identically are shared.
+    pub fn pack_f32(&mut self) {
+        let (c, f) = (self.width, self.mlp);
+        for b in &mut self.blocks {
+            let pack = |w: &mut Vec<f32>, k: usize, n: usize| sgemm::intern(PackedF32::pack(&std::mem::take(w), k, n));
+            b.packed_f32 = Some(Box::new([
                 pack(&mut b.wq, c, c),
                 pack(&mut b.wk, c, c),
                 pack(&mut b.wv, c, c),
@@ -253,6 +278,7 @@ impl EncoderWeights {
                 b2,
                 ls2: get("layer_scale2/Mul", Some(c))?,
                 packed: None,
+                packed_f32: None,
             });
         }
         let f = "/backbone/layernorm/";
