@@ -38,8 +38,9 @@ use tract_core::internal::*;
 
 use crate::engine::EngineError;
 use crate::model::bf16::Half;
-use crate::model::deconv::{deconv, deconv_bf16};
+use crate::model::deconv::{deconv_bf16, deconv_fused};
 use crate::model::f32s;
+use crate::model::isa::level;
 use tract_onnx::prelude::{tvec, Tensor};
 pub use weights::HeadWeights;
 use weights::UpLayer;
@@ -350,7 +351,10 @@ fn axis_plan(len_in: usize, len_out: usize) -> Vec<Taps2> {
 fn up(ly: &UpLayer, x: &[f32], h: usize, w: usize, out: &mut [f32]) -> TractResult<()> {
     match &ly.taps {
         Some(t) => deconv_bf16(Half::best(t.0[0].format), x, t, &ly.bias, ly.ci, h, w, ly.co, None, out),
-        None => deconv(x, &ly.kernel, &ly.bias, ly.ci, h, w, ly.co, out),
+        None => {
+            let taps = ly.f32_taps.as_ref().map(|t| &*t.0);
+            deconv_fused(level(), x, &ly.kernel, taps, &ly.bias, ly.ci, h, w, ly.co, None, out)
+        }
     }
 }
 

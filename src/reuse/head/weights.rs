@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use tract_onnx::pb::{ModelProto, NodeProto, TensorProto};
 
 use crate::model::bf16::precision;
-use crate::model::deconv::Taps;
+use crate::model::deconv::{f32_taps, F32Taps, Taps};
 
 /// One `ConvTranspose` 4x4/2 pad 1 with its BatchNorm folded in.
 #[derive(Debug, Clone)]
@@ -20,6 +20,15 @@ pub(super) struct UpLayer {
     pub(super) relu: bool,
     /// The kernel's taps in bf16 (`[model] precision = "bf16"` at load time).
     pub(super) taps: Option<Taps>,
+    /// In f32 at level `avx512`: the kernel's taps packed once for our kernel (as the plans'
+    /// deconvolutions hold theirs), not per call.
+    pub(super) f32_taps: Option<F32Taps>,
+}
+
+/// The packed f32 taps of `kernel` where the process runs f32 deconvolutions on our AVX-512
+/// kernel (no 16-bit taps).
+fn packed_f32(taps: &Option<Taps>, kernel: &[f32], ci: usize, co: usize) -> Option<F32Taps> {
+    (taps.is_none() && crate::model::isa::level() == crate::model::isa::Level::Avx512).then(|| f32_taps(kernel, ci, co))
 }
 
 /// The head's parameters, read once from the ONNX (shared by every lane).
@@ -123,7 +132,8 @@ impl HeadWeights {
                 }
             }
             let taps = half.map(|f| Taps::pack_as(f, &kernel, ci, co));
-            layers.push(UpLayer { ci, co, kernel, bias, relu, taps });
+            let f32_taps = packed_f32(&taps, &kernel, ci, co);
+            layers.push(UpLayer { ci, co, kernel, bias, relu, taps, f32_taps });
             ci = co;
             node = n;
         }
@@ -178,7 +188,8 @@ impl HeadWeights {
         for &co in channels {
             let kernel = rnd(co * ci * 16, 1.0 / (4.0 * ci as f32).sqrt());
             let taps = precision().format().map(|f| Taps::pack_as(f, &kernel, ci, co));
-            layers.push(UpLayer { ci, co, kernel, bias: rnd(co, 0.1), relu: true, taps });
+            let f32_taps = packed_f32(&taps, &kernel, ci, co);
+            layers.push(UpLayer { ci, co, kernel, bias: rnd(co, 0.1), relu: true, taps, f32_taps });
             ci = co;
         }
         let (final_w, final_b) = (rnd(k * ci, 1.0 / (ci as f32).sqrt()), rnd(k, 0.1));
@@ -191,6 +202,7 @@ impl HeadWeights {
         let mut h = self.clone();
         for ly in &mut h.layers {
             ly.taps = Some(Taps::pack(&ly.kernel, ly.ci, ly.co));
+            ly.f32_taps = None;
         }
         h
     }
