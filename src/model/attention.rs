@@ -95,7 +95,8 @@ pub use super::softmax::row_max;
 struct Scratch {
     logits: Vec<f32>,
     sums: Vec<f32>,
-    kernels: Option<super::softmax::ExpSum>,
+    /// The exp-and-sum for f32 products at this process's level, and tract's (16-bit products).
+    kernels: Option<(super::softmax::ExpSum, super::softmax::ExpSum)>,
 }
 
 /// Logit rows start on 64-byte boundaries: tract's softmax kernels handle an unaligned head and
@@ -309,14 +310,16 @@ fn attend_blocks(
             let mut s = s.borrow_mut();
             let s = &mut *s;
             if s.kernels.is_none() {
-                s.kernels = Some(super::softmax::ExpSum::new()?);
+                let f32_exp = super::softmax::ExpSum::new(super::isa::level(), false)?;
+                s.kernels = Some((f32_exp, super::softmax::ExpSum::tract()?));
             }
             if s.sums.len() < rows {
                 s.sums.resize(rows, 0.0);
             }
             let stride = t.next_multiple_of(ALIGN);
             let Scratch { logits, sums, kernels } = s;
-            let kern = kernels.as_ref().expect("made above");
+            let kern =
+                kernels.as_ref().map(|(f, t)| if products.half().is_none() { f } else { t }).expect("made above");
             let logits = aligned_block(logits, rows, stride);
             // logits[r, n] = q[r0 + r, head, :] . k[n, head, :]
             match products {

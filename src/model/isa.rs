@@ -211,7 +211,7 @@ pub fn kernels() -> Vec<(&'static str, String)> {
             format!(
                 "{}+{}",
                 products(&gemm),
-                if level() == Level::Avx512 { "ailurus-softmax-avx512" } else { "tract-softmax" }
+                if level() == Level::Avx512 && half.is_none() { "ailurus-softmax-avx512" } else { "tract-softmax" }
             ),
         ),
         ("layernorm", "ailurus-rowwise".into()),

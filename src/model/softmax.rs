@@ -6,7 +6,8 @@
 //! below), and a maximum with four independent accumulators. tract's `Softmax2` kernel and our
 //! portable maximum (16 running maxima the compiler vectorises) were 18% of the fused attention
 //! at T = 1028 on the Intel Xeon (`perf`, 1 thread: the exp about 13 cycles per 16 values).
-//! Other levels keep tract's exp kernel (NEON, AVX2: tract's own dispatch) and the portable max.
+//! Other levels, and the 16-bit products on every level, keep tract's exp kernel (NEON, AVX2:
+//! tract's own dispatch); other levels the portable max.
 //!
 //! The sums run in a fixed lane order, so a row's result depends only on its values (not on
 //! where the row sits in memory or which thread runs it).
@@ -89,12 +90,16 @@ pub enum ExpSum {
 }
 
 impl ExpSum {
-    /// The one for this process's ISA level.
-    pub fn new() -> TractResult<ExpSum> {
+    /// The one for attention products on `level` (f32) or in a 16-bit format (`half`): ours at
+    /// `avx512` in f32; tract's otherwise. The 16-bit products keep tract's exp on every CPU, so
+    /// that their masks stay those of the NEON FP16 path on a Jetson (ours flipped 0.2% of an f16
+    /// mask's pixels against arm64's, where tract's exp differs by 0.04%: `tools/ci_deploy.sh`).
+    pub fn new(level: super::isa::Level, half: bool) -> TractResult<ExpSum> {
         #[cfg(target_arch = "x86_64")]
-        if super::isa::level() == super::isa::Level::Avx512 {
+        if level == super::isa::Level::Avx512 && !half {
             return Ok(ExpSum::Avx512);
         }
+        let _ = (level, half);
         Self::tract()
     }
 
@@ -294,7 +299,8 @@ mod tests {
     /// against the obvious loops, on lengths around the 16- and 64-lane steps.
     #[test]
     fn row_max_and_exp_sum_match_the_obvious_loops() {
-        let kernels: Vec<ExpSum> = [ExpSum::new().unwrap(), ExpSum::tract().unwrap()].into_iter().collect();
+        let kernels: Vec<ExpSum> =
+            [ExpSum::new(crate::model::isa::level(), false).unwrap(), ExpSum::tract().unwrap()].into_iter().collect();
         for n in [1, 5, 15, 16, 17, 63, 64, 65, 100, 1025, 1028] {
             let row: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 50.0 - 10.0).collect();
             let bias: Vec<f32> = (0..n).map(|i| if i % 7 == 3 { -1e9 } else { (i % 5) as f32 * 0.25 }).collect();
