@@ -20,6 +20,7 @@ const MAX_LANES: usize = 16;
 
 /// `exp(x)` for `x <= -EXP_FLOOR` is 0 (below the smallest f32 denormal): the polynomial's input
 /// is clamped there so -inf and the padding's -1e9 give exactly 0.
+#[cfg(target_arch = "x86_64")]
 const EXP_FLOOR: f32 = 110.0;
 
 /// The largest value of `row`, after adding `bias` to it element-wise when given: one pass

@@ -59,18 +59,13 @@ impl EvalOp for SubpixelDeconv {
         if self.nhwc_in || self.nhwc_out {
             let taps = self.f32_taps.as_ref().context("SubpixelDeconv: [H, W, C] layouts need the packed f32 taps")?;
             #[cfg(target_arch = "x86_64")]
-            super::deconv_nhwc(
-                x,
-                &taps.0,
-                b,
-                (ci, h, w, co),
-                e,
-                (self.nhwc_in, self.nhwc_out),
-                o.as_slice_mut::<f32>()?,
-            )?;
+            {
+                let io = (self.nhwc_in, self.nhwc_out);
+                super::deconv_nhwc(x, &taps.0, b, (ci, h, w, co), e, io, o.as_slice_mut::<f32>()?)?;
+                return Ok(tvec!(out.into_tvalue()));
+            }
             #[cfg(not(target_arch = "x86_64"))]
             bail!("SubpixelDeconv: packed f32 taps ({taps:?}) on {}", std::env::consts::ARCH);
-            return Ok(tvec!(out.into_tvalue()));
         }
         if let Some(taps) = &self.half {
             let kernel = crate::model::bf16::Half::best(taps.0[0].format);
