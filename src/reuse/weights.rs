@@ -53,6 +53,22 @@ pub struct BlockWeights {
     pub packed_f32: Option<Box<[Arc<PackedF32>; 6]>>,
 }
 
+impl BlockWeights {
+    /// The six matrices (q, k, v, output projection, fc1, fc2: `k x n` each, width `c`, MLP
+    /// width `f`) moved out and packed by `pack`.
+    fn take_six<T>(&mut self, c: usize, f: usize, pack: impl Fn(Vec<f32>, usize, usize) -> T) -> Box<[T; 6]> {
+        let p = |w: &mut Vec<f32>, k: usize, n: usize| pack(std::mem::take(w), k, n);
+        Box::new([
+            p(&mut self.wq, c, c),
+            p(&mut self.wk, c, c),
+            p(&mut self.wv, c, c),
+            p(&mut self.wo, c, c),
+            p(&mut self.w1, c, f),
+            p(&mut self.w2, f, c),
+        ])
+    }
+}
+
 /// Every block plus the final norm, and the name of the embedding tensor (block 0's input).
 #[derive(Debug, Clone)]
 pub struct EncoderWeights {
@@ -185,17 +201,7 @@ impl EncoderWeights {
     pub fn pack_16(&mut self, format: bf16::Format) {
         let (c, f) = (self.width, self.mlp);
         for b in &mut self.blocks {
-            let pack = |w: &mut Vec<f32>, k: usize, n: usize| {
-                bf16::intern(Packed16::pack_as(format, &std::mem::take(w), k, n))
-            };
-            b.packed = Some(Box::new([
-                pack(&mut b.wq, c, c),
-                pack(&mut b.wk, c, c),
-                pack(&mut b.wv, c, c),
-                pack(&mut b.wo, c, c),
-                pack(&mut b.w1, c, f),
-                pack(&mut b.w2, f, c),
-            ]));
+            b.packed = Some(b.take_six(c, f, |w, k, n| bf16::intern(Packed16::pack_as(format, &w, k, n))));
         }
     }
 
@@ -206,15 +212,7 @@ impl EncoderWeights {
     pub fn pack_f32(&mut self) {
         let (c, f) = (self.width, self.mlp);
         for b in &mut self.blocks {
-            let pack = |w: &mut Vec<f32>, k: usize, n: usize| sgemm::intern(PackedF32::pack(&std::mem::take(w), k, n));
-            b.packed_f32 = Some(Box::new([
-                pack(&mut b.wq, c, c),
-                pack(&mut b.wk, c, c),
-                pack(&mut b.wv, c, c),
-                pack(&mut b.wo, c, c),
-                pack(&mut b.w1, c, f),
-                pack(&mut b.w2, f, c),
-            ]));
+            b.packed_f32 = Some(b.take_six(c, f, |w, k, n| sgemm::intern(PackedF32::pack(&w, k, n))));
         }
     }
 
