@@ -1,4 +1,4 @@
-//! GFLOP/s of every GEMM kernel this CPU supports (`src/model/sgemm.rs`, one per ISA level) on
+//! GFLOP/s of every GEMM kernel this CPU supports (`src/model/sgemm/`, one per ISA level) on
 //! the ViT's linear-layer shapes, 1 thread, best of 15: "qkv" is q, k and v as one 1152-column
 //! product (the model runs them as three 384-column ones, the shape of "proj"), then the
 //! projection, fc1, fc2, and the attention's two products per 256-row block ("qk": 256 x 64 by

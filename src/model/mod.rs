@@ -84,6 +84,7 @@ pub mod segmenter;
 pub mod sgemm;
 pub mod share;
 pub mod softmax;
+pub mod weight;
 
 pub use device::{GpuModelError, ModelRuntime};
 pub use io::Io;

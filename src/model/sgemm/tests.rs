@@ -1,0 +1,93 @@
+//! The GEMM's tests: every level against the f64 product, and the weight packed once against
+//! packing per call.
+
+use super::*;
+
+/// `n` deterministic pseudo-random values in [-0.5, 0.5) (the kernels' tests).
+pub(crate) fn lcg(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+/// The weight packed once gives the bits of packing per call (AVX-512 CPUs), on shapes
+/// that cross the N blocks (`NC`), the K chunks (`KC`), a panel's last columns and a tile's
+/// last rows; and sharing by content.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn packed_once_equals_packed_per_call() {
+    if !Level::Avx512.supported() {
+        eprintln!("no AVX-512: skipped");
+        return;
+    }
+    for (i, &(m, k, n)) in [(1, 1, 1), (13, 7, 33), (25, 300, 400), (200, 600, 800), (7, 256, 384)].iter().enumerate() {
+        let a = lcg(m * k, 5 * i as u64 + 1);
+        let w = lcg(k * n, 5 * i as u64 + 2);
+        let c0 = lcg(m * n, 5 * i as u64 + 3);
+        let p = PackedF32::pack(&w, k, n);
+        for accumulate in [false, true] {
+            let (mut c1, mut c2) = (c0.clone(), c0.clone());
+            let g = |c: &mut Vec<f32>| Gemm {
+                m,
+                n,
+                k,
+                a: a.as_ptr(),
+                rsa: k,
+                b: w.as_ptr(),
+                rsb: n,
+                csb: 1,
+                c: c.as_mut_ptr(),
+                rsc: n,
+                accumulate,
+            };
+            // SAFETY: the buffers hold the shapes; the CPU has AVX-512.
+            unsafe {
+                g(&mut c1).run(Level::Avx512);
+                g(&mut c2).run_packed(&p);
+            }
+            let want = reference(&g(&mut c0.clone()), &a, &w, &c0);
+            let err = c2.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            assert!(err < 1e-4, "[{m}x{k}]x[{k}x{n}] acc {accumulate}: {err}");
+            assert!(c1.iter().zip(&c2).all(|(x, y)| x.to_bits() == y.to_bits()), "[{m}x{k}]x[{k}x{n}]: bits differ");
+        }
+    }
+    let w = lcg(64 * 40, 9);
+    let (x, y) = (intern(PackedF32::pack(&w, 64, 40)), intern(PackedF32::pack(&w, 64, 40)));
+    assert!(std::sync::Arc::ptr_eq(&x, &y));
+    assert!(!std::sync::Arc::ptr_eq(&x, &intern(PackedF32::pack(&lcg(64 * 40, 10), 64, 40))));
+}
+
+/// Every level this CPU has (x86: avx512, avx2, portable; aarch64 under qemu in CI: neon,
+/// portable) against the f64 product, B plain and transposed, overwritten and accumulated,
+/// on tile edges and K past one chunk. Small shapes: this also runs under qemu.
+#[test]
+fn every_level_matches_the_f64_product() {
+    let levels = Level::all_supported();
+    assert!(levels.contains(&Level::Portable));
+    #[cfg(target_arch = "aarch64")]
+    assert!(levels.contains(&Level::Neon), "{levels:?}");
+    for (i, &(m, k, n)) in [(1, 1, 1), (13, 7, 33), (25, 260, 65), (5, 64, 100)].iter().enumerate() {
+        for (transposed, accumulate) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (rsa, rsc) = (k + 1, n + 2);
+            let a = lcg(m * rsa, 3 * i as u64 + 1);
+            // B's rows at a stride past n when not transposed (the attention's V rows).
+            let b = lcg(k * (n + 3), 3 * i as u64 + 2);
+            let c0 = lcg(m * rsc, 3 * i as u64 + 3);
+            let (rsb, csb) = if transposed { (1, k) } else { (n + 3, 1) };
+            let shape =
+                Gemm { m, n, k, a: a.as_ptr(), rsa, b: b.as_ptr(), rsb, csb, c: std::ptr::null_mut(), rsc, accumulate };
+            let want = reference(&shape, &a, &b, &c0);
+            for &level in &levels {
+                let mut c = c0.clone();
+                // SAFETY: the buffers hold the strided shapes; the level is supported.
+                unsafe { Gemm { c: c.as_mut_ptr(), ..shape }.run(level) };
+                let err = c.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+                assert!(err < 1e-4, "[{m}x{k}]x[{k}x{n}] t {transposed} acc {accumulate} {level}: {err}");
+            }
+        }
+    }
+}
