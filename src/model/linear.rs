@@ -25,8 +25,8 @@ use tract_core::ops::einsum::EinSum;
 
 use super::bf16::{Packed16, Precision};
 use super::isa::Level;
+pub(crate) use super::weight::rows_per_thread;
 pub use super::weight::{apply, Weight};
-pub(crate) use super::weight::{init_rows, rows_per_thread};
 
 /// How the einsum laid out its operands: where the token axis is in the input, how many trailing
 /// input axes make up K, and whether the output has a leading unit axis.

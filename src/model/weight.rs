@@ -14,14 +14,11 @@ use super::sgemm::Gemm;
 /// Start every row of `out` (`[t, n]`) from `bias` plus the residual's row (zero without
 /// either): where a linear layer's product is then added.
 pub(crate) fn init_rows(out: &mut [f32], n: usize, bias: Option<&[f32]>, residual: Option<&[f32]>) -> TractResult<()> {
-    if let Some(b) = bias {
-        ensure!(b.len() == n, "Linear: bias has {} values for N = {n}", b.len());
-    }
+    check_bias_residual(n, bias, residual, out.len())?;
     match (bias, residual) {
         (Some(b), None) => out.chunks_exact_mut(n).for_each(|row| row.copy_from_slice(b)),
         (None, None) => out.fill(0.0),
         (b, Some(r)) => {
-            ensure!(r.len() == out.len(), "Linear: residual has {} values for {}", r.len(), out.len());
             out.copy_from_slice(r);
             if let Some(b) = b {
                 out.chunks_exact_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(o, b)| *o += b));
@@ -142,24 +139,94 @@ pub fn apply(
         x.len(),
         out.len()
     );
+    check_bias_residual(n, bias, residual, out.len())?;
     if t * n == 0 {
-        return Ok(());
-    }
-    init_rows(out, n, bias, residual)?;
-    if k == 0 {
         return Ok(());
     }
     let block = rows_per_thread(t, weight.tile_rows());
     let dst = OutPtr(out.as_mut_ptr());
     par_for(t.div_ceil(block), move |i| {
         let dst = dst;
-        let r0 = i * block;
-        let rows = block.min(t - r0);
+        let (r0, rows) = (i * block, block.min(t - i * block));
         // SAFETY: rows r0..r0+rows of out are in bounds (lengths checked) and belong to this
-        // block only; the weight was checked.
-        unsafe { weight.add_rows(&x[r0 * k..(r0 + rows) * k], rows, dst.0.add(r0 * n)) };
+        // block only.
+        let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(r0 * n), rows * n) };
+        weight.rows(
+            &x[r0 * k..(r0 + rows) * k],
+            rows,
+            o,
+            bias,
+            residual.map(|r| &r[r0 * n..(r0 + rows) * n]),
+            false,
+        )?;
         Ok(())
     })
+}
+
+/// A bias of `n` values and a residual of `len` (an output's), where given.
+fn check_bias_residual(n: usize, bias: Option<&[f32]>, residual: Option<&[f32]>, len: usize) -> TractResult<()> {
+    if let Some(b) = bias {
+        ensure!(b.len() == n, "Linear: bias has {} values for N = {n}", b.len());
+    }
+    if let Some(r) = residual {
+        ensure!(r.len() == len, "Linear: residual has {} values for {len}", r.len());
+    }
+    Ok(())
+}
+
+impl Weight<'_> {
+    /// `out = residual + bias + x W` for `rows` rows on this thread: in the AVX-512 tile's
+    /// stores where the weight is packed for it (C written once, `sgemm::Tail`), with tract's
+    /// GELU applied there too where `gelu` (the caller checks that tract's erf kernel on this CPU
+    /// is the AVX-512 one the tile copies); else C initialised ([`init_rows`]) and the product
+    /// added. Returns whether the GELU was applied.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    pub(crate) fn rows(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        gelu: bool,
+    ) -> TractResult<bool> {
+        self.check()?;
+        let n = self.n();
+        ensure!(out.len() == rows * n, "Linear: out {} values for [{rows}, {n}]", out.len());
+        check_bias_residual(n, bias, residual, out.len())?;
+        #[cfg(target_arch = "x86_64")]
+        if let Weight::PackedF32(w) = *self {
+            if w.k > 0 {
+                assert!(x.len() >= rows * w.k, "Linear: {} values for {rows} rows of {}", x.len(), w.k);
+                let g = Gemm {
+                    m: rows,
+                    n,
+                    k: w.k,
+                    a: x.as_ptr(),
+                    rsa: w.k,
+                    b: std::ptr::null(),
+                    rsb: n,
+                    csb: 1,
+                    c: out.as_mut_ptr(),
+                    rsc: n,
+                    accumulate: false,
+                };
+                let tail = super::sgemm::Tail {
+                    bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+                    residual: residual.map_or(std::ptr::null(), |r| r.as_ptr()),
+                    gelu,
+                };
+                // SAFETY: x holds rows x K values (asserted), out rows x N, the bias N and the
+                // residual rows x N (checked); the CPU has AVX-512 (checked).
+                unsafe { g.run_packed_tail(w, tail) };
+                return Ok(gelu);
+            }
+        }
+        init_rows(out, n, bias, residual)?;
+        // SAFETY: out holds rows x N values, this thread's own; the weight is checked.
+        unsafe { self.add_rows(x, rows, out.as_mut_ptr()) };
+        Ok(false)
+    }
 }
 
 /// Rows per block when `t` rows are split over tract's threads (one block each, a multiple of

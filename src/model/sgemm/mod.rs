@@ -54,6 +54,50 @@ pub struct Gemm {
     pub accumulate: bool,
 }
 
+/// One register tile's call in [`Gemm::blocked`]: C's `rows x cols` at `c` (the product's row
+/// `i`, column `j`), A's rows from `a` (`kc` values each), the packed panel `b`; the first and
+/// the last of C's K chunks.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Tile {
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    i: usize,
+    j: usize,
+    rows: usize,
+    cols: usize,
+    first: bool,
+    last: bool,
+}
+
+/// What [`Gemm::run_packed_tail`] adds and applies as it writes C: a linear layer's bias and
+/// residual, the MLP's GELU.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+pub struct Tail {
+    /// `n` values added to every row, or null.
+    pub bias: *const f32,
+    /// `m x n` values at C's row stride added, or null.
+    pub residual: *const f32,
+    /// tract's `GeluExact` on the sums (its AVX-512 erf's arithmetic).
+    pub gelu: bool,
+}
+
+/// How the AVX-512 tile writes C: overwrite (`first`) or add to it; on the first K chunk with
+/// `init`, from `bias + residual` (the tile's own, null where absent, zero with neither); `gelu`
+/// on the last.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(super) struct Store {
+    first: bool,
+    init: bool,
+    bias: *const f32,
+    residual: *const f32,
+    gelu: bool,
+}
+
 impl Gemm {
     /// Run the product on `level`'s kernel, on this thread.
     ///
@@ -77,11 +121,11 @@ impl Gemm {
             Level::Avx2 | Level::Neon => unsafe { self.gemm_crate() },
             #[cfg(target_arch = "x86_64")]
             Level::Avx512 => unsafe {
-                self.blocked(12, 32, |kc, a, rsa, pb, c, rsc, rows, cols, first| {
-                    avx512::kernel(kc, a, rsa, pb, c, rsc, rows, cols, first)
-                })
+                self.blocked(12, 32, |g, t| avx512::kernel(t.kc, t.a, g.rsa, t.b, t.c, g.rsc, t.rows, t.cols, t.first))
             },
-            _ => unsafe { self.blocked(4, 16, portable_kernel) },
+            _ => unsafe {
+                self.blocked(4, 16, |g, t| portable_kernel(t.kc, t.a, g.rsa, t.b, t.c, g.rsc, t.rows, t.cols, t.first))
+            },
         }
     }
 
@@ -128,33 +172,52 @@ impl Gemm {
         }
         // SAFETY: as the caller promises.
         unsafe {
-            self.blocked_with(12, 32, Some(w), |kc, a, rsa, pb, c, rsc, rows, cols, first| {
-                avx512::kernel(kc, a, rsa, pb, c, rsc, rows, cols, first)
+            self.blocked_with(12, 32, Some(w), |g, t| {
+                avx512::kernel(t.kc, t.a, g.rsa, t.b, t.c, g.rsc, t.rows, t.cols, t.first)
+            })
+        }
+    }
+
+    /// `C = tail.residual + tail.bias + A W`, then GELU where `tail.gelu`, with C written once:
+    /// the first K chunk's store starts from the bias and residual in place of C, the last one
+    /// applies the GELU in registers. The same values as initialising C (`weight::init_rows`),
+    /// [`Gemm::run_packed`] with `accumulate`, then tract's
+    /// `GeluExact` on its AVX-512 erf kernel, bit for bit (`tests.rs`, `tests/model/mlp_op.rs`).
+    ///
+    /// # Safety
+    /// As [`Gemm::run_packed`], with `accumulate` false and `k > 0`; `tail.bias` (if not null)
+    /// holds `n` values, `tail.residual` (if not null) `m x n` at C's row stride.
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn run_packed_tail(&self, w: &PackedF32, tail: Tail) {
+        assert!(w.k == self.k && w.n == self.n, "run_packed: [{}, {}] weight for K {} N {}", w.k, w.n, self.k, self.n);
+        assert!(!self.accumulate && self.k > 0, "run_packed_tail: accumulate {}, K {}", self.accumulate, self.k);
+        // SAFETY: as the caller promises; the tail's offsets stay inside its bias and residual.
+        unsafe {
+            self.blocked_with(12, 32, Some(w), |g, t| {
+                let store = Store {
+                    first: t.first,
+                    init: true,
+                    bias: if tail.bias.is_null() { tail.bias } else { tail.bias.add(t.j) },
+                    residual: if tail.residual.is_null() {
+                        tail.residual
+                    } else {
+                        tail.residual.add(t.i * g.rsc + t.j)
+                    },
+                    gelu: tail.gelu && t.last,
+                };
+                avx512::kernel_tail(t.kc, t.a, g.rsa, t.b, t.c, g.rsc, t.rows, t.cols, &store)
             })
         }
     }
 
     /// The blocked loop nest around a `mr x nr` tile kernel.
-    #[allow(clippy::type_complexity)]
-    unsafe fn blocked(
-        &self,
-        mr: usize,
-        nr: usize,
-        kernel: impl Fn(usize, *const f32, usize, *const f32, *mut f32, usize, usize, usize, bool),
-    ) {
+    unsafe fn blocked(&self, mr: usize, nr: usize, kernel: impl Fn(&Gemm, Tile)) {
         // SAFETY: as the caller promises.
         unsafe { self.blocked_with(mr, nr, None, kernel) }
     }
 
     /// [`Gemm::blocked`], B's panels from `pre` (packed for `nr` = 32) or packed here per call.
-    #[allow(clippy::type_complexity)]
-    unsafe fn blocked_with(
-        &self,
-        mr: usize,
-        nr: usize,
-        pre: Option<&PackedF32>,
-        kernel: impl Fn(usize, *const f32, usize, *const f32, *mut f32, usize, usize, usize, bool),
-    ) {
+    unsafe fn blocked_with(&self, mr: usize, nr: usize, pre: Option<&PackedF32>, kernel: impl Fn(&Gemm, Tile)) {
         let g = *self;
         debug_assert!(pre.is_none() || nr == PackedF32::NR);
         PACK.with(|p| {
@@ -177,7 +240,7 @@ impl Gemm {
                             buf
                         }
                     };
-                    let first = k0 == 0 && !g.accumulate;
+                    let (first, last) = (k0 == 0 && !g.accumulate, k0 + kc == g.k);
                     for m0 in (0..g.m).step_by(MC) {
                         let mc = MC.min(g.m - m0);
                         for jp in 0..nc.div_ceil(nr) {
@@ -186,10 +249,11 @@ impl Gemm {
                                 let rows = mr.min(mc - ip * mr);
                                 // SAFETY: the tile's rows/cols are inside C, its rows x kc
                                 // inside A (caller); the packed panel holds kc x nr values.
-                                let c = unsafe { g.c.add((m0 + ip * mr) * g.rsc + j0 + jp * nr) };
-                                let a = unsafe { g.a.add((m0 + ip * mr) * g.rsa + k0) };
+                                let (i, j) = (m0 + ip * mr, j0 + jp * nr);
+                                let c = unsafe { g.c.add(i * g.rsc + j) };
+                                let a = unsafe { g.a.add(i * g.rsa + k0) };
                                 let b = pb[jp * kc * nr..].as_ptr();
-                                kernel(kc, a, g.rsa, b, c, g.rsc, rows, cols, first);
+                                kernel(&g, Tile { kc, a, b, c, i, j, rows, cols, first, last });
                             }
                         }
                     }
@@ -377,101 +441,7 @@ fn portable_kernel(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    const MR: usize = 12;
-    const NR: usize = 32;
-
-    /// The 12 x 32 tile: per k, two 16-lane loads of B, twelve broadcasts of A, 24 FMAs.
-    ///
-    /// # Safety
-    /// AVX-512 F/BW/VL and FMA present; A's `rows` rows (at stride `rsa`) hold kc values, the
-    /// packed B panel kc x NR values; C's
-    /// `rows x cols` at row stride `rsc` are in bounds.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
-    pub(super) unsafe fn kernel(
-        kc: usize,
-        pa: *const f32,
-        rsa: usize,
-        pb: *const f32,
-        c: *mut f32,
-        rsc: usize,
-        rows: usize,
-        cols: usize,
-        first: bool,
-    ) {
-        // SAFETY: as the caller promises.
-        unsafe { kernel_runs(&[(pa, pb, kc)], rsa, c, rsc, rows, cols, first) }
-    }
-
-    /// The tile summed over several runs `(A, packed B panel, kc)` before C is touched once:
-    /// per run, its A rows (at stride `rsa`) times its panel.
-    ///
-    /// # Safety
-    /// As [`kernel`] for every run.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
-    pub(super) unsafe fn kernel_runs(
-        runs: &[(*const f32, *const f32, usize)],
-        rsa: usize,
-        c: *mut f32,
-        rsc: usize,
-        rows: usize,
-        cols: usize,
-        first: bool,
-    ) {
-        unsafe {
-            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-            for &(pa, pb, kc) in runs {
-                acc = run(acc, kc, pa, rsa, pb, rows);
-            }
-            let mask = |v: usize| -> __mmask16 {
-                let n = cols.saturating_sub(v * 16).min(16);
-                ((1u32 << n) - 1) as __mmask16
-            };
-            let (m0, m1) = (mask(0), mask(1));
-            for (i, acc) in acc.iter().enumerate().take(rows) {
-                let row = c.add(i * rsc);
-                for (v, (x, m)) in acc.iter().zip([m0, m1]).enumerate() {
-                    let p = row.add(v * 16);
-                    let x = if first { *x } else { _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), *x) };
-                    _mm512_mask_storeu_ps(p, m, x);
-                }
-            }
-        }
-    }
-
-    /// One run's k-loop on the tile's sums (taken and returned by value, so they stay in
-    /// registers across runs).
-    #[inline(always)]
-    unsafe fn run(
-        mut acc: [[__m512; 2]; MR],
-        kc: usize,
-        pa: *const f32,
-        rsa: usize,
-        pb: *const f32,
-        rows: usize,
-    ) -> [[__m512; 2]; MR] {
-        unsafe {
-            // Rows past `rows` re-read the last row (in bounds); their sums are not stored.
-            let rows_at: [*const f32; MR] = std::array::from_fn(|i| pa.add(i.min(rows - 1) * rsa));
-            let mut b = pb;
-            for p in 0..kc {
-                let b0 = _mm512_loadu_ps(b);
-                let b1 = _mm512_loadu_ps(b.add(16));
-                for (acc, row) in acc.iter_mut().zip(&rows_at) {
-                    let av = _mm512_set1_ps(*row.add(p));
-                    acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-                    acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
-                }
-                b = b.add(NR);
-            }
-            acc
-        }
-    }
-}
+mod avx512;
 
 /// `C (m x n) (+)= sum_r A_r W_r` on the AVX-512 kernel, each tile's sums kept in registers
 /// across all runs and C written once: the four taps of a deconvolution's output parity as one

@@ -91,3 +91,66 @@ fn every_level_matches_the_f64_product() {
         }
     }
 }
+
+/// The tile's tail (bias, residual, GELU in its stores) gives the bits of the separate steps:
+/// rows initialised to residual + bias, the product accumulated, then tract's GELU on its own
+/// erf kernel; on shapes across the K chunks, N blocks, a panel's last columns and a tile's
+/// last rows, with every combination of bias, residual and GELU.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn tail_equals_init_product_gelu_bit_for_bit() {
+    if !Level::Avx512.supported() {
+        eprintln!("no AVX-512: skipped");
+        return;
+    }
+    let erf = tract_linalg::routines::Func::Erf.ew_f32().unwrap();
+    // The GELU is fused only where tract's erf is the kernel it copies (`mlp.rs`).
+    let gelus: &[bool] = if erf.name() == "x86_64_avx512_erf_f32_64n" { &[false, true] } else { &[false] };
+    for (i, &(m, k, n)) in [(1, 1, 1), (13, 7, 33), (25, 300, 400), (30, 600, 64)].iter().enumerate() {
+        let a = lcg(m * k, 7 * i as u64 + 1);
+        // Scaled so that the sums reach erf's whole range (|x| past 4).
+        let w: Vec<f32> = lcg(k * n, 7 * i as u64 + 2).iter().map(|v| v * 8.0).collect();
+        let bias = lcg(n, 7 * i as u64 + 3);
+        let res = lcg(m * n, 7 * i as u64 + 4);
+        let p = PackedF32::pack(&w, k, n);
+        for (b, r, &gelu) in [false, true]
+            .into_iter()
+            .flat_map(|b| [false, true].into_iter().map(move |r| (b, r)))
+            .flat_map(|(b, r)| gelus.iter().map(move |g| (b, r, g)))
+        {
+            let (bias, res) = (b.then_some(&bias[..]), r.then_some(&res[..]));
+            let mut want = vec![0f32; m * n];
+            crate::model::weight::init_rows(&mut want, n, bias, res).unwrap();
+            let g = |c: &mut Vec<f32>, accumulate| Gemm {
+                m,
+                n,
+                k,
+                a: a.as_ptr(),
+                rsa: k,
+                b: std::ptr::null(),
+                rsb: n,
+                csb: 1,
+                c: c.as_mut_ptr(),
+                rsc: n,
+                accumulate,
+            };
+            let mut got = vec![f32::NAN; m * n];
+            let tail = Tail {
+                bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+                residual: res.map_or(std::ptr::null(), |r| r.as_ptr()),
+                gelu,
+            };
+            // SAFETY: the buffers hold the shapes; the CPU has AVX-512.
+            unsafe {
+                g(&mut want, true).run_packed(&p);
+                g(&mut got, false).run_packed_tail(&p, tail);
+            }
+            if gelu {
+                let mut arg = vec![0f32; 1024];
+                crate::model::mlp::gelu_exact(&mut want, &mut arg, &*erf).unwrap();
+            }
+            let bad = got.iter().zip(&want).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+            assert_eq!(bad, 0, "[{m}x{k}]x[{k}x{n}] bias {b} residual {r} gelu {gelu}: {bad} values differ");
+        }
+    }
+}
