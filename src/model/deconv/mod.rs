@@ -523,6 +523,23 @@ fn blocks(
                     }
                     continue;
                 }
+                #[cfg(target_arch = "x86_64")]
+                if layout == Layout::PositionMajor
+                    && super::isa::level() == super::isa::Level::Avx512
+                    && epilogue.is_some_and(|e| e.project.is_some())
+                {
+                    let e = epilogue.expect("checked");
+                    // SAFETY: this row's w x co accumulators; the output rows as below; the CPU
+                    // has AVX-512 (the level is supported).
+                    let done = unsafe {
+                        epilogue::write_row_projected(e, bias, w, acc[y * wp * co..][..w * co].as_ptr(), |j| {
+                            outp.0.add((j * oh + oy) * ow + px)
+                        })
+                    };
+                    if done {
+                        continue;
+                    }
+                }
                 // Channel o of input column x in this row of the block.
                 let get = |o: usize, x: usize| match layout {
                     Layout::ChannelMajor => acc[o * n + y * wp + x],
