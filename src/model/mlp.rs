@@ -9,12 +9,14 @@
 //! product in cache (`examples/gemm_shapes.rs`), and 2% of the frame in the kernel's page-fault
 //! handler. [`Mlp`] runs each thread's rows in chunks of [`CHUNK`]: fc1 into a per-thread scratch
 //! that stays in cache and is reused frame after frame, GELU on it in place, then fc2 straight
-//! into the output. The hidden tensor never exists.
+//! into the output. The hidden tensor never exists. With fc1 on our AVX-512 tile, the GELU is
+//! applied in the tile's last store (`sgemm::Tail`) and fc2's bias and residual in its first,
+//! where tract's erf kernel on this CPU is the AVX-512 one the tile copies.
 //!
 //! The same products as the three ops, bit for bit: a linear layer's rows are independent, each
 //! output sums its K chunks in the same order whatever the row blocking, and the GELU is tract's
-//! `GeluExact` arithmetic with tract's erf kernel (`tests/model/mlp_op.rs` checks that, and the
-//! swapped plans against tract's own ops).
+//! `GeluExact` arithmetic with tract's erf kernel, or the tile's copy of it (`tests/model/mlp_op.rs`
+//! checks that, and the swapped plans against tract's own ops).
 
 use std::cell::RefCell;
 
