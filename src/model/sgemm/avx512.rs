@@ -214,8 +214,8 @@ unsafe fn run(
     unsafe {
         // Rows past `rows` re-read the last row (in bounds); their sums are not stored.
         let rows_at: [*const f32; MR] = std::array::from_fn(|i| pa.add(i.min(rows - 1) * rsa));
-        let mut b = pb;
-        for p in 0..kc {
+        let step = |acc: &mut [[__m512; 2]; MR], p: usize| {
+            let b = pb.add(p * NR);
             let b0 = _mm512_loadu_ps(b);
             let b1 = _mm512_loadu_ps(b.add(16));
             for (acc, row) in acc.iter_mut().zip(&rows_at) {
@@ -223,7 +223,21 @@ unsafe fn run(
                 acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
                 acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
             }
-            b = b.add(NR);
+        };
+        // Four k a trip: the loop's counter, pointer and branch uops compete with the FMAs for
+        // their ports (the 12 x 32 GEMMs 2-6% faster on the linear shapes, `gemm_shapes`; the
+        // frame 2% faster, 448 px a=4 M=736, Intel Xeon, 1 thread).
+        let mut p = 0;
+        while p + 4 <= kc {
+            step(&mut acc, p);
+            step(&mut acc, p + 1);
+            step(&mut acc, p + 2);
+            step(&mut acc, p + 3);
+            p += 4;
+        }
+        while p < kc {
+            step(&mut acc, p);
+            p += 1;
         }
         acc
     }
