@@ -164,8 +164,8 @@ pub(super) unsafe fn write_row(
 /// channels at `acc + x * co`) on AVX-512, 16 pixels at a time: each channel's 16 values
 /// gathered, the same steps and the same channel-ordered sums as [`write_row`], bit for bit.
 /// The scalar loop, strided through the accumulator, made the last deconvolution 36.7 ms
-/// against 32.3 with this (448 px, Intel Xeon, 1 thread). Returns false (nothing written) for more than
-/// [`PROJECTED`] output channels.
+/// against 32.3 with this (448 px, Intel Xeon, 1 thread). Returns false (nothing written) for
+/// more than [`PROJECTED`] output channels.
 ///
 /// # Safety
 /// As [`write_row`]; `acc` holds `w * co` readable values; the CPU has AVX-512F.

@@ -524,11 +524,11 @@ fn blocks(
                     continue;
                 }
                 #[cfg(target_arch = "x86_64")]
-                if layout == Layout::PositionMajor
-                    && super::isa::level() == super::isa::Level::Avx512
-                    && epilogue.is_some_and(|e| e.project.is_some())
-                {
-                    let e = epilogue.expect("checked");
+                if let Some(e) = epilogue.filter(|e| {
+                    e.project.is_some()
+                        && layout == Layout::PositionMajor
+                        && super::isa::level() == super::isa::Level::Avx512
+                }) {
                     // SAFETY: this row's w x co accumulators; the output rows as below; the CPU
                     // has AVX-512 (the level is supported).
                     let done = unsafe {

@@ -54,7 +54,7 @@ pub(super) unsafe fn kernel_tail(
     // SAFETY: as the caller promises.
     unsafe {
         kernel_runs(&[(pa, pb, kc)], rsa, c, rsc, rows, cols, store.first);
-        if (store.first && store.init) || store.gelu {
+        if store.first || store.gelu {
             tail(c, rsc, rows, cols, store);
         }
     }
@@ -113,7 +113,6 @@ unsafe fn tail(c: *mut f32, rsc: usize, rows: usize, cols: usize, store: &Store)
             ((1u32 << n) - 1) as __mmask16
         };
         let masks = [mask(0), mask(1)];
-        let init = store.first && store.init;
         // The bias's two vectors (zero past `cols`), the same for every row.
         let bias: [__m512; 2] = std::array::from_fn(|v| {
             if store.bias.is_null() {
@@ -128,7 +127,7 @@ unsafe fn tail(c: *mut f32, rsc: usize, rows: usize, cols: usize, store: &Store)
             for (v, m) in masks.into_iter().enumerate() {
                 let p = row.add(v * 16);
                 let mut x = _mm512_maskz_loadu_ps(m, p);
-                if init {
+                if store.first {
                     // As `init_rows` then an accumulating store: (residual + bias) + sum.
                     let start = if store.residual.is_null() {
                         bias[v]

@@ -85,14 +85,12 @@ pub struct Tail {
     pub gelu: bool,
 }
 
-/// How the AVX-512 tile writes C: overwrite (`first`) or add to it; on the first K chunk with
-/// `init`, from `bias + residual` (the tile's own, null where absent, zero with neither); `gelu`
-/// on the last.
+/// How [`Gemm::run_packed_tail`]'s tile finishes C: on the first K chunk `bias + residual`
+/// added (the tile's own, null where absent, zero with neither), on the last (`gelu`) the GELU.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(super) struct Store {
     first: bool,
-    init: bool,
     bias: *const f32,
     residual: *const f32,
     gelu: bool,
@@ -196,7 +194,6 @@ impl Gemm {
             self.blocked_with(12, 32, Some(w), |g, t| {
                 let store = Store {
                     first: t.first,
-                    init: true,
                     bias: if tail.bias.is_null() { tail.bias } else { tail.bias.add(t.j) },
                     residual: if tail.residual.is_null() {
                         tail.residual
