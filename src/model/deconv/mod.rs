@@ -175,9 +175,9 @@ pub fn deconv(
     deconv_at(super::isa::level(), x, kernel, bias, ci, h, w, co, out)
 }
 
-/// Which GEMM a level's deconvolutions run on: our AVX-512 kernel where the start-up race chose
-/// it (it wins on full-width AVX-512: Intel Xeon), else the `gemm` crate (on AMD Zen 4's
-/// 256-bit units our kernel was 1.3-1.5x slower on these shapes).
+/// Which GEMM a level's deconvolutions run on: at `avx512` our kernel, position-major on packed
+/// taps (1.40-1.47x the `gemm` crate on an Intel Xeon; on AMD Zen 4's 256-bit units still
+/// 1.2x: the head 120-127 against 140-148 ms at 448 px, 1 thread), else the `gemm` crate.
 pub fn kernel_name(level: super::isa::Level) -> &'static str {
     match level {
         super::isa::Level::Avx512 => "ailurus-avx512",
