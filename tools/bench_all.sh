@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 B=target/release/ailurus
 lscpu | grep -E "Model name|Flags" | cut -c1-300
 echo "== peer 448 f32,bf16"
-$B bench --strategies ailurus --m 736 --cuts 4 --extra-cuts none --combo none --lowres none \
+$B bench --strategies ailurus --m 768 --cuts 4 --extra-cuts none --combo none --lowres none \
   --peer ort --max-photos 8 --precisions f32,bf16,f16 2>&1 | grep -v "^\[" | tail -23
 echo "== peer 224 f32,bf16"
 $B bench --size 224 --strategies ailurus --m 192 --cuts 3 --extra-cuts none --combo none \
