@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The tables of a stop's note in one go (about 11 minutes on 2 cores): the CPU, the peer bench
-# against ONNX Runtime at 448 and 224 px (f32, bf16, f16), temporal reuse on the three clips at
+# The tables of a stop's note in one go (about 17 minutes on 2 cores): the CPU, the peer bench
+# against ONNX Runtime at 448 px (three rounds, each row the median round's, with the range of
+# its ratio) and 224 px (f32, bf16, f16), temporal reuse on the three clips at
 # 448 px, and peak RSS of the embedded default with 1 and 2 lanes. Run on a quiet machine after
 # `tools/setup.sh && cargo build --release`; every table is against its own baseline in the same
 # run. CSVs go to out/.
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 B=target/release/ailurus
 lscpu | grep -E "Model name|Flags" | cut -c1-300
 echo "== peer 448 f32,bf16"
-$B bench --strategies ailurus --m 768 --cuts 4 --extra-cuts none --combo none --lowres none \
+$B bench --strategies ailurus --m 768 --cuts 4 --extra-cuts none --combo none --lowres none --peer-rounds 3 \
   --peer ort --max-photos 8 --precisions f32,bf16,f16 2>&1 | grep -v "^\[" | tail -23
 echo "== peer 224 f32,bf16"
 $B bench --size 224 --strategies ailurus --m 192 --cuts 3 --extra-cuts none --combo none \

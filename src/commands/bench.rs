@@ -50,6 +50,9 @@ pub struct BenchOptions {
     pub peer_min_iou: f64,
     /// Precisions of the ailurus rows in the peer table (`[model] precision`).
     pub peer_precisions: Vec<ailurus::model::bf16::Precision>,
+    /// Rounds of the peer table (ailurus, then ONNX Runtime, again and again): each row is the
+    /// median round's.
+    pub peer_rounds: usize,
     /// A fine-tuned manifest (same model plus a `[delta]`): its `ailurus` rows are added as
     /// `ailurus-ft`, measured against the stock reference on the same photos.
     pub finetuned: Option<PathBuf>,
@@ -387,7 +390,23 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
 pub fn run_peer(cfg: &Config, o: &BenchOptions, rows: &[Row]) -> Result<super::peer::PeerTable> {
     let photos = load_photos(&o.photos)?;
     let reduced = super::peer::pick_reduced(rows, o.size, o.peer_min_iou);
-    super::peer::run(cfg, &photos, &o.photos, o.size, reduced.as_ref(), &o.peer_threads, o.reps, &o.peer_precisions)
+    let mut rounds = Vec::new();
+    for round in 0..o.peer_rounds {
+        if o.peer_rounds > 1 {
+            log::info!("bench: peer, round {} of {}", round + 1, o.peer_rounds);
+        }
+        rounds.push(super::peer::run(
+            cfg,
+            &photos,
+            &o.photos,
+            o.size,
+            reduced.as_ref(),
+            &o.peer_threads,
+            o.reps,
+            &o.peer_precisions,
+        )?);
+    }
+    super::peer::median_of(rounds)
 }
 
 /// The table as text.
@@ -554,6 +573,11 @@ pub struct Args {
     /// Thread counts for the peer table (both engines).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     peer_threads: Vec<usize>,
+    /// Rounds of the peer table: ailurus and ONNX Runtime measured in turn this many times, each
+    /// row the median round's, with the range of its ratio to ONNX Runtime over the rounds (a
+    /// VM's speed drifts between the two engines' turns).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=20))]
+    peer_rounds: u64,
     /// Precisions of the ailurus rows of the peer table ("f32", "bf16", "f16"): each is timed at every
     /// thread count, with mask IoU against the f32 unreduced masks; one the CPU lacks is skipped
     /// with a log line.
@@ -625,6 +649,7 @@ pub fn command(b: Args) -> Result<()> {
         peer_threads: b.peer_threads.clone(),
         peer_min_iou: b.peer_min_iou,
         peer_precisions: b.precisions,
+        peer_rounds: b.peer_rounds as usize,
         finetuned: b.finetuned.map(|f| cfg.resolve(&f)),
     };
     let rows = run(&cfg, &opts)?;

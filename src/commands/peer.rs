@@ -38,6 +38,8 @@ pub struct PeerTable {
     pub prepost_ms: f64,
     /// The precisions measured, each with the kernel its linear layers ran on.
     pub precisions: Vec<(Precision, String)>,
+    /// How many rounds the rows are the median of ([`median_of`]).
+    pub rounds: usize,
 }
 
 /// One ailurus or ONNX Runtime line of the peer table.
@@ -50,6 +52,9 @@ pub struct PeerRow {
     /// Fidelity against ailurus' own unreduced output (1.0 for the unreduced rows).
     pub iou: f64,
     pub mae: f64,
+    /// Over several rounds: the lowest and highest ratio of ONNX Runtime's time at the same
+    /// thread count to this row's, each within one round.
+    pub ratio_range: Option<(f64, f64)>,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +117,7 @@ fn run_ort(
             ms: r.mean_ms,
             iou: f64::NAN,
             mae: f64::NAN,
+            ratio_range: None,
         })
         .collect();
     Ok((doc.onnxruntime, rows))
@@ -163,7 +169,41 @@ pub(super) fn run(
     let (version, ort) = run_ort(cfg, paths, size, threads, cut)?;
     rows.extend(ort);
     let prepost_ms = if prepost.is_empty() { f64::NAN } else { prepost.iter().sum::<f64>() / prepost.len() as f64 };
-    Ok(PeerTable { rows, ort_version: version, prepost_ms, precisions: measured })
+    Ok(PeerTable { rows, ort_version: version, prepost_ms, precisions: measured, rounds: 1 })
+}
+
+/// One table from several rounds of the same rows in the same order (`ailurus bench
+/// --peer-rounds`): each row is the median round's measurement (the lower median for an even
+/// count), with the range of its ratio to ONNX Runtime's time at its thread count in the same
+/// round, so that a drift of the machine's speed between the two engines' turns shows.
+pub fn median_of(mut rounds: Vec<PeerTable>) -> Result<PeerTable> {
+    if rounds.len() <= 1 {
+        return rounds.pop().context("no peer round");
+    }
+    let mut out = rounds[0].clone();
+    out.rounds = rounds.len();
+    for (i, row) in out.rows.iter_mut().enumerate() {
+        let mut per = Vec::with_capacity(rounds.len());
+        for t in &rounds {
+            let r = t
+                .rows
+                .get(i)
+                .filter(|r| r.engine == row.engine && r.threads == row.threads)
+                .context("peer rounds measured different rows")?;
+            let ort = t.rows.iter().find(|o| o.engine == "onnxruntime" && o.threads == r.threads).map(|o| o.ms);
+            per.push((r.ms, ort.map_or(f64::NAN, |o| o / r.ms), r));
+        }
+        per.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let ratios: Vec<f64> = per.iter().map(|p| p.1).filter(|r| r.is_finite()).collect();
+        let range = (row.engine != "onnxruntime" && !ratios.is_empty()).then(|| {
+            (ratios.iter().copied().fold(f64::MAX, f64::min), ratios.iter().copied().fold(f64::MIN, f64::max))
+        });
+        *row = PeerRow { ratio_range: range, ..per[(per.len() - 1) / 2].2.clone() };
+    }
+    let mut prepost: Vec<f64> = rounds.iter().map(|t| t.prepost_ms).collect();
+    prepost.sort_by(f64::total_cmp);
+    out.prepost_ms = prepost[(prepost.len() - 1) / 2];
+    Ok(out)
 }
 
 /// The ailurus rows of one precision (its plans are built by `measure`, after
@@ -212,6 +252,7 @@ impl Variant<'_> {
                 ms: base.infer_ms,
                 iou,
                 mae,
+                ratio_range: None,
             });
             if own.is_none() && against.is_none() {
                 own = Some(Reference { masks });
@@ -228,6 +269,7 @@ impl Variant<'_> {
                     ms: row.infer_ms,
                     iou: row.iou,
                     mae: row.mae,
+                    ratio_range: None,
                 });
             }
         }
@@ -258,6 +300,7 @@ impl Variant<'_> {
                     ms,
                     iou: base.map(|b| b.iou).unwrap_or(f64::NAN),
                     mae: base.map(|b| b.mae).unwrap_or(f64::NAN),
+                    ratio_range: None,
                 });
             }
         }
@@ -326,8 +369,12 @@ fn lanes_throughput(segs: &mut [SegmenterLane], photos: &[Photo], setting: Setti
 /// The peer table: ms/frame, FPS, and throughput against ONNX Runtime at the same thread count.
 pub fn format(table: &PeerTable, size: u32, n_photos: usize) -> String {
     let (rows, ort_version) = (&table.rows, &table.ort_version);
+    let runs = match table.rounds {
+        0 | 1 => "one run".to_string(),
+        r => format!("{r} rounds (each row the median round's; range: its ratio to ONNX Runtime in each round)"),
+    };
     let mut s = format!(
-        "peer: ailurus vs ONNX Runtime {ort_version} (full model), {size}px, the same {n_photos} photos, one run\n"
+        "peer: ailurus vs ONNX Runtime {ort_version} (full model), {size}px, the same {n_photos} photos, {runs}\n"
     );
     s += &format!("# {}\n", ailurus::model::isa::machine_line());
     let p: Vec<String> = table.precisions.iter().map(|(p, k)| format!("{p} (linear layers on {k})")).collect();
@@ -336,9 +383,18 @@ pub fn format(table: &PeerTable, size: u32, n_photos: usize) -> String {
         "times: the model alone for both (input tensor -> raw output); ailurus pre/post adds {:.1} ms/frame\n",
         table.prepost_ms
     );
+    let ranged = table.rounds > 1;
     s += &format!(
-        "{:<12} {:>3} {:<32} {:>9} {:>6} {:>12} {:>7} {:>7}\n",
-        "engine", "thr", "setting", "ms/frame", "FPS", "vs ORT (thr)", "IoU", "MAE"
+        "{:<12} {:>3} {:<32} {:>9} {:>6} {:>12} {:>7} {:>7}{}\n",
+        "engine",
+        "thr",
+        "setting",
+        "ms/frame",
+        "FPS",
+        "vs ORT (thr)",
+        "IoU",
+        "MAE",
+        if ranged { format!(" {:>11}", "range") } else { String::new() }
     );
     let mut threads: Vec<usize> = rows.iter().map(|r| r.threads).collect();
     threads.sort_unstable();
@@ -348,8 +404,13 @@ pub fn format(table: &PeerTable, size: u32, n_photos: usize) -> String {
         for r in rows.iter().filter(|r| r.threads == t) {
             let ratio = ort.map(|o| format!("{:.2}x", o / r.ms)).unwrap_or_else(|| "-".into());
             let fid = |v: f64, p: usize| if v.is_nan() { "-".to_string() } else { format!("{v:.p$}") };
+            let range = match (ranged, r.ratio_range) {
+                (false, _) => String::new(),
+                (true, Some((lo, hi))) => format!(" {:>11}", format!("{lo:.2}-{hi:.2}x")),
+                (true, None) => format!(" {:>11}", "-"),
+            };
             s += &format!(
-                "{:<12} {:>3} {:<32} {:>9.1} {:>6.2} {:>12} {:>7} {:>7}\n",
+                "{:<12} {:>3} {:<32} {:>9.1} {:>6.2} {:>12} {:>7} {:>7}{range}\n",
                 r.engine,
                 r.threads,
                 r.setting,
@@ -362,4 +423,57 @@ pub fn format(table: &PeerTable, size: u32, n_photos: usize) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(engine: &str, threads: usize, setting: &str, ms: f64) -> PeerRow {
+        PeerRow { engine: engine.into(), threads, setting: setting.into(), ms, iou: 1.0, mae: 0.0, ratio_range: None }
+    }
+
+    fn table(ours: f64, lat: f64, ort: f64) -> PeerTable {
+        PeerTable {
+            rows: vec![
+                row("ailurus x2", 2, &format!("none (lat {lat})"), ours),
+                row("onnxruntime", 2, "full model", ort),
+            ],
+            ort_version: "1.32.0".into(),
+            prepost_ms: lat / 100.0,
+            precisions: vec![],
+            rounds: 1,
+        }
+    }
+
+    #[test]
+    fn rounds_give_each_row_its_median_round_and_the_ratio_range() {
+        // Ratios per round: 500/400 = 1.25, 450/300 = 1.5, 600/500 = 1.2.
+        let t = median_of(vec![table(400.0, 800.0, 500.0), table(300.0, 600.0, 450.0), table(500.0, 1000.0, 600.0)])
+            .unwrap();
+        assert_eq!(t.rounds, 3);
+        // The median round of each row, whole (its latency in the setting comes with it).
+        assert_eq!((t.rows[0].ms, t.rows[0].setting.as_str()), (400.0, "none (lat 800)"));
+        assert_eq!(t.rows[1].ms, 500.0);
+        let (lo, hi) = t.rows[0].ratio_range.unwrap();
+        assert!((lo - 1.2).abs() < 1e-12 && (hi - 1.5).abs() < 1e-12, "{lo} {hi}");
+        assert_eq!(t.rows[1].ratio_range, None);
+        assert_eq!(t.prepost_ms, 8.0);
+        let text = format(&t, 448, 8);
+        assert!(text.contains("3 rounds") && text.contains("1.20-1.50x"), "{text}");
+        // Even counts take the lower median; one round is returned as it is.
+        let t = median_of(vec![table(400.0, 1.0, 500.0), table(300.0, 1.0, 450.0)]).unwrap();
+        assert_eq!(t.rows[0].ms, 300.0);
+        let one = median_of(vec![table(400.0, 1.0, 500.0)]).unwrap();
+        assert_eq!((one.rounds, one.rows[0].ratio_range), (1, None));
+        assert!(format(&one, 448, 8).contains("one run"));
+        assert!(median_of(vec![]).is_err());
+    }
+
+    #[test]
+    fn rounds_with_different_rows_are_refused() {
+        let mut b = table(300.0, 1.0, 450.0);
+        b.rows.swap(0, 1);
+        assert!(median_of(vec![table(400.0, 1.0, 500.0), b]).is_err());
+    }
 }
