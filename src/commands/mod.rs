@@ -2,6 +2,7 @@
 //! the command-line overrides, the progress bar, and the "some inputs were skipped" outcome.
 
 pub mod bench;
+mod bench_table;
 pub mod calibrate;
 pub mod eval;
 pub mod misc;

@@ -135,7 +135,7 @@ pub fn pick_reduced(rows: &[Row], size: u32, min_iou: f64) -> Option<Row> {
 /// (`[model] precision`; fidelity of the bf16 and f16 rows against the f32 unreduced masks of the same
 /// run), then ONNX Runtime.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn run(
+fn run(
     cfg: &Config,
     photos: &[Photo],
     paths: &[PathBuf],
@@ -170,6 +170,35 @@ pub(super) fn run(
     rows.extend(ort);
     let prepost_ms = if prepost.is_empty() { f64::NAN } else { prepost.iter().sum::<f64>() / prepost.len() as f64 };
     Ok(PeerTable { rows, ort_version: version, prepost_ms, precisions: measured, rounds: 1 })
+}
+
+/// How often and how the peer table is measured: `n` rounds ([`median_of`]), at these thread
+/// counts, `reps` timed repetitions per photo.
+pub struct Rounds<'a> {
+    pub n: usize,
+    pub threads: &'a [usize],
+    pub reps: usize,
+}
+
+/// [`run`] `rounds.n` times in turn (ailurus, then ONNX Runtime, again), as one table
+/// ([`median_of`]).
+pub(super) fn run_rounds(
+    cfg: &Config,
+    photos: &[Photo],
+    paths: &[PathBuf],
+    size: u32,
+    reduced: Option<&Row>,
+    rounds: Rounds,
+    precisions: &[Precision],
+) -> Result<PeerTable> {
+    let mut tables = Vec::with_capacity(rounds.n);
+    for round in 0..rounds.n {
+        if rounds.n > 1 {
+            log::info!("bench: peer, round {} of {}", round + 1, rounds.n);
+        }
+        tables.push(run(cfg, photos, paths, size, reduced, rounds.threads, rounds.reps, precisions)?);
+    }
+    median_of(tables)
 }
 
 /// One table from several rounds of the same rows in the same order (`ailurus bench

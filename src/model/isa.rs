@@ -101,8 +101,8 @@ pub fn pick(avx512_speed: f64) -> Level {
 }
 
 /// AVX-512's GEMM speed over AVX2's on one linear-layer shape (256 token rows, K 384, N 768,
-/// the weight as each level's linear layers hold it), 11 interleaved rounds each, best time of each (interleaved so that a busy machine slows both
-/// alike). Both levels must be supported.
+/// the weight as each level's linear layers hold it), 11 interleaved rounds each, best time of
+/// each (interleaved so that a busy machine slows both alike). Both levels must be supported.
 pub fn race() -> f64 {
     let (m, k, n) = (256usize, 384usize, 768usize);
     let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
