@@ -74,6 +74,15 @@ mod tests {
         assert!((fg - 0.5).abs() < 1e-12);
         assert!((bg - 0.5).abs() < 1e-12);
     }
+
+    #[test]
+    fn ambiguous_share_counts_scores_near_the_threshold() {
+        let scores = [0.0, 0.45, 0.5, 0.59, 0.61, 1.0, 0.41, 0.39];
+        // 0.45, 0.5, 0.59, 0.41: four of eight within 0.1 of 0.5.
+        assert!((ambiguous_share(&scores, 0.5, 0.1) - 0.5).abs() < 1e-12);
+        assert_eq!(ambiguous_share(&[], 0.5, 0.1), 0.0);
+        assert_eq!(ambiguous_share(&scores, 0.5, 0.0), 0.0);
+    }
 }
 
 /// Intersection over union of the non-zero pixels of two class-id masks of equal size.
@@ -96,6 +105,17 @@ pub fn iou(a: &[u8], b: &[u8]) -> f64 {
 pub fn mae(a: &[f32], b: &[f32]) -> f64 {
     let n = a.len().min(b.len()).max(1);
     a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).sum::<f64>() / n as f64
+}
+
+/// Share of a saliency score map within `margin` of the mask's `threshold`: where it is large
+/// (a texture, no salient object), any small change of the model flips much of the mask, so its
+/// mask IoU says little about fidelity (the MAE still does).
+pub fn ambiguous_share(scores: &[f32], threshold: f32, margin: f32) -> f64 {
+    if scores.is_empty() {
+        return 0.0;
+    }
+    let near = scores.iter().filter(|&&s| (s - threshold).abs() < margin).count();
+    near as f64 / scores.len() as f64
 }
 
 /// A ground truth that exists but cannot be read.

@@ -19,7 +19,7 @@ use ailurus::model::io::{FrameRunner, Io};
 use ailurus::model::{Segmenter, SegmenterLane, SegmenterOptions};
 use ailurus::reduce::Strategy;
 
-use super::bench_table::{format_table, write_csv, write_plot};
+use super::bench_table::{format_ambiguous, format_table, photo_csv_path, write_csv, write_photo_csv, write_plot};
 
 /// What to sweep.
 #[derive(Debug, Clone)]
@@ -82,10 +82,27 @@ pub struct Row {
     pub middle_ms: f64,
     pub head_ms: f64,
     pub iou: f64,
+    /// The worst photo's mask IoU against unreduced.
+    pub iou_min: f64,
+    /// Mask IoU against unreduced per photo, in photo order (empty for the reference).
+    pub ious: Vec<f64>,
     pub mae: f64,
+    /// MAE of the scores against unreduced per photo.
+    pub maes: Vec<f64>,
     pub gt_iou: f64,
     pub pareto: bool,
 }
+
+/// The sweep's rows, and per photo the share of the reference's scores near the threshold.
+pub struct Sweep {
+    pub rows: Vec<Row>,
+    pub ambiguous: Vec<f64>,
+}
+
+/// A reference photo counts as ambiguous when this share of its scores lies within
+/// `AMBIGUOUS_MARGIN` of the threshold (the rule and the margin are written under the table).
+pub const AMBIGUOUS_SHARE: f64 = 0.5;
+pub const AMBIGUOUS_MARGIN: f32 = 0.05;
 
 pub(super) struct Photo {
     pub(super) frame: Frame,
@@ -181,7 +198,10 @@ pub(super) fn measure(
         middle_ms: middle.as_secs_f64() * 1e3 / k,
         head_ms: head.as_secs_f64() * 1e3 / k,
         iou: if reference.is_some() { mean(&ious) } else { 1.0 },
+        iou_min: if reference.is_some() { ious.iter().copied().fold(1.0, f64::min) } else { 1.0 },
+        ious,
         mae: if reference.is_some() { mean(&maes) } else { 0.0 },
+        maes,
         gt_iou: mean(&gts),
         ..Default::default()
     };
@@ -233,7 +253,7 @@ fn n_at(size: u32, patch: u32) -> usize {
 }
 
 /// Run the sweep and return the table.
-pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
+pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Sweep> {
     ailurus::model::configure_cpu(&cfg.model);
     let photos = load_photos(&o.photos)?;
     anyhow::ensure!(!photos.is_empty(), "bench: no photos");
@@ -255,6 +275,9 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
     let (mut r0, ref_masks) =
         measure(&mut seg, &photos, Setting { input_size: o.size, m: usize::MAX }, o.reps, None, true)?;
     let reference = Reference { masks: ref_masks };
+    let th = manifest.output.threshold;
+    let ambiguous =
+        reference.masks.iter().map(|m| ailurus::eval::ambiguous_share(&m.scores, th, AMBIGUOUS_MARGIN)).collect();
     r0.strategy = "none".into();
     r0.cut = 0;
     r0.n = n_ref;
@@ -384,7 +407,7 @@ pub fn run(cfg: &Config, o: &BenchOptions) -> Result<Vec<Row>> {
             j != i && s >= snapshot[i].0 && f >= snapshot[i].1 && (s > snapshot[i].0 || f > snapshot[i].1)
         });
     }
-    Ok(rows)
+    Ok(Sweep { rows, ambiguous })
 }
 
 /// The peer table (`--peer ort`): ailurus unreduced and at its fastest setting with mask IoU
@@ -521,12 +544,15 @@ pub fn command(b: Args) -> Result<()> {
         peer_rounds: b.peer_rounds as usize,
         finetuned: b.finetuned.map(|f| cfg.resolve(&f)),
     };
-    let rows = run(&cfg, &opts)?;
+    let Sweep { rows, ambiguous } = run(&cfg, &opts)?;
     print!("{}", format_table(&rows));
+    print!("{}", format_ambiguous(&opts.photos, &ambiguous));
     write_csv(&rows, &b.csv)?;
+    let per_photo = photo_csv_path(&b.csv);
+    write_photo_csv(&rows, &opts.photos, &ambiguous, &per_photo)?;
     let plot = b.csv.with_extension("png");
     write_plot(&rows, &plot)?;
-    println!("table written to {}, plot to {}", b.csv.display(), plot.display());
+    println!("table written to {}, per photo to {}, plot to {}", b.csv.display(), per_photo.display(), plot.display());
     if opts.peer.is_some() {
         let peer = run_peer(&cfg, &opts, &rows)?;
         print!("{}", super::peer::format(&peer, opts.size, opts.photos.len()));
