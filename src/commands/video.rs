@@ -107,6 +107,9 @@ pub struct VideoRow {
     pub head_skipped: usize,
     /// Per-frame decision (scores, gates, refresh rules), ms and share of the frame.
     pub decision_ms: f64,
+    /// The clip's frames whose full-model mask is ambiguous (`bench::AMBIGUOUS_SHARE` of the
+    /// scores within `bench::AMBIGUOUS_MARGIN` of the threshold): any change flips them.
+    pub ambiguous: usize,
 }
 
 /// The first `max` frames of a clip: a folder of numbered images, or anything the GStreamer
@@ -255,6 +258,7 @@ fn row(clip: &str, setting: String, p: &Pass, reference: Option<(&[Mask], f64)>)
         refreshes: p.refreshes,
         head_skipped: p.head_skipped,
         decision_ms: p.decision.as_secs_f64() * 1e3 / n,
+        ambiguous: 0,
     }
 }
 
@@ -287,6 +291,16 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
         let steps: Vec<f64> = full.masks.windows(2).map(|w| ailurus::eval::mae(&w[0].scores, &w[1].scores)).collect();
         log::debug!("{clip} full: MAE between consecutive frames {steps:.3?}");
         let reference = Some((full.masks.as_slice(), full_row.ms));
+        let th = lane.segmenter().manifest().output.threshold;
+        let ambiguous = full
+            .masks
+            .iter()
+            .filter(|m| {
+                ailurus::eval::ambiguous_share(&m.scores, th, super::bench::AMBIGUOUS_MARGIN)
+                    >= super::bench::AMBIGUOUS_SHARE
+            })
+            .count();
+        let first = rows.len();
         rows.push(row(&clip, "full".into(), &full, reference));
         if m > 0 && m < n {
             let st = Setting { input_size: o.size, m };
@@ -347,6 +361,9 @@ pub fn run(cfg: &Config, o: &VideoOptions) -> Result<Vec<VideoRow>> {
                 rows.push(row(&clip, name, &p, reference));
             }
         }
+        for r in &mut rows[first..] {
+            r.ambiguous = ambiguous;
+        }
     }
     Ok(rows)
 }
@@ -387,6 +404,16 @@ pub fn format_table(rows: &[VideoRow], cpu: &str) -> String {
             r.decision_ms
         );
     }
+    let mut clips: Vec<(&str, usize, usize)> = rows.iter().map(|r| (r.clip.as_str(), r.ambiguous, r.frames)).collect();
+    clips.dedup_by(|a, b| a.0 == b.0);
+    let listed: Vec<String> = clips.iter().map(|(c, a, n)| format!("{c} {a} of {n}")).collect();
+    s += &format!(
+        "# ambiguous frames (>= {:.0}% of the full model's scores within {} of the threshold: any change flips \
+         their masks, so they drag iou_mean/iou_min; the mae still counts): {}\n",
+        100.0 * super::bench::AMBIGUOUS_SHARE,
+        super::bench::AMBIGUOUS_MARGIN,
+        listed.join(", ")
+    );
     s
 }
 
@@ -395,11 +422,11 @@ pub fn write_csv(rows: &[VideoRow], path: &Path) -> Result<()> {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     let mut s = String::from(
-        "clip,setting,ms_per_frame,speedup,active_fraction,iou_mean,iou_min,mae_mean,flicker,frames,refreshes,head_skipped,decision_ms\n",
+        "clip,setting,ms_per_frame,speedup,active_fraction,iou_mean,iou_min,mae_mean,flicker,frames,refreshes,head_skipped,decision_ms,ambiguous_frames\n",
     );
     for r in rows {
         s += &format!(
-            "{},{},{:.2},{:.4},{:.4},{:.5},{:.5},{:.5},{:.5},{},{},{},{:.3}\n",
+            "{},{},{:.2},{:.4},{:.4},{:.5},{:.5},{:.5},{:.5},{},{},{},{:.3},{}\n",
             r.clip,
             r.setting,
             r.ms,
@@ -412,7 +439,8 @@ pub fn write_csv(rows: &[VideoRow], path: &Path) -> Result<()> {
             r.frames,
             r.refreshes,
             r.head_skipped,
-            r.decision_ms
+            r.decision_ms,
+            r.ambiguous
         );
     }
     std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
