@@ -1,7 +1,7 @@
 // kernels/ailurus.cu: the `ailurus` reducer (spatial-aware DPC-KNN, ALGORITHM.md) on the GPU.
 //
 // Owns: every kernel of one reduction, launched in this order by src/reduce/cuda.rs:
-//   ail_sqnorm -> ail_pairwise -> ail_density -> ail_delta -> ail_rank -> ail_compact
+//   ail_sqnorm -> ail_pairwise -> ail_density -> ail_delta -> ail_spread -> ail_rank -> ail_compact
 //   -> ail_assign -> ail_count -> ail_offsets -> ail_scatter -> ail_merge   (+ ail_unfold)
 // Must not: allocate, synchronise with the host, or use any arithmetic whose rounding differs
 // from the CPU reference. Compiled by NVRTC at start-up (src/reduce/cuda.rs) and checked with
@@ -26,6 +26,8 @@
 //   delta   = min D[i][j] over higher j (window variant: within delta_radius, falling back to the
 //             global search when none); the top token gets max_j D[i][j].  score = rho * delta.
 //   centres = the M highest scores (ties: lower index), ascending by index; cluster id = rank.
+//             With spread (block side b > 0, chosen on the host: at most M blocks), the highest
+//             score of every b x b block of the grid (ties: lower index) ranks above all others.
 //   assign  = nearest centre by (D, id) in the radius-r window; none there: nearest by (D, id)
 //             over all centres ("global") or by (dy^2 + dx^2, id) ("spatial"); centres own.
 //   merged  = (sum of members in ascending token order, from 0.0f) / (float)size.
@@ -237,6 +239,25 @@ ail_delta(const float* __restrict__ d, const float* __restrict__ rho, const u32*
         delta[i] = dl;
         scoreo[i] = ord_f32(__fmul_rn(rho[i], dl));
     }
+}
+
+// rankkey[i] = scoreo[i], or 0xFFFFFFFF (above every finite score's key) when token i has the
+// highest score of its b x b coverage block (ties: lower index); b = 0: a copy.
+extern "C" __global__ void
+ail_spread(const u32* __restrict__ scoreo, int h, int w, int b, u32* __restrict__ rankkey) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= h * w) return;
+    u32 si = scoreo[i];
+    bool best = false;
+    if (b > 0) {
+        int y0 = (i / w) / b * b, x0 = (i % w) / b * b;
+        int bi = y0 * w + x0;
+        for (int y = y0; y < min(y0 + b, h); ++y)
+            for (int x = x0; x < min(x0 + b, w); ++x)
+                if (scoreo[y * w + x] > scoreo[bi]) bi = y * w + x;  // raster order: lower index on ties
+        best = bi == i;
+    }
+    rankkey[i] = best ? 0xFFFFFFFFu : si;
 }
 
 // is_centre[i] = 1 iff fewer than m tokens rank above i (score desc, index asc).

@@ -93,7 +93,9 @@ fn nvrtc_compiles_the_kernels_and_caches_them() {
     assert_eq!(&cubin[..4], b"\x7fELF", "sm_87 gives a CUBIN (ELF)");
     let ptx = nvrtc_compile(KERNEL_SRC, "compute_90").unwrap_or_else(|e| panic!("{e}"));
     let ptx = String::from_utf8_lossy(&ptx);
-    for k in ["ail_pairwise", "ail_density", "ail_delta", "ail_assign", "ail_merge", "ail_unfold"] {
+    for k in
+        ["ail_pairwise", "ail_density", "ail_delta", "ail_spread", "ail_rank", "ail_assign", "ail_merge", "ail_unfold"]
+    {
         assert!(ptx.contains(&format!(".entry {k}")), "{k} missing from the PTX");
     }
     assert!(!ptx.contains("fma.rn.f32"), "an f32 FMA would break CPU/GPU bit-identity");

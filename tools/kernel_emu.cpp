@@ -148,16 +148,20 @@ int main(int argc, char** argv) {
     }
     FILE* in = std::fopen(argv[1], "rb");
     if (!in) return 2;
-    int hdr[10];
-    if (std::fread(hdr, 4, 10, in) != 10) return 2;
+    int hdr[11];
+    if (std::fread(hdr, 4, 11, in) != 11) return 2;
     int n = hdr[0], c = hdr[1], h = hdr[2], w = hdr[3], m = hdr[4], k = hdr[5], r = hdr[6];
-    int windowed = hdr[7], dr = hdr[8], spatial = hdr[9];
+    int windowed = hdr[7], dr = hdr[8], spatial = hdr[9], spread = hdr[10];
+    // reduce::spread_block: the coverage block side, grown until at most m blocks (0 = off).
+    int side = spread;
+    if (side > 0)
+        while (((h + side - 1) / side) * ((w + side - 1) / side) > (m > 1 ? m : 1)) ++side;
     std::vector<float> x((size_t)n * c);
     if (std::fread(x.data(), 4, x.size(), in) != x.size()) return 2;
     std::fclose(in);
 
     std::vector<float> sq(n), d((size_t)n * n), rho(n), delta(n), merged((size_t)m * c), sizes(m);
-    std::vector<u32> keyo(n), scoreo(n), centers(n), assign(n), counts(n, 0), offsets(n), members(n);
+    std::vector<u32> keyo(n), scoreo(n), rankkey(n), centers(n), assign(n), counts(n, 0), offsets(n), members(n);
     std::vector<int> is_centre(n), cid(n);
     float sqrt_c = std::sqrt((float)c);
 
@@ -168,7 +172,8 @@ int main(int argc, char** argv) {
     launch({(unsigned)n}, {256}, true, [&] {
         ail_delta(d.data(), rho.data(), keyo.data(), h, w, windowed, dr, scoreo.data(), delta.data());
     });
-    launch({cdiv(n, 256)}, {256}, true, [&] { ail_rank(scoreo.data(), n, m, is_centre.data()); });
+    launch({cdiv(n, 256)}, {256}, false, [&] { ail_spread(scoreo.data(), h, w, side, rankkey.data()); });
+    launch({cdiv(n, 256)}, {256}, true, [&] { ail_rank(rankkey.data(), n, m, is_centre.data()); });
     launch({1}, {1024}, true, [&] { ail_compact(is_centre.data(), n, cid.data(), centers.data()); });
     launch({cdiv(n, 128)}, {128}, false, [&] {
         ail_assign(d.data(), cid.data(), centers.data(), h, w, r, m, spatial, assign.data());

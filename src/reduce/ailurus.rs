@@ -88,6 +88,8 @@ pub struct AilurusReducer {
     radius: usize,
     delta_search: DeltaSearch,
     fallback: Fallback,
+    /// `[reduce.ailurus] spread` (0 = off).
+    spread: usize,
     n: usize,
     /// Transposed tokens `[c, ld]` and the squared norms.
     xt: Vec<f32>,
@@ -112,6 +114,8 @@ pub struct AilurusReducer {
     xs: Vec<f32>,
     panel: Panel,
     pick: Vec<u32>,
+    /// Per token: the best score of its coverage block (`spread`), a centre whatever M.
+    forced: Vec<bool>,
     center_of: Vec<u32>,
     fb: Vec<u32>,
     best: Vec<(f32, u32)>,
@@ -129,6 +133,7 @@ impl AilurusReducer {
             radius: cfg.radius,
             delta_search,
             fallback,
+            spread: cfg.spread,
             n: 0,
             xt: Vec::new(),
             ld: 0,
@@ -147,6 +152,7 @@ impl AilurusReducer {
             xs: Vec::new(),
             panel: Panel::default(),
             pick: Vec::new(),
+            forced: Vec::new(),
             center_of: Vec::new(),
             fb: Vec::new(),
             best: Vec::new(),
@@ -196,6 +202,9 @@ impl AilurusReducer {
         ensure(&mut self.fb, n);
         ensure(&mut self.best, n);
         ensure(&mut self.pick, n.max(m));
+        if self.forced.capacity() < n {
+            self.forced.reserve(n - self.forced.len());
+        }
         ensure(&mut self.xt, c * transposed_ld(n));
         ensure(&mut self.xs, n * c);
         ensure(&mut self.sq, n.next_multiple_of(RUN));
@@ -372,15 +381,39 @@ impl AilurusReducer {
         dist(t, (c as f32).sqrt())
     }
 
-    /// Centres: the `m` best scores (ties: lower index), ascending by token index.
-    fn pick_centres(&mut self, m: usize, out: &mut Reduction) {
+    /// Centres, ascending by token index: with `spread`, the best score of every coverage block
+    /// (`spread_block`: at most `m` blocks), then the best other scores up to `m`; without it the
+    /// `m` best scores. Ties: lower index.
+    fn pick_centres(&mut self, m: usize, grid: (usize, usize), out: &mut Reduction) {
         let n = self.n;
         let score = &self.score;
+        self.forced.clear();
+        self.forced.resize(n, false);
+        let b = super::spread_block(self.spread, grid, m);
+        if b > 0 {
+            let (h, w) = grid;
+            for by in (0..h).step_by(b) {
+                for bx in (0..w).step_by(b) {
+                    let mut best = by * w + bx;
+                    for y in by..(by + b).min(h) {
+                        for x in bx..(bx + b).min(w) {
+                            // Raster order: a strict `>` keeps the lower index on ties.
+                            if score[y * w + x].total_cmp(&score[best]).is_gt() {
+                                best = y * w + x;
+                            }
+                        }
+                    }
+                    self.forced[best] = true;
+                }
+            }
+        }
+        let forced = &self.forced;
         self.pick.clear();
         self.pick.extend(0..n as u32);
         if m < n {
             self.pick.select_nth_unstable_by(m - 1, |&a, &b| {
-                score[b as usize].total_cmp(&score[a as usize]).then(a.cmp(&b))
+                let (a, b) = (a as usize, b as usize);
+                forced[b].cmp(&forced[a]).then(score[b].total_cmp(&score[a])).then(a.cmp(&b))
             });
         }
         self.pick.truncate(m);
@@ -514,7 +547,7 @@ impl Reducer for AilurusReducer {
         }
         self.reserve(n, c, m);
         self.peaks(tokens, c, grid, n);
-        self.pick_centres(m, out);
+        self.pick_centres(m, grid, out);
         self.assign(tokens, c, grid, out);
         merge_means(tokens, c, m, out);
         Ok(())

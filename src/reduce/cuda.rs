@@ -27,11 +27,12 @@ pub use nvrtc::{
 
 /// The kernel source, compiled at start-up.
 pub const KERNEL_SRC: &str = include_str!("../../kernels/ailurus.cu");
-const KERNELS: [&str; 12] = [
+const KERNELS: [&str; 13] = [
     "ail_sqnorm",
     "ail_pairwise",
     "ail_density",
     "ail_delta",
+    "ail_spread",
     "ail_rank",
     "ail_compact",
     "ail_assign",
@@ -48,6 +49,7 @@ enum K {
     Pairwise,
     Density,
     Delta,
+    Spread,
     Rank,
     Compact,
     Assign,
@@ -192,6 +194,8 @@ struct Buffers {
     delta: CudaSlice<f32>,
     keyo: CudaSlice<u32>,
     scoreo: CudaSlice<u32>,
+    /// `scoreo` with the coverage blocks' best tokens on top (`ail_spread`).
+    rankkey: CudaSlice<u32>,
     is_centre: CudaSlice<i32>,
     cid: CudaSlice<i32>,
     centers: CudaSlice<u32>,
@@ -217,6 +221,7 @@ impl Buffers {
             delta: s.alloc_zeros(n).map_err(&e)?,
             keyo: s.alloc_zeros(n).map_err(&e)?,
             scoreo: s.alloc_zeros(n).map_err(&e)?,
+            rankkey: s.alloc_zeros(n).map_err(&e)?,
             is_centre: s.alloc_zeros(n).map_err(&e)?,
             cid: s.alloc_zeros(n).map_err(&e)?,
             centers: s.alloc_zeros(n).map_err(&e)?,
@@ -249,6 +254,7 @@ pub struct CudaAilurus {
     windowed: bool,
     delta_radius: usize,
     spatial: bool,
+    spread: usize,
     stream: Arc<CudaStream>,
     kernels: Kernels,
     buf: Option<Buffers>,
@@ -323,6 +329,7 @@ impl CudaAilurus {
             windowed: cfg.delta.get() == Delta::Window,
             delta_radius: cfg.delta_radius,
             spatial: cfg.fallback.get() == Fallback::Spatial,
+            spread: cfg.spread,
             stream,
             kernels: Kernels { f },
             buf: None,
@@ -377,6 +384,7 @@ impl CudaAilurus {
             self.delta_radius.min(1 << 20) as i32,
         );
         let (windowed, spatial) = (self.windowed as i32, self.spatial as i32);
+        let side = super::spread_block(self.spread, (h, w), m).min(1 << 20) as i32;
         let sqrt_c = (c as f32).sqrt();
         s.memcpy_htod(tokens, &mut b.x).map_err(&e)?;
         let cfg = |grid: (u32, u32), block: (u32, u32)| LaunchConfig {
@@ -394,7 +402,8 @@ impl CudaAilurus {
             launch!(s, k.get(K::Density), per(n, 128), &e; &b.d, &hi, &wi, &ki, &ri, &mut b.rho, &mut b.keyo);
             launch!(s, k.get(K::Delta), cfg((n as u32, 1), (RED, 1)), &e;
                 &b.d, &b.rho, &b.keyo, &hi, &wi, &windowed, &dri, &mut b.scoreo, &mut b.delta);
-            launch!(s, k.get(K::Rank), per(n, RED), &e; &b.scoreo, &ni, &mi, &mut b.is_centre);
+            launch!(s, k.get(K::Spread), per(n, 256), &e; &b.scoreo, &hi, &wi, &side, &mut b.rankkey);
+            launch!(s, k.get(K::Rank), per(n, RED), &e; &b.rankkey, &ni, &mi, &mut b.is_centre);
             launch!(s, k.get(K::Compact), cfg((1, 1), (SCAN, 1)), &e; &b.is_centre, &ni, &mut b.cid, &mut b.centers);
             launch!(s, k.get(K::Assign), per(n, 128), &e;
                 &b.d, &b.cid, &b.centers, &hi, &wi, &ri, &mi, &spatial, &mut b.assign);

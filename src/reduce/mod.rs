@@ -136,6 +136,23 @@ pub struct AilurusConfig {
     pub delta_radius: usize,
     /// "global" or "spatial".
     pub fallback: Choice<Fallback>,
+    /// Spatial coverage: every `spread x spread` block of the grid keeps its best-scoring token
+    /// as a centre (blocks grow when M is smaller than their count); the rest of the M centres
+    /// are the best scores as in the paper. 0 = off (the paper's plain top-M).
+    pub spread: usize,
+}
+
+/// The side of the coverage blocks of `[reduce.ailurus] spread` on an `h x w` grid with `m`
+/// centres: `spread`, grown until there are at most `m` blocks; 0 = off.
+pub fn spread_block(spread: usize, (h, w): (usize, usize), m: usize) -> usize {
+    if spread == 0 || h * w == 0 {
+        return 0;
+    }
+    let mut b = spread;
+    while h.div_ceil(b) * w.div_ceil(b) > m.max(1) {
+        b += 1;
+    }
+    b
 }
 
 impl Default for AilurusConfig {
@@ -146,6 +163,7 @@ impl Default for AilurusConfig {
             delta: Delta::Global.into(),
             delta_radius: 8,
             fallback: Fallback::Global.into(),
+            spread: 2,
         }
     }
 }
@@ -164,6 +182,9 @@ impl ReduceConfig {
         a.delta.check(p, s, "delta");
         p.check(a.delta_radius >= 1, s, "delta_radius", || "must be >= 1".into());
         a.fallback.check(p, s, "fallback");
+        p.check(a.spread != 1 && a.spread <= 64, s, "spread", || {
+            format!("{} is not 0 (off) or a block side from 2 to 64", a.spread)
+        });
     }
 }
 

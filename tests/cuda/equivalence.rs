@@ -33,6 +33,7 @@ fn cfg(p: Params) -> AilurusConfig {
         delta: if p.windowed { "window" } else { "global" }.into(),
         delta_radius: p.delta_radius,
         fallback: if p.spatial { "spatial" } else { "global" }.into(),
+        spread: p.spread,
     }
 }
 
@@ -51,7 +52,7 @@ fn check(name: &str, got: &RefOut, want: &RefOut) -> f32 {
     compare(got, want, 1e-4).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-const P: Params = Params { k: 5, r: 2, windowed: false, delta_radius: 8, spatial: false };
+const P: Params = Params { k: 5, r: 2, windowed: false, delta_radius: 8, spatial: false, spread: 0 };
 
 fn gpu_cases() -> Vec<Case> {
     let win = Params { windowed: true, ..P };
@@ -67,6 +68,8 @@ fn gpu_cases() -> Vec<Case> {
         Case { grid: (64, 64), c: 768, m: 64, p: Params { k: 9, r: 3, ..win }, smooth: 0.3, levels: 0, blocks: 1 },
         Case { grid: (32, 32), c: 384, m: 100, p: P, smooth: 0.5, levels: 0, blocks: 4 },
         Case { grid: (48, 48), c: 768, m: 300, p: spatial, smooth: 0.5, levels: 4, blocks: 3 },
+        Case { grid: (32, 32), c: 384, m: 768, p: Params { spread: 2, r: 3, ..P }, smooth: 0.7, levels: 0, blocks: 1 },
+        Case { grid: (32, 32), c: 384, m: 200, p: Params { spread: 2, r: 3, ..P }, smooth: 0.6, levels: 2, blocks: 3 },
     ]
 }
 
@@ -122,6 +125,7 @@ fn write_input(path: &Path, x: &[f32], case: &Case) {
         p.windowed as usize,
         p.delta_radius,
         p.spatial as usize,
+        p.spread,
     ];
     let mut bytes: Vec<u8> = hdr.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect();
     bytes.extend(x.iter().flat_map(|v| v.to_le_bytes()));
@@ -189,6 +193,19 @@ fn emulated_kernels_match_the_cpu_reference() {
             blocks: 3,
         },
         Case { grid: (16, 16), c: 8, m: 30, p: Params { spatial: true, ..P }, smooth: 1.0, levels: 0, blocks: 8 },
+        // [reduce.ailurus] spread (the default 2): blocks of 2, of 3 (M below the 2 x 2 count),
+        // uneven edges, duplicate tokens (ties inside a block).
+        Case { grid: (16, 16), c: 32, m: 100, p: Params { spread: 2, r: 3, ..P }, smooth: 0.7, levels: 0, blocks: 1 },
+        Case { grid: (15, 17), c: 16, m: 40, p: Params { spread: 2, ..P }, smooth: 0.5, levels: 3, blocks: 1 },
+        Case {
+            grid: (16, 16),
+            c: 8,
+            m: 70,
+            p: Params { spread: 3, spatial: true, ..P },
+            smooth: 1.0,
+            levels: 0,
+            blocks: 4,
+        },
     ];
     for (t, case) in cases.iter().enumerate() {
         let n = case.grid.0 * case.grid.1;

@@ -16,12 +16,23 @@ pub struct Params {
     pub windowed: bool,
     pub delta_radius: usize,
     pub spatial: bool,
+    /// Coverage blocks (`[reduce.ailurus] spread`, 0 = off).
+    pub spread: usize,
 }
 
 impl Default for Params {
     fn default() -> Self {
-        Params { k: 5, r: 3, windowed: false, delta_radius: 8, spatial: false }
+        Params { k: 5, r: 3, windowed: false, delta_radius: 8, spatial: false, spread: 2 }
     }
+}
+
+/// The block side for `spread` on `grid` with `m` centres: `spread`, grown while there are more
+/// than `m` blocks (0 = off).
+pub fn spread_side(spread: usize, (h, w): (usize, usize), m: usize) -> usize {
+    if spread == 0 {
+        return 0;
+    }
+    (spread..).find(|&b| h.div_ceil(b) * w.div_ceil(b) <= m).unwrap()
 }
 
 /// One reduction, with the intermediates the GPU can also report.
@@ -155,8 +166,21 @@ pub fn reference(x: &[f32], c: usize, grid: (usize, usize), m: usize, p: Params)
         score[i] = rho[i] * delta[i];
     }
 
+    // Coverage: the best score of every b x b block (ties: lower index) is a centre.
+    let mut forced = vec![false; n];
+    let b = spread_side(p.spread, grid, m);
+    if b > 0 {
+        for by in (0..grid.0).step_by(b) {
+            for bx in (0..grid.1).step_by(b) {
+                let cells =
+                    (by..(by + b).min(grid.0)).flat_map(|y| (bx..(bx + b).min(grid.1)).map(move |x| y * grid.1 + x));
+                let best = cells.min_by(|&i, &j| score[j].total_cmp(&score[i]).then(i.cmp(&j))).unwrap();
+                forced[best] = true;
+            }
+        }
+    }
     let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| forced[b].cmp(&forced[a]).then(score[b].total_cmp(&score[a])).then(a.cmp(&b)));
     let mut centers: Vec<u32> = order[..m].iter().map(|&i| i as u32).collect();
     centers.sort_unstable();
     let mut cid = vec![-1i64; n];

@@ -204,6 +204,8 @@ fn ailurus_is_bit_identical_to_the_cuda_contract_reference() {
         contract::Params { windowed: true, delta_radius: 3, ..Default::default() },
         contract::Params { spatial: true, k: 1, r: 1, ..Default::default() },
         contract::Params { k: 9, r: 3, ..Default::default() },
+        contract::Params { spread: 0, ..Default::default() },
+        contract::Params { spread: 3, spatial: true, r: 1, ..Default::default() },
     ];
     let mut cases = 0;
     for (gi, &g) in [(1, 1), (1, 9), (7, 1), (5, 8), (12, 10), (16, 16)].iter().enumerate() {
@@ -256,6 +258,49 @@ fn ailurus_is_bit_identical_to_the_cuda_contract_reference() {
     }
 }
 
+#[test]
+fn spread_keeps_a_centre_in_every_block_and_the_best_scores_besides() {
+    // 20 x 24 tokens, spread 2: 120 blocks of 2 x 2. At M >= 120 every block holds a centre; at
+    // M = 60 the blocks grow to 3 x 3 (7 x 8 = 56 <= 60) and every 3 x 3 block holds one.
+    let (g, c) = ((20, 24), 16);
+    let x = contract::tokens(4, g, c, 0.7, 0);
+    let mut r = AilurusReducer::new(&AilurusConfig { spread: 2, ..AilurusConfig::default() });
+    let mut out = Reduction::default();
+    for (m, side) in [(400, 2), (120, 2), (119, 3), (60, 3)] {
+        assert_eq!(ailurus::reduce::spread_block(2, g, m), side, "m={m}");
+        r.reduce(&x, c, g, m, &mut out).unwrap();
+        assert_eq!(out.centers.len(), m);
+        let score = r.score();
+        let mut forced = vec![false; g.0 * g.1];
+        for by in (0..g.0).step_by(side) {
+            for bx in (0..g.1).step_by(side) {
+                let cells: Vec<usize> = (by..(by + side).min(g.0))
+                    .flat_map(|y| (bx..(bx + side).min(g.1)).map(move |x| y * g.1 + x))
+                    .collect();
+                // The block's best score (ties: lower index) is the centre it keeps.
+                let best = *cells.iter().max_by(|&&a, &&b| score[a].total_cmp(&score[b]).then(b.cmp(&a))).unwrap();
+                forced[best] = true;
+            }
+        }
+        // The other centres are the best scores among the rest.
+        let mut rest: Vec<u32> = (0..(g.0 * g.1) as u32).filter(|&i| !forced[i as usize]).collect();
+        rest.sort_by(|&a, &b| score[b as usize].total_cmp(&score[a as usize]).then(a.cmp(&b)));
+        let k = m - forced.iter().filter(|&&f| f).count();
+        let mut want: Vec<u32> =
+            (0..(g.0 * g.1) as u32).filter(|&i| forced[i as usize]).chain(rest[..k].iter().copied()).collect();
+        want.sort_unstable();
+        assert_eq!(out.centers, want, "m={m}");
+    }
+    // Off (0): the plain top-M, as the paper.
+    let mut plain = AilurusReducer::new(&AilurusConfig { spread: 0, ..AilurusConfig::default() });
+    plain.reduce(&x, c, g, 100, &mut out).unwrap();
+    let mut top: Vec<u32> = (0..(g.0 * g.1) as u32).collect();
+    top.sort_by(|&a, &b| plain.score()[b as usize].total_cmp(&plain.score()[a as usize]).then(a.cmp(&b)));
+    top.truncate(100);
+    top.sort_unstable();
+    assert_eq!(out.centers, top);
+}
+
 fn contract_cfg(p: contract::Params) -> AilurusConfig {
     AilurusConfig {
         k: p.k,
@@ -263,6 +308,7 @@ fn contract_cfg(p: contract::Params) -> AilurusConfig {
         delta: if p.windowed { "window" } else { "global" }.into(),
         delta_radius: p.delta_radius,
         fallback: if p.spatial { "spatial" } else { "global" }.into(),
+        spread: p.spread,
     }
 }
 
@@ -336,7 +382,9 @@ fn ailurus_identical_tokens_follow_the_tie_rules() {
     // fallback, all distances 0) centre 0.
     let (h, w, c, m) = (6, 7, 10, 5);
     let t: Vec<f32> = (0..h * w).flat_map(|_| (0..c).map(|k| k as f32 * 0.37 - 1.0)).collect();
-    let cfg = AilurusConfig::default();
+    // The paper's plain top-M (with `spread` the coverage blocks' first tokens come first; the
+    // contract test covers that).
+    let cfg = AilurusConfig { spread: 0, ..AilurusConfig::default() };
     let mut r = AilurusReducer::new(&cfg);
     let mut out = Reduction::default();
     r.reduce(&t, c, (h, w), m, &mut out).unwrap();

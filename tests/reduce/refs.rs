@@ -96,6 +96,9 @@ impl Knobs {
             delta: if self.delta_window.is_some() { "window" } else { "global" }.into(),
             delta_radius: self.delta_window.unwrap_or(8),
             fallback: if self.spatial { "spatial" } else { "global" }.into(),
+            // The paper's plain top-M (the coverage blocks are checked against the contract
+            // reference, `cuda_reference.rs`).
+            spread: 0,
         }
     }
 }
