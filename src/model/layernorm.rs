@@ -290,13 +290,13 @@ pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
     Ok(swapped)
 }
 
-#[cfg(test)]
+// x86 only: the one test compares the AVX-512 row loop with the baseline build.
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
 
     /// The AVX-512 build of the row loop gives the baseline build's bits (rows of 384, the
     /// model's, and of 37, a remainder past the 16 lanes).
-    #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx512_rows_equal_the_baseline_bit_for_bit() {
         if !super::super::isa::Level::Avx512.supported() {

@@ -11,6 +11,7 @@ use ailurus::model::bf16::{self, Half, Packed16, Precision};
 use ailurus::model::isa::Level;
 use ailurus::model::linear::{apply, Weight};
 use ailurus::model::mlp::{self, Mlp, CHUNK};
+#[cfg(target_arch = "x86_64")]
 use ailurus::model::sgemm::PackedF32;
 use ailurus::model::{attention, cut, f16, linear, Manifest};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
