@@ -90,10 +90,7 @@ pub fn write_csv(rows: &[Row], path: &Path) -> std::io::Result<()> {
             r.pareto
         );
     }
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    std::fs::write(path, s)
+    write_text(path, &s)
 }
 
 /// The line under the table naming the photos whose unreduced mask is ambiguous (most of it
@@ -137,6 +134,11 @@ pub fn write_photo_csv(rows: &[Row], photos: &[PathBuf], ambiguous: &[f64], path
             s += &format!("{},{},{},{},{},{photo},{a:.4},{iou:.5},{mae:.5}\n", r.strategy, r.cut, r.size, r.m, r.bias);
         }
     }
+    write_text(path, &s)
+}
+
+/// `s` into `path`, its folder made first.
+fn write_text(path: &Path, s: &str) -> std::io::Result<()> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }

@@ -202,9 +202,7 @@ impl AilurusReducer {
         ensure(&mut self.fb, n);
         ensure(&mut self.best, n);
         ensure(&mut self.pick, n.max(m));
-        if self.forced.capacity() < n {
-            self.forced.reserve(n - self.forced.len());
-        }
+        ensure(&mut self.forced, n);
         ensure(&mut self.xt, c * transposed_ld(n));
         ensure(&mut self.xs, n * c);
         ensure(&mut self.sq, n.next_multiple_of(RUN));
