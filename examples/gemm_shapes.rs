@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use ailurus::model::isa::{self, Level};
-use ailurus::model::sgemm::Gemm;
+use ailurus::model::sgemm::{self, Gemm};
 use ailurus::model::{bf16, f16};
 
 fn main() {
@@ -51,7 +51,39 @@ fn main() {
                 best = best.min(t0.elapsed().as_secs_f64());
             }
             let f = 2.0 * (m * k * n) as f64;
-            line += &format!("  {} {:.1} GFLOP/s", level.gemm_kernel(), f / best / 1e9);
+            // Unpacked B: at avx2 the `gemm` crate (packed weights run on our tile, below).
+            let name = if level == Level::Avx2 { "gemm-crate-avx2" } else { level.gemm_kernel() };
+            line += &format!("  {name} {:.1} GFLOP/s", f / best / 1e9);
+        }
+        // Our tiles on the weight packed once (as the linear layers, the attention's keys and
+        // values and the head's taps hold it at `avx512` and `avx2`).
+        #[cfg(target_arch = "x86_64")]
+        for level in Level::all_supported().into_iter().filter(|l| sgemm::packs(*l)) {
+            let mut packed = sgemm::PackedF32::empty();
+            // SAFETY: w holds the k x n matrix at these strides.
+            unsafe { packed.repack(w.as_ptr(), rsb, csb, k, n) };
+            let g = Gemm {
+                m,
+                n,
+                k,
+                a: a.as_ptr(),
+                rsa: k,
+                b: std::ptr::null(),
+                rsb,
+                csb,
+                c: c.as_mut_ptr(),
+                rsc: n,
+                accumulate: false,
+            };
+            let mut best = f64::MAX;
+            for _ in 0..15 {
+                let t0 = Instant::now();
+                // SAFETY: the buffers hold the shapes above; the level is supported.
+                unsafe { g.run_packed(&packed, level) };
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+            let f = 2.0 * (m * k * n) as f64;
+            line += &format!("  {level}-packed {:.1} GFLOP/s", f / best / 1e9);
         }
         // The linear layers in bf16 (`[model] precision = "bf16"`), where the CPU has it: the
         // same product with the weight packed once and the rows rounded per call (counted).

@@ -226,8 +226,8 @@ pub fn attend_rows_with(
     }
     ensure!(block > 0, "FusedAttention: empty row block");
     match products {
-        Products::F32(super::isa::Level::Avx512) => {
-            ensure!(super::isa::Level::Avx512.supported(), "FusedAttention: this CPU cannot run avx512");
+        Products::F32(level) if super::sgemm::packs(level) => {
+            ensure!(level.supported(), "FusedAttention: this CPU cannot run {level}");
             PACKED.with(|p| {
                 let mut p = p.borrow_mut();
                 p.resize_with(h, || (PackedF32::empty(), PackedF32::empty()));
@@ -344,7 +344,7 @@ fn attend_blocks(
                     match keys.packed.get(head) {
                         // SAFETY: as above; the packed keys are this call's (d x t).
                         #[cfg(target_arch = "x86_64")]
-                        Some((pk, _)) if level == super::isa::Level::Avx512 => unsafe { g.run_packed(pk) },
+                        Some((pk, _)) if super::sgemm::packs(level) => unsafe { g.run_packed(pk, level) },
                         _ => unsafe { g.run(level) },
                     }
                 }
@@ -380,7 +380,7 @@ fn attend_blocks(
                         };
                         match keys.packed.get(head) {
                             #[cfg(target_arch = "x86_64")]
-                            Some((_, pv)) if level == super::isa::Level::Avx512 => g.run_packed(pv),
+                            Some((_, pv)) if super::sgemm::packs(level) => g.run_packed(pv, level),
                             _ => g.run(level),
                         }
                     }

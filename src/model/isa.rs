@@ -4,7 +4,10 @@
 //! - `avx512`: x86-64 with AVX-512 F/BW/VL (and FMA): the GEMMs of the linear layers and of the
 //!   fused attention on our own AVX-512 kernel ([`super::sgemm`]), used where it wins a short
 //!   race against the AVX2 kernel at start-up ([`preferred`]).
-//! - `avx2`: x86-64 with AVX2 + FMA: the `gemm` crate (its AVX2/FMA kernels).
+//! - `avx2`: x86-64 with AVX2 + FMA: our own AVX2 tile on the same packed weights (linear
+//!   layers with their bias, residual and GELU in its stores, the attention's packed keys and
+//!   values, the head's deconvolutions on packed taps); the `gemm` crate (its AVX2/FMA kernels)
+//!   for products whose B is not packed.
 //! - `neon`: aarch64: the `gemm` crate (its NEON kernels).
 //! - `portable`: anything else: our own plain-Rust kernel ([`super::sgemm`]), vectorised by the
 //!   compiler for the build's baseline.
@@ -55,7 +58,7 @@ impl Level {
     pub fn gemm_kernel(self) -> &'static str {
         match self {
             Level::Avx512 => "ailurus-avx512",
-            Level::Avx2 => "gemm-crate-avx2",
+            Level::Avx2 => "ailurus-avx2",
             Level::Neon => "gemm-crate-neon",
             Level::Portable => "ailurus-portable",
         }
@@ -101,15 +104,14 @@ pub fn pick(avx512_speed: f64) -> Level {
 }
 
 /// AVX-512's GEMM speed over AVX2's on one linear-layer shape (256 token rows, K 384, N 768,
-/// the weight as each level's linear layers hold it), 11 interleaved rounds each, best time of
+/// the weight packed once, as both levels' linear layers hold it), 11 interleaved rounds each, best time of
 /// each (interleaved so that a busy machine slows both alike). Both levels must be supported.
 pub fn race() -> f64 {
     let (m, k, n) = (256usize, 384usize, 768usize);
     let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
     let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
     let mut c = vec![0f32; m * n];
-    // The weight as the linear layers hold it at each level: packed once for our AVX-512
-    // kernel, plain for the `gemm` crate (which packs it per call).
+    // The weight as the linear layers hold it at both levels: packed once for our tiles.
     #[cfg(target_arch = "x86_64")]
     let packed = super::sgemm::PackedF32::pack(&b, k, n);
     let mut best = [f64::MAX; 2];
@@ -133,11 +135,7 @@ pub fn race() -> f64 {
             // caller checked that both levels are supported.
             unsafe {
                 #[cfg(target_arch = "x86_64")]
-                if level == Level::Avx512 {
-                    g.run_packed(&packed);
-                } else {
-                    g.run(level);
-                }
+                g.run_packed(&packed, level);
                 #[cfg(not(target_arch = "x86_64"))]
                 g.run(level);
             }
@@ -229,7 +227,10 @@ pub fn kernels() -> Vec<(&'static str, String)> {
             format!(
                 "{}+{}",
                 products(&gemm),
-                if level() == Level::Avx512 && half.is_none() { "ailurus-softmax-avx512" } else { "tract-softmax" }
+                match super::softmax::ExpSum::new(level(), half.is_some()) {
+                    Ok(k) => k.name(),
+                    Err(_) => "tract-softmax (unavailable)",
+                }
             ),
         ),
         ("layernorm", "ailurus-rowwise".into()),

@@ -120,10 +120,11 @@ pub fn linear_res_at(
     apply(Weight::F32 { w, k, n, level }, x, bias, residual, t, out)
 }
 
-/// [`linear_res_at`] at `avx512` with the weight packed once (`sgemm::PackedF32`): the same
-/// sums, bit for bit.
+/// [`linear_res_at`] at `level` (`avx512` or `avx2`) with the weight packed once
+/// (`sgemm::PackedF32`): the same sums as [`linear_res_at`] at `avx512`, bit for bit.
 #[cfg(target_arch = "x86_64")]
 pub fn linear_packed(
+    level: Level,
     x: &[f32],
     w: &super::sgemm::PackedF32,
     bias: Option<&[f32]>,
@@ -131,7 +132,7 @@ pub fn linear_packed(
     t: usize,
     out: &mut [f32],
 ) -> TractResult<()> {
-    apply(Weight::PackedF32(w), x, bias, residual, t, out)
+    apply(Weight::PackedF32(w, level), x, bias, residual, t, out)
 }
 
 /// The textbook sum in f64: the reference [`linear`] is tested against.
@@ -169,7 +170,7 @@ impl Op for Linear {
     fn info(&self) -> TractResult<Vec<String>> {
         let kernel = match (&self.packed, &self.packed_f32) {
             (Some(w), _) => super::bf16::Half::best(w.0.format).name(),
-            (None, Some(_)) => "ailurus-avx512 (weight packed once)",
+            (None, Some(_)) => super::isa::level().gemm_kernel(),
             (None, None) => super::isa::level().gemm_kernel(),
         };
         let r = if self.residual { "r + " } else { "" };
@@ -213,7 +214,7 @@ impl Linear {
         let (w, rest) = match (&self.packed, &self.packed_f32) {
             (Some(super::bf16::Shared(w)), _) => (Weight::Half(w, super::bf16::Half::best(w.format)), rest),
             #[cfg(target_arch = "x86_64")]
-            (None, Some(super::bf16::Shared(w))) => (Weight::PackedF32(w), rest),
+            (None, Some(super::bf16::Shared(w))) => (Weight::PackedF32(w, super::isa::level()), rest),
             #[cfg(not(target_arch = "x86_64"))]
             (None, Some(_)) => bail!("Linear: an AVX-512 weight on {}", std::env::consts::ARCH),
             (None, None) => {
@@ -419,11 +420,11 @@ pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
 /// [`swap`] in `precision` (bf16: the weights rounded and packed into the ops; tests call this
 /// rather than change the process-wide setting).
 pub fn swap_at(model: &mut TypedModel, precision: Precision) -> TractResult<usize> {
-    swap_with(model, precision, super::isa::level() == super::isa::Level::Avx512)
+    swap_with(model, precision, super::sgemm::packs(super::isa::level()))
 }
 
-/// [`swap_at`], with f32 weights packed into the ops for our AVX-512 kernel when `pack_f32`
-/// (what [`swap_at`] does at level `avx512`; such a plan runs only on AVX-512 CPUs).
+/// [`swap_at`], with f32 weights packed into the ops for our own tiles when `pack_f32` (what
+/// [`swap_at`] does at levels `avx512` and `avx2`; such a plan runs at those levels only).
 pub fn swap_with(model: &mut TypedModel, precision: Precision, pack_f32: bool) -> TractResult<usize> {
     let mut swapped = 0;
     for id in model.eval_order()? {
@@ -448,7 +449,7 @@ pub fn swap_with(model: &mut TypedModel, precision: Precision, pack_f32: bool) -
             }
             None => None,
         };
-        // f32 on our AVX-512 kernel: the weight packed once, here (see `sgemm::PackedF32`).
+        // f32 on our own tile: the weight packed once, here (see `sgemm::PackedF32`).
         let packed_f32 = if packed.is_none() && pack_f32 {
             let k = weight.len() / n;
             let wf = weight.try_as_plain_ram()?;

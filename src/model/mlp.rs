@@ -11,7 +11,7 @@
 //! that stays in cache and is reused frame after frame, GELU on it in place, then fc2 straight
 //! into the output. The hidden tensor never exists. With fc1 on our AVX-512 tile, the GELU is
 //! applied in the tile's last store (`sgemm::Tail`) and fc2's bias and residual in its first,
-//! where tract's erf kernel on this CPU is the AVX-512 one the tile copies.
+//! where the tile copies the arithmetic of tract's erf kernel on this CPU (`sgemm::Erf`).
 //!
 //! The same products as the three ops, bit for bit: a linear layer's rows are independent, each
 //! output sums its K chunks in the same order whatever the row blocking, and the GELU is tract's
@@ -115,10 +115,11 @@ pub fn mlp(
             }
             let Scratch { hidden, erf_arg, erf } = s;
             let erf = erf.as_deref().expect("made above");
-            // The AVX-512 tile applies the GELU as it writes fc1's sums where it copies the
-            // arithmetic of the erf kernel tract runs here: no separate passes over the hidden
-            // rows (the 12 MLPs 194 -> 185 ms a frame, 448 px, a=4 M=736, Intel Xeon, 1 thread).
-            let fuse = erf.name() == "x86_64_avx512_erf_f32_64n";
+            // Our tiles apply the GELU as they write fc1's sums where they copy the arithmetic
+            // of the erf kernel tract runs here (its AVX-512 or its generic one): no separate
+            // passes over the hidden rows (the 12 MLPs 194 -> 185 ms a frame, 448 px, a=4 M=736,
+            // Intel Xeon, 1 thread).
+            let fuse = super::sgemm::Erf::of_kernel(erf.name());
             for c0 in (r0..r0 + rows).step_by(CHUNK) {
                 let cr = CHUNK.min(r0 + rows - c0);
                 let h = &mut hidden[..cr * n1];
@@ -128,7 +129,7 @@ pub fn mlp(
                 // SAFETY: rows c0..c0+cr of out are in bounds (lengths checked) and belong to
                 // this block only.
                 let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(c0 * n2), cr * n2) };
-                w2.rows(h, cr, o, b2, r.map(|r| &r[c0 * n2..(c0 + cr) * n2]), false)?;
+                w2.rows(h, cr, o, b2, r.map(|r| &r[c0 * n2..(c0 + cr) * n2]), None)?;
             }
             Ok(())
         })

@@ -33,9 +33,10 @@ pub(crate) fn init_rows(out: &mut [f32], n: usize, bias: Option<&[f32]>, residua
 pub enum Weight<'a> {
     /// The f32 matrix (`k x n`, row-major) on the GEMM of an ISA level.
     F32 { w: &'a [f32], k: usize, n: usize, level: Level },
-    /// The f32 weight packed once for our AVX-512 kernel (`sgemm::PackedF32`).
+    /// The f32 weight packed once for our own tile at a level that [`super::sgemm::packs`]
+    /// (`sgemm::PackedF32`).
     #[cfg(target_arch = "x86_64")]
-    PackedF32(&'a super::sgemm::PackedF32),
+    PackedF32(&'a super::sgemm::PackedF32, Level),
     /// A bf16 or f16 weight on a kernel of its format.
     Half(&'a Packed16, super::bf16::Half),
 }
@@ -45,7 +46,7 @@ impl Weight<'_> {
         match *self {
             Weight::F32 { k, .. } => k,
             #[cfg(target_arch = "x86_64")]
-            Weight::PackedF32(w) => w.k,
+            Weight::PackedF32(w, _) => w.k,
             Weight::Half(w, _) => w.k,
         }
     }
@@ -54,7 +55,7 @@ impl Weight<'_> {
         match *self {
             Weight::F32 { n, .. } => n,
             #[cfg(target_arch = "x86_64")]
-            Weight::PackedF32(w) => w.n,
+            Weight::PackedF32(w, _) => w.n,
             Weight::Half(w, _) => w.n,
         }
     }
@@ -67,7 +68,10 @@ impl Weight<'_> {
                 ensure!(w.len() == k * n, "Linear: w {} values for [{k}, {n}]", w.len());
             }
             #[cfg(target_arch = "x86_64")]
-            Weight::PackedF32(_) => ensure!(Level::Avx512.supported(), "Linear: this CPU cannot run avx512"),
+            Weight::PackedF32(_, level) => {
+                ensure!(level.supported(), "Linear: this CPU cannot run {level}");
+                ensure!(super::sgemm::packs(level), "Linear: a packed f32 weight at {level}");
+            }
             Weight::Half(w, kernel) => {
                 ensure!(kernel.supported(), "Linear: this CPU cannot run {}", kernel.name());
                 ensure!(w.format == kernel.format(), "Linear: a {:?} weight on {}", w.format, kernel.name());
@@ -80,6 +84,10 @@ impl Weight<'_> {
     pub(crate) fn tile_rows(&self) -> usize {
         match *self {
             Weight::Half(_, kernel) => kernel.tile_rows(),
+            #[cfg(target_arch = "x86_64")]
+            Weight::PackedF32(_, Level::Avx2) => 6,
+            #[cfg(target_arch = "x86_64")]
+            Weight::PackedF32(..) => 12,
             _ => 8,
         }
     }
@@ -112,7 +120,7 @@ impl Weight<'_> {
             match *self {
                 Weight::F32 { w, level, .. } => g(w.as_ptr()).run(level),
                 #[cfg(target_arch = "x86_64")]
-                Weight::PackedF32(w) => g(std::ptr::null()).run_packed(w),
+                Weight::PackedF32(w, level) => g(std::ptr::null()).run_packed(w, level),
                 Weight::Half(w, kernel) => super::bf16::add_rows_16(kernel, x, w, rows, out),
             }
         }
@@ -151,14 +159,7 @@ pub fn apply(
         // SAFETY: rows r0..r0+rows of out are in bounds (lengths checked) and belong to this
         // block only.
         let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(r0 * n), rows * n) };
-        weight.rows(
-            &x[r0 * k..(r0 + rows) * k],
-            rows,
-            o,
-            bias,
-            residual.map(|r| &r[r0 * n..(r0 + rows) * n]),
-            false,
-        )?;
+        weight.rows(&x[r0 * k..(r0 + rows) * k], rows, o, bias, residual.map(|r| &r[r0 * n..(r0 + rows) * n]), None)?;
         Ok(())
     })
 }
@@ -175,11 +176,11 @@ fn check_bias_residual(n: usize, bias: Option<&[f32]>, residual: Option<&[f32]>,
 }
 
 impl Weight<'_> {
-    /// `out = residual + bias + x W` for `rows` rows on this thread: in the AVX-512 tile's
-    /// stores where the weight is packed for it (C written once, `sgemm::Tail`), with tract's
-    /// GELU applied there too where `gelu` (the caller checks that tract's erf kernel on this CPU
-    /// is the AVX-512 one the tile copies); else C initialised ([`init_rows`]) and the product
-    /// added. Returns whether the GELU was applied.
+    /// `out = residual + bias + x W` for `rows` rows on this thread: in our tile's stores where
+    /// the weight is packed for it (C written once, `sgemm::Tail`), with tract's GELU applied
+    /// there too where `gelu` names the erf kernel tract runs on this CPU (the caller's
+    /// check); else C initialised ([`init_rows`]) and the product added. Returns whether the
+    /// GELU was applied.
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     pub(crate) fn rows(
         &self,
@@ -188,14 +189,14 @@ impl Weight<'_> {
         out: &mut [f32],
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
-        gelu: bool,
+        gelu: Option<super::sgemm::Erf>,
     ) -> TractResult<bool> {
         self.check()?;
         let n = self.n();
         ensure!(out.len() == rows * n, "Linear: out {} values for [{rows}, {n}]", out.len());
         check_bias_residual(n, bias, residual, out.len())?;
         #[cfg(target_arch = "x86_64")]
-        if let Weight::PackedF32(w) = *self {
+        if let Weight::PackedF32(w, level) = *self {
             if w.k > 0 {
                 assert!(x.len() >= rows * w.k, "Linear: {} values for {rows} rows of {}", x.len(), w.k);
                 let g = Gemm {
@@ -217,9 +218,9 @@ impl Weight<'_> {
                     gelu,
                 };
                 // SAFETY: x holds rows x K values (asserted), out rows x N, the bias N and the
-                // residual rows x N (checked); the CPU has AVX-512 (checked).
-                unsafe { g.run_packed_tail(w, tail) };
-                return Ok(gelu);
+                // residual rows x N (checked); the CPU has the level (checked).
+                unsafe { g.run_packed_tail(w, tail, level) };
+                return Ok(gelu.is_some());
             }
         }
         init_rows(out, n, bias, residual)?;

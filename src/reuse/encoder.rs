@@ -363,7 +363,7 @@ impl ReuseEncoder {
             let lin = |i: usize, x: &[f32], wf: &[f32], b: &[f32], k: usize, n: usize, out: &mut [f32]| match (p, pf) {
                 (Some(p), _) => bf16::linear_16(x, &p[i], Some(b), None, a, out),
                 #[cfg(target_arch = "x86_64")]
-                (None, Some(pf)) => linear::linear_packed(x, &pf[i], Some(b), None, a, out),
+                (None, Some(pf)) => linear::linear_packed(crate::model::isa::level(), x, &pf[i], Some(b), None, a, out),
                 _ => linear::linear(x, wf, Some(b), a, k, n, out),
             };
             layernorm::layer_norm(&s.xa, &w.ln1.0, &w.ln1.1, c, w.ln1.2, &mut s.ln)?;

@@ -48,7 +48,7 @@ pub struct BlockWeights {
     /// [`EncoderWeights::pack_bf16`]), in the order q, k, v, output projection, fc1, fc2; their
     /// f32 matrices are then dropped.
     pub packed: Option<Box<[Arc<Packed16>; 6]>>,
-    /// The six f32 weights packed once for our AVX-512 kernel (level `avx512`, f32: see
+    /// The six f32 weights packed once for our own tile (levels `avx512` and `avx2`, f32: see
     /// [`EncoderWeights::pack_f32`]), in the same order; their f32 matrices are then dropped.
     pub packed_f32: Option<Box<[Arc<PackedF32>; 6]>>,
 }
@@ -174,7 +174,7 @@ impl EncoderWeights {
         let mut w = Self::from_proto_f32(manifest, proto)?;
         if let Some(format) = bf16::precision().format() {
             w.pack_16(format);
-        } else if crate::model::isa::level() == crate::model::isa::Level::Avx512 {
+        } else if crate::model::sgemm::packs(crate::model::isa::level()) {
             w.pack_f32();
         }
         Ok(w)
@@ -205,7 +205,7 @@ impl EncoderWeights {
         }
     }
 
-    /// Pack every block's six weights for our AVX-512 f32 kernel, as the plans' linear layers
+    /// Pack every block's six weights for our own f32 tile (levels `avx512` and `avx2`), as the plans' linear layers
     /// hold theirs (the products are the same, bit for bit, without packing B on every call:
     /// a tenth of a linear layer on a few hundred rows); the f32 matrices are dropped. The
     /// weights are interned, so the ones a plan packed identically are shared.

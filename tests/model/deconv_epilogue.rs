@@ -123,8 +123,9 @@ fn epilogue_equals_the_separate_passes_on_every_level() {
                     assert!(bits(&got) == bits(&separate), "{case}: fused differs from the separate passes");
                     let err = max_diff(&got, &want);
                     assert!(err < 1e-4, "{case}: max error {err} against the f64 formula");
-                    // What the swapped op runs at avx512: the packed taps without the kernel.
-                    if level == Level::Avx512 {
+                    // What the swapped op runs at avx512 and avx2: the packed taps without the
+                    // kernel.
+                    if ailurus::model::sgemm::packs(level) {
                         let mut held = vec![f32::NAN; n];
                         multithread_tract_scope(executor(threads), || {
                             deconv_fused(level, &x, &[], Some(&taps.0), &b, ci, h, w, co, Some(&e), &mut held)
@@ -200,7 +201,7 @@ fn check_head(manifest: &Path, size: u32, expect: (usize, usize), tol: f32) {
         let name = n.op.name();
         assert!(!["PlaneSum", "OptBinChain", "Max"].iter().any(|s| name.contains(s)), "{size}px: {} left", n.name);
     }
-    if ailurus::model::isa::level() == Level::Avx512 {
+    if ailurus::model::sgemm::packs(ailurus::model::isa::level()) {
         let kernels = ours
             .nodes()
             .iter()
@@ -232,15 +233,16 @@ fn fused_real_model_head_equals_tract_and_keeps_the_pattern() {
     check_head(&manifest, 224, (3, 1), 1e-4);
 }
 
-/// The real head's deconvolutions chained in `[H, W, C]` (`deconv::chain`, level `avx512`) give
+/// The real head's deconvolutions chained in `[H, W, C]` (`deconv::chain`, levels `avx512` and
+/// `avx2`) give
 /// the bits of the unchained head, and the chain covers both pairs.
 #[test]
 fn chained_real_model_head_equals_unchained_bit_for_bit() {
     let Some(manifest) = common::real_manifest() else {
         return;
     };
-    if ailurus::model::isa::level() != Level::Avx512 {
-        eprintln!("no AVX-512: the chain needs the packed f32 taps; skipped");
+    if !ailurus::model::sgemm::packs(ailurus::model::isa::level()) {
+        eprintln!("no packing level: the chain needs the packed f32 taps; skipped");
         return;
     }
     let m = Manifest::load(&manifest).unwrap();

@@ -97,13 +97,13 @@ fn kinds(
             Weight::F32 { w: w2, k: n1, n: n2, level },
         ));
     }
-    if Level::Avx512.supported() {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let (p1, p2): (&'static PackedF32, &'static PackedF32) =
-                (Box::leak(Box::new(PackedF32::pack(w1, k, n1))), Box::leak(Box::new(PackedF32::pack(w2, n1, n2))));
-            out.push(("f32 packed".into(), Weight::PackedF32(p1), Weight::PackedF32(p2)));
-        }
+    // The weights packed once, on each level whose tile reads them (their fc1 applies the GELU
+    // in its stores where it copies tract's erf kernel on this CPU).
+    #[cfg(target_arch = "x86_64")]
+    for level in Level::all_supported().into_iter().filter(|l| ailurus::model::sgemm::packs(*l)) {
+        let (p1, p2): (&'static PackedF32, &'static PackedF32) =
+            (Box::leak(Box::new(PackedF32::pack(w1, k, n1))), Box::leak(Box::new(PackedF32::pack(w2, n1, n2))));
+        out.push((format!("f32 packed {level}"), Weight::PackedF32(p1, level), Weight::PackedF32(p2, level)));
     }
     let halves: Vec<Half> = [bf16::Kernel::Amx, bf16::Kernel::Avx512Bf16, bf16::Kernel::Portable]
         .into_iter()

@@ -175,12 +175,14 @@ pub fn deconv(
     deconv_at(super::isa::level(), x, kernel, bias, ci, h, w, co, out)
 }
 
-/// Which GEMM a level's deconvolutions run on: at `avx512` our kernel, position-major on packed
-/// taps (1.40-1.47x the `gemm` crate on an Intel Xeon; on AMD Zen 4's 256-bit units still
-/// 1.2x: the head 120-127 against 140-148 ms at 448 px, 1 thread), else the `gemm` crate.
+/// Which GEMM a level's deconvolutions run on: at `avx512` and `avx2` our tile, position-major
+/// on packed taps (at `avx512` 1.40-1.47x the `gemm` crate on an Intel Xeon; on AMD Zen 4's
+/// 256-bit units still 1.2x: the head 120-127 against 140-148 ms at 448 px, 1 thread), else
+/// the `gemm` crate.
 pub fn kernel_name(level: super::isa::Level) -> &'static str {
     match level {
         super::isa::Level::Avx512 => "ailurus-avx512",
+        super::isa::Level::Avx2 => "ailurus-avx2",
         _ => "gemm-crate",
     }
 }
@@ -226,7 +228,7 @@ pub fn deconv_fused(
         e.check(co)?;
     }
     // The kernel may be left out (empty) where the packed taps are given and used.
-    let taps_only = kernel.is_empty() && taps.is_some() && level == super::isa::Level::Avx512;
+    let taps_only = kernel.is_empty() && taps.is_some() && super::sgemm::packs(level);
     let co_out = epilogue.map_or(co, |e| e.channels_out(co));
     ensure!(
         x.len() == ci * h * w
@@ -245,8 +247,8 @@ pub fn deconv_fused(
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
-    if level == super::isa::Level::Avx512 {
-        return position_major(x, kernel, taps, bias, (ci, h, w, co), epilogue, (false, false), out);
+    if super::sgemm::packs(level) {
+        return position_major(level, x, kernel, taps, bias, (ci, h, w, co), epilogue, (false, false), out);
     }
     // Zero-bordered input [ci, h + 2, w + 2], plus slack: the two padding columns of the last
     // row of a block read a little past a plane (values that are computed and never written).
@@ -283,6 +285,7 @@ pub fn deconv_fused(
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn position_major(
+    level: super::isa::Level,
     x: &[f32],
     kernel: &[f32],
     taps: Option<&TapMajor>,
@@ -343,14 +346,14 @@ fn position_major(
                 let runs = parity.map(|(start, tap)| (xp[start * ci..].as_ptr(), &taps[tap]));
                 // SAFETY: each run's A is n rows of ci values of xp (in bounds, see the slack);
                 // its taps are ci x co (checked by the caller); C is acc, n x co; the caller
-                // checked the level (AVX-512).
-                unsafe { super::sgemm::run_sum(&runs, n, ci, acc.as_mut_ptr(), co, false) };
+                // checked the level.
+                unsafe { super::sgemm::run_sum(&runs, n, ci, acc.as_mut_ptr(), co, false, level) };
             })
         })
     })
 }
 
-/// [`deconv_fused`] at level `avx512` with its packed taps, reading `x` as `[H, W, C_in]` when
+/// [`deconv_fused`] at the process's level (one that [`super::sgemm::packs`]) with its packed taps, reading `x` as `[H, W, C_in]` when
 /// `nhwc_in` and writing `out` as `[2H, 2W, C_out]` when `nhwc_out` (no projection then): two
 /// deconvolutions in a row pass their tensor position-major, as both compute it ([`chain`]),
 /// instead of transposing it to channels on the way out and back on the way in. The same
@@ -366,7 +369,8 @@ pub fn deconv_nhwc(
     (nhwc_in, nhwc_out): (bool, bool),
     out: &mut [f32],
 ) -> TractResult<()> {
-    ensure!(super::isa::Level::Avx512.supported(), "SubpixelDeconv: this CPU cannot run avx512");
+    let level = super::isa::level();
+    ensure!(super::sgemm::packs(level), "SubpixelDeconv: packed taps at {level}");
     if let Some(e) = epilogue {
         e.check(co)?;
     }
@@ -386,7 +390,7 @@ pub fn deconv_nhwc(
     if out.is_empty() {
         return Ok(());
     }
-    position_major(x, &[], Some(taps), bias, (ci, h, w, co), epilogue, (nhwc_in, nhwc_out), out)
+    position_major(level, x, &[], Some(taps), bias, (ci, h, w, co), epilogue, (nhwc_in, nhwc_out), out)
 }
 
 /// [`deconv`] with the products in bf16 or f16 on `kernel` (`taps`: the kernel packed by
@@ -525,16 +529,19 @@ fn blocks(
                 }
                 #[cfg(target_arch = "x86_64")]
                 if let Some(e) = epilogue.filter(|e| {
-                    e.project.is_some()
-                        && layout == Layout::PositionMajor
-                        && super::isa::level() == super::isa::Level::Avx512
+                    e.project.is_some() && layout == Layout::PositionMajor && super::sgemm::packs(super::isa::level())
                 }) {
+                    let at = acc[y * wp * co..][..w * co].as_ptr();
+                    // SAFETY (of the offsets): channel j's output row oy, column px (as below).
+                    let dst = |j: usize| unsafe { outp.0.add((j * oh + oy) * ow + px) };
                     // SAFETY: this row's w x co accumulators; the output rows as below; the CPU
-                    // has AVX-512 (the level is supported).
+                    // has the level (supported; `avx512` or `avx2`).
                     let done = unsafe {
-                        epilogue::write_row_projected(e, bias, w, acc[y * wp * co..][..w * co].as_ptr(), |j| {
-                            outp.0.add((j * oh + oy) * ow + px)
-                        })
+                        if super::isa::level() == super::isa::Level::Avx512 {
+                            epilogue::write_row_projected(e, bias, w, at, dst)
+                        } else {
+                            epilogue::write_row_projected_avx2(e, bias, w, at, dst)
+                        }
                     };
                     if done {
                         continue;

@@ -176,7 +176,7 @@ pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
             }
             None => None,
         };
-        let f32_taps = if half.is_none() && crate::model::isa::level() == crate::model::isa::Level::Avx512 {
+        let f32_taps = if half.is_none() && crate::model::sgemm::packs(crate::model::isa::level()) {
             let k = model.outlet_fact(node.inputs[1])?.konst.clone().context("SubpixelDeconv: kernel")?;
             let (co, ci) = (k.shape()[0], k.shape()[1]);
             Some(f32_taps(k.try_as_plain_ram()?.as_slice::<f32>()?, ci, co))
@@ -195,7 +195,7 @@ pub fn swap(model: &mut TypedModel) -> TractResult<usize> {
     Ok(swapped)
 }
 
-/// Let each [`SubpixelDeconv`] on packed f32 taps (level `avx512`) whose output only feeds
+/// Let each [`SubpixelDeconv`] on packed f32 taps (levels `avx512`, `avx2`) whose output only feeds
 /// another such one (no projection between) write `[1, 2H, 2W, C]`, and that one read it
 /// ([`super::deconv_nhwc`]): both compute position-major, so the tensor between them skips a
 /// transpose on each side (the focus head's three deconvolutions: two such pairs). Run after

@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::Store;
+use super::{Erf, Store};
 
 const MR: usize = 12;
 const NR: usize = 32;
@@ -54,7 +54,7 @@ pub(super) unsafe fn kernel_tail(
     // SAFETY: as the caller promises.
     unsafe {
         kernel_runs(&[(pa, pb, kc)], rsa, c, rsc, rows, cols, store.first);
-        if store.first || store.gelu {
+        if store.first || store.gelu.is_some() {
             tail(c, rsc, rows, cols, store);
         }
     }
@@ -121,7 +121,8 @@ unsafe fn tail(c: *mut f32, rsc: usize, rows: usize, cols: usize, store: &Store)
                 _mm512_maskz_loadu_ps(masks[v], store.bias.add(v * 16))
             }
         });
-        let gelu = if store.gelu { Some(Gelu::new()) } else { None };
+        #[allow(clippy::redundant_closure)] // a target_feature fn is not an FnOnce
+        let gelu = store.gelu.map(|e| Gelu::new(e));
         for i in 0..rows {
             let row = c.add(i * rsc);
             for (v, m) in masks.into_iter().enumerate() {
@@ -150,12 +151,14 @@ unsafe fn tail(c: *mut f32, rsc: usize, rows: usize, cols: usize, store: &Store)
     }
 }
 
-/// tract's `GeluExact` on 16 lanes, `(x * 0.5) * (1 + erf(x * (1 / sqrt 2)))`, with its
-/// AVX-512 erf kernel's exact arithmetic (`x86_64_avx512_erf_f32_64n`: Abramowitz & Stegun
-/// 7.1.26 by Horner FMAs, then `* |x|`, `+ 1`, four squarings, `1 - 1 / y` by a true
-/// division, the sign put back), so the fused MLP's hidden rows are tract's bit for bit
-/// (the caller checks that tract's erf kernel on this CPU is that one).
+/// tract's `GeluExact` on 16 lanes, `(x * 0.5) * (1 + erf(x * (1 / sqrt 2)))`, with the exact
+/// arithmetic of the erf kernel named: its AVX-512 one (`x86_64_avx512_erf_f32_64n`: Abramowitz
+/// & Stegun 7.1.26 by Horner FMAs, then `* |x|`, `+ 1`, four squarings, `1 - 1 / y` by a true
+/// division, the sign put back) or its generic one (the same steps by separate multiplies and
+/// adds), so the fused MLP's hidden rows are tract's bit for bit (the caller names the kernel
+/// tract runs on this CPU).
 pub(super) struct Gelu {
+    erf: Erf,
     c: __m512,
     a: [__m512; 6],
     one: __m512,
@@ -164,11 +167,12 @@ pub(super) struct Gelu {
 
 impl Gelu {
     #[target_feature(enable = "avx512f")]
-    pub(super) fn new() -> Gelu {
+    pub(super) fn new(erf: Erf) -> Gelu {
         // tract's coefficients as its kernel writes them (each rounds to the same f32).
         #[allow(clippy::excessive_precision)]
         const A: [f32; 6] = [0.0705230784, 0.0422820123, 0.0092705272, 0.0001520143, 0.0002765672, 0.0000430638];
         Gelu {
+            erf,
             c: _mm512_set1_ps(2f32.sqrt().recip()),
             a: A.map(|a| _mm512_set1_ps(a)),
             one: _mm512_set1_ps(1.0),
@@ -183,12 +187,25 @@ impl Gelu {
         let sign = _mm512_and_si512(_mm512_castps_si512(arg), _mm512_set1_epi32(i32::MIN));
         let abs = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(arg), _mm512_set1_epi32(i32::MAX)));
         let [a1, a2, a3, a4, a5, a6] = self.a;
-        let y = _mm512_fmadd_ps(a6, abs, a5);
-        let y = _mm512_fmadd_ps(y, abs, a4);
-        let y = _mm512_fmadd_ps(y, abs, a3);
-        let y = _mm512_fmadd_ps(y, abs, a2);
-        let y = _mm512_fmadd_ps(y, abs, a1);
-        let y = _mm512_add_ps(_mm512_mul_ps(y, abs), self.one);
+        let y = match self.erf {
+            Erf::Avx512 => {
+                let y = _mm512_fmadd_ps(a6, abs, a5);
+                let y = _mm512_fmadd_ps(y, abs, a4);
+                let y = _mm512_fmadd_ps(y, abs, a3);
+                let y = _mm512_fmadd_ps(y, abs, a2);
+                let y = _mm512_fmadd_ps(y, abs, a1);
+                _mm512_add_ps(_mm512_mul_ps(y, abs), self.one)
+            }
+            Erf::Generic => {
+                let y = _mm512_mul_ps(a6, abs);
+                let y = _mm512_mul_ps(_mm512_add_ps(a5, y), abs);
+                let y = _mm512_mul_ps(_mm512_add_ps(a4, y), abs);
+                let y = _mm512_mul_ps(_mm512_add_ps(a3, y), abs);
+                let y = _mm512_mul_ps(_mm512_add_ps(a2, y), abs);
+                let y = _mm512_mul_ps(_mm512_add_ps(a1, y), abs);
+                _mm512_add_ps(y, self.one)
+            }
+        };
         let y = _mm512_mul_ps(y, y);
         let y = _mm512_mul_ps(y, y);
         let y = _mm512_mul_ps(y, y);

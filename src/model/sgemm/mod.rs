@@ -6,7 +6,9 @@
 //!
 //! - [`Level::Avx2`] and [`Level::Neon`]: the `gemm` crate (the GEMM under faer), whose AVX2/FMA
 //!   and NEON kernels are well tuned; on x86 it has no AVX-512 kernels on stable Rust (they sit
-//!   behind its `nightly` feature).
+//!   behind its `nightly` feature). At `avx2` only for products whose B is not packed: weights
+//!   packed once ([`PackedF32`]) run on our AVX2 tile (`avx2.rs`), which also takes the
+//!   stores' tail ([`Tail`]) and sums several runs ([`run_sum`]), as the AVX-512 one.
 //! - [`Level::Avx512`]: our own kernel, a 12 x 32 register tile (24 zmm accumulators, the k-loop
 //!   broadcasting A from a packed panel). Own code because no maintained stable crate exposes a
 //!   plain AVX-512 SGEMM: tract-linalg has AVX-512 kernels, but only behind its packed-operand
@@ -81,8 +83,36 @@ pub struct Tail {
     pub bias: *const f32,
     /// `m x n` values at C's row stride added, or null.
     pub residual: *const f32,
-    /// tract's `GeluExact` on the sums (its AVX-512 erf's arithmetic).
-    pub gelu: bool,
+    /// tract's `GeluExact` on the sums, with the arithmetic of the erf kernel named.
+    pub gelu: Option<Erf>,
+}
+
+/// Which of tract's erf kernels a fused GELU copies, bit for bit: the one tract runs on this
+/// CPU (its AVX-512 kernel where the CPU has AVX-512F, else its generic one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Erf {
+    /// `x86_64_avx512_erf_f32_64n`: Horner by FMAs.
+    Avx512,
+    /// `generic_erf_f32_4n` (`serf`): separate multiplies and adds.
+    Generic,
+}
+
+impl Erf {
+    /// The arithmetic of tract's erf kernel `name`, where a tile copies it.
+    pub fn of_kernel(name: &str) -> Option<Erf> {
+        match name {
+            "x86_64_avx512_erf_f32_64n" => Some(Erf::Avx512),
+            "generic_erf_f32_4n" => Some(Erf::Generic),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `level` runs weights packed once ([`PackedF32`]: [`Gemm::run_packed`],
+/// [`Gemm::run_packed_tail`], [`run_sum`]) on our own tile: `avx512` (12 x 32) and `avx2` (6 x
+/// 32, as two 16-column halves), on the same packed format.
+pub fn packs(level: Level) -> bool {
+    cfg!(target_arch = "x86_64") && matches!(level, Level::Avx512 | Level::Avx2)
 }
 
 /// How [`Gemm::run_packed_tail`]'s tile finishes C: on the first K chunk `bias + residual`
@@ -93,7 +123,7 @@ pub(super) struct Store {
     first: bool,
     bias: *const f32,
     residual: *const f32,
-    gelu: bool,
+    gelu: Option<Erf>,
 }
 
 impl Gemm {
@@ -156,65 +186,89 @@ impl Gemm {
     }
 
     /// `C (+)= A W` with the weight packed once ([`PackedF32`]; `self.b`, `rsb` and `csb` are
-    /// not read): the same products as [`Gemm::run`] at [`Level::Avx512`], bit for bit, without
-    /// packing B on every call (a tenth of a linear layer at T = 257).
+    /// not read) on `level`'s tile ([`packs`]): the same products as [`Gemm::run`] at
+    /// [`Level::Avx512`], bit for bit at either level (each sum runs over K in the same order,
+    /// one FMA a step), without packing B on every call (a tenth of a linear layer at T = 257).
     ///
     /// # Safety
-    /// As [`Gemm::run`] for A and C; `w` is `k x n`; the CPU has AVX-512 F/BW/VL and FMA.
+    /// As [`Gemm::run`] for A and C; `w` is `k x n`; the CPU supports `level`.
     #[cfg(target_arch = "x86_64")]
-    pub unsafe fn run_packed(&self, w: &PackedF32) {
+    pub unsafe fn run_packed(&self, w: &PackedF32, level: Level) {
         assert!(w.k == self.k && w.n == self.n, "run_packed: [{}, {}] weight for K {} N {}", w.k, w.n, self.k, self.n);
         if self.m == 0 || self.n == 0 || self.k == 0 {
             // SAFETY: as the caller promises (no B is read for k = 0).
-            return unsafe { self.run(Level::Avx512) };
+            return unsafe { self.run(Level::Portable) };
         }
         // SAFETY: as the caller promises.
         unsafe {
-            self.blocked_with(12, 32, Some(w), |g, t| {
-                avx512::kernel(t.kc, t.a, g.rsa, t.b, t.c, g.rsc, t.rows, t.cols, t.first)
-            })
+            match level {
+                Level::Avx512 => self.blocked_with(12, 32, 32, Some(w), |g, t| {
+                    avx512::kernel(t.kc, t.a, g.rsa, t.b, t.c, g.rsc, t.rows, t.cols, t.first)
+                }),
+                Level::Avx2 => self.blocked_with(6, 32, 16, Some(w), |g, t| {
+                    avx2::kernel(t.kc, t.a, g.rsa, t.b, t.c, g.rsc, t.rows, t.cols, t.first)
+                }),
+                _ => panic!("run_packed: no packed kernel at {level}"),
+            }
         }
     }
 
     /// `C = tail.residual + tail.bias + A W`, then GELU where `tail.gelu`, with C written once:
     /// the first K chunk's store starts from the bias and residual in place of C, the last one
     /// applies the GELU in registers. The same values as initialising C (`weight::init_rows`),
-    /// [`Gemm::run_packed`] with `accumulate`, then tract's
-    /// `GeluExact` on its AVX-512 erf kernel, bit for bit (`tests.rs`, `tests/model/mlp_op.rs`).
+    /// [`Gemm::run_packed`] with `accumulate`, then tract's `GeluExact` on the erf kernel
+    /// named, bit for bit (`tests.rs`, `tests/model/mlp_op.rs`).
     ///
     /// # Safety
     /// As [`Gemm::run_packed`], with `accumulate` false and `k > 0`; `tail.bias` (if not null)
     /// holds `n` values, `tail.residual` (if not null) `m x n` at C's row stride.
     #[cfg(target_arch = "x86_64")]
-    pub unsafe fn run_packed_tail(&self, w: &PackedF32, tail: Tail) {
+    pub unsafe fn run_packed_tail(&self, w: &PackedF32, tail: Tail, level: Level) {
         assert!(w.k == self.k && w.n == self.n, "run_packed: [{}, {}] weight for K {} N {}", w.k, w.n, self.k, self.n);
         assert!(!self.accumulate && self.k > 0, "run_packed_tail: accumulate {}, K {}", self.accumulate, self.k);
+        let store = |g: &Gemm, t: &Tile| Store {
+            first: t.first,
+            // SAFETY (of the offsets): the tile's columns of the bias, its rows and columns of
+            // the residual (caller's bounds).
+            bias: if tail.bias.is_null() { tail.bias } else { unsafe { tail.bias.add(t.j) } },
+            residual: if tail.residual.is_null() {
+                tail.residual
+            } else {
+                unsafe { tail.residual.add(t.i * g.rsc + t.j) }
+            },
+            gelu: tail.gelu.filter(|_| t.last),
+        };
         // SAFETY: as the caller promises; the tail's offsets stay inside its bias and residual.
         unsafe {
-            self.blocked_with(12, 32, Some(w), |g, t| {
-                let store = Store {
-                    first: t.first,
-                    bias: if tail.bias.is_null() { tail.bias } else { tail.bias.add(t.j) },
-                    residual: if tail.residual.is_null() {
-                        tail.residual
-                    } else {
-                        tail.residual.add(t.i * g.rsc + t.j)
-                    },
-                    gelu: tail.gelu && t.last,
-                };
-                avx512::kernel_tail(t.kc, t.a, g.rsa, t.b, t.c, g.rsc, t.rows, t.cols, &store)
-            })
+            match level {
+                Level::Avx512 => self.blocked_with(12, 32, 32, Some(w), |g, t| {
+                    avx512::kernel_tail(t.kc, t.a, g.rsa, t.b, t.c, g.rsc, t.rows, t.cols, &store(g, &t))
+                }),
+                Level::Avx2 => self.blocked_with(6, 32, 16, Some(w), |g, t| {
+                    avx2::kernel_tail(t.kc, t.a, g.rsa, t.b, t.c, g.rsc, t.rows, t.cols, &store(g, &t))
+                }),
+                _ => panic!("run_packed_tail: no packed kernel at {level}"),
+            }
         }
     }
 
     /// The blocked loop nest around a `mr x nr` tile kernel.
     unsafe fn blocked(&self, mr: usize, nr: usize, kernel: impl Fn(&Gemm, Tile)) {
         // SAFETY: as the caller promises.
-        unsafe { self.blocked_with(mr, nr, None, kernel) }
+        unsafe { self.blocked_with(mr, nr, nr, None, kernel) }
     }
 
-    /// [`Gemm::blocked`], B's panels from `pre` (packed for `nr` = 32) or packed here per call.
-    unsafe fn blocked_with(&self, mr: usize, nr: usize, pre: Option<&PackedF32>, kernel: impl Fn(&Gemm, Tile)) {
+    /// [`Gemm::blocked`], B's panels from `pre` (packed for `nr` = 32) or packed here per call;
+    /// the tile covers `sub` of a panel's `nr` columns (the AVX2 tile 16 of 32: each half of the
+    /// panel then serves every row tile of the block while it is in L1).
+    unsafe fn blocked_with(
+        &self,
+        mr: usize,
+        nr: usize,
+        sub: usize,
+        pre: Option<&PackedF32>,
+        kernel: impl Fn(&Gemm, Tile),
+    ) {
         let g = *self;
         debug_assert!(pre.is_none() || nr == PackedF32::NR);
         PACK.with(|p| {
@@ -240,16 +294,19 @@ impl Gemm {
                     let (first, last) = (k0 == 0 && !g.accumulate, k0 + kc == g.k);
                     for m0 in (0..g.m).step_by(MC) {
                         let mc = MC.min(g.m - m0);
-                        for jp in 0..nc.div_ceil(nr) {
-                            let cols = nr.min(nc - jp * nr);
+                        for (jp, s0) in (0..nc.div_ceil(nr)).flat_map(|jp| (0..nr).step_by(sub).map(move |s| (jp, s))) {
+                            if jp * nr + s0 >= nc {
+                                continue;
+                            }
+                            let cols = sub.min(nc - jp * nr - s0);
                             for ip in 0..mc.div_ceil(mr) {
                                 let rows = mr.min(mc - ip * mr);
                                 // SAFETY: the tile's rows/cols are inside C, its rows x kc
                                 // inside A (caller); the packed panel holds kc x nr values.
-                                let (i, j) = (m0 + ip * mr, j0 + jp * nr);
+                                let (i, j) = (m0 + ip * mr, j0 + jp * nr + s0);
                                 let c = unsafe { g.c.add(i * g.rsc + j) };
                                 let a = unsafe { g.a.add(i * g.rsa + k0) };
-                                let b = pb[jp * kc * nr..].as_ptr();
+                                let b = pb[jp * kc * nr + s0..].as_ptr();
                                 kernel(&g, Tile { kc, a, b, c, i, j, rows, cols, first, last });
                             }
                         }
@@ -438,9 +495,11 @@ fn portable_kernel(
 }
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 
-/// `C (m x n) (+)= sum_r A_r W_r` on the AVX-512 kernel, each tile's sums kept in registers
+/// `C (m x n) (+)= sum_r A_r W_r` on `level`'s packed tile, each tile's sums kept in registers
 /// across all runs and C written once: the four taps of a deconvolution's output parity as one
 /// product with K = 4 C_in (as four accumulated GEMMs, C went through the cache four times and
 /// the kernel reloaded it per tap). Run `r`'s A rows are at `a_r + i * rsa`, `w_r.k` values
@@ -448,7 +507,8 @@ mod avx512;
 ///
 /// # Safety
 /// Every A row `i < m` of every run holds `w_r.k` readable values; C's `m x n` at row stride
-/// `rsc` are writable and aliased by nothing else; the CPU has AVX-512 F/BW/VL and FMA.
+/// `rsc` are writable and aliased by nothing else; the CPU supports `level`, one that
+/// [`packs`].
 #[cfg(target_arch = "x86_64")]
 pub unsafe fn run_sum(
     runs: &[(*const f32, &PackedF32)],
@@ -457,18 +517,26 @@ pub unsafe fn run_sum(
     c: *mut f32,
     rsc: usize,
     accumulate: bool,
+    level: Level,
 ) {
     const MAX: usize = 16;
     let Some(n) = runs.first().map(|r| r.1.n) else { return };
     assert!(runs.iter().all(|r| r.1.n == n), "run_sum: runs of different N");
-    let (mr, nr) = (12, PackedF32::NR);
+    let (mr, nr, sub) = match level {
+        Level::Avx512 => (12, PackedF32::NR, PackedF32::NR),
+        Level::Avx2 => (6, PackedF32::NR, 16),
+        _ => panic!("run_sum: no packed kernel at {level}"),
+    };
     let mut segs = [(std::ptr::null(), std::ptr::null(), 0usize); MAX];
     for j0 in (0..n).step_by(NC) {
         let nc = NC.min(n - j0);
         for m0 in (0..m).step_by(MC) {
             let mc = MC.min(m - m0);
-            for jp in 0..nc.div_ceil(nr) {
-                let cols = nr.min(nc - jp * nr);
+            for (jp, s0) in (0..nc.div_ceil(nr)).flat_map(|jp| (0..nr).step_by(sub).map(move |s| (jp, s))) {
+                if jp * nr + s0 >= nc {
+                    continue;
+                }
+                let cols = sub.min(nc - jp * nr - s0);
                 for ip in 0..mc.div_ceil(mr) {
                     let (r0, rows) = (m0 + ip * mr, mr.min(mc - ip * mr));
                     let mut count = 0;
@@ -478,23 +546,23 @@ pub unsafe fn run_sum(
                             assert!(count < MAX, "run_sum: more than {MAX} K chunks");
                             // SAFETY (of the offsets): row r0 of this run's A, from column k0
                             // (caller's bounds).
-                            segs[count] =
-                                (unsafe { a.add(r0 * rsa + k0) }, w.block(j0, k0, kc)[jp * kc * nr..].as_ptr(), kc);
+                            segs[count] = (
+                                unsafe { a.add(r0 * rsa + k0) },
+                                w.block(j0, k0, kc)[jp * kc * nr + s0..].as_ptr(),
+                                kc,
+                            );
                             count += 1;
                         }
                     }
                     // SAFETY: the tile's rows x cols are inside C, every run's rows hold its K
                     // values (caller); each panel holds kc x nr values.
                     unsafe {
-                        avx512::kernel_runs(
-                            &segs[..count],
-                            rsa,
-                            c.add(r0 * rsc + j0 + jp * nr),
-                            rsc,
-                            rows,
-                            cols,
-                            !accumulate,
-                        )
+                        let (segs, c) = (&segs[..count], c.add(r0 * rsc + j0 + jp * nr + s0));
+                        if level == Level::Avx512 {
+                            avx512::kernel_runs(segs, rsa, c, rsc, rows, cols, !accumulate)
+                        } else {
+                            avx2::kernel_runs(segs, rsa, c, rsc, rows, cols, !accumulate)
+                        }
                     };
                 }
             }

@@ -20,15 +20,15 @@ pub(super) struct UpLayer {
     pub(super) relu: bool,
     /// The kernel's taps in bf16 (`[model] precision = "bf16"` at load time).
     pub(super) taps: Option<Taps>,
-    /// In f32 at level `avx512`: the kernel's taps packed once for our kernel (as the plans'
+    /// In f32 at levels `avx512` and `avx2`: the kernel's taps packed once for our kernel (as the plans'
     /// deconvolutions hold theirs), not per call.
     pub(super) f32_taps: Option<F32Taps>,
 }
 
-/// The packed f32 taps of `kernel` where the process runs f32 deconvolutions on our AVX-512
-/// kernel (no 16-bit taps).
+/// The packed f32 taps of `kernel` where the process runs f32 deconvolutions on our own tile
+/// (no 16-bit taps).
 fn packed_f32(taps: &Option<Taps>, kernel: &[f32], ci: usize, co: usize) -> Option<F32Taps> {
-    (taps.is_none() && crate::model::isa::level() == crate::model::isa::Level::Avx512).then(|| f32_taps(kernel, ci, co))
+    (taps.is_none() && crate::model::sgemm::packs(crate::model::isa::level())).then(|| f32_taps(kernel, ci, co))
 }
 
 /// The head's parameters, read once from the ONNX (shared by every lane).
