@@ -81,7 +81,7 @@ thread_local! {
     /// (it was a tenth of the product at T = 1025).
     static KT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Per head, its keys transposed (`d x t`) and its values (`t x d`) packed once for our
-    /// AVX-512 kernel ([`Level::Avx512`](super::isa::Level), f32): every row block's two products
+    /// tiles (levels `avx512` and `avx2`, f32; `sgemm::packs`): every row block's two products
     /// read them in place. Packed per block instead, the copies were 12% of the attention at
     /// T = 1028 (`perf`, Intel Xeon, 1 thread).
     static PACKED: RefCell<Vec<(PackedF32, PackedF32)>> = const { RefCell::new(Vec::new()) };
@@ -273,7 +273,7 @@ pub fn attend_rows_with(
 }
 
 /// The keys (and values) as the products read them: packed for a 16-bit kernel, transposed for
-/// the f32 GEMMs of the other levels, packed per head for our AVX-512 kernel.
+/// the f32 GEMMs of the other levels, packed per head for our tiles (`avx512`, `avx2`).
 struct Keys<'a> {
     half: &'a super::bf16::PackedHeads,
     kt: &'a [f32],

@@ -1,9 +1,9 @@
 //! Which instruction set our CPU ops run on (issue #18): detected once at start-up, one binary
 //! for every CPU (no `target-cpu=native`).
 //!
-//! - `avx512`: x86-64 with AVX-512 F/BW/VL (and FMA): the GEMMs of the linear layers and of the
-//!   fused attention on our own AVX-512 kernel ([`super::sgemm`]), used where it wins a short
-//!   race against the AVX2 kernel at start-up ([`preferred`]).
+//! - `avx512`: x86-64 with AVX-512 F/BW/VL (and FMA): the GEMMs of the linear layers, of the
+//!   fused attention and of the head's deconvolutions on our own AVX-512 tile ([`super::sgemm`]),
+//!   used where it wins a short race against the AVX2 tile at start-up ([`preferred`]).
 //! - `avx2`: x86-64 with AVX2 + FMA: our own AVX2 tile on the same packed weights (linear
 //!   layers with their bias, residual and GELU in its stores, the attention's packed keys and
 //!   values, the head's deconvolutions on packed taps); the `gemm` crate (its AVX2/FMA kernels)
@@ -66,13 +66,14 @@ impl Level {
 }
 
 /// Where the CPU has both AVX2 and AVX-512: pick AVX-512 unless its kernel is clearly slower
-/// in the start-up race ([`race`]). The level is more than the GEMM kernel: at `avx512` the
-/// linear layers also start from the bias and residual and apply the GELU in the tile's stores,
-/// the attention uses our AVX-512 softmax, and the head's deconvolutions run position-major on
-/// packed taps. On the AMD EPYC Zen 4 here (AVX-512 on 256-bit units) the race reads 1.02-1.03x
-/// (once 1.37x: start-up noise), and the whole frame at `avx512` was 5% faster at 1 thread and
-/// 12% at 2 (`ailurus bench --peer ort`, 448 px, both levels forced in one session), so a tie
-/// in the race goes to AVX-512; 5% below covers the race's noise.
+/// in the start-up race ([`race`]). Since session 18 both levels run the same fused paths (the
+/// tile's stores with bias, residual and GELU, our softmax exp, position-major deconvolutions;
+/// the same bits), and `avx512` adds its LayerNorm and row-maximum loops. The race (both tiles
+/// on the weight packed once) read 1.33x on the AMD EPYC Zen 4 here in session 18, where 16
+/// interleaved frames took 279 ms at `avx512` against 320 at `avx2` (448 px, 2 threads). Before
+/// that, against the `gemm` crate's AVX2 kernel, the race read 1.02-1.03x there while the
+/// whole frame at `avx512` was 5% faster at 1 thread and 12% at 2, so a tie in the race goes to
+/// AVX-512; 5% below covers the race's noise.
 const AVX512_WIN: f64 = 0.95;
 
 /// The level whose ops are fastest on this CPU. With AVX-512, which one wins depends on the

@@ -62,7 +62,7 @@ pub struct Linear {
     /// The weight rounded to bf16 and packed (`[model] precision = "bf16"`), held by the op
     /// (shared by every plan, see `bf16.rs`); the graph's f32 weight is then no input.
     pub packed: Option<Packed>,
-    /// The f32 weight packed once for our AVX-512 kernel (level `avx512`, f32: see
+    /// The f32 weight packed once for our tiles (levels `avx512` and `avx2`, f32: see
     /// `sgemm::PackedF32`), held by the op in place of the graph's weight input.
     pub packed_f32: Option<PackedF32>,
 }

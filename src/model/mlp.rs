@@ -9,7 +9,7 @@
 //! product in cache (`examples/gemm_shapes.rs`), and 2% of the frame in the kernel's page-fault
 //! handler. [`Mlp`] runs each thread's rows in chunks of [`CHUNK`]: fc1 into a per-thread scratch
 //! that stays in cache and is reused frame after frame, GELU on it in place, then fc2 straight
-//! into the output. The hidden tensor never exists. With fc1 on our AVX-512 tile, the GELU is
+//! into the output. The hidden tensor never exists. With fc1 on our tiles (`avx512`, `avx2`), the GELU is
 //! applied in the tile's last store (`sgemm::Tail`) and fc2's bias and residual in its first,
 //! where the tile copies the arithmetic of tract's erf kernel on this CPU (`sgemm::Erf`).
 //!

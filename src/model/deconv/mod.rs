@@ -52,7 +52,7 @@ pub struct SubpixelDeconv {
     /// The kernel's 16 taps rounded to bf16 or f16 and packed (`[model] precision = "bf16"` or
     /// "f16"; the products then run on that format's kernel).
     pub half: Option<Taps>,
-    /// The f32 kernel's taps packed, for the position-major path (level `avx512`, f32).
+    /// The f32 kernel's taps packed, for the position-major path (levels `avx512`, `avx2`; f32).
     pub f32_taps: Option<F32Taps>,
     /// The BatchNorm, ReLU and 1x1 convolution after it, applied as the output is written
     /// ([`fuse`]).

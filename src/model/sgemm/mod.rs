@@ -319,8 +319,9 @@ impl Gemm {
 
 /// A `K x N` weight packed once into the panels [`Gemm::blocked`] packs per call for the
 /// AVX-512 tile (N in blocks of [`NC`] columns, each K in chunks of [`KC`] rows, each chunk
-/// 32-column panels of `kc x 32`, zero past N): the linear layers hold it at [`Level::Avx512`] in
-/// place of their f32 weight (same memory), see `linear.rs`.
+/// 32-column panels of `kc x 32`, zero past N), which the AVX2 tile reads as two 16-column
+/// halves: the linear layers hold it at the levels that [`packs`] in place of their f32 weight
+/// (same memory), see `linear.rs`.
 #[derive(PartialEq)]
 pub struct PackedF32 {
     pub k: usize,
