@@ -14,31 +14,10 @@ const MR: usize = 6;
 /// The packed panel's width ([`super::PackedF32::NR`]).
 const NR: usize = 32;
 
-/// The tile over one run: see [`kernel_runs`].
+/// [`kernel_runs`] over one run, then the rest of `store` ([`tail`]).
 ///
 /// # Safety
-/// As [`kernel_runs`].
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn kernel(
-    kc: usize,
-    pa: *const f32,
-    rsa: usize,
-    pb: *const f32,
-    c: *mut f32,
-    rsc: usize,
-    rows: usize,
-    cols: usize,
-    first: bool,
-) {
-    // SAFETY: as the caller promises.
-    unsafe { kernel_runs(&[(pa, pb, kc)], rsa, c, rsc, rows, cols, first) }
-}
-
-/// [`kernel`], then the rest of `store` ([`tail`]).
-///
-/// # Safety
-/// As [`kernel`]; the store's bias (`cols` values) and residual (`rows x cols` at stride
+/// As [`kernel_runs`]; the store's bias (`cols` values) and residual (`rows x cols` at stride
 /// `rsc`) are in bounds where not null.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]

@@ -206,7 +206,7 @@ impl Gemm {
                     avx512::kernel(t.kc, t.a, g.rsa, t.b, t.c, g.rsc, t.rows, t.cols, t.first)
                 }),
                 Level::Avx2 => self.blocked_with(6, 32, 16, Some(w), |g, t| {
-                    avx2::kernel(t.kc, t.a, g.rsa, t.b, t.c, g.rsc, t.rows, t.cols, t.first)
+                    avx2::kernel_runs(&[(t.a, t.b, t.kc)], g.rsa, t.c, g.rsc, t.rows, t.cols, t.first)
                 }),
                 _ => panic!("run_packed: no packed kernel at {level}"),
             }
