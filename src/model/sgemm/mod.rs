@@ -294,11 +294,9 @@ impl Gemm {
                     let (first, last) = (k0 == 0 && !g.accumulate, k0 + kc == g.k);
                     for m0 in (0..g.m).step_by(MC) {
                         let mc = MC.min(g.m - m0);
-                        for (jp, s0) in (0..nc.div_ceil(nr)).flat_map(|jp| (0..nr).step_by(sub).map(move |s| (jp, s))) {
-                            if jp * nr + s0 >= nc {
-                                continue;
-                            }
-                            let cols = sub.min(nc - jp * nr - s0);
+                        // Column c0 of the block: panel jp, offset s0 in it (`sub` divides `nr`).
+                        for c0 in (0..nc).step_by(sub) {
+                            let (jp, s0, cols) = (c0 / nr, c0 % nr, sub.min(nc - c0));
                             for ip in 0..mc.div_ceil(mr) {
                                 let rows = mr.min(mc - ip * mr);
                                 // SAFETY: the tile's rows/cols are inside C, its rows x kc
@@ -533,11 +531,8 @@ pub unsafe fn run_sum(
         let nc = NC.min(n - j0);
         for m0 in (0..m).step_by(MC) {
             let mc = MC.min(m - m0);
-            for (jp, s0) in (0..nc.div_ceil(nr)).flat_map(|jp| (0..nr).step_by(sub).map(move |s| (jp, s))) {
-                if jp * nr + s0 >= nc {
-                    continue;
-                }
-                let cols = sub.min(nc - jp * nr - s0);
+            for c0 in (0..nc).step_by(sub) {
+                let (jp, s0, cols) = (c0 / nr, c0 % nr, sub.min(nc - c0));
                 for ip in 0..mc.div_ceil(mr) {
                     let (r0, rows) = (m0 + ip * mr, mr.min(mc - ip * mr));
                     let mut count = 0;
