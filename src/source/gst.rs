@@ -26,6 +26,9 @@ use super::gstreamer::{choose_path, launch_line, DecodePath, GstConfig, Played};
 /// How long one pull waits before the bus is looked at again.
 const PULL_SLICE: Duration = Duration::from_millis(100);
 
+/// How long dropping a pipeline waits for it to stop before leaving that to its own thread.
+const TEARDOWN_WAIT: Duration = Duration::from_secs(5);
+
 /// Opens the configured pipeline (again after every loss).
 pub struct GstOpener {
     played: Played,
@@ -134,9 +137,9 @@ impl Opener for GstOpener {
         let Ok(bin) = element.downcast::<gst::Bin>() else {
             return Err(self.error("the pipeline is a single element, without an appsink named `sink`", false, None));
         };
-        let pipeline = Pipeline(bin);
+        let pipeline = Pipeline { bin, device: self.device.clone() };
         let sink = pipeline
-            .0
+            .bin
             .by_name("sink")
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             .ok_or_else(|| self.error("the pipeline has no appsink named `sink`", false, None))?;
@@ -144,7 +147,7 @@ impl Opener for GstOpener {
         sink.set_max_buffers(1);
         sink.set_sync(self.played.sync());
         sink.set_caps(Some(&gst::Caps::builder("video/x-raw").field("format", "RGB").build()));
-        if let Some(src) = pipeline.0.by_name("src") {
+        if let Some(src) = pipeline.bin.by_name("src") {
             let latency = self.cfg.latency_ms;
             src.connect("source-setup", false, move |args| {
                 if let Some(Ok(el)) = args.get(1).map(|v| v.get::<gst::Element>()) {
@@ -155,7 +158,7 @@ impl Opener for GstOpener {
                 None
             });
         }
-        let bus = pipeline.0.bus().ok_or_else(|| self.error("the pipeline has no bus", false, None))?;
+        let bus = pipeline.bin.bus().ok_or_else(|| self.error("the pipeline has no bus", false, None))?;
         let mut cap = GstCapture {
             pipeline,
             sink,
@@ -171,7 +174,7 @@ impl Opener for GstOpener {
             current: None,
             restarts: 0,
         };
-        if cap.pipeline.0.set_state(gst::State::Playing).is_err() {
+        if cap.pipeline.bin.set_state(gst::State::Playing).is_err() {
             // The reason is on the bus.
             return Err(match cap.bus_error_now() {
                 Some(e) => cap.bus_error(&e, true),
@@ -187,12 +190,54 @@ impl Opener for GstOpener {
 }
 
 /// The pipeline, set to NULL when dropped (which stops its threads and closes its sockets).
-struct Pipeline(gst::Bin);
+struct Pipeline {
+    bin: gst::Bin,
+    device: String,
+}
 
 impl Drop for Pipeline {
+    /// A flush, then NULL, on a thread of its own that the source waits for at most
+    /// `TEARDOWN_WAIT`.
+    ///
+    /// Why the flush: setting an RTSP pipeline straight to NULL right after the server vanished
+    /// deadlocks now and then (GStreamer 1.22: rtspsrc's own task, closing its rtpbin, waits for
+    /// a pad's stream lock while our state change waits for that task). The source thread then
+    /// hung in the drop, with the loss neither reported nor retried (CI, stop 33). Killing the
+    /// server at random moments 300 times (`tests/source/gst.rs` does a short version): 16
+    /// stuck teardowns over UDP and 25 over TCP without the flush, none with it (600 kills).
+    /// Why the thread: should a teardown still hang, the source goes on to the next open (the
+    /// loss is already reported) and the warning says so instead of the source going silent.
     fn drop(&mut self) {
-        let _ = self.0.set_state(gst::State::Null);
+        let (bin, device) = (self.bin.clone(), self.device.clone());
+        let (done, wait) = crossbeam_channel::bounded::<()>(1);
+        let spawned = std::thread::Builder::new().name("gst-teardown".into()).spawn(move || {
+            let t = Instant::now();
+            stop(&bin);
+            if done.send(()).is_err() {
+                log::info!("gstreamer {device}: the old pipeline stopped after {:.1} s", t.elapsed().as_secs_f64());
+            }
+        });
+        match spawned {
+            Ok(_) => {
+                if wait.recv_timeout(TEARDOWN_WAIT).is_err() {
+                    log::warn!(
+                        "gstreamer {}: the old pipeline did not stop within {} s; it stops in the background \
+                         while the source goes on",
+                        self.device,
+                        TEARDOWN_WAIT.as_secs()
+                    );
+                }
+            }
+            // No thread to be had: stop it here, however long that takes.
+            Err(_) => stop(&self.bin),
+        }
     }
+}
+
+/// Flush every pad (no streaming thread keeps a stream lock), then go to NULL.
+fn stop(bin: &gst::Bin) {
+    let _ = bin.send_event(gst::event::FlushStart::new());
+    let _ = bin.set_state(gst::State::Null);
 }
 
 /// What one pull found.
@@ -300,7 +345,7 @@ impl GstCapture {
                 }
                 Some(Pulled::Eos) if self.looping => {
                     let flags = gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT;
-                    if self.pipeline.0.seek_simple(flags, gst::ClockTime::ZERO).is_err() {
+                    if self.pipeline.bin.seek_simple(flags, gst::ClockTime::ZERO).is_err() {
                         return Err(self.error("cannot seek back to the start to loop", true));
                     }
                     self.restarts += 1;

@@ -318,9 +318,11 @@ impl FrameSource for ReconnectingSource {
                     return Ok(None);
                 }
                 Err(e) => {
-                    // Release the handle before anything else, so a re-open never holds two.
-                    self.cap = None;
+                    // Say it is down first (releasing the handle can take a while: a GStreamer
+                    // pipeline's teardown), then release it before any re-open, which so never
+                    // holds two.
                     self.went_down(&e);
+                    self.cap = None;
                     self.wait();
                 }
             }
