@@ -75,9 +75,32 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# One headless Chromium call, bounded: headless Chromium now and then never exits (with a virtual
+# time budget, or after writing its screenshot; stop 34's CI sat in such a call for 70 minutes).
+# A call that runs past CHROME_TIMEOUT seconds (default 60; a normal one takes 2-7 s) is killed
+# and tried again with a fresh profile, at most 3 times, each try said on stderr. Its standard
+# output (--dump-dom) goes through a file, so a killed try leaves nothing behind.
+chrome_timeout="${CHROME_TIMEOUT:-60}"
 chrome() {
-  "$chromium" --headless --no-sandbox --disable-gpu --disable-background-networking \
-    --disable-component-update --disable-sync --no-first-run --hide-scrollbars --user-data-dir="$profile" "$@" 2>>"$out/chromium.log"
+  local try rc t0 dt
+  for try in 1 2 3; do
+    rm -rf "$profile" && mkdir -p "$profile"
+    t0=$(date +%s); rc=0
+    timeout -k 5 "$chrome_timeout" "$chromium" --headless --no-sandbox --disable-gpu \
+      --disable-background-networking --disable-component-update --disable-sync --no-first-run \
+      --hide-scrollbars --user-data-dir="$profile" "$@" >"$out/chrome.stdout" 2>>"$out/chromium.log" || rc=$?
+    dt=$(( $(date +%s) - t0 ))
+    if [ "$rc" = 0 ]; then cat "$out/chrome.stdout"; return 0; fi
+    if [ "$rc" != 124 ] && [ "$rc" != 137 ]; then
+      fail "chromium exited $rc after ${dt}s on ${*: -1} (see $out/chromium.log)"
+    fi
+    # Say whether the server still answered, so a hang on our side would show as one.
+    echo "preview_check: chromium did not finish within ${chrome_timeout}s on ${*: -1}" \
+      "(try $try of 3); killed; the server then answered /healthz" \
+      "$(curl -s -o /dev/null -m 5 -w '%{http_code} in %{time_total} s' "$url/healthz")" >&2
+    tail -n 3 "$out/chromium.log" | sed 's/^/preview_check:   chromium: /' >&2
+  done
+  fail "chromium did not finish within ${chrome_timeout}s in 3 tries on ${*: -1}"
 }
 latest_seq() { curl -fsS -m 5 "$url/latest.json" | sed -n 's/^{"seq":\([0-9]*\),.*/\1/p'; }
 
@@ -167,7 +190,7 @@ curl -fsS -m 5 "$url/clusters.png" -o "$out/clusters.png"
 m="$(curl -fsS -m 5 "$url/latest.json" | sed -n 's/.*"m":\([0-9]*\),.*/\1/p')"
 colours="$("$python" -c "
 import sys; from PIL import Image
-px = set(Image.open(sys.argv[1]).convert('RGB').getdata()) - {(0, 0, 0), (255, 255, 255)}
+px = {c for _, c in Image.open(sys.argv[1]).convert('RGB').getcolors(1 << 24)} - {(0, 0, 0), (255, 255, 255)}
 print(len(px))" "$out/clusters.png")"
 echo "preview_check: clusters.png shows $colours cluster colours (M=$m)"
 [ "$colours" -ge "$m" ] || fail "clusters.png shows $colours colours for M=$m"
