@@ -82,10 +82,10 @@ trap cleanup EXIT
 # output (--dump-dom) goes through a file, so a killed try leaves nothing behind.
 chrome_timeout="${CHROME_TIMEOUT:-60}"
 chrome() {
-  local try rc t0 dt
+  local try rc t0 dt log0
   for try in 1 2 3; do
     rm -rf "$profile" && mkdir -p "$profile"
-    t0=$(date +%s); rc=0
+    t0=$(date +%s); rc=0; log0=$(stat -c %s "$out/chromium.log" 2>/dev/null || echo 0)
     timeout -k 5 "$chrome_timeout" "$chromium" --headless --no-sandbox --disable-gpu \
       --disable-background-networking --disable-component-update --disable-sync --no-first-run \
       --hide-scrollbars --user-data-dir="$profile" "$@" >"$out/chrome.stdout" 2>>"$out/chromium.log" || rc=$?
@@ -98,7 +98,8 @@ chrome() {
     echo "preview_check: chromium did not finish within ${chrome_timeout}s on ${*: -1}" \
       "(try $try of 3); killed; the server then answered /healthz" \
       "$(curl -s -o /dev/null -m 5 -w '%{http_code} in %{time_total} s' "$url/healthz")" >&2
-    tail -n 3 "$out/chromium.log" | sed 's/^/preview_check:   chromium: /' >&2
+    # What this try logged, if anything (its last lines).
+    tail -c +$((log0 + 1)) "$out/chromium.log" | tail -n 3 | sed 's/^/preview_check:   chromium: /' >&2
   done
   fail "chromium did not finish within ${chrome_timeout}s in 3 tries on ${*: -1}"
 }
