@@ -319,8 +319,8 @@ impl FrameSource for ReconnectingSource {
                 }
                 Err(e) => {
                     // Say it is down first (releasing the handle can take a while: a GStreamer
-                    // pipeline's teardown), then release it before any re-open, which so never
-                    // holds two.
+                    // pipeline's teardown), then release it before any re-open, so a re-open
+                    // never holds two.
                     self.went_down(&e);
                     self.cap = None;
                     self.wait();
